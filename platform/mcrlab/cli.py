@@ -1,0 +1,149 @@
+"""``mcrlab``: the command line. Each sub-command lives next to what it drives and registers itself here.
+
+User mistakes (ConfigError) print one line naming the file and key and exit with code 2; nothing runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from mcrlab.config import ConfigError, field_docs, load_config
+
+EPILOG = """\
+examples:
+  mcrlab train                                   one MCR run on embedded defaults (synthetic:competition)
+  mcrlab train method.name=joint train.epochs=5  override any config key as section.key=value
+  mcrlab train cfg.yaml --json out.json          a YAML config file, metrics written as JSON
+  mcrlab sweep search_spaces/default.yaml        the main job: a Ray Tune + Optuna sweep, tracked in MLflow
+  mcrlab <command> --help                        help for one command
+"""
+
+
+def _config_keys_help() -> str:
+    from mcrlab.config import DataConfig, ModelConfig, TrainConfig
+    from mcrlab.methods import REGISTRY
+
+    lines = ["config keys (section.key=value; defaults shown):"]
+    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
+        for name, default, help_ in field_docs(cls):
+            lines.append(f"  {section}.{name}={default!r:<24} {help_}")
+    lines.append(f"  method.name='mcr'                  one of: {', '.join(REGISTRY)}")
+    for mname, mcls in REGISTRY.items():
+        for name, default, help_ in field_docs(mcls.Params):
+            lines.append(f"  method.{name}={default!r:<22} [{mname}] {help_}")
+    return "\n".join(lines)
+
+
+class _EpochPrinter:
+    """One line per epoch on stderr: the progress display for long runs."""
+
+    def __init__(self, epochs: int, modalities_hint: str = ""):
+        self.epochs, self.t0 = epochs, time.time()
+
+    def __call__(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        ds = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in metrics.items() if k.startswith("val/D/"))
+        print(f"epoch {int(metrics['epoch']):>3}/{self.epochs}  loss {metrics['train/loss']:.4f}  "
+              f"val/acc {metrics['val/acc']:.4f}  D[{ds}]  {time.time() - self.t0:6.1f}s",
+              file=sys.stderr, flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mcrlab.train import fit
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    report = None if args.quiet else _EpochPrinter(cfg.train.epochs)
+    metrics = fit(cfg, report, checkpoint_dir=args.checkpoint_dir,
+                  resume_from=args.checkpoint_dir if args.resume else None)
+    final = {k: v for k, v in metrics.items() if k.startswith("test/") or k == "val/best_acc"}
+    width = max(map(len, final), default=0)
+    for k in sorted(final):
+        print(f"{k:<{width}}  {final[k]:.4f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"metrics": metrics, "config": cfg.to_dict()}, indent=2))
+    return 0
+
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train one run (MCR by default) on embedded defaults or a config",
+        description="Train one run. Defaults <- CONFIG (YAML with sections data/model/method/train) <- "
+                    "section.key=value overrides. Prints one line per epoch and the final test metrics.",
+        epilog=_config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", default=None, help="YAML config file (optional)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=0.01")
+    p.add_argument("--json", metavar="PATH", help='write {"metrics": ..., "config": ...} to PATH')
+    p.add_argument("--checkpoint-dir", metavar="DIR", help="write a checkpoint there every epoch")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.set_defaults(func=cmd_train)
+
+
+def _split_config_arg(args: argparse.Namespace) -> None:
+    """``mcrlab train a=b`` has no file: argparse put the first override into ``config``."""
+    cfg = getattr(args, "config", None)
+    if cfg is not None and "=" in cfg and not cfg.endswith((".yaml", ".yml")):
+        args.overrides = [cfg, *args.overrides]
+        args.config = None
+    elif cfg is not None and not Path(cfg).exists() and not cfg.endswith((".yaml", ".yml")):
+        raise ConfigError(f"'{cfg}': neither a config file nor an override (expected section.key=value)")
+    if getattr(args, "resume", False) and not getattr(args, "checkpoint_dir", None):
+        raise ConfigError("--resume needs --checkpoint-dir")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcrlab",
+        description="mcrlab: train, tune and ablate multimodal models balanced by MCR (the Multimodal "
+                    "Competition Regularizer) on Ray, with Optuna search and MLflow tracking.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _register_train(sub)
+    for module in _command_modules():
+        module.register(sub)
+    return parser
+
+
+def _command_modules() -> list:
+    """The sub-command modules, in the order --help lists them (one explicit list)."""
+    import importlib
+
+    names = ["mcrlab.tune.commands", "mcrlab.tune.check", "mcrlab.ablation_commands", "mcrlab.data.commands",
+             "mcrlab.cluster_commands"]
+    out = []
+    for name in names:
+        try:
+            out.append(importlib.import_module(name))
+        except ModuleNotFoundError as err:
+            if err.name != name:  # a missing dependency inside an existing module is a real error
+                raise
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        _split_config_arg(args)
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"mcrlab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mcrlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
