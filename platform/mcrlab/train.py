@@ -268,8 +268,9 @@ def fit(cfg: RunConfig, report: Report | None = None, *, checkpoint_dir: str | N
             loss_sum += res.loss.item()
             global_step += 1
 
-        val, _ = evaluate(model, method, xs_va, y_va, names, C, "val", t.eval_perms,
-                          eval_gen.manual_seed(t.seed + epoch))
+        val, z_val = evaluate(model, method, xs_va, y_va, names, C, "val", t.eval_perms,
+                              eval_gen.manual_seed(t.seed + epoch))
+        method.on_validation(z_val, y_va)
         metrics = {"epoch": epoch + 1, "train/loss": loss_sum / steps_per_epoch, **val,
                    **{f"train/{k}": v for k, v in step_logs.items()}, **logs}
         metrics.update(method.on_epoch_end(epoch, metrics))
@@ -281,17 +282,21 @@ def fit(cfg: RunConfig, report: Report | None = None, *, checkpoint_dir: str | N
 
         if val["val/acc"] > best_val:
             best_val, bad_epochs = val["val/acc"], 0
-            best_state = copy.deepcopy(model.state_dict())
+            # the method's state too: predict may use it (MLA's shared head, ensemble scales, MMCosine's W)
+            best_state = copy.deepcopy({"model": model.state_dict(), "method": method.state_dict()})
         else:
             bad_epochs += 1
         last = epoch == t.epochs - 1 or (t.patience > 0 and bad_epochs >= t.patience)
         if last:
-            final_model = model
+            # evaluate the best epoch in place (method and model together), then restore the last state
+            current = copy.deepcopy({"model": model.state_dict(), "method": method.state_dict()})
             if best_state is not None:
-                final_model = copy.deepcopy(model)
-                final_model.load_state_dict(best_state)
-            metrics.update(_final_metrics(final_model, method, data, cfg, device,
+                model.load_state_dict(best_state["model"])
+                method.load_state_dict(best_state["method"])
+            metrics.update(_final_metrics(model, method, data, cfg, device,
                                           eval_gen.manual_seed(t.seed + 10_000)))
+            model.load_state_dict(current["model"])
+            method.load_state_dict(current["method"])
             metrics["val/best_acc"] = best_val
         ckpt = None
         if checkpoint_dir is not None and (last or (epoch + 1) % t.checkpoint_every == 0):

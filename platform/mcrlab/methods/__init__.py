@@ -3,14 +3,45 @@ new module and one line here."""
 
 from __future__ import annotations
 
+from mcrlab.methods.agm import AGM
 from mcrlab.methods.base import Method, NoParams, StepContext, StepResult
+from mcrlab.methods.dnr import DnR
+from mcrlab.methods.ensemble import Ensemble
+from mcrlab.methods.gradient_blending import GradientBlending
+from mcrlab.methods.greedy import Greedy
 from mcrlab.methods.mcr import MCR
+from mcrlab.methods.mla import MLA
+from mcrlab.methods.mlb import MLB
+from mcrlab.methods.mmcosine import MMCosine
+from mcrlab.methods.mmpareto import MMPareto
+from mcrlab.methods.mslr import MSLR
+from mcrlab.methods.ogm_ge import OGMGE
+from mcrlab.methods.pmr import PMR
+from mcrlab.methods.reconboost import ReconBoost
 from mcrlab.methods.simple import Joint, MultiLoss, Unimodal
 
 REGISTRY: dict[str, type[Method]] = {
+    # references: one modality, separately trained modalities, plain joint training
+    "unimodal": Unimodal,
+    "ensemble": Ensemble,
     "joint": Joint,
     "multiloss": MultiLoss,
-    "unimodal": Unimodal,
+    # gradient modulation
+    "ogm_ge": OGMGE,
+    "agm": AGM,
+    "mlb": MLB,
+    "greedy": Greedy,
+    # objectives and gradient combination
+    "mmpareto": MMPareto,
+    "mmcosine": MMCosine,
+    "pmr": PMR,
+    "gradient_blending": GradientBlending,
+    # learning rates, alternating training, re-initialisation
+    "mslr": MSLR,
+    "reconboost": ReconBoost,
+    "mla": MLA,
+    "dnr": DnR,
+    # the method under study
     "mcr": MCR,
 }
 

@@ -7,7 +7,7 @@ The loop (``mcrlab.train.fit``) does, per batch::
     logs |= method.after_backward(model, ctx)          # gradient modulation (OGM-GE, ...)
     <all-reduce gradients when data-parallel>; <clip>; optimizer.step()
 
-and per epoch ``on_epoch_start`` / ``on_epoch_end``. Evaluation calls ``predict``. The maths of
+and per epoch ``on_epoch_start`` / ``on_validation`` / ``on_epoch_end``. Evaluation calls ``predict``. The maths of
 each method lives in pure functions next to its class; the class only wires them to these hooks.
 """
 
@@ -101,6 +101,11 @@ class Method:
 
     def on_epoch_start(self, epoch: int, ctx: StepContext) -> dict[str, float]:
         return {}
+
+    def on_validation(self, z: list[torch.Tensor], y: torch.Tensor) -> None:
+        """Called after each epoch's validation pass with its latents (M tensors (N, d_m)) and labels (N,),
+        before ``on_epoch_end``; for methods that diagnose representations (D&R) or need validation losses
+        (Gradient-Blending)."""
 
     def on_epoch_end(self, epoch: int, diagnostics: dict[str, float]) -> dict[str, float]:
         """Called after evaluation with that epoch's diagnostics; may return coefficient logs."""

@@ -1,0 +1,81 @@
+"""MLB: Multi-Loss Balanced gradient modulation (Kontras, Chatzichristos, Blaschko & De Vos, BMVC 2024,
+"Improving multimodal learning with multi-loss gradient modulation").
+
+Loss: multi-loss, CE(g(z), y) + w_uni * sum_m CE(h_m(z_m), y). The unimodal heads estimate each modality's
+performance, s_m = sum_i softmax(h_m)_i[y_i], and
+  r_m = mean_{j != m} s_j / s_m,   beta_m = beta_max if r_m > 1 else 2,
+  k_m = 1 + (beta_m - 1) * tanh(alpha * (r_m - 1)),
+so a lagging modality (r_m > 1) is accelerated up to beta_max and a leading one decelerated towards 0; as the
+modalities equalise, r_m -> 1 and k_m -> 1 (modulation phases itself out). k_m scales encoder m's whole
+gradient (from the fused and the unimodal losses). alpha = 1.5 follows the authors' example command;
+beta_max = 2 (symmetric with the decelerating branch) is our default, searchable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mcrlab.config import opt
+from mcrlab.methods.base import Method, StepContext, StepResult
+from mcrlab.methods.modulation import confidence_scores, encoder_params, ratio_to_others, scale_grads
+from mcrlab.methods.simple import heads_loss
+from mcrlab.models.net import MultimodalNet
+
+
+def mlb_coefficients(scores: torch.Tensor, alpha: float, beta_max: float) -> torch.Tensor:
+    """k_m = 1 + (beta_m - 1) tanh(alpha (r_m - 1)) with r_m = mean_{j!=m} s_j / s_m: (M,) -> (M,)."""
+    r = 1.0 / ratio_to_others(scores).clamp_min(1e-12)
+    beta = torch.where(r > 1, torch.full_like(r, beta_max), torch.full_like(r, 2.0))
+    return 1 + (beta - 1) * torch.tanh(alpha * (r - 1))
+
+
+@dataclass
+class MLBParams:
+    alpha: float = opt(1.5, "steepness alpha of k = 1 + (beta - 1) tanh(alpha (r - 1))", ge=0.0)
+    beta_max: float = opt(2.0, "largest acceleration factor of a lagging modality", ge=1.0)
+    w_uni: float = opt(1.0, "weight of the unimodal heads' CE losses", ge=0.0)
+
+
+class MLB(Method):
+    name = "mlb"
+    Params = MLBParams
+
+    def __init__(self, params: MLBParams, model: MultimodalNet, num_classes: int):
+        super().__init__(params, model, num_classes)
+        self.coef = torch.ones(model.num_modalities)
+        self._sum, self._n = torch.zeros(model.num_modalities), 0
+
+    def on_epoch_start(self, epoch: int, ctx: StepContext) -> dict[str, float]:
+        self._sum.zero_()
+        self._n = 0
+        return {}
+
+    def training_step(self, model, xs, y, ctx: StepContext) -> StepResult:
+        out = model(xs)
+        fused = F.cross_entropy(out.fused, y)
+        uni, logs = heads_loss(out.heads, y)
+        self.coef = mlb_coefficients(confidence_scores(out.heads, y), self.params.alpha,
+                                     self.params.beta_max).cpu()
+        self._sum += self.coef
+        self._n += 1
+        logs.update({"loss/fused": fused.item(), **{f"coef/mlb/{m}": float(k) for m, k in enumerate(self.coef)}})
+        return StepResult(loss=fused + self.params.w_uni * uni, out=out, logs=logs)
+
+    def after_backward(self, model, ctx: StepContext) -> dict[str, float]:
+        for m in range(model.num_modalities):
+            scale_grads(encoder_params(model, m), float(self.coef[m]))
+        return {}
+
+    def on_epoch_end(self, epoch: int, diagnostics: dict[str, float]) -> dict[str, float]:
+        mean = self._sum / max(self._n, 1)
+        return {f"coef/mlb/{m}": float(k) for m, k in enumerate(mean)}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "coef": self.coef.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.coef = state["coef"].clone()
