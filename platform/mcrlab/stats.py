@@ -126,16 +126,17 @@ def paired_test(arm: Mapping, base: Mapping, test: str = "t", label: str = "arm"
 
     ``test="t"``: paired t, t = mean(d) / (std(d) / sqrt(n)), two-sided p on n-1 dof.
     ``test="wilcoxon"``: scipy's signed-rank test (exact for small n, zero differences dropped).
-    Degenerate cases, both tests: all differences zero -> p = 1 (no evidence of a difference);
-    for the t-test, identical non-zero differences -> p = 0 and |t| = inf (as scipy).
+    Degenerate cases, both tests: one seed -> p, statistic and effect are nan; all differences zero
+    -> p = 1 (no evidence of a difference); for the t-test, identical non-zero differences -> p = 0
+    and |t| = inf (as scipy).
     """
     if test not in TESTS:
         raise ConfigError(f"test: {test!r} is not one of {', '.join(TESTS)}")
     a, b = _matched(arm, base, label)
     d = a - b
     n = int(d.size)
-    if n < 2:
-        raise SeedMismatchError(f"{label}: a paired test needs at least 2 matched seeds, got {n}")
+    if n < 2:  # nothing to test with one seed: report the difference, leave p and effect undefined
+        return PairedResult(n, float(d.mean()) if n else math.nan, math.nan, math.nan, math.nan, test)
     mean = float(d.mean())
     sd = float(d.std(ddof=1))
     if sd > 0:
