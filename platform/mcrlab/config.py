@@ -219,6 +219,8 @@ def _check_value(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            value = _float_or_none(value) if _float_or_none(value) is not None else value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -237,6 +239,14 @@ def _check_value(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     return value
+
+
+def _float_or_none(text: str) -> float | None:
+    """YAML 1.1 reads ``1e-3`` as a string; accept it where a number is expected."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def build_dataclass(cls: type, raw: Any, source: str, section: str) -> Any:

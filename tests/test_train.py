@@ -1,0 +1,97 @@
+"""The training loop: metrics contract, determinism, resume == uninterrupted, per-player lrs."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from mcrlab.config import load_config
+from mcrlab.train import NonFiniteLoss, adaptive_multipliers, fit, load_checkpoint
+from tests.helpers_data import toy_dataset
+
+FAST = ["train.epochs=3", "train.batch_size=32", "train.probe_epochs=20"]
+
+
+def _cfg(*extra):
+    """Small runs; MCR (the default method) with S=4 unless another method is named."""
+    mcr = [] if any(e.startswith("method.name=") for e in extra) else ["method.num_perms=4"]
+    return load_config(None, [*FAST, *mcr, *extra])
+
+
+def test_metric_contract_per_epoch_and_final():
+    seen = []
+    final = fit(_cfg(), lambda m, c: seen.append(m), dataset=toy_dataset())
+    assert [m["epoch"] for m in seen] == [1, 2, 3]
+    for m in seen:
+        for key in ("train/loss", "val/acc", "val/f1", "val/head/m0", "val/D/m1", "lr/m0"):
+            assert math.isfinite(m[key]), key
+    for key in ("test/acc", "test/f1", "test/head/m0", "test/probe/m0", "test/probe/m1",
+                "test/acc_type/a", "test/D/m0", "val/best_acc"):
+        assert key in final and math.isfinite(final[key]), key
+    assert "test/acc" not in seen[0] and seen[-1] is not None and seen[-1]["test/acc"] == final["test/acc"]
+    assert final["test/acc"] > 0.7  # modality 0 alone separates the classes well
+
+
+@pytest.mark.parametrize("method", ["mcr", "joint"])
+def test_same_seed_same_metrics_other_seed_differs(method):
+    a = fit(_cfg(f"method.name={method}"), dataset=toy_dataset())
+    b = fit(_cfg(f"method.name={method}"), dataset=toy_dataset())
+    c = fit(_cfg(f"method.name={method}", "train.seed=1"), dataset=toy_dataset())
+    assert a == b
+    assert a["train/loss"] != c["train/loss"]
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
+    ds = toy_dataset()
+    full = fit(_cfg("train.epochs=4"), dataset=ds)
+    ck = str(tmp_path / "ck")
+    fit(_cfg("train.epochs=2"), dataset=ds, checkpoint_dir=ck)  # "interrupted" after epoch 2
+    assert load_checkpoint(ck)["epoch"] == 1
+    resumed = fit(_cfg("train.epochs=4"), dataset=ds, checkpoint_dir=ck, resume_from=ck)
+    assert resumed == full
+
+
+def test_player_learning_rates_and_adaptive_mode():
+    seen = []
+    fit(_cfg("train.player_lr=[2.0, 0.5]", "train.lr=0.001"), lambda m, c: seen.append(m), dataset=toy_dataset())
+    assert seen[0]["lr/m0"] == pytest.approx(0.002) and seen[0]["lr/m1"] == pytest.approx(0.0005)
+    # adaptive: the player with the smaller D gets the larger step, clipped to the band
+    assert adaptive_multipliers([1, 1], [0.3, 0.1], [0.5, 2.0], 1.0) == pytest.approx([2 / 3, 2.0])
+    assert adaptive_multipliers([1, 1], [1.0, 1e-9], [0.5, 2.0], 1.0)[1] == 2.0
+    seen.clear()
+    fit(_cfg("train.adaptive_lr=true"), lambda m, c: seen.append(m), dataset=toy_dataset())
+    assert seen[-1]["lr/m0"] != seen[-1]["lr/m1"]
+
+
+def test_three_modalities_train():
+    final = fit(_cfg(), dataset=toy_dataset(num_modalities=3))
+    assert {"test/probe/m2", "test/D/m2", "test/head/m2"} <= set(final)
+
+
+def test_non_finite_loss_stops_at_once():
+    ds = toy_dataset()
+    ds.splits["train"].x[0][5, 0] = float("nan")  # loaders reject this; fit must still not train on it
+    seen = []
+    with pytest.raises(NonFiniteLoss, match="epoch 0"):
+        fit(_cfg("method.name=joint"), lambda m, c: seen.append(m), dataset=ds)
+    assert seen == []
+
+
+def test_mlp_fusion_trains():
+    final = fit(_cfg("model.fusion=mlp", "train.epochs=10"), dataset=toy_dataset())
+    assert final["test/acc"] > 0.6
+
+
+def test_platform_is_the_standard_library_everywhere():
+    """platform/ is a source root: nothing may shadow the stdlib module in any process."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    assert not list((root / "platform").glob("*.py")), "no .py files directly in platform/"
+    code = "import platform, mcrlab; print(platform.__file__); platform.python_version()"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=root / "platform")
+    assert "lib" in out.stdout and "mcrlab" not in out.stdout
