@@ -32,7 +32,7 @@ def purity(labels: np.ndarray, clusters: np.ndarray) -> float:
     total = 0
     for c in np.unique(clusters):
         total += np.bincount(labels[clusters == c]).max()
-    return total / len(labels)
+    return float(total / len(labels))
 
 
 def kmeans_purity(z: np.ndarray, y: np.ndarray, k: int, seed: int = 0) -> float:
