@@ -75,10 +75,10 @@ class Method:
         self.params = params
         self.model = model
         self.num_classes = num_classes
-        M = model.num_modalities
-        if self.max_modalities is not None and M > self.max_modalities:
+        n_mod = model.num_modalities
+        if self.max_modalities is not None and n_mod > self.max_modalities:
             raise ConfigError(f"method.name: '{self.name}' is defined for at most "
-                              f"{self.max_modalities} modalities, the dataset has {M}")
+                              f"{self.max_modalities} modalities, the dataset has {n_mod}")
 
     # ---- hooks -------------------------------------------------------------------------------
     def extra_modules(self) -> nn.Module | None:
