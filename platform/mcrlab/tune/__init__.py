@@ -1,0 +1,23 @@
+"""Hyperparameter search: search-space YAML -> Optuna define-by-run (``space``), sweeps over Ray Tune.
+
+Importing this package imports neither Optuna nor Ray; the modules that need them import them lazily.
+"""
+
+from mcrlab.tune.space import (
+    Objective,
+    Param,
+    SamplerSpec,
+    Scaling,
+    SchedulerSpec,
+    SearchSpace,
+    Smoke,
+    compile_space,
+    load_space,
+    make_sampler,
+    parse_space,
+    sample_point,
+    trial_config,
+)
+
+__all__ = ["Objective", "Param", "SamplerSpec", "Scaling", "SchedulerSpec", "SearchSpace", "Smoke",
+           "compile_space", "load_space", "make_sampler", "parse_space", "sample_point", "trial_config"]

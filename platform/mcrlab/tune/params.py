@@ -1,0 +1,349 @@
+"""The ``params:`` section of a search space: one ``Param`` per dotted RunConfig path, and its checks.
+
+A path is ``section.key`` (``method.lambda_m``) or ``section.key.N`` for element N of a list field
+(``train.player_lr.0``). Each path is checked against the RunConfig of every method it can apply to:
+when ``method.name`` is itself searched, a ``method.*`` parameter applies to the method choices its
+``when:`` conditions (followed through their own conditions) allow.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcrlab.config import ConfigError, RunConfig, build_dataclass
+
+__all__ = ["Param", "parse_params", "check_paths", "set_path", "apply_values"]
+
+KINDS = ("float", "int", "categorical")
+PATH_RE = re.compile(r"^(data|model|method|train)\.([A-Za-z_][A-Za-z0-9_]*)(?:\.(\d+))?$")
+KEYS = {"float": {"type", "low", "high", "log", "step", "when"},
+        "int": {"type", "low", "high", "log", "step", "when"},
+        "categorical": {"type", "choices", "when"},
+        "fixed": {"type", "fixed", "when"}}
+RESERVED = {"data.name": "list datasets under datasets:",
+            "train.seed": "use objective.seeds / objective.seed"}
+_MISSING = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality that keeps true apart from 1 (YAML scalars compared as Optuna would store them)."""
+    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
+
+
+@dataclass(frozen=True, eq=False)
+class Param:
+    """One entry of ``params:``. ``when`` maps earlier categorical params to their allowed values (AND)."""
+
+    path: str
+    kind: str  # float | int | categorical | fixed
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple = ()
+    value: Any = None  # the fixed value
+    when: dict[str, tuple] = field(default_factory=dict)
+
+    def active(self, values: dict[str, Any]) -> bool:
+        """Whether every condition holds in ``values`` (an absent, i.e. inactive, parent fails it)."""
+        return all(any(_same(values.get(k, _MISSING), a) for a in allowed)
+                   for k, allowed in self.when.items())
+
+    def contains(self, v: Any) -> bool:
+        if self.kind == "categorical":
+            return any(_same(v, c) for c in self.choices)
+        if self.kind == "fixed":
+            return _same(v, self.value)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (self.kind == "int" and
+                                                                      not isinstance(v, int)):
+            return False
+        return self.low <= v <= self.high
+
+    def describe(self) -> str:
+        if self.kind == "categorical":
+            return f"choices {list(self.choices)}"
+        if self.kind == "fixed":
+            return f"fixed value {self.value!r}"
+        return f"{'log ' if self.log else ''}range [{self.low}, {self.high}] ({self.kind})"
+
+    def probes(self) -> list[tuple[str, Any]]:
+        """The values pushed through RunConfig at load time: the ends of a range, each choice, the fixed."""
+        if self.kind == "categorical":
+            return [("choice", c) for c in self.choices]
+        if self.kind == "fixed":
+            return [("fixed value", self.value)]
+        if self.kind == "float":  # as Optuna will suggest them: floats, even when written 1 and 8
+            return [("low", float(self.low)), ("high", float(self.high))]
+        return [("low", self.low), ("high", self.high)]
+
+
+# --------------------------------------------------------------------------------------------------
+# parsing one entry
+
+
+def _number(spec: dict, key: str, where: str, integer: bool) -> Any:
+    if key not in spec:
+        raise ConfigError(f"{where}.{key}: missing (a {'int' if integer else 'float'} range needs low "
+                          f"and high)")
+    v = spec[key]
+    if integer and (isinstance(v, bool) or not isinstance(v, int)):
+        raise ConfigError(f"{where}.{key}: expected an integer, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConfigError(f"{where}.{key}: expected a finite number, got {v!r} "
+                          f"(YAML reads 1e-3 as a string: write 1.0e-3)")
+    return v
+
+
+def _entry(path: Any, spec: Any, source: str, earlier: dict[str, Param]) -> Param:
+    where = f"{source}: params.{path}"
+    if not isinstance(path, str) or not PATH_RE.match(path):
+        raise ConfigError(f"{source}: params.{path}: a parameter name is a config path like method.lambda_m "
+                          f"or train.player_lr.0 (sections: data, model, method, train)")
+    if path in RESERVED:
+        raise ConfigError(f"{where}: cannot be searched here, {RESERVED[path]}")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping like {{type: float, low: .., high: ..}} or "
+                          f"{{fixed: value}}, got {spec!r}")
+    kind = "fixed" if "fixed" in spec else spec.get("type")
+    if kind not in KINDS and kind != "fixed":
+        raise ConfigError(f"{where}.type: {'missing' if kind is None else f'unknown type {kind!r}'} "
+                          f"(known: float, int, categorical, or {{fixed: value}})")
+    if kind == "fixed" and spec.get("type", "fixed") != "fixed":
+        raise ConfigError(f"{where}: has both type: {spec['type']} and fixed:; keep one")
+    for key in spec:
+        if key not in KEYS[kind]:
+            raise ConfigError(f"{where}.{key}: unknown key for a {kind} parameter "
+                              f"(known: {', '.join(sorted(KEYS[kind]))})")
+    when = _when(spec.get("when"), where, earlier)
+    if kind == "fixed":
+        return Param(path, "fixed", value=copy.deepcopy(spec["fixed"]), when=when)
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}.choices: expected a non-empty list, got {choices!r}")
+        for c in choices:
+            if c is not None and not isinstance(c, (bool, int, float, str)):
+                raise ConfigError(f"{where}.choices: {c!r} is not a scalar (Optuna stores only "
+                                  f"null, bool, int, float, string choices)")
+            if sum(_same(c, d) for d in choices) > 1:
+                raise ConfigError(f"{where}.choices: {c!r} is listed twice")
+        if path == "method.name" and when:
+            raise ConfigError(f"{where}.when: method.name cannot be conditional")
+        return Param(path, "categorical", choices=tuple(choices), when=when)
+    integer = kind == "int"
+    low, high = _number(spec, "low", where, integer), _number(spec, "high", where, integer)
+    if low > high:
+        raise ConfigError(f"{where}: low ({low}) must be <= high ({high})")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}.log: expected true or false, got {log!r}")
+    if log and (low <= 0 or (integer and low < 1)):
+        raise ConfigError(f"{where}.low: a log range needs low > 0{' (>= 1 for int)' if integer else ''}, "
+                          f"got {low}")
+    step = spec.get("step")
+    if step is not None:
+        step = _number(spec, "step", where, integer)
+        if step <= 0 or log:
+            raise ConfigError(f"{where}.step: must be > 0 and cannot be combined with log: true")
+    return Param(path, kind, low=low, high=high, log=log, step=step, when=when)
+
+
+def _when(raw: Any, where: str, earlier: dict[str, Param]) -> dict[str, tuple]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}.when: expected a mapping {{earlier_param: value or [values]}}, "
+                          f"got {raw!r}")
+    out = {}
+    for key, allowed in raw.items():
+        parent = earlier.get(key)
+        if parent is None:
+            raise ConfigError(f"{where}.when.{key}: no categorical parameter '{key}' is defined before it")
+        if parent.kind != "categorical":
+            raise ConfigError(f"{where}.when.{key}: conditions must refer to a categorical parameter; "
+                              f"'{key}' is {parent.kind}")
+        allowed = allowed if isinstance(allowed, list) else [allowed]
+        if not allowed:
+            raise ConfigError(f"{where}.when.{key}: empty list of values, the condition could never hold")
+        for a in allowed:
+            if not parent.contains(a):
+                raise ConfigError(f"{where}.when.{key}: {a!r} is not one of its choices "
+                                  f"{list(parent.choices)}")
+        out[key] = tuple(allowed)
+    return out
+
+
+def parse_params(raw: Any, source: str) -> tuple[Param, ...]:
+    """Parse ``params:`` in file order; conditions may refer only to earlier categorical params."""
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{source}: params: expected a non-empty mapping of config path -> parameter, "
+                          f"got {raw!r}")
+    earlier: dict[str, Param] = {}
+    for path, spec in raw.items():
+        earlier[path] = _entry(path, spec, source, earlier)
+    params = tuple(earlier.values())
+    if all(p.kind == "fixed" for p in params):
+        raise ConfigError(f"{source}: params: every parameter is fixed, nothing would be searched")
+    return params
+
+
+# --------------------------------------------------------------------------------------------------
+# checking paths against the RunConfig, per method
+
+
+def _section_cls(section: str, method: str) -> type:
+    from mcrlab.methods import REGISTRY
+
+    return REGISTRY[method].Params if section == "method" else RunConfig.SECTIONS[section]
+
+
+def _default_list(section: str, key: str, method: str) -> list:
+    f = {f.name: f for f in dataclasses.fields(_section_cls(section, method))}[key]
+    return list(f.default_factory() if f.default is dataclasses.MISSING else f.default)  # type: ignore[misc]
+
+
+def check_paths(params: tuple[Param, ...], base: dict, source: str) -> None:
+    """Every path exists for every method it applies to, and every probe value builds a RunConfig."""
+    from mcrlab.methods import REGISTRY
+
+    by_path = {p.path: p for p in params}
+    mp = by_path.get("method.name")
+    base_method = (base.get("method") or {}).get("name", "mcr")
+    if mp is not None and mp.kind == "categorical":
+        for c in mp.choices:
+            if c not in REGISTRY:
+                raise ConfigError(f"{source}: params.method.name.choices: unknown method {c!r} "
+                                  f"(known: {', '.join(sorted(REGISTRY))})")
+        extra = sorted(set(base.get("method") or {}) - {"name"})
+        if extra:
+            raise ConfigError(f"{source}: base.method.{extra[0]}: method.name is searched, so method "
+                              f"parameters belong in params: with when: {{method.name: ...}}")
+    methods: dict[str, list[str]] = {}
+    for p in params:
+        if mp is None or mp.kind == "fixed":
+            allowed = [mp.value if mp is not None else base_method]
+        else:
+            allowed = list(mp.choices)
+            for parent, values in p.when.items():
+                keep = values if parent == "method.name" else methods[parent]
+                allowed = [m for m in allowed if m in keep]
+        if not allowed:
+            raise ConfigError(f"{source}: params.{p.path}.when: its conditions can never hold together")
+        methods[p.path] = allowed
+        _check_one(p, allowed, base, by_path, source)
+
+
+def _check_one(p: Param, methods: list[str], base: dict, by_path: dict[str, Param], source: str) -> None:
+    from mcrlab.methods import REGISTRY
+
+    where = f"{source}: params.{p.path}"
+    section, key, index = PATH_RE.match(p.path).groups()
+    if index is not None and f"{section}.{key}" in by_path:
+        raise ConfigError(f"{where}: the whole list {section}.{key} is a parameter too; keep one")
+    for m in methods if p.path != "method.name" else [methods[0]]:
+        cls = _section_cls(section, m)
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        if section == "method" and key != "name" and key not in names:
+            having = [n for n in sorted(REGISTRY)
+                      if key in {f.name for f in dataclasses.fields(REGISTRY[n].Params)}]
+            hint = f"; add when: {{method.name: {having}}}" if having and len(methods) > 1 else ""
+            raise ConfigError(f"{where}: '{key}' is not a parameter of method '{m}' "
+                              f"(its parameters: {', '.join(names) or 'none'}){hint}")
+        if section != "method" and key not in names:
+            raise ConfigError(f"{where}: '{key}' is not a key of {section} (known: {', '.join(names)})")
+        hint = typing.get_type_hints(cls)[key] if key in names else None
+        if p.kind == "float" and index is None and hint is int:
+            raise ConfigError(f"{where}: {section}.{key} is an integer; use type: int")
+        if index is not None:
+            if hint is not list and typing.get_origin(hint) is not list:
+                raise ConfigError(f"{where}: {section}.{key} is not a list; an index applies only to lists")
+            current = _current_list(base, section, key, m)
+            missing = [j for j in range(len(current), int(index)) if f"{section}.{key}.{j}" not in by_path]
+            if missing:
+                raise ConfigError(f"{where}: {section}.{key} has {len(current)} element(s) before the "
+                                  f"search; "
+                                  f"set {section}.{key}.{missing[0]} too (as a parameter or fixed)")
+        for label, value in p.probes():
+            raw = copy.deepcopy(base)
+            if (raw.get("method") or {}).get("name", "mcr") != m:
+                raw["method"] = {"name": m}
+            try:
+                set_path(raw, p.path, value, pad=True)
+                _build_section(raw, section, key, m)
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {label} {value!r} is rejected"
+                                  f"{f' for method {m}' if len(methods) > 1 else ''}: "
+                                  f"{str(err).replace('<p>: ', '')}") from None
+
+
+def _build_section(raw: dict, section: str, key: str, method: str) -> None:
+    """Validate one section of a raw config (4x cheaper than a whole RunConfig; same messages)."""
+    if section == "method" and key == "name":
+        RunConfig.from_dict(raw, "<p>")
+        return
+    sec = dict(raw.get(section) or {})
+    if section == "method":
+        sec.pop("name", None)
+    build_dataclass(_section_cls(section, method), sec, "<p>", section)
+
+
+def _current_list(raw: dict, section: str, key: str, method: str) -> list:
+    sec = raw.get(section) or {}
+    return list(sec[key]) if isinstance(sec.get(key), list) else _default_list(section, key, method)
+
+
+# --------------------------------------------------------------------------------------------------
+# writing values into a nested raw config
+
+
+def set_path(raw: dict, path: str, value: Any, source: str = "<space>", pad: bool = False) -> None:
+    """Set a dotted path (``train.lr``, ``train.player_lr.0``) in a nested raw config dict.
+
+    An element one past the end of a list is appended; further ones need ``pad`` (validation probes
+    only: the gap is filled with the same value) or raise ConfigError.
+    """
+    m = PATH_RE.match(path) if isinstance(path, str) else None
+    if m is None:
+        raise ConfigError(f"{source}: {path}: not a config path like train.epochs or train.player_lr.0")
+    section, key, index = m.groups()
+    sec = raw.setdefault(section, {})
+    if not isinstance(sec, dict):
+        raise ConfigError(f"{source}: {section}: must be a mapping")
+    value = copy.deepcopy(value)
+    if section == "method" and key == "name":
+        if sec.get("name", "mcr") != value:
+            sec.clear()  # switching method: the old method's parameters do not carry over
+        sec["name"] = value
+        return
+    if index is None:
+        sec[key] = value
+        return
+    method = (raw.get("method") or {}).get("name", "mcr")
+    try:
+        current = _current_list(raw, section, key, method)
+    except (KeyError, TypeError):
+        raise ConfigError(f"{source}: {path}: no list field {section}.{key}") from None
+    i = int(index)
+    if i > len(current) and not pad:
+        raise ConfigError(f"{source}: {path}: the list has {len(current)} element(s); set the ones before "
+                          f"element {i} too")
+    current.extend([value] * (i + 1 - len(current)))
+    current[i] = value
+    sec[key] = current
+
+
+def apply_values(raw: dict, values: dict[str, Any], source: str = "<space>") -> None:
+    """Set many paths: method.name first (a switch clears method keys), list elements in index order."""
+    def order(key: str) -> tuple:
+        m = PATH_RE.match(key) if isinstance(key, str) else None
+        index = int(m.group(3)) if m and m.group(3) is not None else -1
+        return (key != "method.name", index)
+
+    for key in sorted(values, key=order):
+        set_path(raw, key, values[key], source)

@@ -1,0 +1,422 @@
+"""Search spaces: YAML schema -> typed ``SearchSpace`` -> Optuna define-by-run function -> RunConfig.
+
+The language (documented in search_spaces/README.md)::
+
+    params:
+      method.lambda_m: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
+      method.irrelevant_bound: {type: categorical, choices: [ceb_mse, club]}
+      method.club_hidden: {type: int, low: 16, high: 128, log: true, when: {method.irrelevant_bound: club}}
+      train.player_lr.0: {type: float, low: 0.1, high: 10, log: true}      # a list element by index
+      method.divergence: {fixed: jsd}
+
+A parameter name is the dotted RunConfig path it sets; Optuna sees the same name. Everything a user
+can get wrong is caught at load time (``load_space``) with a ``ConfigError`` naming the file and key:
+each path is checked against the RunConfig of every method it can apply to, and every bound, choice,
+fixed value and point is pushed through ``RunConfig.from_dict`` once. The schema's smaller sections
+(objective, sampler, scaling, scheduler, smoke) are dataclasses validated by ``config.build_dataclass``.
+Optuna is imported lazily, so importing this module (and the CLI) stays cheap.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mcrlab.config import ConfigError, RunConfig, build_dataclass, opt, read_yaml
+from mcrlab.tune.params import Param, apply_values, check_paths, parse_params, set_path
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["Objective", "SamplerSpec", "Scaling", "SchedulerSpec", "Smoke", "SearchSpace", "Param",
+           "load_space", "parse_space", "compile_space", "sample_point", "trial_config", "make_sampler",
+           "SAMPLERS", "TOP_LEVEL_KEYS"]
+
+SAMPLERS = ("tpe", "random", "cmaes", "gp")
+METRIC_SPLITS = ("train", "val", "test")
+TOP_LEVEL_KEYS = ("name", "description", "datasets", "base", "metric", "mode", "objective", "sampler",
+                  "num_samples", "scaling", "scheduler", "smoke", "params", "points_to_evaluate")
+
+
+# --------------------------------------------------------------------------------------------------
+# the small sections (validated by config.build_dataclass from their opt() metadata)
+
+
+@dataclass(frozen=True)
+class Objective:
+    seeds: int = opt(1, "training seeds per trial (train.seed = seed, seed+1, ...)", ge=1, le=100)
+    aggregate: str = opt("mean", "how the seeds' metrics become the trial's score: mean or lcb",
+                         choices=("mean", "lcb"))
+    z: float = opt(1.0, "lcb: mean - z * standard error (mean + z * se when mode is min)", gt=0.0)
+    seed: int = opt(0, "first training seed", ge=0)
+
+    def __post_init__(self) -> None:
+        if self.aggregate == "lcb" and self.seeds < 2:
+            raise ConfigError("aggregate: lcb needs seeds >= 2 (a standard error needs two values)")
+
+    def seed_list(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+    def score(self, values: Sequence[float], mode: str) -> float:
+        """The trial's score from its per-seed metric values: mean, or the pessimistic confidence bound.
+
+        ``lcb`` = mean - z * s / sqrt(n) for mode max (mean + z * s / sqrt(n) for min), s the sample std.
+        """
+        vals = [float(v) for v in values]
+        if not vals:
+            raise ValueError("score: no values")
+        mean = statistics.fmean(vals)
+        if self.aggregate == "mean" or len(vals) < 2 or not all(map(math.isfinite, vals)):
+            return mean
+        se = statistics.stdev(vals) / math.sqrt(len(vals))
+        return mean - self.z * se if mode == "max" else mean + self.z * se
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str = opt("tpe", "Optuna sampler: tpe, random, cmaes or gp", choices=SAMPLERS)
+    seed: int | None = opt(0, "sampler seed (null = unseeded)")
+    n_startup_trials: int | None = opt(None, "random trials before the model is used (tpe, cmaes, gp)")
+    multivariate: bool = opt(False, "tpe: multivariate TPE")
+    group: bool = opt(False, "tpe: decompose conditional spaces into groups (needs multivariate)")
+    sigma0: float | None = opt(None, "cmaes: initial step size")
+
+    def __post_init__(self) -> None:
+        if self.seed is not None and self.seed < 0:
+            raise ConfigError("seed: must be >= 0 or null")
+        if self.n_startup_trials is not None and self.n_startup_trials < 0:
+            raise ConfigError("n_startup_trials: must be >= 0")
+        if self.n_startup_trials is not None and self.name == "random":
+            raise ConfigError("n_startup_trials: not an option of the random sampler")
+        if (self.multivariate or self.group) and self.name != "tpe":
+            raise ConfigError(f"{'group' if self.group else 'multivariate'}: only for the tpe sampler")
+        if self.group and not self.multivariate:
+            raise ConfigError("group: needs multivariate: true")
+        if self.sigma0 is not None and (self.name != "cmaes" or self.sigma0 <= 0):
+            raise ConfigError("sigma0: only for the cmaes sampler, and > 0")
+
+
+@dataclass(frozen=True)
+class Scaling:
+    workers: int = opt(1, "training workers per trial (> 1 = data-parallel trial)", ge=1)
+    cpus_per_worker: float = opt(1.0, "CPUs per worker", gt=0.0)
+    gpus_per_worker: float = opt(0.0, "GPUs per worker", ge=0.0)
+    max_concurrent: int = opt(0, "trials at once (0 = as many as the cluster's resources allow)", ge=0)
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    name: str = opt("none", "trial scheduler: asha or none", choices=("asha", "none"))
+    grace_period: int = opt(1, "asha: epochs before a trial may be stopped", ge=1)
+    reduction_factor: float = opt(3.0, "asha: halving rate", gt=1.0)
+
+
+@dataclass(frozen=True)
+class Smoke:
+    num_samples: int = opt(2, "trials per dataset with --smoke", ge=1)
+    overrides: dict = opt({}, "config keys pinned with --smoke (win over sampled values)")
+    datasets: list = opt([], "datasets with --smoke (empty = the same as the full sweep)")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space. ``params`` are in file order (conditions refer to earlier ones)."""
+
+    name: str
+    source: str  # the file it came from (messages and MLflow artifacts)
+    datasets: tuple[str, ...]
+    base: dict  # nested partial RunConfig, validated; never holds data.name or train.seed
+    metric: str
+    mode: str
+    objective: Objective
+    sampler: SamplerSpec
+    num_samples: int
+    scaling: Scaling
+    scheduler: SchedulerSpec
+    smoke: Smoke
+    params: tuple[Param, ...]
+    points_to_evaluate: tuple[dict, ...] = ()
+    description: str = ""
+    overrides: dict = field(default_factory=dict)  # pinned after sampling (set by smoked())
+    raw: dict = field(default_factory=dict, compare=False, repr=False)  # the file as loaded
+
+    def param(self, path: str) -> Param:
+        for p in self.params:
+            if p.path == path:
+                return p
+        raise KeyError(path)
+
+    @property
+    def searched(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if p.kind != "fixed")
+
+    def define_by_run(self) -> Callable[[optuna.Trial], dict]:
+        return compile_space(self)
+
+    def smoked(self) -> SearchSpace:
+        """The --smoke variant: fewer trials, pinned overrides (e.g. 2 epochs), maybe fewer datasets."""
+        n = self.smoke.num_samples
+        return replace(self, num_samples=n, points_to_evaluate=self.points_to_evaluate[:n],
+                       datasets=tuple(self.smoke.datasets) or self.datasets,
+                       overrides={**self.overrides, **self.smoke.overrides})
+
+
+# --------------------------------------------------------------------------------------------------
+# parsing
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search-space YAML file; every mistake raises ConfigError naming file and key."""
+    raw = read_yaml(path)
+    return parse_space(raw, str(path), default_name=Path(path).stem)
+
+
+def parse_space(raw: Any, source: str = "<space>", default_name: str = "space") -> SearchSpace:
+    """Validate an already-loaded mapping (the YAML document) into a ``SearchSpace``."""
+    if not isinstance(raw, dict):
+        got = "an empty file" if raw is None else type(raw).__name__
+        raise ConfigError(f"{source}: a search space must be a mapping of keys "
+                          f"({', '.join(TOP_LEVEL_KEYS)}), "
+                          f"got {got}")
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(f"{source}: {key}: unknown top-level key (known: {', '.join(TOP_LEVEL_KEYS)})")
+
+    name = _string(raw, "name", source, default_name)
+    description = _string(raw, "description", source, "")
+    metric = _string(raw, "metric", source, "val/acc")
+    if metric.count("/") < 1 or metric.split("/", 1)[0] not in METRIC_SPLITS or not metric.split("/", 1)[1]:
+        raise ConfigError(f"{source}: metric: '{metric}' must look like split/name with split one of "
+                          f"{', '.join(METRIC_SPLITS)} (e.g. val/acc)")
+    mode = _string(raw, "mode", source, "max")
+    if mode not in ("max", "min"):
+        raise ConfigError(f"{source}: mode: '{mode}' is not one of max, min")
+    num_samples = raw.get("num_samples", 10)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ConfigError(f"{source}: num_samples: expected an integer >= 1, got {num_samples!r}")
+
+    objective = build_dataclass(Objective, raw.get("objective"), source, "objective")
+    sampler = _sampler(raw.get("sampler"), source)
+    scaling = build_dataclass(Scaling, raw.get("scaling"), source, "scaling")
+    scheduler = _scheduler(raw.get("scheduler"), source)
+    base = _base(raw.get("base"), source)
+    datasets = _datasets(raw.get("datasets"), base, source)
+
+    params = parse_params(raw.get("params"), source)
+    check_paths(params, base, source)
+    space = SearchSpace(name=name, source=source, datasets=datasets, base=base, metric=metric, mode=mode,
+                        objective=objective, sampler=sampler, num_samples=num_samples, scaling=scaling,
+                        scheduler=scheduler, smoke=Smoke(), params=params, description=description,
+                        raw=copy.deepcopy(raw))
+    smoke = _smoke(raw.get("smoke"), space, source)
+    points = _points(raw.get("points_to_evaluate"), space, source)
+    if len(points) > num_samples:
+        raise ConfigError(f"{source}: points_to_evaluate: {len(points)} points but num_samples is "
+                          f"{num_samples}; the extra points would never run")
+    return replace(space, smoke=smoke, points_to_evaluate=points)
+
+
+def _string(raw: dict, key: str, source: str, default: str) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str) or (not value and key != "description"):
+        raise ConfigError(f"{source}: {key}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _sampler(raw: Any, source: str) -> SamplerSpec:
+    if isinstance(raw, str):  # shorthand: sampler: random
+        raw = {"name": raw}
+    if isinstance(raw, dict) and raw.get("name", "tpe") not in SAMPLERS:
+        raise ConfigError(f"{source}: sampler.name: unknown sampler {raw['name']!r} "
+                          f"(known: {', '.join(SAMPLERS)})")
+    return build_dataclass(SamplerSpec, raw, source, "sampler")
+
+
+def _scheduler(raw: Any, source: str) -> SchedulerSpec:
+    if raw is None or isinstance(raw, str):  # scheduler: none / asha
+        raw = {"name": raw or "none"}
+    return build_dataclass(SchedulerSpec, raw, source, "scheduler")
+
+
+def _base(raw: Any, source: str) -> dict:
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: base: must be a mapping of config sections, got {type(raw).__name__}")
+    RunConfig.from_dict(raw, f"{source}: base")
+    for section, key, instead in (("data", "name", "datasets:"), ("train", "seed", "objective.seed")):
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            raise ConfigError(f"{source}: base.{section}.{key}: set by the sweep, use {instead} instead")
+    return copy.deepcopy(raw)
+
+
+def _datasets(raw: Any, base: dict, source: str) -> tuple[str, ...]:
+    if raw is None:
+        return (RunConfig.from_dict(base).data.name,)
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{source}: datasets: expected a non-empty list of dataset names, got {raw!r}")
+    from mcrlab import data
+
+    check = getattr(data, "check_data_name", None)
+    try:  # a typo in a synthetic preset is the commonest dataset mistake: catch it before any trial
+        from mcrlab.data.synthetic import PRESETS
+    except ImportError:
+        PRESETS = None
+    for i, name in enumerate(raw):
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{source}: datasets[{i}]: expected a dataset name, got {name!r}")
+        if raw.index(name) != i:
+            raise ConfigError(f"{source}: datasets[{i}]: '{name}' is listed twice")
+        preset = name.split(":", 1)[1] if name.startswith("synthetic:") else None
+        if PRESETS is not None and preset is not None and preset not in PRESETS:
+            raise ConfigError(f"{source}: datasets[{i}]: unknown synthetic preset '{preset}' "
+                              f"(known: {', '.join(PRESETS)})")
+        if check is not None:
+            try:
+                check(name)
+            except ConfigError as err:
+                raise ConfigError(f"{source}: datasets[{i}]: {err}") from None
+    return tuple(raw)
+
+
+def _smoke(raw: Any, space: SearchSpace, source: str) -> Smoke:
+    smoke = build_dataclass(Smoke, raw, source, "smoke")
+    for key, value in smoke.overrides.items():
+        where = f"{source}: smoke.overrides.{key}"
+        if not isinstance(key, str) or key.count(".") < 1:
+            raise ConfigError(f"{where}: the key must be a config path like train.epochs")
+        raw_cfg = copy.deepcopy(space.base)
+        try:
+            set_path(raw_cfg, key, value)
+            RunConfig.from_dict(raw_cfg, "<p>")
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {str(err).replace('<p>: ', '')}") from None
+    if smoke.datasets:
+        _datasets(smoke.datasets, space.base, f"{source}: smoke")
+    return smoke
+
+
+def _points(raw: Any, space: SearchSpace, source: str) -> tuple[dict, ...]:
+    """Each point sets searched params to allowed values; a conditional param needs its condition."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: points_to_evaluate: expected a list of mappings, got {raw!r}")
+    by_path = {p.path: p for p in space.params}
+    out = []
+    for i, point in enumerate(raw):
+        where = f"{source}: points_to_evaluate[{i}]"
+        if not isinstance(point, dict) or not point:
+            raise ConfigError(f"{where}: expected a non-empty mapping of parameter: value, got {point!r}")
+        for key, value in point.items():
+            p = by_path.get(key)
+            if p is None:
+                raise ConfigError(f"{where}.{key}: not a parameter of this space "
+                                  f"(searched: {', '.join(q.path for q in space.searched)})")
+            if p.kind == "fixed":
+                raise ConfigError(f"{where}.{key}: is fixed to {p.value!r}; a point cannot set it")
+            if not p.contains(value):
+                raise ConfigError(f"{where}.{key}: {value!r} is outside the parameter's {p.describe()}")
+            for cond, allowed in p.when.items():
+                if cond not in point:
+                    raise ConfigError(f"{where}.{key}: conditional on {cond}, which the point must set too")
+                if point[cond] not in allowed:
+                    raise ConfigError(f"{where}.{key}: its condition {cond} in {list(allowed)} does not hold "
+                                      f"in this point ({cond}={point[cond]!r})")
+        try:
+            trial_config(space, space.datasets[0], _with_fixed(space, point), space.objective.seed)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        out.append(dict(point))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# compilation and use
+
+
+def _with_fixed(space: SearchSpace, sampled: dict) -> dict:
+    """``sampled`` plus the fixed values whose conditions hold in it."""
+    values = dict(sampled)
+    for p in space.params:
+        if p.kind == "fixed" and p.active(values):
+            values[p.path] = p.value
+    return values
+
+
+def compile_space(space: SearchSpace) -> Callable[[optuna.Trial], dict]:
+    """The Optuna define-by-run function: suggests the active params in file order, returns the fixed ones.
+
+    Ray Tune's ``OptunaSearch(space=fn, metric=..., mode=...)`` merges the suggested and the returned
+    values into the trial's flat config ``{"method.lambda_m": 0.01, ...}`` (dotted names stay flat).
+    """
+    params = space.params
+
+    def define_by_run(trial: optuna.Trial) -> dict:
+        values: dict[str, Any] = {}
+        constants: dict[str, Any] = {}
+        for p in params:
+            if not p.active(values):
+                continue
+            if p.kind == "fixed":
+                values[p.path] = constants[p.path] = p.value
+            elif p.kind == "float":
+                values[p.path] = trial.suggest_float(p.path, p.low, p.high, log=p.log, step=p.step)
+            elif p.kind == "int":
+                values[p.path] = trial.suggest_int(p.path, p.low, p.high, log=p.log, step=p.step or 1)
+            else:
+                values[p.path] = trial.suggest_categorical(p.path, list(p.choices))
+        return constants
+
+    define_by_run.__name__ = f"define_by_run_{space.name}"
+    return define_by_run
+
+
+def sample_point(study: optuna.Study, space: SearchSpace) -> tuple[optuna.Trial, dict]:
+    """Ask ``study`` for a trial and return it with its full point (suggested + fixed values)."""
+    trial = study.ask()
+    constants = compile_space(space)(trial)
+    return trial, {**trial.params, **constants}
+
+
+def trial_config(space: SearchSpace, dataset: str, sampled: dict, seed: int) -> RunConfig:
+    """base + dataset + sampled params (+ fixed values, + smoke overrides) + seed -> validated RunConfig."""
+    by_path = {p.path: p for p in space.params}
+    for key in sampled:
+        if key not in by_path:
+            raise ConfigError(f"{space.source}: trial parameter '{key}' is not a parameter of this space")
+    values = _with_fixed(space, sampled)
+    raw = copy.deepcopy(space.base)
+    raw.setdefault("data", {})["name"] = dataset
+    raw.setdefault("train", {})["seed"] = seed
+    apply_values(raw, values, space.source)
+    apply_values(raw, space.overrides, space.source)
+    return RunConfig.from_dict(raw, f"{space.source} [dataset {dataset}]")
+
+
+def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """A fresh Optuna sampler for one study (one per dataset), seeded from ``sampler.seed``."""
+    import optuna
+
+    s = space.sampler
+    startup = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.name == "tpe":
+        with warnings.catch_warnings():  # multivariate/group are "experimental" since optuna 2; documented
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=s.seed, multivariate=s.multivariate, group=s.group,
+                                              **startup)
+    # cmaes and gp model only the numeric / fixed part of the space; the rest is sampled independently
+    # (seeded from the same seed), which is expected for conditional spaces, so do not warn every trial
+    if s.name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=s.seed, sigma0=s.sigma0, warn_independent_sampling=False,
+                                            **startup)
+    return optuna.samplers.GPSampler(seed=s.seed, warn_independent_sampling=False, **startup)
