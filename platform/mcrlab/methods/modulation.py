@@ -15,7 +15,7 @@ __all__ = ["confidence_scores", "modality_logits", "ratio_to_others", "scale_gra
 def confidence_scores(logits: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
     """s_m = sum_i softmax(logits_m)_i[y_i]: M tensors (B, C), labels (B,) -> (M,) (no gradient)."""
     with torch.no_grad():
-        return torch.stack([F.softmax(lg.float(), dim=1).gather(1, y[:, None]).sum() for lg in logits])
+        return torch.stack([F.softmax(lg.double(), dim=1).gather(1, y[:, None]).sum() for lg in logits])
 
 
 def modality_logits(out: ForwardOutput, bias: torch.Tensor | None) -> list[torch.Tensor]:
