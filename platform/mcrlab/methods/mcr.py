@@ -1,16 +1,45 @@
-"""MCR, the Multimodal Competition Regularizer (see ../shared/design/mcr-method.md).
+"""MCR, the Multimodal Competition Regularizer (see shared/design/mcr-method.md).
 
 L = CE(g(z), y) + w_uni * sum_m CE(h_m(z_m), y) + R_game + lambda_c * L_shared + lambda_b * L_irrelevant
+
+The maths lives in ``mcrlab.mcr`` (pure functions); this class wires it into the hooks of
+``methods/base.py``. Per-player learning rates are the training loop's (train.player_lr, adaptive_lr).
+
+Schedule: the regulariser (game, shared and irrelevant terms) is active for epochs
+start_epoch..end_epoch (inclusive; end_epoch = -1 means to the end). lambda_M warms up linearly over
+``warmup_epochs`` from start_epoch, per step: scale = min(1, (epoch - start + (step + 1) / steps) / warmup),
+so it is already > 0 on the first active step and reaches 1 at the end of the warm-up. Outside the window
+none of the three terms is computed (the loop still measures D_m at evaluation). When the effective
+lambda_M is 0 (lambda_m = 0, an ablation) D_m is still measured, without gradient, for the logs.
+
+Per-step logs: loss/fused, loss/head/<m>, loss/game, loss/shared, loss/irrelevant (and loss/club_nll
+for club), mcr/D/<m>, mcr/lambda_m (effective), mcr/active.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mcrlab.config import ConfigError, opt
-from mcrlab.methods.base import Method
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-STRATEGY_K = {"greedy": -1.0, "independent": 0.0, "collaborative": 1.0}
+from mcrlab.config import ConfigError, opt
+from mcrlab.mcr import (
+    CLUB,
+    CEBDecoder,
+    SharedProjection,
+    ceb_mse,
+    contrastive_loss,
+    draw_perturbation,
+    game_term,
+    unique_from_perturbation,
+)
+from mcrlab.mcr.game import STRATEGY_K
+from mcrlab.methods.base import Method, StepContext
+from mcrlab.models.net import ForwardOutput, MultimodalNet
+
+__all__ = ["MCR", "MCRParams", "STRATEGY_K", "regulariser_schedule"]
 
 
 @dataclass
@@ -33,6 +62,7 @@ class MCRParams:
     lambda_b: float = opt(0.0, "weight lambda_B of the task-irrelevant upper bound (0 = off)", ge=0.0)
     irrelevant_bound: str = opt("ceb_mse", "task-irrelevant bound", choices=("ceb_mse", "club"))
     club_hidden: int = opt(64, "hidden width of the CLUB variational network (club only)", ge=1)
+    decoder_hidden: int = opt(64, "hidden width of the ceb_mse decoder C -> hidden -> sum d_m", ge=1)
     start_epoch: int = opt(0, "first epoch (0-based) with the regulariser active", ge=0)
     end_epoch: int = opt(-1, "last epoch with the regulariser active (-1 = to the end)", ge=-1)
     warmup_epochs: int = opt(0, "linear warm-up of lambda_M over this many epochs from start_epoch", ge=0)
@@ -42,6 +72,75 @@ class MCRParams:
             raise ConfigError("end_epoch: must be -1 or >= start_epoch")
 
 
+def regulariser_schedule(params: MCRParams, epoch: int, step: int, steps_per_epoch: int
+                         ) -> tuple[bool, float]:
+    """(regulariser active?, multiplier of lambda_M) at this step; see the module docstring."""
+    if epoch < params.start_epoch or (params.end_epoch != -1 and epoch > params.end_epoch):
+        return False, 0.0
+    if params.warmup_epochs == 0:
+        return True, 1.0
+    progress = (epoch - params.start_epoch + (step + 1) / max(steps_per_epoch, 1)) / params.warmup_epochs
+    return True, min(1.0, progress)
+
+
 class MCR(Method):
     name = "mcr"
     Params = MCRParams
+
+    def __init__(self, params: MCRParams, model: MultimodalNet, num_classes: int):
+        super().__init__(params, model, num_classes)
+        dims = list(model.latent_dims)
+        extra: dict[str, nn.Module] = {}
+        if params.lambda_c > 0:
+            extra["shared"] = SharedProjection(dims, params.shared_dim)
+        if params.lambda_b > 0:
+            if params.irrelevant_bound == "ceb_mse":
+                extra["decoder"] = CEBDecoder(num_classes, params.decoder_hidden, sum(dims))
+            else:
+                extra["club"] = CLUB(dims, num_classes, params.club_hidden)
+        device = next(model.parameters()).device
+        self._extra = nn.ModuleDict(extra).to(device) if extra else None
+        self.k = STRATEGY_K[params.strategy]
+
+    def extra_modules(self) -> nn.Module | None:
+        return self._extra
+
+    def loss(self, out: ForwardOutput, y: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict]:
+        p = self.params
+        fused = F.cross_entropy(out.fused, y)
+        heads = [F.cross_entropy(h, y) for h in out.heads]
+        loss = fused + p.w_uni * torch.stack(heads).sum()
+        terms: dict[str, torch.Tensor] = {"loss/fused": fused}
+        terms |= {f"loss/head/{m}": h for m, h in enumerate(heads)}
+        active, scale = regulariser_schedule(p, ctx.epoch, ctx.step, ctx.steps_per_epoch)
+        logs = {"mcr/active": float(active), "mcr/lambda_m": p.lambda_m * scale}
+        if active:
+            pert = draw_perturbation(p.perturbation, p.num_perms, out.z, ctx.generator)
+            lam = p.lambda_m * scale
+            if lam > 0:
+                r_game, D = game_term(out, self.model.fusion, pert, lambda_m=lam, k=self.k,
+                                      divergence=p.divergence, reference_grad=p.reference_grad)
+                loss = loss + r_game
+                terms["loss/game"] = r_game
+            else:
+                with torch.no_grad():
+                    D = unique_from_perturbation(out, self.model.fusion, pert, divergence=p.divergence)
+                terms["loss/game"] = D.new_zeros(())
+            terms |= {f"mcr/D/{m}": D[m] for m in range(len(out.z))}
+            if p.lambda_c > 0:
+                shared = contrastive_loss(self._extra["shared"](out.z), y, p.temperature, p.shared_bound)
+                loss = loss + p.lambda_c * shared
+                terms["loss/shared"] = shared
+            if p.lambda_b > 0:
+                if p.irrelevant_bound == "ceb_mse":
+                    irr = ceb_mse(self._extra["decoder"], out.fused, out.z)
+                else:
+                    irr, nll = self._extra["club"](out.z, y)
+                    loss = loss + nll  # trains q only: its inputs are detached inside
+                    terms["loss/club_nll"] = nll
+                loss = loss + p.lambda_b * irr
+                terms["loss/irrelevant"] = irr
+        # one device->host transfer for every logged scalar
+        values = torch.stack([t.detach().float() for t in terms.values()]).tolist()
+        logs |= dict(zip(terms, values, strict=True))
+        return loss, logs

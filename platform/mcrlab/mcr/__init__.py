@@ -1,0 +1,56 @@
+"""The MCR pieces as pure functions over tensors (see shared/design/mcr-method.md).
+
+Public API:
+
+- ``unique_information(model, out, *, num_perms, divergence, perturbation, generator, modalities=None,
+  path="auto") -> (M,) tensor``: D_m for every modality of a batch's ``ForwardOutput``; the training loop
+  calls it at evaluation for every method (under ``torch.no_grad()``). Late fusion takes the fast path
+  (permuted logit contributions, O(S*B*C)); other heads are re-run batched over all S perturbations.
+- ``unique_from_perturbation``: the same for an already drawn ``Perturbation``.
+- ``draw_perturbation`` / ``draw_permutations`` / ``Perturbation``: permute | noise | zero draws.
+- ``divergence(p_logits, q_logits, kind)``: per-sample jsd | kl | mse from logits.
+- ``game_term(out, fusion, pert, lambda_m=, k=, divergence=, reference_grad=) -> (R_game, D)`` and its
+  literal twin ``game_term_reference``; ``STRATEGY_K`` maps greedy/independent/collaborative to k.
+- ``contrastive_loss`` + ``SharedProjection``: supcon | infonce lower bound of shared information.
+- ``ceb_mse`` + ``CEBDecoder``, ``CLUB`` / ``club_bound``: upper bounds of task-irrelevant information.
+"""
+
+from mcrlab.mcr.divergence import DIVERGENCES, divergence
+from mcrlab.mcr.game import STRATEGY_K, coefficients, game_term, game_term_reference
+from mcrlab.mcr.irrelevant import CLUB, IRRELEVANT_BOUNDS, CEBDecoder, CLUBNet, ceb_mse, club_bound
+from mcrlab.mcr.perturb import PERTURBATIONS, Perturbation, draw_permutations, draw_perturbation
+from mcrlab.mcr.shared import SHARED_BOUNDS, SharedProjection, contrastive_loss
+from mcrlab.mcr.unique import (
+    can_use_fast_path,
+    fast_perturbed_logits,
+    head_perturbed_logits,
+    unique_from_perturbation,
+    unique_information,
+)
+
+__all__ = [
+    "unique_information",
+    "unique_from_perturbation",
+    "fast_perturbed_logits",
+    "head_perturbed_logits",
+    "can_use_fast_path",
+    "Perturbation",
+    "draw_perturbation",
+    "draw_permutations",
+    "PERTURBATIONS",
+    "divergence",
+    "DIVERGENCES",
+    "game_term",
+    "game_term_reference",
+    "coefficients",
+    "STRATEGY_K",
+    "contrastive_loss",
+    "SharedProjection",
+    "SHARED_BOUNDS",
+    "ceb_mse",
+    "CEBDecoder",
+    "CLUB",
+    "CLUBNet",
+    "club_bound",
+    "IRRELEVANT_BOUNDS",
+]

@@ -1,0 +1,98 @@
+"""Perturbations that break modality m's information off (mcr-method.md, section 2.1).
+
+S = number of perturbations, B = batch, d = latent width, C = classes.
+
+A ``Perturbation`` is drawn once per step (all randomness from one ``torch.Generator``) and then applied
+to any modality, either to its latent z_m (general path: the fusion head is re-run) or directly to its
+logit contribution l_m = W_m z_m (fast path for late linear fusion). Kinds:
+
+- ``permute``: z_m -> z_m[pi_s] for S random permutations of the batch (the default). The same S
+  permutations serve every modality of the step.
+- ``noise``:   z_m -> z_m + eps * std_batch(z_m), eps ~ N(0, 1) of shape (S, B, d_m). The per-feature
+  batch std is a scale of the perturbation, not a signal path, so it is detached.
+- ``zero``:    z_m -> 0. Deterministic, so it has a single "perturbation" (S' = 1) whatever S is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["PERTURBATIONS", "Perturbation", "draw_permutations", "draw_perturbation"]
+
+PERTURBATIONS = ("permute", "noise", "zero")
+
+
+def draw_permutations(num_perms: int, batch: int, generator: torch.Generator,
+                      device: torch.device | str | None = None) -> torch.Tensor:
+    """S independent uniform permutations of range(B), batched (argsort of uniform noise).
+
+    Drawn on the generator's device (so a CPU generator stays valid for CUDA training) and moved to
+    ``device``. Returns a long tensor (S, B); row s is pi_s.
+    """
+    u = torch.rand(num_perms, batch, generator=generator, device=generator.device)
+    perms = u.argsort(dim=1)
+    return perms if device is None else perms.to(device)
+
+
+@dataclass
+class Perturbation:
+    """One step's draw. ``perms`` (S, B) for permute; ``noise[m]`` (S, B, d_m) for noise."""
+
+    kind: str
+    perms: torch.Tensor | None = None
+    noise: list[torch.Tensor] | None = None
+
+    @property
+    def size(self) -> int:
+        """S', the number of perturbed copies produced (1 for zero)."""
+        if self.kind == "permute":
+            return self.perms.shape[0]
+        if self.kind == "noise":
+            return self.noise[0].shape[0]
+        return 1
+
+    def latent(self, z: torch.Tensor, m: int) -> torch.Tensor:
+        """Perturbed latent of modality m: z (B, d) -> (S', B, d)."""
+        if self.kind == "permute":
+            return z[self.perms]
+        if self.kind == "noise":
+            return z + self.noise[m].to(z.dtype) * _batch_std(z)
+        return torch.zeros_like(z).unsqueeze(0)
+
+    def contribution(self, contrib: torch.Tensor, m: int, z: torch.Tensor | None = None,
+                     weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Perturbed logit contribution of modality m under late fusion, contrib = z @ W^T: (B, C) -> (S', B, C).
+
+        Equal to ``self.latent(z, m) @ weight.T`` without touching z for permute and zero; noise needs
+        z (for its batch std) and the modality's fusion weight W_m (C, d).
+        """
+        if self.kind == "permute":
+            return contrib[self.perms]
+        if self.kind == "noise":
+            if z is None or weight is None:
+                raise ValueError("noise perturbation of a contribution needs z and the fusion weight")
+            return contrib + (self.noise[m].to(z.dtype) * _batch_std(z)) @ weight.T.to(z.dtype)
+        return torch.zeros_like(contrib).unsqueeze(0)
+
+
+def _batch_std(z: torch.Tensor) -> torch.Tensor:
+    """Per-feature std over the batch (population form, defined for B = 1), detached: (B, d) -> (d,)."""
+    return z.detach().std(dim=0, correction=0)
+
+
+def draw_perturbation(kind: str, num_perms: int, zs: list[torch.Tensor],
+                      generator: torch.Generator) -> Perturbation:
+    """Draw one step's perturbation for latents ``zs`` (M tensors (B, d_m)); nothing drawn for zero."""
+    if kind not in PERTURBATIONS:
+        raise ValueError(f"unknown perturbation {kind!r}; choose from {PERTURBATIONS}")
+    batch, device = zs[0].shape[0], zs[0].device
+    if kind == "permute":
+        return Perturbation(kind, perms=draw_permutations(num_perms, batch, generator, device))
+    if kind == "noise":
+        noise = [torch.randn(num_perms, batch, z.shape[-1], generator=generator, device=generator.device,
+                             dtype=torch.float64 if z.dtype == torch.float64 else torch.float32).to(device)
+                 for z in zs]
+        return Perturbation(kind, noise=noise)
+    return Perturbation(kind)

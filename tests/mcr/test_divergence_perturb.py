@@ -1,0 +1,80 @@
+"""Divergences against hand-computed values; perturbation draws and their behaviour."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mcrlab.mcr import divergence, draw_permutations, draw_perturbation
+from tests.mcr.reference import div_reference
+
+
+def test_hand_computed_values():
+    # p = softmax([0, 0]) = (1/2, 1/2); q = softmax([ln 3, 0]) = (3/4, 1/4)
+    p = torch.tensor([[0.0, 0.0]], dtype=torch.float64)
+    q = torch.tensor([[math.log(3.0), 0.0]], dtype=torch.float64)
+    kl = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)  # = 1/2 ln(4/3)
+    m = (0.625, 0.375)
+    jsd = 0.5 * (0.5 * math.log(0.5 / m[0]) + 0.5 * math.log(0.5 / m[1])) \
+        + 0.5 * (0.75 * math.log(0.75 / m[0]) + 0.25 * math.log(0.25 / m[1]))
+    assert divergence(p, q, "kl").item() == pytest.approx(0.5 * math.log(4 / 3), abs=1e-15)
+    assert divergence(p, q, "kl").item() == pytest.approx(kl, abs=1e-15)
+    assert divergence(p, q, "jsd").item() == pytest.approx(jsd, abs=1e-15)
+    a = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    b = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    assert divergence(a, b, "mse").item() == pytest.approx(13 / 3, abs=1e-15)
+
+
+@pytest.mark.parametrize("kind", ["jsd", "kl", "mse"])
+def test_divergence_matches_reference_and_broadcasts(kind):
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(5, 4, generator=g, dtype=torch.float64) * 3
+    q = torch.randn(7, 5, 4, generator=g, dtype=torch.float64) * 3
+    got = divergence(p, q, kind)  # (7, 5)
+    assert got.shape == (7, 5)
+    want = torch.stack([div_reference(p, q[s], kind) for s in range(7)])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert (got >= 0).all()
+    assert (divergence(p, p, kind) == 0).all()  # exactly zero for identical predictions
+
+
+def test_jsd_is_symmetric_bounded_and_stable():
+    p = torch.tensor([[300.0, -300.0, 0.0]], dtype=torch.float64)
+    q = torch.tensor([[-300.0, 300.0, 0.0]], dtype=torch.float64)
+    val = divergence(p, q, "jsd")
+    assert torch.isfinite(val).all() and val.item() == pytest.approx(math.log(2), abs=1e-12)
+    assert divergence(q, p, "jsd").item() == pytest.approx(val.item(), abs=1e-15)
+    p32 = p.float().requires_grad_()
+    divergence(p32, q.float(), "jsd").sum().backward()
+    assert torch.isfinite(p32.grad).all()
+
+
+def test_permutations_are_permutations_and_seeded():
+    perms = draw_permutations(16, 10, torch.Generator().manual_seed(3))
+    assert perms.shape == (16, 10)
+    assert (perms.sort(dim=1).values == torch.arange(10)).all()
+    again = draw_permutations(16, 10, torch.Generator().manual_seed(3))
+    assert torch.equal(perms, again)
+    assert len({tuple(r.tolist()) for r in perms}) > 1  # not the same permutation repeated
+
+
+def test_noise_and_zero_perturbations():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(200, 3, dtype=torch.float64, generator=g) * torch.tensor([1.0, 5.0, 0.0], dtype=torch.float64)
+    pert = draw_perturbation("noise", 50, [z, z[:, :2]], torch.Generator().manual_seed(1))
+    zn = pert.latent(z, 0)  # (S, B, d)
+    assert zn.shape == (50, 200, 3)
+    diff = zn - z
+    std = z.std(0, correction=0)
+    # the added noise is N(0, 1) * batch std per feature: empirical std matches, zero-variance stays put
+    torch.testing.assert_close(diff.std(dim=(0, 1)) / std.clamp(min=1e-12),
+                               torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64), atol=0.03, rtol=0)
+    assert (diff[..., 2] == 0).all()
+    zero = draw_perturbation("zero", 50, [z], torch.Generator().manual_seed(1))
+    assert zero.size == 1 and (zero.latent(z, 0) == 0).all()
+    w = torch.randn(4, 3, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(pert.contribution(z @ w.T, 0, z, w), zn @ w.T, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError):
+        draw_perturbation("shuffle", 2, [z], g)
