@@ -1,0 +1,260 @@
+"""MLflow tracking: where runs go, lineage tags, nested runs, and a small query API.
+
+Layout of a sweep in MLflow (one experiment per sweep)::
+
+    sweep run            tags kind=sweep, mcrlab.sweep_id
+      study run          kind=study, mcrlab.study=<dataset>, mlflow.parentRunId=<sweep run>
+        trial run        kind=trial, mcrlab.trial_id, config hash, dataset fingerprint, git commit
+
+Writes go through ``MlflowClient`` with explicit run ids (no fluent "active run" state), from one
+process (the sweep driver): SQLite locks under parallel writers. This module imports no Ray.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from mcrlab.config import ConfigError
+
+__all__ = [
+    "DEFAULT_RUN_FOLDER",
+    "resolve_tracking_uri",
+    "check_tracking",
+    "artifact_location",
+    "git_commit",
+    "lineage_tags",
+    "Tracker",
+    "find_runs",
+    "log_nested_run",
+]
+
+DEFAULT_RUN_FOLDER = "runs"
+TAG_PREFIX = "mcrlab."
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def resolve_tracking_uri(uri: str | None = None, run_folder: str | Path = DEFAULT_RUN_FOLDER) -> str:
+    """``uri`` > ``$MLFLOW_TRACKING_URI`` > ``sqlite:///<absolute run folder>/mlflow.db``.
+
+    The default is absolute on purpose: under ``ray job submit`` the working directory is a
+    temporary copy, and a relative store would vanish with it.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            # sqlite:///relative.db -> make it absolute (same reason as above)
+            uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+        return uri
+    folder = Path(run_folder).expanduser().resolve()
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def artifact_location(uri: str, run_folder: str | Path = DEFAULT_RUN_FOLDER) -> str | None:
+    """Where a new experiment stores artifacts: next to a local SQLite store; the server's default
+    otherwise (None). MLflow's own default for SQLite is ``./mlartifacts``, relative to the cwd."""
+    if uri.startswith("sqlite:"):
+        db = Path(uri.split("sqlite:///", 1)[-1])
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def check_tracking(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast (seconds, not minutes of retries) with a ConfigError when the store is unusable."""
+    scheme = urlparse(uri).scheme
+    where = "tracking URI (--tracking-uri / MLFLOW_TRACKING_URI)"
+    if scheme in ("http", "https"):
+        import requests
+
+        try:
+            resp = requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+        except requests.RequestException as err:
+            raise ConfigError(f"{where}: MLflow server {uri} is unreachable "
+                              f"({type(err).__name__}); start it or fix the address") from None
+        if resp.status_code >= 400:
+            raise ConfigError(f"{where}: MLflow server {uri} answered HTTP {resp.status_code} on /health")
+    elif scheme == "sqlite":
+        db = Path(uri.split("sqlite:///", 1)[-1])
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"{where}: cannot create {db.parent}: {err.strerror}") from None
+        if not os.access(db.parent, os.W_OK):
+            raise ConfigError(f"{where}: {db.parent} is not writable")
+    elif scheme in ("", "file"):
+        raise ConfigError(f"{where}: '{uri}' is a file store, which MLflow >= 3.13 refuses; "
+                          "use sqlite:///<absolute path>/mlflow.db or an http(s) server")
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The checkout's commit (``-dirty`` when it has uncommitted changes), or ``unknown``."""
+    root = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def lineage_tags(kind: str, **tags: Any) -> dict[str, str]:
+    """``{"mcrlab.kind": kind, "mcrlab.<key>": str(value), "mcrlab.git_commit": ...}``; None dropped."""
+    out = {f"{TAG_PREFIX}kind": kind, f"{TAG_PREFIX}git_commit": git_commit()}
+    out.update({f"{TAG_PREFIX}{k}": str(v) for k, v in tags.items() if v is not None})
+    return out
+
+
+def _finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Numeric, finite entries only (MLflow rejects strings and NaN breaks its plots)."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+class Tracker:
+    """A thin writer over ``MlflowClient`` bound to one tracking URI."""
+
+    def __init__(self, uri: str, run_folder: str | Path = DEFAULT_RUN_FOLDER):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.run_folder = Path(run_folder)
+        self.client = MlflowClient(tracking_uri=uri)
+
+    # ---- experiments and runs ----------------------------------------------------------------
+    def experiment(self, name: str) -> str:
+        """Id of experiment ``name``, created (with a local artifact root for SQLite) if missing."""
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        return self.client.create_experiment(name, artifact_location=artifact_location(self.uri,
+                                                                                       self.run_folder))
+
+    def find_run(self, experiment_id: str, tags: dict[str, str]) -> str | None:
+        """Id of the (first) run carrying all ``tags``, or None: makes creation idempotent."""
+        flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([experiment_id], filter_string=flt, max_results=2)
+        return runs[0].info.run_id if runs else None
+
+    def start_run(self, experiment_id: str, name: str, *, tags: dict[str, str],
+                  parent_run_id: str | None = None, params: dict[str, Any] | None = None,
+                  key_tags: tuple[str, ...] = ()) -> str:
+        """Create a run, or reopen the one whose ``key_tags`` match (resume writes no duplicates)."""
+        if key_tags:
+            existing = self.find_run(experiment_id, {k: tags[k] for k in key_tags})
+            if existing is not None:
+                self.client.update_run(existing, status="RUNNING")
+                return existing
+        all_tags = dict(tags)
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        run = self.client.create_run(experiment_id, tags=all_tags, run_name=name)
+        if params:
+            self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        # MLflow params are immutable strings; value lists become their repr
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, v, ts, step or 0) for k, v in _finite_metrics(metrics).items()]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[i:i + 500])
+
+    def last_step(self, run_id: str, key: str) -> int:
+        """Largest logged step of metric ``key`` (-1 when none): skip re-logging after a resume."""
+        hist = self.client.get_metric_history(run_id, key)
+        return max((m.step for m in hist), default=-1)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+
+    def log_dict(self, run_id: str, data: dict, artifact_file: str) -> None:
+        self.client.log_dict(run_id, data, artifact_file)
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(local_path), artifact_path)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+
+def log_nested_run(uri: str, experiment: str, name: str, *, kind: str, parent_run_id: str | None = None,
+                   params: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                   tags: dict[str, Any] | None = None, artifacts: dict[str, dict] | None = None,
+                   key: dict[str, Any] | None = None, status: str = "FINISHED") -> str:
+    """Log one finished run in one call (ablation arms, seeds, reports) and return its id.
+
+    ``tags`` are lineage tags without prefix (``{"arm": "no_game", "seed": 3}`` -> ``mcrlab.arm``);
+    ``artifacts`` maps an artifact file name to a dict saved as JSON/YAML; ``key`` names tags that
+    identify the run, so calling again with the same key reopens it instead of duplicating it.
+    """
+    tracker = Tracker(uri)
+    exp_id = tracker.experiment(experiment)
+    all_tags = lineage_tags(kind, **(tags or {}), **(key or {}))
+    key_tags = tuple(f"{TAG_PREFIX}{k}" for k in (key or {}))
+    run_id = tracker.start_run(exp_id, name, tags=all_tags, parent_run_id=parent_run_id,
+                               params=params, key_tags=key_tags)
+    if metrics:
+        tracker.log_metrics(run_id, metrics)
+    for fname, data in (artifacts or {}).items():
+        tracker.log_dict(run_id, data, fname)
+    tracker.end_run(run_id, status)
+    return run_id
+
+
+def find_runs(uri: str, experiment: str | None = None, *, kind: str | None = None,
+              parent_run_id: str | None = None, tags: dict[str, Any] | None = None,
+              filter_string: str = "", max_results: int = 5000) -> list[dict[str, Any]]:
+    """Runs as plain dicts ``{run_id, name, status, experiment_id, params, metrics, tags}``.
+
+    ``experiment`` None searches every experiment; ``tags`` are lineage tags without the prefix.
+    Metrics are each run's latest values.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    if experiment is None:
+        exp_ids = [e.experiment_id for e in client.search_experiments()]
+    else:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return []
+        exp_ids = [exp.experiment_id]
+    clauses = [filter_string] if filter_string else []
+    if kind is not None:
+        clauses.append(f"tags.`{TAG_PREFIX}kind` = '{kind}'")
+    if parent_run_id is not None:
+        clauses.append(f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+    for k, v in (tags or {}).items():
+        clauses.append(f"tags.`{TAG_PREFIX}{k}` = '{v}'")
+    runs = client.search_runs(exp_ids, filter_string=" and ".join(clauses), max_results=max_results)
+    return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+             "experiment_id": r.info.experiment_id, "params": dict(r.data.params),
+             "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)} for r in runs]

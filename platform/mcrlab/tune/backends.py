@@ -1,0 +1,216 @@
+"""Two trial backends behind one interface, picked by the space's ``scaling`` (workers == 1 or not).
+
+- single-process: a Tune function trainable that calls ``fit`` in the trial's own process, reports
+  with ``ray.tune.report`` (+ checkpoint) and resumes from ``ray.tune.get_checkpoint``. Tune's ASHA may
+  stop it (safe: nothing nested to leak).
+- data-parallel: a Tune function that builds a TorchTrainer (``ray_train.make_trainer``) and calls
+  ``.fit()``; ``TuneReportCallback`` forwards rank 0's reports to Tune. The Tune function takes no CPU
+  (the Train workers hold the trial's resources), which is why Tune cannot count them and the runner
+  caps concurrency itself. Early stopping happens *inside* the trial: workers ask a ``RungBoard`` actor
+  (ASHA's rule) after each epoch and end the run cleanly - a Tune scheduler killing the nested trainer
+  leaked its placement group and hung the sweep on Ray 2.60 (architecture.md).
+
+Both run ``trial.run_seeds``: one ``fit`` per objective seed, with ``objective`` in every report.
+Data-parallel Train runs are named ``<sweep id>-<trial id>`` (``ray_train.run_name``): on a resumed
+sweep the same trial finds its Train run, and its latest checkpoint, again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mcrlab.config import RunConfig
+from mcrlab.tune.space import Objective, SearchSpace, trial_config
+from mcrlab.tune.trial import asha_keeps, asha_milestones, run_seeds
+
+__all__ = ["TrialSpec", "Backend", "SingleProcess", "DataParallel", "pick_backend", "RungBoard",
+           "NAMESPACE", "max_iterations"]
+
+NAMESPACE = "mcrlab"  # Ray namespace of the sweep's named actors (rung boards)
+
+
+def max_iterations(space: SearchSpace, dataset: str) -> int:
+    """A trial's full length in reports: epochs x seeds (the schedulers' ``max_t``)."""
+    cfg = trial_config(space, dataset, {}, space.objective.seed)
+    return cfg.train.epochs * space.objective.seeds
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What every trial of one study shares (sent to trial processes with ``tune.with_parameters``)."""
+
+    space: SearchSpace
+    dataset: str
+    sweep_id: str
+    storage_path: str  # absolute; data-parallel Train runs are stored under it
+    board: str | None = None  # name of the RungBoard actor (in-trial early stopping), if any
+
+    def configs(self, sampled: dict[str, Any]) -> list[RunConfig]:
+        """One validated RunConfig per objective seed for Optuna's ``sampled`` point."""
+        return [trial_config(self.space, self.dataset, sampled, s) for s in self.space.objective.seed_list()]
+
+    def score(self, values: list[float]) -> float:
+        return self.space.objective.score(values, self.space.mode)
+
+
+class Backend:
+    """How a trial runs. ``trainable(spec)`` is what the Tuner gets."""
+
+    name = ""
+    stops_inside_trial = False  # True: early stopping via the RungBoard, no Tune scheduler
+
+    def __init__(self, workers: int = 1, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0):
+        self.workers, self.cpus, self.gpus = workers, cpus_per_worker, gpus_per_worker
+
+    def trial_resources(self) -> dict[str, float]:
+        """What one trial occupies on the cluster (Tune only sees part of it for data-parallel trials)."""
+        return {"CPU": self.workers * self.cpus, "GPU": self.workers * self.gpus}
+
+    def trainable(self, spec: TrialSpec):
+        raise NotImplementedError
+
+
+class SingleProcess(Backend):
+    name = "single-process"
+
+    def trainable(self, spec: TrialSpec):
+        from ray import tune
+
+        fn = tune.with_parameters(single_process_trial, spec=spec)
+        return tune.with_resources(fn, {"cpu": self.cpus, "gpu": self.gpus})
+
+
+class DataParallel(Backend):
+    name = "data-parallel"
+    stops_inside_trial = True
+
+    def trainable(self, spec: TrialSpec):
+        from ray import tune
+
+        fn = tune.with_parameters(data_parallel_trial, spec=spec, workers=self.workers, cpus=self.cpus,
+                                  gpus=self.gpus)
+        # the driving function only waits on the TorchTrainer: it must not hold a CPU the workers need
+        return tune.with_resources(fn, {"cpu": 0})
+
+
+def pick_backend(space: SearchSpace) -> Backend:
+    s = space.scaling
+    cls = SingleProcess if s.workers == 1 else DataParallel
+    return cls(s.workers, s.cpus_per_worker, s.gpus_per_worker)
+
+
+# --------------------------------------------------------------------------------------------------
+# the trial functions (run in Tune's trial actors)
+
+
+def single_process_trial(config: dict, spec: TrialSpec) -> None:
+    """Tune function trainable: ``config`` is Optuna's sampled point (flat dotted keys)."""
+    import contextlib
+
+    from ray import tune
+
+    def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        if checkpoint_dir is not None:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+        else:
+            tune.report(metrics)
+
+    checkpoint = tune.get_checkpoint()
+    with (checkpoint.as_directory() if checkpoint else contextlib.nullcontext()) as resume_from:
+        run_seeds(spec.configs(config), metric=spec.space.metric, score=spec.score, report=report,
+                  checkpoint_dir=tempfile.mkdtemp(prefix="mcrlab-trial-"), resume_from=resume_from)
+
+
+def data_parallel_trial(config: dict, spec: TrialSpec, workers: int, cpus: float, gpus: float) -> None:
+    """Tune function that drives one TorchTrainer run; metrics reach Tune via TuneReportCallback."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from mcrlab.ray_train import make_trainer, run_name
+
+    trial_id = tune.get_context().get_trial_id()
+    loop_config = {"runs": [c.to_dict() for c in spec.configs(config)], "metric": spec.space.metric,
+                   "mode": spec.space.mode, "objective": dataclasses.asdict(spec.space.objective),
+                   "board": spec.board, "trial_id": trial_id}
+    trainer = make_trainer(_data_parallel_worker, loop_config, name=run_name(spec.sweep_id, trial_id),
+                           storage_path=spec.storage_path, workers=workers, cpus_per_worker=cpus,
+                           gpus_per_worker=gpus, metric=spec.space.metric, mode=spec.space.mode,
+                           callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+def _data_parallel_worker(config: dict) -> None:
+    """Ray Train worker loop: the seeds of one trial, with in-trial early stopping when a board is set."""
+    import ray
+
+    from mcrlab.ray_train import local_checkpoint_dir, worker_report, worker_resume
+
+    objective = Objective(**config["objective"])
+    mode = config["mode"]
+    should_stop = None
+    if config.get("board"):
+        board = ray.get_actor(config["board"], namespace=NAMESPACE)
+        trial_id = config["trial_id"]
+
+        def should_stop(iteration: int, value: float) -> bool:
+            # memoised per (trial, iteration) by the board: every rank gets the same answer
+            return not ray.get(board.keep.remote(trial_id, iteration, value))
+
+    with worker_resume() as resume_from:
+        run_seeds([RunConfig.from_dict(r) for r in config["runs"]], metric=config["metric"],
+                  score=lambda values: objective.score(values, mode), report=worker_report(),
+                  checkpoint_dir=local_checkpoint_dir(), resume_from=resume_from, should_stop=should_stop)
+
+
+# --------------------------------------------------------------------------------------------------
+# in-trial ASHA
+
+
+class RungBoard:
+    """ASHA's bookkeeping as a small Ray actor: trials report at rungs and learn whether to go on.
+
+    Decisions are memoised per (trial, iteration), so all ranks of a data-parallel trial - and a trial
+    re-run after a restart - get the same answer. The state is saved to ``path`` (JSON) after each
+    rung entry, so a resumed sweep keeps comparing against the trials that ran before it.
+    """
+
+    def __init__(self, grace_period: int, reduction_factor: float, max_t: int, mode: str,
+                 path: str | None = None):
+        self.milestones = set(asha_milestones(grace_period, reduction_factor, max_t))
+        self.milestones.discard(max_t)  # reaching the end is not a rung: the trial is finished anyway
+        self.eta, self.mode, self.path = reduction_factor, mode, path
+        self.rungs: dict[str, dict[str, float]] = {}
+        self.decisions: dict[str, bool] = {}
+        if path and os.path.isfile(path):
+            saved = json.loads(Path(path).read_text())
+            self.rungs, self.decisions = saved["rungs"], saved["decisions"]
+
+    def keep(self, trial_id: str, iteration: int, value: float) -> bool:
+        key = f"{trial_id}@{iteration}"
+        if key in self.decisions:
+            return self.decisions[key]
+        decision = True
+        if iteration in self.milestones:
+            rung = self.rungs.setdefault(str(iteration), {})
+            others = [v for t, v in rung.items() if t != trial_id]
+            decision = asha_keeps(others, float(value), self.eta, self.mode)
+            rung[trial_id] = float(value)
+            self.decisions[key] = decision
+            self._save()
+        return decision
+
+    def state(self) -> dict:
+        return {"rungs": self.rungs, "decisions": self.decisions}
+
+    def _save(self) -> None:
+        if not self.path:
+            return
+        tmp = f"{self.path}.tmp"
+        Path(tmp).write_text(json.dumps(self.state()))
+        os.replace(tmp, self.path)

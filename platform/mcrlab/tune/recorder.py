@@ -1,0 +1,196 @@
+"""Driver-side Tune callbacks: MLflow trial runs (the sweep's one writer) and a compact progress table.
+
+``TrialRecorder`` turns each Tune trial into an MLflow run nested under its study run: params (Optuna's
+point and the resolved config), lineage tags, per-epoch metrics (step = ``trial_iteration``), the
+resolved config and the trial's best checkpoint as artifacts. Runs are found again by their tags
+(sweep id, study, trial id), so a resumed sweep reopens them instead of writing duplicates, and
+epochs already logged are skipped. Both callbacks are pickled with the Tuner (Tuner.restore), so
+they hold only plain data and build their MLflow client lazily.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from mcrlab.tracking import TAG_PREFIX, Tracker, lineage_tags
+from mcrlab.tune.backends import TrialSpec
+
+__all__ = ["TrialRecorder", "ProgressPrinter"]
+
+try:
+    from ray.tune import Callback
+except ImportError:  # pragma: no cover - ray is a dependency; keep the module importable for docs
+    Callback = object  # type: ignore[misc,assignment]
+
+
+class TrialRecorder(Callback):
+    def __init__(self, spec: TrialSpec, *, uri: str, run_folder: str, experiment_id: str,
+                 study_run_id: str, dataset_fingerprint: str):
+        self.spec = spec
+        self.uri, self.run_folder = uri, run_folder
+        self.experiment_id, self.study_run_id = experiment_id, study_run_id
+        self.fingerprint = dataset_fingerprint
+        self._tracker: Tracker | None = None
+        self.run_ids: dict[str, str] = {}
+        self.last_step: dict[str, int] = {}
+        self.best: dict[str, tuple[float, str]] = {}  # trial id -> (metric value, checkpoint path)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_tracker"] = None
+        return state
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(self.uri, self.run_folder)
+        return self._tracker
+
+    # ---- Tune hooks --------------------------------------------------------------------------
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._open(trial)
+
+    def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._open(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        run_id = self._open(trial)
+        step = int(result.get("trial_iteration", result.get("training_iteration", 0)))
+        if step <= self.last_step.get(trial.trial_id, -1):
+            return  # already logged before a resume
+        self.last_step[trial.trial_id] = step
+        metrics = {k: v for k, v in result.items() if "/" in k or k in ("objective", "epoch", "seed")}
+        self.tracker.log_metrics(run_id, metrics, step=step)
+        # data-parallel trials: TuneReportCallback puts the persisted checkpoint's path in the result
+        if result.get("checkpoint_path"):
+            self._offer(trial.trial_id, result, result["checkpoint_path"])
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        self._offer(trial.trial_id, trial.last_result or {}, checkpoint.path)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._open(trial)
+        last = trial.last_result or {}
+        max_t = None
+        try:
+            from mcrlab.tune.backends import max_iterations
+
+            max_t = max_iterations(self.spec.space, self.spec.dataset)
+        except Exception:  # the config may not even build; the tag is informational
+            pass
+        stopped = bool(last.get("early_stopped")) or (max_t is not None and
+                                                     int(last.get("trial_iteration", max_t)) < max_t)
+        self.tracker.set_tags(run_id, {f"{TAG_PREFIX}early_stopped": str(stopped).lower()})
+        best = self.best.get(trial.trial_id)
+        path = best[1] if best and os.path.isdir(best[1]) else None
+        if path is None and getattr(trial, "checkpoint", None) is not None and os.path.isdir(trial.checkpoint.path):
+            path = trial.checkpoint.path
+        if path is not None:
+            self.tracker.log_artifacts(run_id, path, "best_checkpoint")
+            if best:
+                self.tracker.log_metrics(run_id, {"best_checkpoint/" + self.spec.space.metric: best[0]})
+        self.tracker.end_run(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._open(trial)
+        self.tracker.set_tags(run_id, {f"{TAG_PREFIX}error": str(getattr(trial, "error_file", "") or "")})
+        self.tracker.end_run(run_id, "FAILED")
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _offer(self, trial_id: str, result: dict, path: str) -> None:
+        value = result.get(self.spec.space.metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return
+        sign = 1.0 if self.spec.space.mode == "max" else -1.0
+        old = self.best.get(trial_id)
+        if old is None or sign * value > sign * old[0]:
+            self.best[trial_id] = (float(value), path)
+
+    def _open(self, trial: Any) -> str:
+        """The trial's MLflow run: found by its tags, or created with params, tags and config."""
+        tid = trial.trial_id
+        if tid in self.run_ids:
+            return self.run_ids[tid]
+        sampled = dict(trial.config)
+        cfgs = self.spec.configs(sampled)
+        cfg = cfgs[0]
+        tags = lineage_tags("trial", sweep_id=self.spec.sweep_id, study=self.spec.dataset, trial_id=tid,
+                            config_hash=cfg.hash(), dataset_fingerprint=self.fingerprint,
+                            backend="single-process" if self.spec.space.scaling.workers == 1 else "data-parallel")
+        key = tuple(f"{TAG_PREFIX}{k}" for k in ("sweep_id", "study", "trial_id"))
+        existed = self.tracker.find_run(self.experiment_id, {k: tags[k] for k in key})
+        run_id = self.tracker.start_run(self.experiment_id, f"trial-{tid}", tags=tags,
+                                        parent_run_id=self.study_run_id, key_tags=key)
+        if existed is None:
+            params = {**{k: v for k, v in cfg.flat().items() if k != "train.seed"},
+                      "objective.seeds": [c.train.seed for c in cfgs]}
+            self.tracker.log_params(run_id, params)
+            self.tracker.log_dict(run_id, cfg.to_dict(), "config.yaml")
+            self.tracker.log_dict(run_id, sampled, "sampled.json")
+            self.last_step[tid] = -1
+        else:
+            self.last_step[tid] = self.tracker.last_step(run_id, "objective")
+        self.run_ids[tid] = run_id
+        return run_id
+
+
+class ProgressPrinter(Callback):
+    """A compact live table: one line per finished trial, a status line at most every few seconds."""
+
+    def __init__(self, study: str, metric: str, mode: str, stream: Any = None, every_s: float = 5.0):
+        self.study, self.metric, self.mode = study, metric, mode
+        self.every_s = every_s
+        self._stream = stream
+        self._last_print = 0.0
+        self._header = False
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_stream"] = None
+        return state
+
+    def _out(self, line: str) -> None:
+        print(line, file=self._stream or sys.stdout, flush=True)
+
+    def _best(self, trials: list) -> str:
+        sign = 1.0 if self.mode == "max" else -1.0
+        done = [(t.last_result.get("objective"), t.trial_id) for t in trials
+                if t.last_result and isinstance(t.last_result.get("objective"), (int, float))]
+        if not done:
+            return "-"
+        value, tid = max(done, key=lambda d: sign * d[0])
+        return f"{value:.4f} ({tid})"
+
+    def _counts(self, trials: list) -> str:
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.status] = counts.get(t.status, 0) + 1
+        return " ".join(f"{k.lower()}={v}" for k, v in sorted(counts.items()))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_print < self.every_s:
+            return
+        self._last_print = now
+        self._out(f"[{self.study}] {self._counts(trials)} | {trial.trial_id} it {result.get('trial_iteration')} "
+                  f"{self.metric}={result.get(self.metric, float('nan')):.4f} | best objective {self._best(trials)}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if not self._header:
+            self._out(f"[{self.study}] {'trial':<14} {'iters':>5} {'objective':>10}  params")
+            self._header = True
+        r = trial.last_result or {}
+        params = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in sorted(trial.config.items()))
+        self._out(f"[{self.study}] {trial.trial_id:<14} {r.get('trial_iteration', 0):>5} "
+                  f"{r.get('objective', float('nan')):>10.4f}  {params}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._out(f"[{self.study}] {trial.trial_id:<14} ERROR (see {getattr(trial, 'error_file', None)})")
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

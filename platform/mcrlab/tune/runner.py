@@ -1,0 +1,308 @@
+"""``run_sweep``: one Optuna study per dataset through Ray Tune, every trial recorded in MLflow.
+
+On disk (run folder, default ./runs, always resolved to an absolute path)::
+
+    runs/mlflow.db                          default MLflow store (+ runs/mlartifacts)
+    runs/sweeps/<sweep id>/sweep.json       what --resume needs (space, MLflow run ids, studies done)
+    runs/sweeps/<sweep id>/optuna.db        the Optuna studies (optuna-dashboard sqlite:///...)
+    runs/sweeps/<sweep id>/ray/<study>/     Tune experiment (Tuner.restore) + data-parallel Train runs
+    runs/sweeps/<sweep id>/rungs-<study>.json   in-trial ASHA state (data-parallel backend)
+
+Studies run one after another, each with as many concurrent trials as the cluster fits
+(``max_concurrent``: Tune does not count nested Train workers, so the cap is computed here).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcrlab.config import ConfigError
+from mcrlab.tracking import (
+    DEFAULT_RUN_FOLDER,
+    TAG_PREFIX,
+    Tracker,
+    check_tracking,
+    lineage_tags,
+    resolve_tracking_uri,
+)
+from mcrlab.tune.backends import NAMESPACE, RungBoard, TrialSpec, max_iterations, pick_backend
+from mcrlab.tune.space import SearchSpace, compile_space, make_sampler, trial_config
+
+__all__ = ["run_sweep", "SweepResult", "StudyResult", "max_concurrent", "study_slug"]
+
+
+@dataclass
+class StudyResult:
+    dataset: str
+    best_params: dict[str, Any]  # Optuna's point of the best trial
+    best_config: dict[str, Any]  # the resolved RunConfig of that point (first objective seed)
+    best_objective: float
+    best_trial_id: str
+    num_trials: int
+    num_errors: int
+    run_id: str  # MLflow study run
+    optuna_study: str
+    result_grid: Any = field(default=None, repr=False)
+
+
+@dataclass
+class SweepResult:
+    sweep_id: str
+    sweep_dir: Path
+    tracking_uri: str
+    experiment: str
+    run_id: str  # MLflow sweep run
+    optuna_storage: str
+    studies: dict[str, StudyResult] = field(default_factory=dict)
+
+
+def study_slug(dataset: str) -> str:
+    """A file-name-safe study name: ``synthetic:competition`` -> ``synthetic-competition``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-") or "dataset"
+
+
+def max_concurrent(trial_resources: dict[str, float], cluster: dict[str, float], cap: int = 0) -> int:
+    """Trials that fit at once: floor(cluster / trial) over CPU and GPU; ConfigError when none fits."""
+    fits = []
+    for key in ("CPU", "GPU"):
+        need = trial_resources.get(key, 0.0)
+        if need > 0:
+            fits.append(math.floor(cluster.get(key, 0.0) / need + 1e-9))
+    n = min(fits) if fits else 1
+    if n < 1:
+        raise ConfigError(f"scaling: a trial needs {trial_resources.get('CPU', 0):g} CPUs and "
+                          f"{trial_resources.get('GPU', 0):g} GPUs (workers x per-worker), the cluster has "
+                          f"{cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs")
+    return min(n, cap) if cap else n
+
+
+class DefineByRun:
+    """The space's define-by-run function as a module-level callable: OptunaSearch saves its state with
+    plain pickle (Tuner checkpoints, resume), which cannot pickle the closure ``compile_space`` returns."""
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    def __call__(self, trial: Any) -> dict:
+        return compile_space(self.space)(trial)
+
+
+def _new_sweep_id(space: SearchSpace) -> str:
+    return f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _latest_sweep(sweeps: Path, name: str) -> str | None:
+    found = []
+    for meta in sweeps.glob("*/sweep.json"):
+        data = json.loads(meta.read_text())
+        if data.get("space_name") == name:
+            found.append((meta.stat().st_mtime, data["sweep_id"]))
+    return max(found)[1] if found else None
+
+
+def _fingerprint(space: SearchSpace, dataset: str) -> str:
+    from mcrlab.data import load_dataset
+
+    return load_dataset(trial_config(space, dataset, {}, space.objective.seed).data).fingerprint()
+
+
+def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: str | None = None,
+              tracking_uri: str | None = None, smoke: bool = False, resume: bool | str = False,
+              storage_path: str | Path | None = None, callbacks: list | None = None,
+              progress: bool = True) -> SweepResult:
+    """Run (or, with ``resume``, continue) a sweep; returns the best configuration per dataset.
+
+    ``resume=True`` continues the newest sweep of this space under the run folder, a string names the
+    sweep id. ``storage_path`` is the run folder (default ./runs). Extra Tune ``callbacks`` are for tests.
+    """
+    if smoke:
+        space = space.smoked()
+    if num_samples is not None:
+        if num_samples < 1:
+            raise ConfigError("--num-samples: must be >= 1")
+        space = _with_samples(space, num_samples)
+    run_folder = Path(storage_path or DEFAULT_RUN_FOLDER).expanduser().resolve()
+    sweeps = run_folder / "sweeps"
+    uri = resolve_tracking_uri(tracking_uri, run_folder)
+    check_tracking(uri)  # before anything starts: an unreachable server fails in seconds
+
+    if resume:
+        sweep_id = resume if isinstance(resume, str) else _latest_sweep(sweeps, space.name)
+        if sweep_id is None or not (sweeps / sweep_id / "sweep.json").is_file():
+            raise ConfigError(f"--resume: no sweep of space '{space.name}' under {sweeps}")
+        meta = json.loads((sweeps / sweep_id / "sweep.json").read_text())
+    else:
+        sweep_id = _new_sweep_id(space)
+        while (sweeps / sweep_id).exists():
+            time.sleep(1.0)
+            sweep_id = _new_sweep_id(space)
+        meta = {"sweep_id": sweep_id, "space_name": space.name, "space_source": space.source,
+                "tracking_uri": uri, "studies": {}}
+    sweep_dir = sweeps / sweep_id
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
+    backend = pick_backend(space)
+    concurrency = max_concurrent(backend.trial_resources(), ray.cluster_resources(),
+                                 space.scaling.max_concurrent)
+
+    tracker = Tracker(uri, run_folder)
+    experiment = f"sweep/{sweep_id}"
+    exp_id = tracker.experiment(experiment)
+    sweep_tags = lineage_tags("sweep", sweep_id=sweep_id, space=space.name)
+    sweep_run = tracker.start_run(exp_id, sweep_id, tags=sweep_tags,
+                                  key_tags=(f"{TAG_PREFIX}kind", f"{TAG_PREFIX}sweep_id"),
+                                  params={"space": space.name, "metric": space.metric, "mode": space.mode,
+                                          "sampler": space.sampler.name, "num_samples": space.num_samples,
+                                          "datasets": list(space.datasets), "backend": backend.name,
+                                          "workers": space.scaling.workers, "smoke": smoke,
+                                          "objective.seeds": space.objective.seeds,
+                                          "objective.aggregate": space.objective.aggregate,
+                                          "scheduler": space.scheduler.name})
+    meta["mlflow_run_id"] = sweep_run
+    _write_meta(sweep_dir, meta)
+    if not resume:
+        tracker.log_dict(sweep_run, space.raw, "search_space.yaml")
+
+    optuna_storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    result = SweepResult(sweep_id=sweep_id, sweep_dir=sweep_dir, tracking_uri=uri, experiment=experiment,
+                         run_id=sweep_run, optuna_storage=optuna_storage)
+    failed = False
+    try:
+        for dataset in space.datasets:
+            study = _run_study(space, dataset, backend=backend, sweep_id=sweep_id, sweep_dir=sweep_dir,
+                               tracker=tracker, exp_id=exp_id, sweep_run=sweep_run, uri=uri,
+                               run_folder=run_folder, optuna_storage=optuna_storage, concurrency=concurrency,
+                               resume=bool(resume), callbacks=callbacks or [], progress=progress)
+            result.studies[dataset] = study
+            meta["studies"][dataset] = {"done": True, "best_trial": study.best_trial_id,
+                                        "best_objective": study.best_objective}
+            _write_meta(sweep_dir, meta)
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if failed:
+            tracker.end_run(sweep_run, "KILLED")
+    for dataset, study in result.studies.items():
+        tracker.log_metrics(sweep_run, {f"best_objective/{study_slug(dataset)}": study.best_objective})
+    tracker.log_dict(sweep_run, {d: {"params": s.best_params, "objective": s.best_objective,
+                                     "trial_id": s.best_trial_id} for d, s in result.studies.items()},
+                     "best_per_dataset.json")
+    tracker.end_run(sweep_run, "FINISHED")
+    return result
+
+
+def _with_samples(space: SearchSpace, n: int) -> SearchSpace:
+    from dataclasses import replace
+
+    return replace(space, num_samples=n, points_to_evaluate=space.points_to_evaluate[:n])
+
+
+def _write_meta(sweep_dir: Path, meta: dict) -> None:
+    tmp = sweep_dir / "sweep.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    tmp.replace(sweep_dir / "sweep.json")
+
+
+def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, sweep_dir: Path, tracker: Tracker,
+               exp_id: str, sweep_run: str, uri: str, run_folder: Path, optuna_storage: str,
+               concurrency: int, resume: bool, callbacks: list, progress: bool) -> StudyResult:
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from mcrlab.tune.recorder import ProgressPrinter, TrialRecorder
+
+    slug = study_slug(dataset)
+    ray_dir = sweep_dir / "ray"
+    exp_path = ray_dir / slug
+    fingerprint = _fingerprint(space, dataset)
+    study_tags = lineage_tags("study", sweep_id=sweep_id, study=dataset, dataset_fingerprint=fingerprint)
+    study_run = tracker.start_run(exp_id, f"study-{slug}", tags=study_tags, parent_run_id=sweep_run,
+                                  key_tags=tuple(f"{TAG_PREFIX}{k}" for k in ("kind", "sweep_id", "study")),
+                                  params={"dataset": dataset, "num_samples": space.num_samples,
+                                          "max_concurrent": concurrency})
+    study_name = f"{sweep_id}/{slug}"
+    max_t = max_iterations(space, dataset)
+
+    board = None
+    if space.scheduler.name == "asha" and backend.stops_inside_trial:
+        board = f"rungs-{sweep_id}-{slug}"
+        ray.remote(num_cpus=0)(RungBoard).options(name=board, namespace=NAMESPACE, get_if_exists=True).remote(
+            space.scheduler.grace_period, space.scheduler.reduction_factor, max_t, space.mode,
+            str(sweep_dir / f"rungs-{slug}.json"))
+    spec = TrialSpec(space=space, dataset=dataset, sweep_id=sweep_id, storage_path=str(ray_dir / "train"),
+                     board=board)
+    trainable = backend.trainable(spec)
+
+    if resume and tune.Tuner.can_restore(str(exp_path)):
+        tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        scheduler = None
+        if space.scheduler.name == "asha" and not backend.stops_inside_trial:
+            scheduler = ASHAScheduler(time_attr="trial_iteration", metric="objective", mode=space.mode,
+                                      max_t=max_t, grace_period=space.scheduler.grace_period,
+                                      reduction_factor=space.scheduler.reduction_factor)
+        # metric and mode go to OptunaSearch itself: with a define-by-run space, TuneConfig's are ignored
+        searcher = OptunaSearch(space=DefineByRun(space), metric="objective", mode=space.mode,
+                                points_to_evaluate=[dict(p) for p in space.points_to_evaluate] or None,
+                                sampler=make_sampler(space), study_name=study_name,
+                                storage=optuna.storages.RDBStorage(optuna_storage))
+        recorder = TrialRecorder(spec, uri=uri, run_folder=str(run_folder), experiment_id=exp_id,
+                                 study_run_id=study_run, dataset_fingerprint=fingerprint)
+        cbs = [recorder, *([ProgressPrinter(dataset, space.metric, space.mode)] if progress else []), *callbacks]
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.num_samples,
+                                        max_concurrent_trials=concurrency),
+            run_config=tune.RunConfig(
+                name=slug, storage_path=str(ray_dir), callbacks=cbs, verbose=0,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
+                                                        checkpoint_score_order=space.mode),
+            ),
+        )
+    grid = tuner.fit()
+    return _summarise(space, dataset, grid, tracker, study_run, study_name, optuna_storage)
+
+
+def _summarise(space: SearchSpace, dataset: str, grid: Any, tracker: Tracker, study_run: str,
+               study_name: str, optuna_storage: str) -> StudyResult:
+    import optuna
+
+    errors = sum(1 for r in grid if r.error is not None)
+    ok = [r for r in grid if r.error is None and isinstance((r.metrics or {}).get("objective"), (int, float))
+          and math.isfinite(r.metrics["objective"])]
+    if not ok:
+        tracker.end_run(study_run, "FAILED")
+        raise RuntimeError(f"study {dataset}: no trial finished ({errors} errors); see the trial logs")
+    best = grid.get_best_result(metric="objective", mode=space.mode, scope="last", filter_nan_and_inf=True)
+    params = {k: v for k, v in best.config.items()}
+    cfg = trial_config(space, dataset, params, space.objective.seed)
+    objective = float(best.metrics["objective"])
+    tracker.log_metrics(study_run, {"best_objective": objective, "trials": len(grid), "errors": errors})
+    tracker.set_tags(study_run, {f"{TAG_PREFIX}best_trial_id": best.metrics.get("trial_id", "")})
+    tracker.log_dict(study_run, {"params": params, "objective": objective, "config": cfg.to_dict()},
+                     "best_config.json")
+    try:  # fANOVA needs >= 2 finished trials with varying params; a smoke sweep may not have them
+        study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+        importances = {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+        tracker.log_dict(study_run, importances, "param_importances.json")
+    except Exception as err:  # noqa: BLE001 - importances are a report, never a reason to fail the sweep
+        tracker.log_dict(study_run, {"unavailable": f"{type(err).__name__}: {err}"}, "param_importances.json")
+    tracker.end_run(study_run, "FINISHED")
+    return StudyResult(dataset=dataset, best_params=params, best_config=cfg.to_dict(), best_objective=objective,
+                       best_trial_id=str(best.metrics.get("trial_id", "")), num_trials=len(grid),
+                       num_errors=errors, run_id=study_run, optuna_study=study_name, result_grid=grid)
