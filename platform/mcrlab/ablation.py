@@ -1,0 +1,315 @@
+"""Ablation specs: a base configuration, named arms (deltas of dotted keys), datasets and seeds.
+
+Schema (documented with examples in search_spaces/README.md and search_spaces/ablation_*.yaml)::
+
+    name: mcr_standard            # ablation id (``-smoke`` is appended under --smoke)
+    experiment: ablations         # MLflow experiment (default: ablations)
+    base: {data: ..., model: ..., method: {name: mcr, ...}, train: ...}   # inline base config, or
+    base_run: <mlflow run id>     # a sweep's best trial: its logged config is the base and the run is
+                                  # the lineage parent (tag mcrlab.base_run_id on every run)
+    base_overrides: {train.epochs: 30}   # dotted keys applied on top of base / base_run
+    generate: mcr_standard        # built-in arms (see ``mcr_standard``); optional
+    exclude: [divergence_mse]     # generated arms to drop
+    arms:                         # explicit arms: name -> delta (dotted keys); 'base' is implicit
+      joint: {method.name: joint}
+    datasets: [synthetic:competition, synthetic:imbalanced]
+    seeds: [0, 1, 2, 3, 4]
+    seed_keys: [train.seed]       # config keys a seed sets (add data.seed to resample splits too)
+    metric: test/acc              # headline metric of the report
+    resources: {cpus: 1, gpus: 0, max_concurrent: 0}
+    smoke: {overrides: {train.epochs: 1}, seeds: [0, 1], datasets: [synthetic:competition]}
+
+Every cell's configuration is built and validated when the spec loads, so a typo in any arm fails
+with a ``ConfigError`` naming the file and key before anything starts. An equal tuning budget per arm
+(a small sweep per arm before the seeds) is not implemented yet: the ``tune`` key is refused with a
+message saying so, rather than silently comparing arms at unequal tuning.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mcrlab.config import ConfigError, RunConfig, build_dataclass, opt, read_yaml
+
+__all__ = ["Arm", "Cell", "AblationSpec", "Resources", "SmokeSpec", "load_spec", "parse_spec", "mcr_standard",
+           "GENERATORS", "TOP_LEVEL_KEYS", "BASE_ARM", "config_from_run"]
+
+BASE_ARM = "base"
+TOP_LEVEL_KEYS = ("name", "description", "experiment", "base", "base_run", "base_overrides", "generate",
+                  "exclude", "arms", "datasets", "seeds", "seed_keys", "metric", "resources", "smoke", "tune")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class Resources:
+    cpus: float = opt(1.0, "CPUs per cell (one single-process trial)", gt=0.0)
+    gpus: float = opt(0.0, "GPUs per cell (fractions share a GPU)", ge=0.0)
+    max_concurrent: int = opt(0, "cells running at once (0 = as many as resources allow)", ge=0)
+
+
+@dataclass
+class SmokeSpec:
+    overrides: dict = opt({"train.epochs": 1}, "dotted config keys pinned under --smoke")
+    seeds: list = opt([], "seeds under --smoke (empty = the first two)")
+    datasets: list = opt([], "datasets under --smoke (empty = the first one)")
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    delta: dict  # dotted key -> value, applied to the base
+
+    def delta_json(self) -> str:
+        return json.dumps(self.delta, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (arm, dataset, seed) run of the grid with its resolved configuration."""
+
+    arm: str
+    dataset: str
+    seed: int
+    config: dict = field(compare=False, repr=False)   # nested, RunConfig.to_dict()
+    config_hash: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.arm, self.dataset, str(self.seed))
+
+
+@dataclass
+class AblationSpec:
+    name: str
+    path: str
+    experiment: str
+    base: RunConfig
+    base_run: str | None
+    arms: list[Arm]
+    datasets: list[str]
+    seeds: list[int]
+    seed_keys: list[str]
+    metric: str
+    resources: Resources
+    cells: list[Cell]
+    description: str = ""
+    smoke: bool = False
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def ablation_id(self) -> str:
+        return self.name + ("-smoke" if self.smoke else "")
+
+    def arm(self, name: str) -> Arm:
+        return next(a for a in self.arms if a.name == name)
+
+
+# --------------------------------------------------------------------------------------------------
+# built-in generators
+
+
+def mcr_standard(base: RunConfig) -> dict[str, dict]:
+    """The standard MCR ablations relative to ``base`` (which must use method.name=mcr).
+
+    Game strategy (the two strategies other than the base's), each loss term toggled (on -> 0; the
+    off-by-default irrelevant bound -> 0.01), the other perturbation types, the other reference-
+    gradient option and the other divergences. Arms equal to the base are not generated.
+    """
+    if base.method.name != "mcr":
+        raise ConfigError(f"generate: mcr_standard needs a base with method.name=mcr, got '{base.method.name}'")
+    p = base.method.params
+    arms: dict[str, dict] = {}
+    for strategy in ("greedy", "independent", "collaborative"):
+        if strategy != p.strategy:
+            arms[f"strategy_{strategy}"] = {"method.strategy": strategy}
+    for term, key in (("game", "lambda_m"), ("shared", "lambda_c"), ("unimodal_heads", "w_uni")):
+        if getattr(p, key) > 0:
+            arms[f"no_{term}"] = {f"method.{key}": 0.0}
+    arms["irrelevant_on" if p.lambda_b == 0 else "no_irrelevant"] = {
+        "method.lambda_b": 0.01 if p.lambda_b == 0 else 0.0}
+    for pert in ("permute", "noise", "zero"):
+        if pert != p.perturbation:
+            arms[f"perturb_{pert}"] = {"method.perturbation": pert}
+    other_ref = "full" if p.reference_grad == "same" else "same"
+    arms[f"reference_grad_{other_ref}"] = {"method.reference_grad": other_ref}
+    for div in ("jsd", "kl", "mse"):
+        if div != p.divergence:
+            arms[f"divergence_{div}"] = {"method.divergence": div}
+    return arms
+
+
+GENERATORS = {"mcr_standard": mcr_standard}
+
+
+# --------------------------------------------------------------------------------------------------
+# loading
+
+
+def config_from_run(uri: str, run_id: str, source: str = "base_run") -> dict:
+    """The nested config dict of an MLflow run: its logged config artifact, else its ``section.key`` params.
+
+    Artifacts tried: config.json, config.yaml, resolved_config.json/yaml (any of the names the platform's
+    writers use). Params are strings; they are parsed back as YAML scalars/lists.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"{source}: no MLflow run '{run_id}' in {uri}") from None
+    import tempfile
+
+    names = {a.path for a in client.list_artifacts(run_id)}
+    for name in ("config.json", "config.yaml", "resolved_config.json", "resolved_config.yaml"):
+        if name in names:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = client.download_artifacts(run_id, name, tmp)
+                raw = yaml.safe_load(Path(local).read_text())  # JSON is YAML
+            if isinstance(raw, dict) and "config" in raw and isinstance(raw["config"], dict):
+                raw = raw["config"]
+            return raw
+    sections = ("data", "model", "method", "train")
+    raw: dict[str, dict] = {}
+    for key, text in run.data.params.items():
+        section, _, name = key.partition(".")
+        if section in sections and name and "." not in name:
+            try:
+                raw.setdefault(section, {})[name] = yaml.safe_load(text)
+            except yaml.YAMLError:
+                raw.setdefault(section, {})[name] = text
+    if not raw:
+        raise ConfigError(f"{source}: run '{run_id}' has no config artifact and no section.key params")
+    return raw
+
+
+def _dotted(raw: Any, where: str) -> dict:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping of section.key: value")
+    for key in raw:
+        if not isinstance(key, str) or key.count(".") != 1 or not all(key.split(".")):
+            raise ConfigError(f"{where}.{key}: keys must look like section.key (e.g. method.lambda_m)")
+    return dict(raw)
+
+
+def load_spec(path: str | Path, smoke: bool = False, tracking_uri: str | None = None) -> AblationSpec:
+    """Read and fully validate an ablation spec file (every cell's config is built once)."""
+    raw = read_yaml(path)
+    return parse_spec(raw, str(path), smoke=smoke, tracking_uri=tracking_uri)
+
+
+def parse_spec(raw: Any, source: str = "<spec>", smoke: bool = False,
+               tracking_uri: str | None = None) -> AblationSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: an ablation spec must be a mapping")
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(f"{source}: {key}: unknown key (known: {', '.join(TOP_LEVEL_KEYS)})")
+    if "tune" in raw:
+        raise ConfigError(f"{source}: tune: an equal tuning budget per arm is not implemented yet; tune each "
+                          "arm with `mcrlab sweep` and use its best trial as base_run of a one-arm spec")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"{source}: name: required, letters/digits/._- (got {name!r})")
+
+    # base: inline, or a sweep's trial run (the lineage parent)
+    base_run = raw.get("base_run")
+    if ("base" in raw) == (base_run is not None):
+        raise ConfigError(f"{source}: base: give exactly one of base (inline config) or base_run (run id)")
+    if base_run is not None:
+        if not isinstance(base_run, str) or not base_run:
+            raise ConfigError(f"{source}: base_run: must be an MLflow run id")
+        from mcrlab.tracking import resolve_tracking_uri
+
+        base_raw = config_from_run(resolve_tracking_uri(tracking_uri), base_run, f"{source}: base_run")
+        base = RunConfig.from_dict(base_raw, f"{source}: base_run {base_run}")
+    else:
+        base = RunConfig.from_dict(raw["base"], f"{source}: base")
+    base = base.replace(_dotted(raw.get("base_overrides"), f"{source}: base_overrides"),
+                        f"{source}: base_overrides")
+
+    # arms: base + generated + explicit
+    arms: dict[str, dict] = {BASE_ARM: {}}
+    gen = raw.get("generate")
+    if gen is not None:
+        if gen not in GENERATORS:
+            raise ConfigError(f"{source}: generate: unknown generator {gen!r} (known: {', '.join(GENERATORS)})")
+        try:
+            arms.update(GENERATORS[gen](base))
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+    exclude = raw.get("exclude") or []
+    if not isinstance(exclude, list):
+        raise ConfigError(f"{source}: exclude: must be a list of arm names")
+    for ex in exclude:
+        if ex not in arms or ex == BASE_ARM:
+            raise ConfigError(f"{source}: exclude: '{ex}' is not a generated arm (generated: "
+                              f"{', '.join(a for a in arms if a != BASE_ARM) or 'none'})")
+        del arms[ex]
+    explicit = raw.get("arms") or {}
+    if not isinstance(explicit, dict):
+        raise ConfigError(f"{source}: arms: must be a mapping of arm name -> {{section.key: value}}")
+    for arm_name, delta in explicit.items():
+        if not isinstance(arm_name, str) or not _NAME.match(arm_name) or arm_name == BASE_ARM:
+            raise ConfigError(f"{source}: arms.{arm_name}: arm names are letters/digits/._- and not 'base'")
+        arms[arm_name] = _dotted(delta, f"{source}: arms.{arm_name}")
+    if len(arms) < 2:
+        raise ConfigError(f"{source}: arms: need at least one arm besides the base (arms: or generate:)")
+
+    datasets = _list(raw.get("datasets"), f"{source}: datasets", str) or [base.data.name]
+    seeds = _list(raw.get("seeds", [0, 1, 2]), f"{source}: seeds", int)
+    if not seeds:
+        raise ConfigError(f"{source}: seeds: need at least one seed")
+    seed_keys = _list(raw.get("seed_keys", ["train.seed"]), f"{source}: seed_keys", str)
+    for k in seed_keys:
+        _dotted({k: 0}, f"{source}: seed_keys")
+    resources = build_dataclass(Resources, raw.get("resources"), source, "resources")
+    smoke_spec = build_dataclass(SmokeSpec, raw.get("smoke"), source, "smoke")
+    metric = raw.get("metric", "test/acc")
+    if not isinstance(metric, str) or "/" not in metric:
+        raise ConfigError(f"{source}: metric: expected a metric name like test/acc, got {metric!r}")
+    overrides: dict = {}
+    if smoke:
+        overrides = _dotted(smoke_spec.overrides, f"{source}: smoke.overrides")
+        seeds = _list(smoke_spec.seeds, f"{source}: smoke.seeds", int) or seeds[:2]
+        datasets = _list(smoke_spec.datasets, f"{source}: smoke.datasets", str) or datasets[:1]
+
+    arm_list = [Arm(n, d) for n, d in arms.items()]
+    cells = []
+    for arm in arm_list:
+        try:
+            arm_cfg = base.replace(arm.delta, f"{source}: arms.{arm.name}")
+        except ConfigError as err:
+            raise ConfigError(str(err)) from None
+        for dataset in datasets:
+            for seed in seeds:
+                cfg = arm_cfg.replace({"data.name": dataset, **{k: seed for k in seed_keys}, **overrides},
+                                      f"{source}: arms.{arm.name} on {dataset}")
+                cells.append(Cell(arm.name, dataset, seed, cfg.to_dict(), cfg.hash()))
+    return AblationSpec(name=name, path=source, experiment=str(raw.get("experiment", "ablations")), base=base,
+                        base_run=base_run, arms=arm_list, datasets=datasets, seeds=seeds, seed_keys=seed_keys,
+                        metric=metric, resources=resources, cells=cells,
+                        description=str(raw.get("description", "")), smoke=smoke, raw=copy.deepcopy(raw))
+
+
+def _list(value: Any, where: str, kind: type) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        value = [value]
+    for v in value:
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise ConfigError(f"{where}: expected a list of {kind.__name__}, got {v!r}")
+    if len(set(map(str, value))) != len(value):
+        raise ConfigError(f"{where}: duplicate entries")
+    return list(value)

@@ -1,0 +1,242 @@
+"""Run an ablation grid (arms x datasets x seeds) as Ray Tune trials, tracked in MLflow, resumable.
+
+MLflow layout (one writer: this driver process, through a Tune callback)::
+
+    ablation run     kind=ablation, mcrlab.ablation_id, mcrlab.base_run_id, spec.yaml + base config
+      arm run        kind=arm, mcrlab.arm, mcrlab.delta (JSON)
+        cell run     kind=cell, mcrlab.{ablation_id, arm, delta, dataset, seed, base_run_id, git_commit,
+                     config_hash, dataset_fingerprint}; params = the resolved config; per-epoch metrics
+
+Tune runs ``tune.grid_search`` over cell indices (no Optuna: OptunaSearch rejects grids), each trial a
+single-process function trainable that calls ``mcrlab.train.fit``. Resume is by MLflow, not by Tune's
+experiment state: a cell counts as done when a FINISHED cell run with the same ablation id, arm,
+dataset, seed and config hash exists; everything else runs again, and its stale RUNNING/FAILED runs
+are marked KILLED so that comparisons never see them. The granularity is the cell (tiny cells make
+mid-cell checkpoints not worth their I/O here).
+
+Note: the sweeps' trial backend (mcrlab.tune) was not ready when this was written, so the
+single-process trainable and the driver-side logging callback live here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcrlab.ablation import AblationSpec, Cell
+from mcrlab.config import ConfigError, RunConfig
+from mcrlab.tracking import Tracker, lineage_tags
+
+__all__ = ["AblationOutcome", "run_ablation", "finished_cells", "cell_trainable", "ablation_run_id"]
+
+K = "mcrlab."
+
+
+@dataclass
+class AblationOutcome:
+    ablation_run_id: str
+    ran: list[tuple[str, str, str]] = field(default_factory=list)        # cells run this time
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)    # already finished
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def cell_trainable(config: dict, cells: list[dict] | None = None) -> None:
+    """Tune function trainable: one cell = one ``fit`` (imports torch only inside the trial)."""
+    from ray import tune
+
+    from mcrlab.train import fit
+
+    cell = cells[config["cell"]]
+    cfg = RunConfig.from_dict(cell["config"], f"cell {cell['arm']}/{cell['dataset']}/{cell['seed']}")
+
+    def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
+        tune.report({k: float(v) for k, v in metrics.items()})
+
+    fit(cfg, report)
+
+
+def ablation_run_id(tracker: Tracker, experiment_id: str, ablation_id: str) -> str | None:
+    return tracker.find_run(experiment_id, {f"{K}kind": "ablation", f"{K}ablation_id": ablation_id})
+
+
+def finished_cells(tracker: Tracker, experiment_id: str, ablation_id: str) -> dict[tuple, list]:
+    """``{(arm, dataset, seed): [run, ...]}`` of every cell run of this ablation (any status)."""
+    runs = tracker.client.search_runs(
+        [experiment_id], filter_string=f"tags.`{K}kind` = 'cell' and tags.`{K}ablation_id` = '{ablation_id}'",
+        max_results=50000)
+    out: dict[tuple, list] = {}
+    for r in runs:
+        t = r.data.tags
+        out.setdefault((t.get(f"{K}arm"), t.get(f"{K}dataset"), t.get(f"{K}seed")), []).append(r)
+    return out
+
+
+class _MlflowCells:
+    """Tune callback (driver side): one MLflow run per cell, nested under its arm run."""
+
+    def __init__(self, tracker: Tracker, exp_id: str, spec: AblationSpec, cells: list[Cell],
+                 arm_runs: dict[str, str], fingerprints: dict[str, str]):
+        self.tracker, self.exp_id, self.spec, self.cells = tracker, exp_id, spec, cells
+        self.arm_runs, self.fingerprints = arm_runs, fingerprints
+        self.run_of: dict[str, str] = {}      # trial id -> MLflow run id
+        self.status: dict[tuple, str] = {}
+
+    def _cell(self, trial) -> Cell:
+        return self.cells[trial.config["cell"]]
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        cell = self._cell(trial)
+        arm = self.spec.arm(cell.arm)
+        tags = lineage_tags("cell", ablation_id=self.spec.ablation_id, arm=cell.arm, delta=arm.delta_json(),
+                            dataset=cell.dataset, seed=cell.seed, base_run_id=self.spec.base_run or "inline",
+                            config_hash=cell.config_hash,
+                            dataset_fingerprint=self.fingerprints.get(cell.dataset, "unknown"),
+                            tune_trial_id=trial.trial_id)
+        run_id = self.tracker.start_run(self.exp_id, f"{cell.arm}/{cell.dataset}/s{cell.seed}", tags=tags,
+                                        parent_run_id=self.arm_runs[cell.arm],
+                                        params=RunConfig.from_dict(cell.config).flat())
+        self.tracker.log_dict(run_id, cell.config, "config.json")
+        self.run_of[trial.trial_id] = run_id
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        run_id = self.run_of.get(trial.trial_id)
+        if run_id is None:
+            return
+        # our metrics only (Tune adds time_*, training_iteration, ...); step = epoch
+        metrics = {k: v for k, v in result.items() if "/" in k and not k.startswith("config/")}
+        self.tracker.log_metrics(run_id, metrics, step=int(result.get("epoch", 0)))
+
+    def _end(self, trial, status: str) -> None:
+        run_id = self.run_of.get(trial.trial_id)
+        if run_id is not None:
+            self.tracker.end_run(run_id, status)
+        self.status[self._cell(trial).key] = status
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._end(trial, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._end(trial, "FAILED")
+
+
+def _as_callback(impl: _MlflowCells):
+    """Wrap in a real ``ray.tune.Callback`` subclass (imported lazily: the CLI stays Ray-free to load)."""
+    from ray.tune import Callback
+
+    class MlflowCells(Callback):
+        def on_trial_start(self, *a, **kw):
+            impl.on_trial_start(*a, **kw)
+
+        def on_trial_result(self, *a, **kw):
+            impl.on_trial_result(*a, **kw)
+
+        def on_trial_complete(self, *a, **kw):
+            impl.on_trial_complete(*a, **kw)
+
+        def on_trial_error(self, *a, **kw):
+            impl.on_trial_error(*a, **kw)
+
+    return MlflowCells()
+
+
+def _fingerprints(spec: AblationSpec, cells: list[Cell]) -> dict[str, str]:
+    """Dataset identity per dataset name (loaded once on the driver from the first cell's data config)."""
+    from mcrlab.config import DataConfig, build_dataclass
+    from mcrlab.data import load_dataset
+
+    out = {}
+    for cell in cells:
+        if cell.dataset not in out:
+            out[cell.dataset] = load_dataset(build_dataclass(DataConfig, cell.config["data"], spec.path,
+                                                             "data")).fingerprint()
+    return out
+
+
+def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_path: str | Path = "runs",
+                 verbose: int = 0) -> AblationOutcome:
+    """Run the missing cells of ``spec`` (all of them on a fresh ablation) and close the MLflow runs."""
+    import ray
+    from ray import tune
+
+    tracker = Tracker(uri)
+    exp_id = tracker.experiment(spec.experiment)
+    abl_id = spec.ablation_id
+    existing = ablation_run_id(tracker, exp_id, abl_id)
+    if existing and not resume:
+        raise ConfigError(f"{spec.path}: name: ablation '{abl_id}' already exists in experiment "
+                          f"'{spec.experiment}' (run {existing}); pass --resume to run only its missing cells, "
+                          "or choose another name")
+    done, todo, stale = [], [], []
+    previous = finished_cells(tracker, exp_id, abl_id) if existing else {}
+    for i, cell in enumerate(spec.cells):
+        runs = previous.get(cell.key, [])
+        if any(r.info.status == "FINISHED" and r.data.tags.get(f"{K}config_hash") == cell.config_hash
+               for r in runs):
+            done.append(cell.key)
+        else:
+            todo.append(i)
+            stale += [r for r in runs if r.info.status != "FINISHED"]
+    # load the datasets before any run is created: a bad data.name fails here, nothing started
+    fingerprints = _fingerprints(spec, [spec.cells[i] for i in todo])
+
+    base_tags = {"ablation_id": abl_id, "base_run_id": spec.base_run or "inline"}
+    root = tracker.start_run(exp_id, abl_id, tags=lineage_tags("ablation", **base_tags, spec=spec.path),
+                             key_tags=(f"{K}kind", f"{K}ablation_id"))
+    if not existing:
+        tracker.log_params(root, {"n_arms": len(spec.arms), "n_datasets": len(spec.datasets),
+                                  "n_seeds": len(spec.seeds), "datasets": spec.datasets, "seeds": spec.seeds,
+                                  "metric": spec.metric})
+        tracker.log_dict(root, spec.raw, "spec.yaml")
+        tracker.log_dict(root, spec.base.to_dict(), "base_config.json")
+    arm_runs = {a.name: tracker.start_run(exp_id, a.name, parent_run_id=root,
+                                          tags=lineage_tags("arm", **base_tags, arm=a.name, delta=a.delta_json()),
+                                          key_tags=(f"{K}kind", f"{K}ablation_id", f"{K}arm"))
+                for a in spec.arms}
+    for r in stale:  # a killed or failed attempt: hide it from comparisons, keep it for the record
+        tracker.client.set_tag(r.info.run_id, f"{K}stale", "true")
+        if r.info.status == "RUNNING":
+            tracker.end_run(r.info.run_id, "KILLED")
+    outcome = AblationOutcome(root, skipped=done)
+    if todo:
+        impl = _MlflowCells(tracker, exp_id, spec, spec.cells, arm_runs, fingerprints)
+        if not ray.is_initialized():
+            ray.init(configure_logging=False, log_to_driver=verbose > 0)
+        cells_payload = [{"arm": c.arm, "dataset": c.dataset, "seed": c.seed, "config": c.config}
+                         for c in spec.cells]
+        trainable = tune.with_resources(tune.with_parameters(cell_trainable, cells=cells_payload),
+                                        {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
+        tuner = tune.Tuner(
+            trainable, param_space={"cell": tune.grid_search(todo)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent or None,
+                                        reuse_actors=True,
+                                        trial_dirname_creator=lambda t: f"cell_{t.config['cell']}_{t.trial_id}"),
+            run_config=tune.RunConfig(name=f"{abl_id}-{int(time.time())}", verbose=verbose,
+                                      storage_path=str(Path(storage_path).resolve() / "ray_results"),
+                                      callbacks=[_as_callback(impl)],
+                                      failure_config=tune.FailureConfig(max_failures=0)))
+        tuner.fit()
+        for i in todo:
+            key = spec.cells[i].key
+            (outcome.ran if impl.status.get(key) == "FINISHED" else outcome.failed).append(key)
+    status = "FAILED" if outcome.failed else "FINISHED"
+    for arm, run_id in arm_runs.items():
+        arm_failed = any(k[0] == arm for k in outcome.failed)
+        tracker.end_run(run_id, "FAILED" if arm_failed else "FINISHED")
+    tracker.set_tags(root, {f"{K}cells_done": len(outcome.ran) + len(outcome.skipped),
+                            f"{K}cells_total": len(spec.cells)})
+    tracker.end_run(root, status)
+    return outcome
+
+
+def describe(spec: AblationSpec) -> dict[str, Any]:
+    """A JSON-able summary of the grid (printed by ``mcrlab ablate --dry-run``)."""
+    return {"ablation_id": spec.ablation_id, "experiment": spec.experiment, "base_run": spec.base_run,
+            "arms": {a.name: a.delta for a in spec.arms}, "datasets": spec.datasets, "seeds": spec.seeds,
+            "cells": len(spec.cells)}
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)
