@@ -53,12 +53,30 @@ def worker_report() -> Callable[[dict[str, Any], str | None], None]:
     rank = ray.train.get_context().get_world_rank()
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        metrics = _mean_over_ranks(metrics)
         checkpoint = None
         if checkpoint_dir is not None and rank == 0:
             checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
         ray.train.report(dict(metrics), checkpoint=checkpoint)
 
     return report
+
+
+def _mean_over_ranks(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Average the ``train/*`` metrics over ranks: each rank's are means over its half of the batch, so
+    the average is the global-batch value (what a single process reports). Val/test metrics are
+    computed on the full split by every rank already."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return dict(metrics)
+    keys = sorted(k for k, v in metrics.items() if k.startswith("train/") and isinstance(v, (int, float)))
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    values /= dist.get_world_size()
+    return {**metrics, **dict(zip(keys, values.tolist()))}
 
 
 @contextlib.contextmanager
@@ -82,7 +100,7 @@ def local_checkpoint_dir() -> str:
 def make_trainer(loop: Callable[[dict], None], loop_config: dict, *, name: str, storage_path: str | Path,
                  workers: int, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
                  metric: str = "val/acc", mode: str = "max", max_failures: int = 2,
-                 callbacks: Sequence[Any] = ()):
+                 callbacks: Sequence[Any] = (), keep_checkpoints: int | None = 1):
     """A TorchTrainer for ``loop`` (run on every worker) with checkpointing and failure handling."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -96,7 +114,7 @@ def make_trainer(loop: Callable[[dict], None], loop_config: dict, *, name: str, 
             name=name,
             storage_path=str(Path(storage_path).resolve()),
             # best by the run's metric; Ray Train always keeps the latest too, so resume still works
-            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
+            checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints, checkpoint_score_attribute=metric,
                                                checkpoint_score_order=mode),
             failure_config=FailureConfig(max_failures=max_failures),
             callbacks=list(callbacks) or None,
@@ -115,13 +133,16 @@ def _fit_loop(config: dict) -> None:
 
 def fit_distributed(cfg: RunConfig, *, workers: int = 2, cpus_per_worker: float = 1.0,
                     gpus_per_worker: float = 0.0, name: str = "fit", storage_path: str | Path = "runs/train",
-                    metric: str = "val/acc", mode: str = "max", max_failures: int = 2):
+                    metric: str = "val/acc", mode: str = "max", max_failures: int = 2,
+                    keep_checkpoints: int | None = 1):
     """Run ``fit(cfg)`` data-parallel on ``workers`` Ray Train workers; return the ``ray.train.Result``.
 
     ``result.metrics`` is the last epoch's report (with test/*), ``result.best_checkpoints`` the kept
-    checkpoints. Re-running with the same ``name`` and ``storage_path`` continues from the latest one.
+    checkpoints (``keep_checkpoints`` None keeps every epoch's, with its metrics). Re-running with the
+    same ``name`` and ``storage_path`` continues from the latest one.
     """
     trainer = make_trainer(_fit_loop, {"run": cfg.to_dict()}, name=name, storage_path=storage_path,
                            workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                           metric=metric, mode=mode, max_failures=max_failures)
+                           metric=metric, mode=mode, max_failures=max_failures,
+                           keep_checkpoints=keep_checkpoints)
     return trainer.fit()

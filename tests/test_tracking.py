@@ -1,0 +1,90 @@
+"""MLflow tracking: default store location, fail-fast checks, nested runs, idempotent keys, queries."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from mcrlab.config import ConfigError
+from mcrlab.tracking import (
+    Tracker,
+    artifact_location,
+    check_tracking,
+    find_runs,
+    lineage_tags,
+    log_nested_run,
+    resolve_tracking_uri,
+)
+
+
+def test_default_store_is_absolute_sqlite_in_the_run_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = resolve_tracking_uri()
+    assert uri == f"sqlite:///{tmp_path.resolve() / 'runs' / 'mlflow.db'}"
+    assert Path(uri[len("sqlite:///"):]).is_absolute()
+    assert artifact_location(uri) == (tmp_path.resolve() / "runs" / "mlartifacts").as_uri()
+
+
+def test_explicit_uri_beats_env_and_relative_sqlite_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example.invalid:5000")
+    assert resolve_tracking_uri() == "http://example.invalid:5000"
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri("sqlite:///rel/m.db") == f"sqlite:///{tmp_path.resolve() / 'rel' / 'm.db'}"
+
+
+def test_unreachable_server_fails_fast_with_a_clear_message():
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="unreachable"):
+        check_tracking("http://127.0.0.1:9", timeout=2.0)  # port 9 (discard): nothing listens
+    assert time.monotonic() - start < 5.0
+
+
+def test_file_store_is_refused():
+    with pytest.raises(ConfigError, match="file store"):
+        check_tracking("./mlruns")
+
+
+def test_nested_runs_lineage_and_queries(mlflow_uri):
+    parent = log_nested_run(mlflow_uri, "abl", "ablation", kind="ablation", tags={"sweep_id": "s1"},
+                            key={"ablation_id": "a1"}, params={"method.name": "mcr"})
+    arm = log_nested_run(mlflow_uri, "abl", "arm-no-game", kind="arm", parent_run_id=parent,
+                         tags={"arm": "no_game"}, key={"arm_id": "a1/no_game"},
+                         metrics={"test/acc": 0.7, "bad": float("nan"), "label": "x"},
+                         artifacts={"config.json": {"train": {"lr": 0.01}}})
+    again = log_nested_run(mlflow_uri, "abl", "arm-no-game", kind="arm", parent_run_id=parent,
+                           key={"arm_id": "a1/no_game"})
+    assert again == arm  # the key reopens, no duplicate
+
+    arms = find_runs(mlflow_uri, "abl", kind="arm")
+    assert [r["run_id"] for r in arms] == [arm]
+    run = arms[0]
+    assert run["tags"]["mlflow.parentRunId"] == parent
+    assert run["tags"]["mcrlab.arm"] == "no_game" and run["tags"]["mcrlab.kind"] == "arm"
+    assert "mcrlab.git_commit" in run["tags"]
+    assert run["metrics"] == {"test/acc": pytest.approx(0.7)}  # NaN and strings dropped
+    assert [r["run_id"] for r in find_runs(mlflow_uri, "abl", parent_run_id=parent)] == [arm]
+    assert find_runs(mlflow_uri, "abl", tags={"arm": "other"}) == []
+    assert find_runs(mlflow_uri, "missing-experiment") == []
+    assert {r["run_id"] for r in find_runs(mlflow_uri)} == {parent, arm}  # every experiment
+
+
+def test_tracker_steps_and_artifacts(mlflow_uri, tmp_path):
+    tracker = Tracker(mlflow_uri, tmp_path)
+    exp = tracker.experiment("e")
+    assert tracker.experiment("e") == exp
+    run = tracker.start_run(exp, "r", tags=lineage_tags("trial", trial_id="t1"), key_tags=("mcrlab.trial_id",))
+    assert tracker.last_step(run, "objective") == -1
+    for step in (1, 2, 3):
+        tracker.log_metrics(run, {"objective": step / 10, "val/acc": 0.5}, step=step)
+    assert tracker.last_step(run, "objective") == 3
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "state.pt").write_bytes(b"123")
+    tracker.log_artifacts(run, tmp_path / "ck", "best_checkpoint")
+    tracker.end_run(run)
+    files = [a.path for a in tracker.client.list_artifacts(run, "best_checkpoint")]
+    assert files == ["best_checkpoint/state.pt"]
+    # the artifact store sits next to the SQLite file, not in the working directory
+    assert str(tmp_path) in tracker.client.get_run(run).info.artifact_uri
