@@ -180,7 +180,7 @@ def _build_method(raw: Any, source: str) -> MethodConfig:
         raise ConfigError(f"{source}: method: must be a mapping, got {type(raw).__name__}")
     raw = dict(raw)
     name = raw.pop("name", "mcr")
-    if name not in REGISTRY:
+    if not isinstance(name, str) or name not in REGISTRY:  # a list or mapping is not hashable
         raise ConfigError(f"{source}: method.name: unknown method '{name}' "
                           f"(known: {', '.join(sorted(REGISTRY))})")
     params = build_dataclass(REGISTRY[name].Params, raw, source, "method")
