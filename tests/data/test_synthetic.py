@@ -1,0 +1,245 @@
+"""Synthetic data: determinism, shapes, type proportions, the Bayes maths and the stated ceilings."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from mcrlab.config import ConfigError, DataConfig
+from mcrlab.data import load_dataset
+from mcrlab.data.ceilings import (
+    amplitude,
+    bit_accuracy,
+    compute_ceilings,
+    joint_prior,
+    llr,
+    posterior_y1,
+    sample_structure,
+    unimodal_ceiling,
+)
+from mcrlab.data.synthetic import PRESETS, make_synthetic, make_world
+
+REQUIRED = ("balanced", "imbalanced", "redundant", "synergy", "competition")
+
+
+def _within(freq: float, p: float, n: int, k: float = 4.0) -> bool:
+    """|freq - p| within k binomial standard errors (plus a hair for p in {0, 1})."""
+    return abs(freq - p) <= k * math.sqrt(p * (1 - p) / n) + 1e-9
+
+
+# --------------------------------------------------------------------------------------------------
+# presets, errors, shapes, determinism
+
+
+def test_required_presets_exist_with_descriptions():
+    for name in REQUIRED:
+        assert name in PRESETS
+        assert PRESETS[name].description.strip()
+
+
+def test_unknown_preset_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"data\.name: unknown synthetic preset 'nope' \(known: balanced"):
+        make_synthetic("nope", seed=0)
+    with pytest.raises(ConfigError, match="unknown synthetic preset 'nope'"):
+        load_dataset(DataConfig(name="synthetic:nope"))
+
+
+def test_one_modality_is_rejected():
+    with pytest.raises(ConfigError, match="num_modalities"):
+        make_synthetic("balanced", seed=0, num_modalities=1)
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_shapes_splits_and_types(name):
+    d = make_synthetic(name, seed=3)
+    p = PRESETS[name]
+    M = p.num_modalities
+    assert d.name == f"synthetic:{name}"
+    assert d.num_classes == 2
+    assert d.modalities == [f"m{m}" for m in range(M)]
+    assert d.info_types == [*(f"unique{k}" for k in range(M)), "redundant", "synergy"]
+    assert d.dims == [s.dim for s in p.modalities]
+    sizes = {"train": p.n_train, "val": p.n_val, "test": p.n_test}
+    for split, n in sizes.items():
+        sp = d.splits[split]
+        assert len(sp) == n
+        assert all(x.dtype == np.float32 and x.shape == (n, s.dim) for x, s in zip(sp.x, p.modalities))
+        assert sp.y.dtype == np.int64 and set(np.unique(sp.y)) <= {0, 1}
+        assert sp.info_type.dtype == np.int64 and sp.info_type.min() >= 0 and sp.info_type.max() < M + 2
+    c = d.meta["ceilings"]
+    assert set(c) == {"best_unimodal", "late_fusion", "full_fusion"}
+    assert set(d.meta["unimodal_ceilings"]) == set(d.modalities)
+    json.dumps(d.meta)  # metadata is plain data (goes to MLflow as-is)
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    a, b, c = (make_synthetic("balanced", seed=s) for s in (7, 7, 8))
+    assert a.fingerprint() == b.fingerprint()
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(a.splits[split].x[0], b.splits[split].x[0])
+        np.testing.assert_array_equal(a.splits[split].info_type, b.splits[split].info_type)
+    assert a.fingerprint() != c.fingerprint()
+    assert not np.allclose(a.splits["train"].x[1], c.splits["train"].x[1])
+
+
+def test_n_train_changes_only_the_train_split():
+    a, b = make_synthetic("imbalanced", seed=1), make_synthetic("imbalanced", seed=1, n_train=50)
+    assert len(b.splits["train"]) == 50
+    for split in ("val", "test"):
+        np.testing.assert_array_equal(a.splits[split].x[1], b.splits[split].x[1])
+        np.testing.assert_array_equal(a.splits[split].y, b.splits[split].y)
+
+
+def test_generation_is_fast():
+    make_synthetic("competition", seed=0)  # first call also computes (and caches) the ceilings
+    t = time.process_time()
+    for seed in range(1, 6):
+        make_synthetic("competition", seed=seed)
+    assert (time.process_time() - t) / 5 < 0.2
+
+
+# --------------------------------------------------------------------------------------------------
+# information structure
+
+
+@pytest.mark.parametrize("name", ["balanced", "imbalanced", "synergy"])
+def test_type_proportions_and_balanced_labels(name):
+    p = PRESETS[name]
+    n = 20_000
+    sp = make_synthetic(name, seed=2, n_train=n).splits["train"]
+    probs = [*p.p_unique, p.p_redundant, p.p_synergy]
+    for k, pk in enumerate(probs):
+        assert _within(float(np.mean(sp.info_type == k)), pk, n), (k, pk)
+    assert _within(float(np.mean(sp.y)), 0.5, n)
+
+
+def test_structure_bits_follow_the_types():
+    """unique_k: b_k = y; redundant: all bits = y; synergy: y = XOR of all bits; others are fair coins."""
+    rng = np.random.default_rng(0)
+    M, n = 3, 30_000
+    t, y, bits = sample_structure(rng, n, (0.2, 0.2, 0.2), 0.2, 0.2)
+    for k in range(M):
+        assert np.all(bits[t == k, k] == y[t == k])
+        other = (k + 1) % M  # a non-carrying modality's bit is independent of y
+        agree = float(np.mean(bits[t == k, other] == y[t == k]))
+        assert _within(agree, 0.5, int(np.sum(t == k)))
+    assert np.all(bits[t == M] == y[t == M, None])
+    syn = t == M + 1
+    assert np.all(bits[syn].sum(1) % 2 == y[syn])
+    for m in range(M):  # marginally on synergy samples each bit says nothing about y
+        assert _within(float(np.mean(bits[syn, m] == y[syn])), 0.5, int(syn.sum()))
+
+
+# --------------------------------------------------------------------------------------------------
+# Bayes maths against direct computations
+
+
+@pytest.mark.parametrize("signal", ["linear", "product"])
+def test_amplitude_and_bit_accuracy_are_inverse(signal):
+    for acc in (0.6, 0.75, 0.9, 0.99):
+        assert bit_accuracy(signal, amplitude(signal, acc)) == pytest.approx(acc, abs=1e-12)
+
+
+def test_llr_matches_gaussian_densities():
+    rng = np.random.default_rng(1)
+    a = 0.8
+    t = rng.normal(size=(50, 1))
+    direct = norm.logpdf(t[:, 0], a) - norm.logpdf(t[:, 0], -a)
+    np.testing.assert_allclose(llr("linear", a, t), direct, atol=1e-12)
+    uv = rng.normal(size=(50, 2)) * 2
+    u, v = uv[:, 0], uv[:, 1]
+
+    def dens(r1, r2):  # density of (u, v) given the sub-bits
+        return norm.pdf(u, a * r1) * norm.pdf(v, a * r2)
+
+    direct = np.log(dens(1, 1) + dens(-1, -1)) - np.log(dens(1, -1) + dens(-1, 1))
+    np.testing.assert_allclose(llr("product", a, uv), direct, atol=1e-10)
+    assert np.all(np.sign(llr("product", a, uv)) == np.sign(u * v))  # the Bayes rule is sign(u v)
+
+
+def test_posterior_matches_a_brute_force_sum_over_types():
+    rng = np.random.default_rng(2)
+    pu, pr, ps = (0.1, 0.3), 0.4, 0.2
+    lams = rng.normal(size=(20, 2)) * 2
+    got = posterior_y1(lams, joint_prior(pu, pr, ps))
+    for i, (l0, l1) in enumerate(lams):
+        # p(x | b) up to a factor common to all b: exp(b0 l0 + b1 l1)
+        lik = {(b0, b1): math.exp(b0 * l0 + b1 * l1) for b0 in (0, 1) for b1 in (0, 1)}
+        joint = [0.0, 0.0]
+        for y in (0, 1):
+            joint[y] += pu[0] * 0.5 * sum(0.5 * lik[(y, b1)] for b1 in (0, 1))
+            joint[y] += pu[1] * 0.5 * sum(0.5 * lik[(b0, y)] for b0 in (0, 1))
+            joint[y] += pr * 0.5 * lik[(y, y)]
+            joint[y] += ps * sum(0.25 * lik[(b0, b1)] for b0 in (0, 1) for b1 in (0, 1) if b0 ^ b1 == y)
+        assert got[i] == pytest.approx(joint[1] / sum(joint), abs=1e-12)
+
+
+def test_unimodal_ceiling_hand_cases():
+    assert unimodal_ceiling(0.9, 0.0, 1.0) == pytest.approx(0.9)  # always carries the label
+    assert unimodal_ceiling(0.9, 0.0, 0.0) == pytest.approx(0.5)  # never does
+    assert unimodal_ceiling(0.8, 0.2, 0.3) == pytest.approx(0.5 * 0.8 + 0.5 * 0.5)
+
+
+def test_ceilings_are_ordered_and_show_the_structure():
+    # best_unimodal <= late_fusion is not a theorem (see test_three_modalities) but holds for the presets
+    for name in REQUIRED:
+        c = make_synthetic(name, seed=0).meta["ceilings"]
+        assert c["best_unimodal"] - 0.005 <= c["late_fusion"] <= c["full_fusion"] + 0.005, name
+    syn = make_synthetic("synergy", seed=0).meta
+    assert syn["ceilings"]["full_fusion"] - syn["ceilings"]["late_fusion"] > 0.08
+    assert syn["type_ceilings"]["late_fusion"]["synergy"] == pytest.approx(0.5, abs=0.02)
+    assert syn["type_ceilings"]["full_fusion"]["synergy"] > 0.65
+    # only redundant information: the Bayes log-odds are additive, so late fusion loses nothing
+    comp = make_synthetic("competition", seed=0).meta["ceilings"]
+    assert comp["late_fusion"] == pytest.approx(comp["full_fusion"], abs=0.003)
+
+
+@pytest.mark.parametrize("name,M", [("balanced", 2), ("imbalanced", 2), ("synergy", 2), ("competition", 2),
+                                    ("balanced", 3)])
+def test_bayes_rules_on_generated_data_match_the_stated_ceilings(name, M):
+    """The generator (rotations included) and the ceiling maths agree: the unimodal and full Bayes
+    rules, applied to freshly generated inputs via the world's exact LLRs, score the stated ceilings."""
+    n = 20_000
+    d = make_synthetic(name, seed=4, n_train=n, num_modalities=M)
+    world = make_world(name, seed=4, num_modalities=M, n_train=n)
+    sp = d.splits["train"]
+    lams = np.stack([world.llr(m, sp.x[m]) for m in range(M)], axis=1)
+    for m, mod in enumerate(d.modalities):
+        acc = float(np.mean((lams[:, m] > 0) == sp.y))
+        assert _within(acc, d.meta["unimodal_ceilings"][mod], n), (mod, acc)
+        # a unique-to-another-modality sample is at chance for this modality
+        other = sp.info_type == (m + 1) % M
+        if other.any():
+            assert _within(float(np.mean((lams[other, m] > 0) == sp.y[other])), 0.5, int(other.sum()))
+    p = world.preset
+    post = posterior_y1(lams, joint_prior(p.p_unique, p.p_redundant, p.p_synergy))
+    assert _within(float(np.mean((post > 0.5) == sp.y)), d.meta["ceilings"]["full_fusion"], n)
+
+
+def test_three_modalities():
+    d = make_synthetic("synergy", seed=0, num_modalities=3, n_train=300)
+    assert d.modalities == ["m0", "m1", "m2"]
+    assert d.info_types == ["unique0", "unique1", "unique2", "redundant", "synergy"]
+    assert len(d.dims) == 3 and all(len(x) == 300 for x in d.splits["train"].x)
+    p = d.meta["params"]
+    assert sum(p["p_unique"]) == pytest.approx(sum(PRESETS["synergy"].p_unique))
+    c = d.meta["ceilings"]
+    assert 0.5 < c["best_unimodal"] <= c["full_fusion"] and c["late_fusion"] <= c["full_fusion"] + 0.005
+    # the CE-optimal additive model trades accuracy for likelihood here (60% three-way XOR): it sums
+    # the modalities' evidence, which the XOR samples contradict, and lands below the best modality
+    assert c["late_fusion"] < c["best_unimodal"]
+    # three-way XOR against summed evidence: majority vote disagrees with parity on 6 of 8 bit patterns
+    tc = d.meta["type_ceilings"]
+    assert tc["late_fusion"]["synergy"] < 0.45 < 0.6 < tc["full_fusion"]["synergy"]
+
+
+def test_ceilings_do_not_depend_on_the_seed_and_are_cached():
+    a = make_synthetic("balanced", seed=0).meta["ceilings"]
+    b = make_synthetic("balanced", seed=9).meta["ceilings"]
+    assert a == b
+    assert compute_ceilings.cache_info().hits > 0
