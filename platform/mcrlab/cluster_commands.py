@@ -1,0 +1,254 @@
+"""``mcrlab cluster up|down|status`` (local dev cluster) and ``mcrlab submit <kind>`` (``ray job submit``).
+
+``mcrlab submit sweep search_spaces/default.yaml --storage s3://bucket/ray`` runs, from the repository root
+of any machine with the Ray client installed::
+
+    ray job submit --address URL --submission-id mcrlab-sweep-... --runtime-env-json '{...}' \\
+        -- python jobs/sweep.py search_spaces/default.yaml --storage s3://bucket/ray
+
+with the runtime env of jobs/runtime_env.yaml (paths resolved against the repository root, the tracking
+URI added), streams the job's logs, and exits with the job's status: 0 SUCCEEDED, 1 FAILED or STOPPED.
+The options of ``submit`` (below) come right after KIND; the first other word starts the job's own
+arguments, which go to jobs/<kind>.py unchanged (a ``--`` also ends the submit options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+from mcrlab import cluster
+from mcrlab.config import ConfigError, read_yaml
+
+__all__ = ["register", "JOB_SCRIPTS", "build_runtime_env", "submit_command", "resolve_address"]
+
+JOB_SCRIPTS = {"sweep": "jobs/sweep.py", "ablate": "jobs/ablate.py", "train": "jobs/train.py",
+               "benchmark": "jobs/benchmark_job.py"}
+RUNTIME_ENV = "jobs/runtime_env.yaml"
+RUNTIME_ENV_KEYS = {"working_dir", "py_modules", "excludes", "env_vars", "pip", "uv", "config"}
+# A runtime env is stored in the GCS and shown by the dashboard: no credentials in it, ever.
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|API_KEY", re.I)
+
+
+# --------------------------------------------------------------------------------------------------
+# runtime env and command
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The directory holding jobs/runtime_env.yaml: the current one, one above it, or this checkout."""
+    here = (start or Path.cwd()).resolve()
+    for cand in (here, *here.parents, Path(__file__).resolve().parents[2]):
+        if (cand / RUNTIME_ENV).is_file():
+            return cand
+    raise ConfigError(f"{RUNTIME_ENV}: not found; run from the repository root or pass --runtime-env")
+
+
+def _check_env_name(key: str, where: str) -> None:
+    if SECRET_NAME.search(key):
+        raise ConfigError(f"{where}: '{key}' looks like a secret; runtime envs are visible in the dashboard, "
+                          "give secrets to the cluster nodes instead (Kubernetes Secret, see infra/README.md)")
+
+
+def build_runtime_env(path: str | os.PathLike, root: Path, tracking_uri: str | None = None,
+                      extra_env: dict[str, str] | None = None) -> dict:
+    """Load the runtime env YAML (safely), resolve its local paths against ``root`` and add env vars.
+
+    Local paths in the file are relative to the repository root (where the documented ``ray job
+    submit --runtime-env jobs/runtime_env.yaml`` is run from); remote URIs (s3://, gs://, https://)
+    are kept as they are.
+    """
+    env = read_yaml(path)
+    if env is None:
+        raise ConfigError(f"{path}: runtime env file is empty")
+    if not isinstance(env, dict):
+        raise ConfigError(f"{path}: expected a mapping of runtime env fields, got {type(env).__name__}")
+    unknown = sorted(set(env) - RUNTIME_ENV_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown runtime env field(s) {unknown}; allowed: {sorted(RUNTIME_ENV_KEYS)}")
+
+    def local(p: str) -> str:
+        return p if "://" in p else str((root / p).resolve())
+
+    if "working_dir" in env:
+        env["working_dir"] = local(str(env["working_dir"]))
+    if "py_modules" in env:
+        env["py_modules"] = [local(str(m)) for m in env["py_modules"]]
+    env_vars = {str(k): str(v) for k, v in (env.get("env_vars") or {}).items()}
+    for key in env_vars:
+        _check_env_name(key, f"{path}: env_vars")
+    for key, value in (extra_env or {}).items():
+        _check_env_name(key, "--env")
+        env_vars[key] = value
+    if tracking_uri:
+        if urllib.parse.urlsplit(tracking_uri).password:
+            raise ConfigError("MLFLOW_TRACKING_URI: holds a password; give credentials to the cluster nodes "
+                              "(MLFLOW_TRACKING_USERNAME/PASSWORD from a Secret), not to the job")
+        env_vars["MLFLOW_TRACKING_URI"] = tracking_uri
+    if env_vars:
+        env["env_vars"] = env_vars
+    return env
+
+
+def resolve_address(address: str | None, state_dir: str) -> str:
+    """--address, else RAY_API_SERVER_ADDRESS / RAY_ADDRESS (http), else the local dev cluster."""
+    for cand in (address, os.environ.get("RAY_API_SERVER_ADDRESS"), os.environ.get("RAY_ADDRESS")):
+        if cand and cand.startswith(("http://", "https://")):
+            return cand.rstrip("/")
+        if cand and address is cand:
+            raise ConfigError(f"--address: '{cand}' is not a job API address (expected http://HOST:8265)")
+    local = cluster.load(state_dir)
+    if local is not None:
+        return local.address
+    raise ConfigError("--address: no cluster given; pass --address http://HOST:8265, set "
+                      "RAY_API_SERVER_ADDRESS, or start a local one with `mcrlab cluster up`")
+
+
+def submit_command(ray: str, address: str, submission_id: str, runtime_env: dict, script: str,
+                   job_args: list[str], no_wait: bool = False, entrypoint_num_gpus: float | None = None) -> list[str]:
+    """The exact ``ray job submit`` argv (no secrets in it: the token travels in the environment)."""
+    cmd = [ray, "job", "submit", "--address", address, "--submission-id", submission_id,
+           "--runtime-env-json", json.dumps(runtime_env, sort_keys=True)]
+    if entrypoint_num_gpus:
+        cmd += ["--entrypoint-num-gpus", str(entrypoint_num_gpus)]
+    if no_wait:
+        cmd.append("--no-wait")
+    return [*cmd, "--", "python", script, *job_args]
+
+
+def _job_status(address: str, submission_id: str, headers: dict[str, str]) -> str | None:
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return str(JobSubmissionClient(address, headers=headers).get_job_status(submission_id).value)
+    except Exception as err:  # the status query is advisory: fall back to ray job submit's exit code
+        print(f"mcrlab: could not read the job status ({err})", file=sys.stderr)
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# handlers
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    own, job_args = _split_job_args(args.rest)
+    opts = _submit_parser().parse_args(own, namespace=argparse.Namespace(**vars(args)))
+    job_args = [*opts.job_args, *job_args]
+    root = repo_root()
+    address = resolve_address(opts.address, opts.state_dir)
+    extra = dict(_parse_env(e) for e in opts.env)
+    tracking = opts.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if tracking and not tracking.startswith(("http://", "https://", "databricks")) \
+            and urllib.parse.urlsplit(address).hostname not in ("127.0.0.1", "localhost", "::1"):
+        print(f"mcrlab: not passing the local tracking URI {tracking} to a remote cluster; "
+              "the cluster's MLFLOW_TRACKING_URI applies", file=sys.stderr)
+        tracking = None
+    runtime_env = build_runtime_env(opts.runtime_env or root / RUNTIME_ENV, root, tracking, extra)
+    sid = opts.submission_id or f"mcrlab-{opts.kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
+    token = cluster.discover_token(address, opts.state_dir)
+    cmd = submit_command(cluster._executable("ray"), address, sid, runtime_env, JOB_SCRIPTS[opts.kind],
+                         job_args, opts.no_wait, opts.entrypoint_num_gpus)
+    env = {**os.environ, **token.env}
+    print(f"mcrlab: submitting {sid} to {address} (token: {token.origin})", file=sys.stderr, flush=True)
+    rc = subprocess.call(cmd, env=env, cwd=root)
+    if opts.no_wait or rc not in (0, 1):
+        return rc
+    status = _job_status(address, sid, token.headers())
+    print(f"mcrlab: job {sid} {status or 'status unknown'}", file=sys.stderr)
+    if status is None:
+        return rc
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _split_job_args(rest: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in rest:
+        i = rest.index("--")
+        return rest[:i], rest[i + 1:]
+    return rest, []
+
+
+def _parse_env(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        raise ConfigError(f"--env: '{item}' is not KEY=VALUE")
+    return key, value
+
+
+def _submit_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mcrlab submit KIND", add_help=False)
+    p.add_argument("--address", help="job API address, http://HOST:8265 (default: RAY_API_SERVER_ADDRESS, "
+                                     "then the local cluster of --state-dir)")
+    p.add_argument("--no-wait", action="store_true", help="submit and return; do not stream logs")
+    p.add_argument("--runtime-env", help=f"runtime env YAML (default: {RUNTIME_ENV})")
+    p.add_argument("--tracking-uri", help="MLflow URI for the job (default: MLFLOW_TRACKING_URI; a file or sqlite URI only to a local cluster)")
+    p.add_argument("--submission-id", help="job id (default: mcrlab-KIND-DATE-RANDOM)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment variable for the job (no secrets: they are refused)")
+    p.add_argument("--entrypoint-num-gpus", type=float, help="GPUs reserved for the driver process")
+    p.add_argument("--state-dir", default=cluster.DEFAULT_STATE_DIR, help="local cluster state directory")
+    p.add_argument("job_args", nargs=argparse.REMAINDER)
+    return p
+
+
+def _submit_options_help() -> str:
+    text = _submit_parser().format_help()
+    return "submit options (right after KIND):\n" + text[text.index("options:") + len("options:\n"):]
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    c = cluster.start(args.state_dir, num_cpus=args.num_cpus, worker_cpus=args.worker_cpus,
+                      mlflow=not args.no_mlflow, timeout=args.timeout)
+    print(f"ray job API  {c.address}\nmlflow       {c.tracking_uri or '(not started)'}\n"
+          f"token file   {c.token_path}\nstate        {c.state_dir}\n\nfor clients in other shells:")
+    for key, value in c.client_env().items():
+        print(f"  export {key}={value}")
+    print("stop with: mcrlab cluster down" + (f" --state-dir {args.state_dir}"
+                                              if args.state_dir != cluster.DEFAULT_STATE_DIR else ""))
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    stopped = cluster.stop(args.state_dir, grace=args.grace)
+    print(f"stopped: {', '.join(stopped)}" if stopped else f"no local cluster recorded in {args.state_dir}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    info = cluster.status(args.state_dir)
+    print(json.dumps(info, indent=2))
+    return 0 if info["running"] else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``cluster up|down|status`` and ``submit`` to the ``mcrlab`` sub-commands."""
+    pc = sub.add_parser("cluster", help="start/stop a local Ray head + MLflow server on 127.0.0.1",
+                        description="A local development cluster: Ray head (token auth on), optional second "
+                                    "node, MLflow server; all bound to 127.0.0.1.")
+    csub = pc.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
+    up = csub.add_parser("up", help="start the cluster and print the client settings")
+    up.add_argument("--num-cpus", type=int, default=None, help="CPUs of the head node (default: all)")
+    up.add_argument("--worker-cpus", type=int, default=0, help="start a second node with this many CPUs")
+    up.add_argument("--no-mlflow", action="store_true", help="do not start an MLflow server")
+    up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each service")
+    up.set_defaults(func=cmd_up)
+    down = csub.add_parser("down", help="stop every process the cluster started (only those)")
+    down.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
+    down.set_defaults(func=cmd_down)
+    st = csub.add_parser("status", help="show the services (exit 1 when nothing runs)")
+    st.set_defaults(func=cmd_status)
+    for p in (up, down, st):
+        p.add_argument("--state-dir", default=cluster.DEFAULT_STATE_DIR,
+                       help=f"where pids, ports, logs and the token live (default: {cluster.DEFAULT_STATE_DIR})")
+
+    ps = sub.add_parser("submit", help="submit a sweep/ablation/train/benchmark as a Ray job (ray job submit)",
+                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog=_submit_options_help())
+    ps.add_argument("kind", choices=sorted(JOB_SCRIPTS), help="which jobs/<kind> script runs")
+    ps.add_argument("rest", nargs=argparse.REMAINDER, help="submit options, then the job's arguments")
+    ps.set_defaults(func=cmd_submit)
