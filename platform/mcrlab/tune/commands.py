@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<runs>/mlflow.db)")
     p.add_argument("--smoke", action="store_true", help="the space's smoke variant: few trials, tiny epochs")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="SWEEP_ID",
+    # dest is not "resume": cli.py reads args.resume as `mcrlab train --resume` (needs --checkpoint-dir)
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="SWEEP_ID", dest="resume_sweep",
                    help="continue the newest sweep of this space (or the one named): finished trials are "
                         "kept, unfinished ones continue from their last checkpoint")
     p.add_argument("--storage", default=None, metavar="PATH", help="run folder (default ./runs)")
@@ -37,7 +38,7 @@ def sweep_command(args: argparse.Namespace) -> int:
     space = load_space(args.space)  # ConfigError -> exit 2 before anything starts
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     result = run_sweep(space, num_samples=args.num_samples, address=args.address or os.environ.get("RAY_ADDRESS"),
-                       tracking_uri=args.tracking_uri, smoke=args.smoke, resume=args.resume,
+                       tracking_uri=args.tracking_uri, smoke=args.smoke, resume=args.resume_sweep,
                        storage_path=args.storage)
     print_summary(result)
     return 0
@@ -51,7 +52,10 @@ def print_summary(result: Any, out: Any = None) -> None:
               f"{study.num_trials} trials, {study.num_errors} errors)", file=out)
         for key, value in sorted(study.best_params.items()):
             print(f"      {key} = {value}", file=out)
-    print(f"  MLflow:  mlflow ui --backend-store-uri {result.tracking_uri}   (experiment '{result.experiment}')",
-          file=out)
+    if result.tracking_uri.startswith(("http://", "https://")):
+        print(f"  MLflow:  open {result.tracking_uri}   (experiment '{result.experiment}')", file=out)
+    else:
+        print(f"  MLflow:  mlflow ui --backend-store-uri {result.tracking_uri}   "
+              f"(experiment '{result.experiment}')", file=out)
     print(f"  Optuna:  optuna-dashboard {result.optuna_storage}", file=out)
     print(f"  files:   {result.sweep_dir}", file=out)
