@@ -141,6 +141,30 @@ def test_base_run_reads_params_and_becomes_lineage(tmp_path, mlflow_uri):
         parse_spec({**raw, "base_run": "nope"}, "b.yaml", tracking_uri=mlflow_uri)
 
 
+def test_cli_reports_spec_errors_in_one_line_exit_2(tmp_path, capsys, mlflow_uri):
+    from mcrlab.cli import main
+
+    raw = yaml.safe_load(yaml.safe_dump(TINY))
+    raw["arms"]["bad"] = {"train.lrr": 0.1}
+    path = write_spec(tmp_path, raw)
+    assert main(["ablate", str(path), "--tracking-uri", mlflow_uri]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "spec.yaml: arms.bad" in err and "train.lrr" in err
+    assert main(["ablate", str(tmp_path / "missing.yaml"), "--tracking-uri", mlflow_uri]) == 2
+    assert main(["compare", "--tracking-uri", mlflow_uri]) == 2
+    assert "--experiment" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_grid(tmp_path, capsys, mlflow_uri):
+    import json
+
+    from mcrlab.cli import main
+
+    assert main(["ablate", str(write_spec(tmp_path, TINY)), "--dry-run", "--tracking-uri", mlflow_uri]) == 0
+    grid = json.loads(capsys.readouterr().out)
+    assert grid["cells"] == 6 and grid["arms"]["no_game"] == {"method.lambda_m": 0.0, "train.lr": 0.003}
+
+
 # ------------------------------------------------------------------------------ grid, resume, compare
 
 
@@ -229,10 +253,14 @@ def test_tiny_ablation_end_to_end_resume_and_compare(ray_local, mlflow_uri, tmp_
     assert "report/report.md" in logged and "report/bars_test_acc.png" in logged
     assert rep.history is not None and not rep.history.empty  # D_m per epoch came from MLflow
 
-    # compare refuses when a seed is missing in one arm
+    # compare refuses when a seed is missing in one arm: in the API, and as exit code 2 on the CLI
     client.delete_run(by_key[("base", "synthetic:competition", "0")])
     with pytest.raises(SeedMismatchError, match="only in arm: \\[0\\]"):
         compare(mlflow_uri, run_id=out.ablation_run_id, out=tmp_path / "r2")
+    from mcrlab.cli import main
+
+    assert main(["compare", "--experiment", "abl-test", "--tracking-uri", mlflow_uri, "--format", "csv",
+                 "--out", str(tmp_path / "r3")]) == 2
 
 
 @pytest.mark.ray
@@ -273,3 +301,17 @@ def test_killed_driver_resumes_only_missing_cells(ray_local, mlflow_uri, tmp_pat
     assert set(out.ran) == {c.key for c in spec.cells} - done_before
     finished = _cell_runs(mlflow_uri, "killme", finished_only=True)
     assert sorted(_key(r) for r in finished) == sorted(c.key for c in spec.cells)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_data_parallel_cells_run_on_ray_train(ray_local, mlflow_uri, tmp_path):
+    """resources.workers > 1: each cell is a 2-worker TorchTrainer run, tracked like any other cell."""
+    from mcrlab.ablation_runner import run_ablation
+
+    raw = {**TINY, "name": "dp", "seeds": [0], "resources": {"workers": 2, "cpus": 1}}
+    raw["base"] = {**TINY["base"], "train": {**TINY["base"]["train"], "epochs": 1}}
+    out = run_ablation(load_spec(write_spec(tmp_path, raw)), mlflow_uri, storage_path=tmp_path)
+    assert sorted(out.ran) == [("base", "synthetic:competition", "0"), ("no_game", "synthetic:competition", "0")]
+    finished = _cell_runs(mlflow_uri, "dp", finished_only=True)
+    assert len(finished) == 2 and all("test/acc" in r.data.metrics for r in finished)

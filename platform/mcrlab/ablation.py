@@ -1,6 +1,6 @@
 """Ablation specs: a base configuration, named arms (deltas of dotted keys), datasets and seeds.
 
-Schema (documented with examples in search_spaces/README.md and search_spaces/ablation_*.yaml)::
+Schema (shipped examples: search_spaces/ablation_*.yaml, each starting with the command that runs it)::
 
     name: mcr_standard            # ablation id (``-smoke`` is appended under --smoke)
     experiment: ablations         # MLflow experiment (default: ablations)
@@ -16,7 +16,7 @@ Schema (documented with examples in search_spaces/README.md and search_spaces/ab
     seeds: [0, 1, 2, 3, 4]
     seed_keys: [train.seed]       # config keys a seed sets (add data.seed to resample splits too)
     metric: test/acc              # headline metric of the report
-    resources: {cpus: 1, gpus: 0, max_concurrent: 0}
+    resources: {workers: 1, cpus: 1, gpus: 0, max_concurrent: 0}   # workers > 1: data-parallel cells
     smoke: {overrides: {train.epochs: 1}, seeds: [0, 1], datasets: [synthetic:competition]}
 
 Every cell's configuration is built and validated when the spec loads, so a typo in any arm fails
@@ -49,8 +49,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 @dataclass
 class Resources:
-    cpus: float = opt(1.0, "CPUs per cell (one single-process trial)", gt=0.0)
-    gpus: float = opt(0.0, "GPUs per cell (fractions share a GPU)", ge=0.0)
+    workers: int = opt(1, "workers per cell: 1 = single-process trial, > 1 = data-parallel (Ray Train)", ge=1)
+    cpus: float = opt(1.0, "CPUs per worker", gt=0.0)
+    gpus: float = opt(0.0, "GPUs per worker (fractions share a GPU in single-process cells)", ge=0.0)
     max_concurrent: int = opt(0, "cells running at once (0 = as many as resources allow)", ge=0)
 
 

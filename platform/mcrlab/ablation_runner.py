@@ -7,15 +7,16 @@ MLflow layout (one writer: this driver process, through a Tune callback)::
         cell run     kind=cell, mcrlab.{ablation_id, arm, delta, dataset, seed, base_run_id, git_commit,
                      config_hash, dataset_fingerprint}; params = the resolved config; per-epoch metrics
 
-Tune runs ``tune.grid_search`` over cell indices (no Optuna: OptunaSearch rejects grids), each trial a
-single-process function trainable that calls ``mcrlab.train.fit``. Resume is by MLflow, not by Tune's
+Tune runs ``tune.grid_search`` over cell indices (no Optuna: OptunaSearch rejects grids). A cell with
+one worker is a single-process function trainable calling ``mcrlab.train.fit``; with ``resources.workers``
+> 1 it drives a TorchTrainer (``mcrlab.ray_train.make_trainer``, as the sweeps' data-parallel backend). Resume is by MLflow, not by Tune's
 experiment state: a cell counts as done when a FINISHED cell run with the same ablation id, arm,
 dataset, seed and config hash exists; everything else runs again, and its stale RUNNING/FAILED runs
 are marked KILLED so that comparisons never see them. The granularity is the cell (tiny cells make
 mid-cell checkpoints not worth their I/O here).
 
-Note: the sweeps' trial backend (mcrlab.tune) was not ready when this was written, so the
-single-process trainable and the driver-side logging callback live here.
+The sweeps' backends (mcrlab.tune.backends) are bound to Optuna-sampled points with objective seeds,
+so cells use their own two small trainables built on the same pieces (fit, ray_train.make_trainer).
 """
 
 from __future__ import annotations
@@ -56,6 +57,65 @@ def cell_trainable(config: dict, cells: list[dict] | None = None) -> None:
         tune.report({k: float(v) for k, v in metrics.items()})
 
     fit(cfg, report)
+
+
+def data_parallel_cell(config: dict, cells: list[dict] | None = None, workers: int = 2, cpus: float = 1.0,
+                       gpus: float = 0.0, storage_path: str = "", ablation_id: str = "") -> None:
+    """Tune function driving one TorchTrainer run of a cell (the sweeps' data-parallel backend pattern).
+
+    The Train run is named from the ablation id and the cell, so a cell re-run after a crash finds
+    its Train run and continues from the latest checkpoint.
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from mcrlab.ray_train import make_trainer, run_name
+    from mcrlab.report import slug
+
+    cell = cells[config["cell"]]
+    name = run_name(ablation_id, slug(f"{cell['arm']}-{cell['dataset']}-s{cell['seed']}"))
+    trainer = make_trainer(_data_parallel_worker, {"run": cell["config"]}, name=name, storage_path=storage_path,
+                           workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus,
+                           callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+def _data_parallel_worker(config: dict) -> None:
+    from mcrlab.ray_train import local_checkpoint_dir, worker_report, worker_resume
+    from mcrlab.train import fit
+
+    with worker_resume() as resume_from:
+        fit(RunConfig.from_dict(config["run"]), report=worker_report(), checkpoint_dir=local_checkpoint_dir(),
+            resume_from=resume_from)
+
+
+def _trainable(spec: AblationSpec, cells_payload: list[dict], storage: Path):
+    """Single-process trial for one-worker cells, else a TorchTrainer-driving trial (holding no CPU:
+    its Train workers do, so Tune cannot count them; ``_max_concurrent`` caps the trials instead)."""
+    from ray import tune
+
+    r = spec.resources
+    if r.workers == 1:
+        return tune.with_resources(tune.with_parameters(cell_trainable, cells=cells_payload),
+                                   {"cpu": r.cpus, "gpu": r.gpus})
+    fn = tune.with_parameters(data_parallel_cell, cells=cells_payload, workers=r.workers, cpus=r.cpus,
+                              gpus=r.gpus, storage_path=str(storage / "ray_train"), ablation_id=spec.ablation_id)
+    return tune.with_resources(fn, {"cpu": 0})
+
+
+def _max_concurrent(spec: AblationSpec) -> int | None:
+    import ray
+
+    r = spec.resources
+    if r.workers == 1:
+        return r.max_concurrent or None
+    total = ray.cluster_resources()
+    fits = int(total.get("CPU", 0) // (r.workers * r.cpus))
+    if r.gpus > 0:
+        fits = min(fits, int(total.get("GPU", 0) // (r.workers * r.gpus)))
+    if fits < 1:
+        raise ConfigError(f"{spec.path}: resources: a cell needs {r.workers} x ({r.cpus} CPU, {r.gpus} GPU), "
+                          f"more than the cluster has ({total.get('CPU', 0)} CPU, {total.get('GPU', 0)} GPU)")
+    return min(fits, r.max_concurrent) if r.max_concurrent else fits
 
 
 def ablation_run_id(tracker: Tracker, experiment_id: str, ablation_id: str) -> str | None:
@@ -206,15 +266,14 @@ def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_
             ray.init(configure_logging=False, log_to_driver=verbose > 0)
         cells_payload = [{"arm": c.arm, "dataset": c.dataset, "seed": c.seed, "config": c.config}
                          for c in spec.cells]
-        trainable = tune.with_resources(tune.with_parameters(cell_trainable, cells=cells_payload),
-                                        {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
+        storage = Path(storage_path).resolve()
         tuner = tune.Tuner(
-            trainable, param_space={"cell": tune.grid_search(todo)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent or None,
+            _trainable(spec, cells_payload, storage), param_space={"cell": tune.grid_search(todo)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=_max_concurrent(spec),
                                         reuse_actors=True,
                                         trial_dirname_creator=lambda t: f"cell_{t.config['cell']}_{t.trial_id}"),
             run_config=tune.RunConfig(name=f"{abl_id}-{int(time.time())}", verbose=verbose,
-                                      storage_path=str(Path(storage_path).resolve() / "ray_results"),
+                                      storage_path=str(storage / "ray_results"),
                                       callbacks=[_as_callback(impl)],
                                       failure_config=tune.FailureConfig(max_failures=0)))
         tuner.fit()
