@@ -83,7 +83,9 @@ def test_mcr_standard_generator_covers_the_paper_axes():
     (lambda r: r.update(base_run="abc"), r"exactly one of base"),
     (lambda r: r.update(generate="nope"), r"generate: unknown generator"),
     (lambda r: r.update(exclude=["no_game"]), r"exclude: 'no_game' is not a generated arm"),
-    (lambda r: r.update(tune={"num_samples": 4}), r"tune: an equal tuning budget"),
+    (lambda r: r.update(tune={"num_samples": 4}), r"spec.yaml: tune: must be a mapping with a non-empty params"),
+    (lambda r: r.update(tune={"params": {"train.lrr": {"type": "float", "low": 0.1, "high": 1}}}),
+     r"spec.yaml: tune.params.train.lrr: no arm has"),
     (lambda r: r.update(resources={"cpus": 0}), r"resources.cpus"),
     (lambda r: r.update(datasets=["synthetic:nope"]), None),  # unknown preset: found when data loads
 ])
@@ -96,6 +98,21 @@ def test_spec_errors_name_file_and_key(tmp_path, mutate, match):
         return
     with pytest.raises(ConfigError, match=match):
         load_spec(path)
+
+
+TUNE = {"num_samples": 2, "params": {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                                     "method.lambda_m": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}}
+
+
+def test_equal_tuning_budget_spaces_per_arm():
+    raw = {**TINY, "arms": {"no_game": {"method.lambda_m": 0.0}, "joint": {"method.name": "joint"}}, "tune": TUNE}
+    spec = parse_spec(raw, "t.yaml")
+    # each arm tunes what it has and does not fix itself, with the same budget
+    assert {a: sorted(sp["params"]) for a, sp in spec.tuning.items()} == {
+        "base": ["method.lambda_m", "train.lr"], "no_game": ["train.lr"], "joint": ["train.lr"]}
+    assert {sp["num_samples"] for sp in spec.tuning.values()} == {2}
+    assert all(sp["objective"]["seed"] == 1000 for sp in spec.tuning.values())  # not an evaluation seed
+    assert spec.tuning["no_game"]["base"]["method"]["lambda_m"] == 0.0
 
 
 def test_smoke_variant_shrinks_the_grid():
@@ -315,3 +332,28 @@ def test_data_parallel_cells_run_on_ray_train(ray_local, mlflow_uri, tmp_path):
     assert sorted(out.ran) == [("base", "synthetic:competition", "0"), ("no_game", "synthetic:competition", "0")]
     finished = _cell_runs(mlflow_uri, "dp", finished_only=True)
     assert len(finished) == 2 and all("test/acc" in r.data.metrics for r in finished)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_equal_tuning_budget_runs_a_sweep_per_arm(ray_local, mlflow_uri, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from mcrlab.ablation_runner import run_ablation
+
+    raw = {**TINY, "name": "tuned", "seeds": [0, 1], "tune": {**TUNE, "params": {"train.lr": TUNE["params"]["train.lr"]}}}
+    raw["base"] = {**TINY["base"], "train": {**TINY["base"]["train"], "epochs": 1}}
+    spec = load_spec(write_spec(tmp_path, raw))
+    out = run_ablation(spec, mlflow_uri, storage_path=tmp_path)
+    assert len(out.ran) == 4 and not out.failed
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    cells = _cell_runs(mlflow_uri, "tuned", finished_only=True)
+    for arm in ("base", "no_game"):
+        arm_run = next(r for r in client.search_runs(
+            [cells[0].info.experiment_id], f"tags.`mcrlab.kind` = 'arm' and tags.`mcrlab.arm` = '{arm}'"))
+        sweep = client.get_run(arm_run.data.tags["mcrlab.tune_sweep_run_id"])
+        assert sweep.data.params["num_samples"] == "2"
+        lrs = {r.data.params["train.lr"] for r in cells if r.data.tags["mcrlab.arm"] == arm}
+        assert len(lrs) == 1 and lrs != {str(TINY["base"]["train"].get("lr", 0.001))}  # the tuned lr
+    again = run_ablation(spec, mlflow_uri, resume=True, storage_path=tmp_path)
+    assert not again.ran and len(again.skipped) == 4  # tuned configs reused: same hashes, nothing reruns

@@ -18,11 +18,19 @@ Schema (shipped examples: search_spaces/ablation_*.yaml, each starting with the 
     metric: test/acc              # headline metric of the report
     resources: {workers: 1, cpus: 1, gpus: 0, max_concurrent: 0}   # workers > 1: data-parallel cells
     smoke: {overrides: {train.epochs: 1}, seeds: [0, 1], datasets: [synthetic:competition]}
+    tune: {num_samples: 8, params: {train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}}}
 
 Every cell's configuration is built and validated when the spec loads, so a typo in any arm fails
-with a ``ConfigError`` naming the file and key before anything starts. An equal tuning budget per arm
-(a small sweep per arm before the seeds) is not implemented yet: the ``tune`` key is refused with a
-message saying so, rather than silently comparing arms at unequal tuning.
+with a ``ConfigError`` naming the file and key before anything starts.
+
+Equal tuning budget (optional): ``tune:`` holds a small search space in the sweep schema
+(``params`` required; ``num_samples`` default 8, ``metric`` val/acc, ``mode`` max, ``objective``,
+``sampler``, ``scheduler``). Before its seeds, every arm gets its own sweep (``mcrlab.tune.run_sweep``)
+with the same budget on each dataset, from the arm's own config; its best config per dataset is what
+the arm's cells run. Parameters an arm fixes itself (its delta) or does not have (``method.*`` keys of
+another method) are dropped from that arm's space. Tuning uses ``objective.seed`` 1000 by default, so
+that the tuning seeds are not the evaluation seeds (selection on the evaluation seeds would bias the
+comparison toward the arm that got lucky there).
 """
 
 from __future__ import annotations
@@ -103,6 +111,8 @@ class AblationSpec:
     description: str = ""
     smoke: bool = False
     raw: dict = field(default_factory=dict, repr=False)
+    tuning: dict = field(default_factory=dict, repr=False)     # arm -> sweep search space (raw mapping)
+    overrides: dict = field(default_factory=dict, repr=False)  # smoke overrides pinned on every cell
 
     @property
     def ablation_id(self) -> str:
@@ -216,9 +226,6 @@ def parse_spec(raw: Any, source: str = "<spec>", smoke: bool = False,
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
             raise ConfigError(f"{source}: {key}: unknown key (known: {', '.join(TOP_LEVEL_KEYS)})")
-    if "tune" in raw:
-        raise ConfigError(f"{source}: tune: an equal tuning budget per arm is not implemented yet; tune each "
-                          "arm with `mcrlab sweep` and use its best trial as base_run of a one-arm spec")
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(f"{source}: name: required, letters/digits/._- (got {name!r})")
@@ -286,21 +293,82 @@ def parse_spec(raw: Any, source: str = "<spec>", smoke: bool = False,
         datasets = _list(smoke_spec.datasets, f"{source}: smoke.datasets", str) or datasets[:1]
 
     arm_list = [Arm(n, d) for n, d in arms.items()]
-    cells = []
+    arm_cfgs = {}
     for arm in arm_list:
         try:
-            arm_cfg = base.replace(arm.delta, f"{source}: arms.{arm.name}")
+            arm_cfgs[arm.name] = base.replace(arm.delta, f"{source}: arms.{arm.name}")
         except ConfigError as err:
             raise ConfigError(str(err)) from None
-        for dataset in datasets:
-            for seed in seeds:
-                cfg = arm_cfg.replace({"data.name": dataset, **{k: seed for k in seed_keys}, **overrides},
-                                      f"{source}: arms.{arm.name} on {dataset}")
-                cells.append(Cell(arm.name, dataset, seed, cfg.to_dict(), cfg.hash()))
+    tuning = {}
+    if raw.get("tune") is not None:
+        tuning = tuning_spaces(raw["tune"], arm_cfgs, {a.name: a.delta for a in arm_list}, datasets, overrides,
+                               f"{name}-smoke" if smoke else name, source, smoke)
+    cells = make_cells({(a, d): cfg for a, cfg in arm_cfgs.items() for d in datasets}, seeds, seed_keys,
+                       overrides, source)
     return AblationSpec(name=name, path=source, experiment=str(raw.get("experiment", "ablations")), base=base,
                         base_run=base_run, arms=arm_list, datasets=datasets, seeds=seeds, seed_keys=seed_keys,
-                        metric=metric, resources=resources, cells=cells,
+                        metric=metric, resources=resources, cells=cells, tuning=tuning, overrides=overrides,
                         description=str(raw.get("description", "")), smoke=smoke, raw=copy.deepcopy(raw))
+
+
+def make_cells(configs: dict[tuple[str, str], RunConfig], seeds: list[int], seed_keys: list[str],
+               overrides: dict, source: str) -> list[Cell]:
+    """``{(arm, dataset): config}`` -> one validated cell per seed (data.name, seed keys, overrides set)."""
+    cells = []
+    for (arm, dataset), arm_cfg in configs.items():
+        for seed in seeds:
+            cfg = arm_cfg.replace({"data.name": dataset, **{k: seed for k in seed_keys}, **overrides},
+                                  f"{source}: arms.{arm} on {dataset}")
+            cells.append(Cell(arm, dataset, seed, cfg.to_dict(), cfg.hash()))
+    return cells
+
+
+TUNE_KEYS = ("params", "num_samples", "metric", "mode", "objective", "sampler", "scheduler", "points_to_evaluate")
+
+
+def tuning_spaces(tune: Any, arm_cfgs: dict[str, RunConfig], deltas: dict[str, dict], datasets: list[str],
+                  overrides: dict, ablation_id: str, source: str, smoke: bool) -> dict[str, dict]:
+    """One validated sweep search space (raw mapping) per arm that has something left to tune."""
+    from mcrlab.tune.space import parse_space
+
+    where = f"{source}: tune"
+    if not isinstance(tune, dict) or not isinstance(tune.get("params"), dict) or not tune["params"]:
+        raise ConfigError(f"{where}: must be a mapping with a non-empty params: section (sweep schema)")
+    for key in tune:
+        if key not in TUNE_KEYS:
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(TUNE_KEYS)})")
+    known = set().union(*(cfg.flat() for cfg in arm_cfgs.values()))
+    for pname, pspec in tune["params"].items():
+        path = pspec.get("path", pname) if isinstance(pspec, dict) else pname
+        if ".".join(str(path).split(".")[:2]) not in known:
+            raise ConfigError(f"{where}.params.{pname}: no arm has the config key {path}")
+    spaces = {}
+    for arm, cfg in arm_cfgs.items():
+        flat = cfg.flat()
+        delta_keys = set(deltas.get(arm, {}))
+        params = {}
+        for pname, pspec in tune["params"].items():
+            path = pspec.get("path", pname) if isinstance(pspec, dict) else pname
+            top = ".".join(str(path).split(".")[:2])
+            if top not in flat or top in delta_keys:
+                continue  # e.g. method.lambda_m on a joint arm
+            params[pname] = pspec
+        if not params:
+            continue
+        space = {"name": f"{ablation_id}-tune-{arm}", "datasets": datasets,
+                 "metric": tune.get("metric", "val/acc"), "mode": tune.get("mode", "max"),
+                 "objective": {"seeds": 1, "seed": 1000, **(tune.get("objective") or {})},
+                 "num_samples": min(2, tune.get("num_samples", 8)) if smoke else tune.get("num_samples", 8),
+                 "params": params, "smoke": {"num_samples": 2, "overrides": dict(overrides)}}
+        for key in ("sampler", "scheduler", "points_to_evaluate"):
+            if key in tune:
+                space[key] = tune[key]
+        base_cfg = (cfg.replace(overrides) if overrides else cfg).to_dict()
+        del base_cfg["data"]["name"], base_cfg["train"]["seed"]  # the sweep sets them (datasets, objective)
+        space["base"] = base_cfg
+        parse_space(space, f"{where} (arm {arm})")  # validate now: nothing runs on a bad space
+        spaces[arm] = space
+    return spaces
 
 
 def _list(value: Any, where: str, kind: type) -> list:

@@ -229,18 +229,9 @@ def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_
         raise ConfigError(f"{spec.path}: name: ablation '{abl_id}' already exists in experiment "
                           f"'{spec.experiment}' (run {existing}); pass --resume to run only its missing cells, "
                           "or choose another name")
-    done, todo, stale = [], [], []
-    previous = finished_cells(tracker, exp_id, abl_id) if existing else {}
-    for i, cell in enumerate(spec.cells):
-        runs = previous.get(cell.key, [])
-        if any(r.info.status == "FINISHED" and r.data.tags.get(f"{K}config_hash") == cell.config_hash
-               for r in runs):
-            done.append(cell.key)
-        else:
-            todo.append(i)
-            stale += [r for r in runs if r.info.status != "FINISHED"]
     # load the datasets before any run is created: a bad data.name fails here, nothing started
-    fingerprints = _fingerprints(spec, [spec.cells[i] for i in todo])
+    fingerprints = _fingerprints(spec, spec.cells)
+    storage = Path(storage_path).resolve()
 
     base_tags = {"ablation_id": abl_id, "base_run_id": spec.base_run or "inline"}
     root = tracker.start_run(exp_id, abl_id, tags=lineage_tags("ablation", **base_tags, spec=spec.path),
@@ -248,25 +239,38 @@ def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_
     if not existing:
         tracker.log_params(root, {"n_arms": len(spec.arms), "n_datasets": len(spec.datasets),
                                   "n_seeds": len(spec.seeds), "datasets": spec.datasets, "seeds": spec.seeds,
-                                  "metric": spec.metric})
+                                  "metric": spec.metric, "tuned": bool(spec.tuning)})
         tracker.log_dict(root, spec.raw, "spec.yaml")
         tracker.log_dict(root, spec.base.to_dict(), "base_config.json")
     arm_runs = {a.name: tracker.start_run(exp_id, a.name, parent_run_id=root,
                                           tags=lineage_tags("arm", **base_tags, arm=a.name, delta=a.delta_json()),
                                           key_tags=(f"{K}kind", f"{K}ablation_id", f"{K}arm"))
                 for a in spec.arms}
+    cells = spec.cells
+    if spec.tuning:
+        cells = _tuned_cells(spec, tracker, arm_runs, uri, storage)
+
+    done, todo, stale = [], [], []
+    previous = finished_cells(tracker, exp_id, abl_id) if existing else {}
+    for i, cell in enumerate(cells):
+        runs = previous.get(cell.key, [])
+        if any(r.info.status == "FINISHED" and r.data.tags.get(f"{K}config_hash") == cell.config_hash
+               for r in runs):
+            done.append(cell.key)
+        else:
+            todo.append(i)
+            stale += [r for r in runs if r.info.status != "FINISHED"]
     for r in stale:  # a killed or failed attempt: hide it from comparisons, keep it for the record
         tracker.client.set_tag(r.info.run_id, f"{K}stale", "true")
         if r.info.status == "RUNNING":
             tracker.end_run(r.info.run_id, "KILLED")
     outcome = AblationOutcome(root, skipped=done)
     if todo:
-        impl = _MlflowCells(tracker, exp_id, spec, spec.cells, arm_runs, fingerprints)
+        impl = _MlflowCells(tracker, exp_id, spec, cells, arm_runs, fingerprints)
         if not ray.is_initialized():
             ray.init(configure_logging=False, log_to_driver=verbose > 0)
         cells_payload = [{"arm": c.arm, "dataset": c.dataset, "seed": c.seed, "config": c.config}
-                         for c in spec.cells]
-        storage = Path(storage_path).resolve()
+                         for c in cells]
         tuner = tune.Tuner(
             _trainable(spec, cells_payload, storage), param_space={"cell": tune.grid_search(todo)},
             tune_config=tune.TuneConfig(max_concurrent_trials=_max_concurrent(spec),
@@ -278,16 +282,51 @@ def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_
                                       failure_config=tune.FailureConfig(max_failures=0)))
         tuner.fit()
         for i in todo:
-            key = spec.cells[i].key
+            key = cells[i].key
             (outcome.ran if impl.status.get(key) == "FINISHED" else outcome.failed).append(key)
     status = "FAILED" if outcome.failed else "FINISHED"
     for arm, run_id in arm_runs.items():
         arm_failed = any(k[0] == arm for k in outcome.failed)
         tracker.end_run(run_id, "FAILED" if arm_failed else "FINISHED")
     tracker.set_tags(root, {f"{K}cells_done": len(outcome.ran) + len(outcome.skipped),
-                            f"{K}cells_total": len(spec.cells)})
+                            f"{K}cells_total": len(cells)})
     tracker.end_run(root, status)
     return outcome
+
+
+def _tuned_cells(spec: AblationSpec, tracker: Tracker, arm_runs: dict[str, str], uri: str,
+                 storage: Path) -> list[Cell]:
+    """Equal tuning budget: one sweep per arm (all datasets), then the cells from each arm's best configs.
+
+    An arm's best configs are logged to its arm run (``tuned.json``) and reused on resume, so resumed
+    cells keep their config hashes. Arms with nothing to tune (see ``ablation.tuning_spaces``) run as is.
+    """
+    import tempfile
+
+    from mcrlab.ablation import make_cells
+    from mcrlab.tune.runner import run_sweep
+    from mcrlab.tune.space import parse_space
+
+    configs: dict[tuple[str, str], RunConfig] = {}
+    for arm in spec.arms:
+        untuned = spec.base.replace(arm.delta)
+        space_raw = spec.tuning.get(arm.name)
+        best: dict[str, dict] = {}
+        if space_raw is not None:
+            run_id = arm_runs[arm.name]
+            if "tuned.json" in {a.path for a in tracker.client.list_artifacts(run_id)}:
+                with tempfile.TemporaryDirectory() as tmp:
+                    best = json.loads(Path(tracker.client.download_artifacts(run_id, "tuned.json", tmp)).read_text())
+            else:
+                result = run_sweep(parse_space(space_raw, f"{spec.path}: tune (arm {arm.name})"),
+                                   tracking_uri=uri, storage_path=storage, progress=False)
+                best = {d: st.best_config for d, st in result.studies.items()}
+                tracker.log_dict(run_id, best, "tuned.json")
+                tracker.set_tags(run_id, {f"{K}tune_sweep_id": result.sweep_id,
+                                          f"{K}tune_sweep_run_id": result.run_id})
+        for dataset in spec.datasets:
+            configs[(arm.name, dataset)] = RunConfig.from_dict(best[dataset]) if dataset in best else untuned
+    return make_cells(configs, spec.seeds, spec.seed_keys, spec.overrides, spec.path)
 
 
 def describe(spec: AblationSpec) -> dict[str, Any]:
