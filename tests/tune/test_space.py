@@ -7,6 +7,10 @@ import argparse
 import copy
 import io
 import math
+import os
+import pickle
+import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -32,7 +36,10 @@ from mcrlab.tune.space import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
+# search_spaces/ also holds ablation specs (their first line runs `mcrlab ablate`); every other file
+# there is a search space and must say so on its first line
+SHIPPED = sorted(p for p in (ROOT / "search_spaces").glob("*.yaml")
+                 if not p.read_text().startswith("# mcrlab ablate "))
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -81,7 +88,8 @@ def test_shipped_space_samples_valid_configs(path):
                 cfg = trial_config(variant, ds, point, seed=3)
                 flat = cfg.flat()
                 assert cfg.data.name == ds and cfg.train.seed == 3
-                for key, value in point.items():
+                for name, value in point.items():
+                    key = variant.param(name).path
                     if key in variant.overrides:
                         continue
                     if key.rsplit(".", 1)[-1].isdigit():
@@ -193,6 +201,35 @@ def test_method_name_searched_with_conditional_knobs():
         assert ("method.num_perms" in p) == (p.get("method.strategy") == "greedy")
 
 
+def test_labelled_entries_give_one_path_a_range_per_method():
+    space = _space({
+        "method.name": {"type": "categorical", "choices": ["ogm_ge", "agm", "joint"]},
+        "method.alpha@ogm_ge": {"type": "float", "low": 0.1, "high": 0.9, "when": {"method.name": "ogm_ge"}},
+        "method.alpha@agm": {"type": "float", "low": 1.0, "high": 3.0, "when": {"method.name": "agm"}},
+    })
+    points = _draw(space, 30, optuna.samplers.RandomSampler(seed=4), tell=False)
+    assert {p["method.name"] for p in points} == {"ogm_ge", "agm", "joint"}
+    for p in points:
+        cfg = trial_config(space, "synthetic:competition", p, 0)
+        if p["method.name"] == "joint":
+            assert set(p) == {"method.name"}
+        else:
+            alpha = p[f"method.alpha@{p['method.name']}"]
+            assert cfg.method.params.alpha == alpha
+            assert (0.1 <= alpha <= 0.9) if p["method.name"] == "ogm_ge" else (1.0 <= alpha <= 3.0)
+    with pytest.raises(ConfigError, match="set twice"):
+        trial_config(space, "synthetic:competition",
+                     {"method.name": "agm", "method.alpha@agm": 1.0, "method.alpha@ogm_ge": 0.5}, 0)
+
+
+def test_compiled_space_pickles():
+    space = load_space(ROOT / "search_spaces/mcr_full.yaml")
+    fn = pickle.loads(pickle.dumps(compile_space(space)))
+    a = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    b = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    assert fn(a) == compile_space(space)(b) and a.params == b.params
+
+
 def test_list_elements_and_smoke_overrides():
     space = _space({"train.player_lr.1": {"type": "float", "low": 0.1, "high": 10, "log": True},
                     "train.player_lr.0": {"fixed": 2.0},
@@ -205,6 +242,25 @@ def test_list_elements_and_smoke_overrides():
     assert trial_config(smoke, "synthetic:competition", {"train.epochs": 7}, 0).train.epochs == 2
     with pytest.raises(ConfigError, match="not a parameter of this space"):
         trial_config(space, "synthetic:competition", {"train.lr": 0.1}, 0)
+
+
+@pytest.mark.slow  # importing ray.tune takes seconds; no cluster is started
+def test_ray_optuna_search_accepts_the_compiled_space():
+    """Ray Tune's OptunaSearch with the define-by-run function: points first, fixed values merged in,
+    dotted names kept flat, and each suggestion builds a valid RunConfig."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = load_space(ROOT / "search_spaces/baselines.yaml")
+    searcher = OptunaSearch(space=compile_space(space), metric=space.metric, mode=space.mode,
+                            sampler=make_sampler(space), points_to_evaluate=list(space.points_to_evaluate))
+    for i in range(6):
+        config = searcher.suggest(f"t{i}")
+        if i < len(space.points_to_evaluate):
+            assert {k: config[k] for k in space.points_to_evaluate[i]} == space.points_to_evaluate[i]
+        assert (config.get("method.num_perms") == 16) == (config["method.name"] == "mcr")
+        cfg = trial_config(space, space.datasets[0], config, seed=0)
+        assert cfg.method.name == config["method.name"]
+        searcher.on_trial_complete(f"t{i}", {space.metric: 0.1 * i, "training_iteration": 1})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,6 +385,52 @@ BAD = {
     "bad_smoke_override": (OK + "smoke: {overrides: {train.epoch: 2}}\nparams:\n" + LAM,
                            "smoke.overrides.train.epoch"),
     "all_fixed": (OK + "params:\n  method.lambda_m: {fixed: 0.01}\n", "nothing would be searched"),
+    "duplicate_choice": (OK + "params:\n  method.divergence: {type: categorical, choices: [jsd, jsd]}\n",
+                         "choices: 'jsd' is listed twice"),
+    "choice_not_scalar": (OK + "params:\n  method.divergence: {type: categorical, choices: [[jsd]]}\n",
+                          "is not a scalar"),
+    "step_with_log": (OK + "params:\n  method.lambda_m: {type: float, low: 0.1, high: 1, log: true, "
+                      "step: 0.1}\n", "cannot be combined with log"),
+    "log_not_bool": (OK + "params:\n  method.lambda_m: {type: float, low: 0.1, high: 1, log: yes please}\n",
+                     "params.method.lambda_m.log: expected true or false"),
+    "unknown_param_key": (OK + "params:\n  method.lambda_m: {type: float, lo: 0.1, high: 1}\n",
+                          "params.method.lambda_m.lo: unknown key for a float parameter"),
+    "fixed_and_type": (OK + "params:\n" + LAM + "  method.divergence: {type: categorical, fixed: jsd}\n",
+                       "has both type: categorical and fixed:"),
+    "param_not_mapping": (OK + "params:\n" + LAM + "  method.divergence: jsd\n",
+                          "params.method.divergence: expected a mapping"),
+    "params_missing": (OK + "num_samples: 3\n", "params: expected a non-empty mapping"),
+    "cond_later_param": (OK + "params:\n  method.club_hidden: {type: int, low: 16, high: 64, when: "
+                         "{method.irrelevant_bound: club}}\n  method.irrelevant_bound: {type: categorical, "
+                         "choices: [ceb_mse, club]}\n", "no categorical parameter 'method.irrelevant_bound' "
+                         "is defined before it"),
+    "cond_empty": (OK + "params:\n  method.irrelevant_bound: {type: categorical, choices: [ceb_mse, club]}\n"
+                   "  method.club_hidden: {type: int, low: 16, high: 64, when: "
+                   "{method.irrelevant_bound: []}}\n",
+                   "the condition could never hold"),
+    "method_name_conditional": (OK + "params:\n  method.strategy: {type: categorical, choices: [greedy]}\n"
+                                "  method.name: {type: categorical, choices: [joint, mcr], when: "
+                                "{method.strategy: greedy}}\n", "method.name cannot be conditional"),
+    "datasets_empty": ("datasets: []\nparams:\n" + LAM, "datasets: expected a non-empty list"),
+    "datasets_twice": ("datasets: [digits, digits]\nparams:\n" + LAM,
+                       "datasets[1]: 'digits' is listed twice"),
+    "base_data_name": (OK + "base: {data: {name: digits}}\nparams:\n" + LAM,
+                       "base.data.name: set by the sweep, use datasets:"),
+    "bad_mode": (OK + "mode: maximize\nparams:\n" + LAM, "mode: 'maximize' is not one of max, min"),
+    "sampler_option": (OK + "sampler: {name: random, multivariate: true}\nparams:\n" + LAM,
+                       "sampler.multivariate: only for the tpe sampler"),
+    "unknown_scheduler": (OK + "scheduler: {name: pbt}\nparams:\n" + LAM,
+                          "scheduler.name: 'pbt' is not one of"),
+    "bad_scaling": (OK + "scaling: {workers: 0}\nparams:\n" + LAM, "scaling.workers: must be >= 1"),
+    "point_not_mapping": (OK + "points_to_evaluate: [0.01]\nparams:\n" + LAM,
+                          "points_to_evaluate[0]: expected a non-empty mapping"),
+    "point_sets_fixed": (OK + "points_to_evaluate: [{method.divergence: kl}]\nparams:\n" + LAM
+                         + "  method.divergence: {fixed: jsd}\n", "method.divergence: is fixed to 'jsd'"),
+    "labels_overlap": (OK + "params:\n  method.lambda_m@a: {type: float, low: 0.1, high: 1}\n"
+                       "  method.lambda_m@b: {type: float, low: 0.1, high: 1}\n",
+                       "params.method.lambda_m@b: sets method.lambda_m like params.method.lambda_m@a"),
+    "bad_label": (OK + "params:\n  method.lambda_m@: {type: float, low: 0.1, high: 1}\n",
+                  "optionally followed by @label"),
     "not_a_mapping": ("- a\n- b\n", "a search space must be a mapping"),
     "empty_file": ("", "got an empty file"),
 }
@@ -352,6 +454,23 @@ def test_bad_space_gives_one_clear_message_and_exit_2(name, tmp_path, capsys):
     assert expected in capsys.readouterr().err
 
 
+def test_bad_space_table_is_large():
+    assert len(BAD) >= 40  # issue 8's corpus: every kind of search-space mistake a user makes
+
+
+@pytest.mark.slow  # a fresh process imports torch: seconds
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    """Through the real console script: one line on stderr, no traceback, exit code 2."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD["low_gt_high"][0])
+    exe = Path(sys.executable).with_name("mcrlab")
+    proc = subprocess.run([str(exe), "check", str(path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert f"{path}: params.method.lambda_m: low (0.5) must be <= high (0.1)" in proc.stderr
+
+
 def test_missing_file_and_check_ok(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     check_mod.register(parser.add_subparsers())
@@ -371,6 +490,8 @@ def test_missing_file_and_check_ok(tmp_path, capsys):
 # --------------------------------------------------------------------------------------------------
 # property-based tests of the parser
 
+# MCRLAB_HYPOTHESIS_EXAMPLES=2000 for a long bug hunt; the default keeps the suite fast
+EXAMPLES = int(os.environ.get("MCRLAB_HYPOTHESIS_EXAMPLES", "100"))
 _finite = st.floats(min_value=1e-6, max_value=1e4, allow_nan=False, allow_infinity=False)
 
 
@@ -404,7 +525,7 @@ _GARBAGE = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_si
                         max_leaves=25)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=st.one_of(_GARBAGE, st.dictionaries(_KEYS, _GARBAGE, max_size=8)))
 def test_random_garbage_raises_only_config_error(raw):
     try:
@@ -427,7 +548,7 @@ FULL = yaml.safe_load((ROOT / "search_spaces/mcr_full.yaml").read_text())
 FULL_PATHS = _paths(FULL)[1:]
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_mutations_of_a_valid_space_raise_only_config_error_or_sample_valid_configs(data):
     """Replace, delete or add 1-3 entries anywhere in mcr_full.yaml: either one ConfigError, or a space

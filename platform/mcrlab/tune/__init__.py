@@ -4,6 +4,7 @@ Importing this package imports neither Optuna nor Ray; the modules that need the
 """
 
 from mcrlab.tune.space import (
+    DefineByRun,
     Objective,
     Param,
     SamplerSpec,
@@ -19,5 +20,6 @@ from mcrlab.tune.space import (
     trial_config,
 )
 
-__all__ = ["Objective", "Param", "SamplerSpec", "Scaling", "SchedulerSpec", "SearchSpace", "Smoke",
-           "compile_space", "load_space", "make_sampler", "parse_space", "sample_point", "trial_config"]
+__all__ = ["DefineByRun", "Objective", "Param", "SamplerSpec", "Scaling", "SchedulerSpec", "SearchSpace",
+           "Smoke", "compile_space", "load_space", "make_sampler", "parse_space", "sample_point",
+           "trial_config"]

@@ -44,7 +44,7 @@ def check_space(path: str, n: int = 5, smoke: bool = False, out: Any = None) -> 
           f"workers/trial: {space.scaling.workers}", file=out)
     for p in space.params:
         cond = " when " + ", ".join(f"{k} in {list(v)}" for k, v in p.when.items()) if p.when else ""
-        print(f"  {p.path}: {p.describe()}{cond}", file=out)
+        print(f"  {p.name}: {p.describe()}{cond}", file=out)
     rows = []
     for i in range(n):
         _, point = sample_point(study, space)

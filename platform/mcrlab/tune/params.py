@@ -4,6 +4,10 @@ A path is ``section.key`` (``method.lambda_m``) or ``section.key.N`` for element
 (``train.player_lr.0``). Each path is checked against the RunConfig of every method it can apply to:
 when ``method.name`` is itself searched, a ``method.*`` parameter applies to the method choices its
 ``when:`` conditions (followed through their own conditions) allow.
+
+A parameter's name is its path, or ``path@label`` when one path needs several entries, e.g. a
+different range of ``method.alpha`` for each method (``method.alpha@ogm_ge``, ``method.alpha@agm``);
+such entries must have ``when:`` conditions that exclude each other. Optuna sees the name.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ __all__ = ["Param", "parse_params", "check_paths", "set_path", "apply_values"]
 
 KINDS = ("float", "int", "categorical")
 PATH_RE = re.compile(r"^(data|model|method|train)\.([A-Za-z_][A-Za-z0-9_]*)(?:\.(\d+))?$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9_]+$")
 KEYS = {"float": {"type", "low", "high", "log", "step", "when"},
         "int": {"type", "low", "high", "log", "step", "when"},
         "categorical": {"type", "choices", "when"},
@@ -40,7 +45,7 @@ def _same(a: Any, b: Any) -> bool:
 class Param:
     """One entry of ``params:``. ``when`` maps earlier categorical params to their allowed values (AND)."""
 
-    path: str
+    name: str  # as written in params: and seen by Optuna: the path, or path@label
     kind: str  # float | int | categorical | fixed
     low: float | int | None = None
     high: float | int | None = None
@@ -48,7 +53,12 @@ class Param:
     step: float | int | None = None
     choices: tuple = ()
     value: Any = None  # the fixed value
-    when: dict[str, tuple] = field(default_factory=dict)
+    when: dict[str, tuple] = field(default_factory=dict)  # keyed by parameter name
+
+    @property
+    def path(self) -> str:
+        """The config path this parameter sets (the name without its @label)."""
+        return self.name.split("@", 1)[0]
 
     def active(self, values: dict[str, Any]) -> bool:
         """Whether every condition holds in ``values`` (an absent, i.e. inactive, parent fails it)."""
@@ -100,11 +110,15 @@ def _number(spec: dict, key: str, where: str, integer: bool) -> Any:
     return v
 
 
-def _entry(path: Any, spec: Any, source: str, earlier: dict[str, Param]) -> Param:
-    where = f"{source}: params.{path}"
-    if not isinstance(path, str) or not PATH_RE.match(path):
-        raise ConfigError(f"{source}: params.{path}: a parameter name is a config path like method.lambda_m "
-                          f"or train.player_lr.0 (sections: data, model, method, train)")
+def _entry(name: Any, spec: Any, source: str, earlier: dict[str, Param]) -> Param:
+    where = f"{source}: params.{name}"
+    path, _, label = name.partition("@") if isinstance(name, str) else (name, "", "")
+    if not isinstance(path, str) or not PATH_RE.match(path) or ("@" in name and not LABEL_RE.match(label)):
+        raise ConfigError(f"{source}: params.{name}: a parameter name is a config path like method.lambda_m "
+                          f"or train.player_lr.0 (sections: data, model, method, train), optionally "
+                          f"followed by @label")
+    if path == "method.name" and label:
+        raise ConfigError(f"{where}: method.name takes no @label")
     if path in RESERVED:
         raise ConfigError(f"{where}: cannot be searched here, {RESERVED[path]}")
     if not isinstance(spec, dict):
@@ -122,7 +136,7 @@ def _entry(path: Any, spec: Any, source: str, earlier: dict[str, Param]) -> Para
                               f"(known: {', '.join(sorted(KEYS[kind]))})")
     when = _when(spec.get("when"), where, earlier)
     if kind == "fixed":
-        return Param(path, "fixed", value=copy.deepcopy(spec["fixed"]), when=when)
+        return Param(name, "fixed", value=copy.deepcopy(spec["fixed"]), when=when)
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -135,7 +149,7 @@ def _entry(path: Any, spec: Any, source: str, earlier: dict[str, Param]) -> Para
                 raise ConfigError(f"{where}.choices: {c!r} is listed twice")
         if path == "method.name" and when:
             raise ConfigError(f"{where}.when: method.name cannot be conditional")
-        return Param(path, "categorical", choices=tuple(choices), when=when)
+        return Param(name, "categorical", choices=tuple(choices), when=when)
     integer = kind == "int"
     low, high = _number(spec, "low", where, integer), _number(spec, "high", where, integer)
     if low > high:
@@ -151,7 +165,7 @@ def _entry(path: Any, spec: Any, source: str, earlier: dict[str, Param]) -> Para
         step = _number(spec, "step", where, integer)
         if step <= 0 or log:
             raise ConfigError(f"{where}.step: must be > 0 and cannot be combined with log: true")
-    return Param(path, kind, low=low, high=high, log=log, step=step, when=when)
+    return Param(name, kind, low=low, high=high, log=log, step=step, when=when)
 
 
 def _when(raw: Any, where: str, earlier: dict[str, Param]) -> dict[str, tuple]:
@@ -185,8 +199,8 @@ def parse_params(raw: Any, source: str) -> tuple[Param, ...]:
         raise ConfigError(f"{source}: params: expected a non-empty mapping of config path -> parameter, "
                           f"got {raw!r}")
     earlier: dict[str, Param] = {}
-    for path, spec in raw.items():
-        earlier[path] = _entry(path, spec, source, earlier)
+    for name, spec in raw.items():
+        earlier[name] = _entry(name, spec, source, earlier)
     params = tuple(earlier.values())
     if all(p.kind == "fixed" for p in params):
         raise ConfigError(f"{source}: params: every parameter is fixed, nothing would be searched")
@@ -212,8 +226,9 @@ def check_paths(params: tuple[Param, ...], base: dict, source: str) -> None:
     """Every path exists for every method it applies to, and every probe value builds a RunConfig."""
     from mcrlab.methods import REGISTRY
 
-    by_path = {p.path: p for p in params}
-    mp = by_path.get("method.name")
+    by_name = {p.name: p for p in params}
+    paths = {p.path for p in params}
+    mp = by_name.get("method.name")
     base_method = (base.get("method") or {}).get("name", "mcr")
     if mp is not None and mp.kind == "categorical":
         for c in mp.choices:
@@ -234,17 +249,28 @@ def check_paths(params: tuple[Param, ...], base: dict, source: str) -> None:
                 keep = values if parent == "method.name" else methods[parent]
                 allowed = [m for m in allowed if m in keep]
         if not allowed:
-            raise ConfigError(f"{source}: params.{p.path}.when: its conditions can never hold together")
-        methods[p.path] = allowed
-        _check_one(p, allowed, base, by_path, source)
+            raise ConfigError(f"{source}: params.{p.name}.when: its conditions can never hold together")
+        methods[p.name] = allowed
+        for q in params[: params.index(p)]:
+            if q.path == p.path and not _exclusive(p, q, methods):
+                raise ConfigError(f"{source}: params.{p.name}: sets {p.path} like params.{q.name}; give "
+                                  f"them when: conditions that exclude each other")
+        _check_one(p, allowed, base, paths, source)
 
 
-def _check_one(p: Param, methods: list[str], base: dict, by_path: dict[str, Param], source: str) -> None:
+def _exclusive(p: Param, q: Param, methods: dict[str, list[str]]) -> bool:
+    """Whether p and q can never be active together (disjoint values of a shared condition or methods)."""
+    if not set(methods[p.name]) & set(methods[q.name]):
+        return True
+    return any(not {*p.when[k]} & {*q.when[k]} for k in p.when.keys() & q.when.keys())
+
+
+def _check_one(p: Param, methods: list[str], base: dict, paths: set[str], source: str) -> None:
     from mcrlab.methods import REGISTRY
 
-    where = f"{source}: params.{p.path}"
+    where = f"{source}: params.{p.name}"
     section, key, index = PATH_RE.match(p.path).groups()
-    if index is not None and f"{section}.{key}" in by_path:
+    if index is not None and f"{section}.{key}" in paths:
         raise ConfigError(f"{where}: the whole list {section}.{key} is a parameter too; keep one")
     for m in methods if p.path != "method.name" else [methods[0]]:
         cls = _section_cls(section, m)
@@ -264,7 +290,7 @@ def _check_one(p: Param, methods: list[str], base: dict, by_path: dict[str, Para
             if hint is not list and typing.get_origin(hint) is not list:
                 raise ConfigError(f"{where}: {section}.{key} is not a list; an index applies only to lists")
             current = _current_list(base, section, key, m)
-            missing = [j for j in range(len(current), int(index)) if f"{section}.{key}.{j}" not in by_path]
+            missing = [j for j in range(len(current), int(index)) if f"{section}.{key}.{j}" not in paths]
             if missing:
                 raise ConfigError(f"{where}: {section}.{key} has {len(current)} element(s) before the "
                                   f"search; "

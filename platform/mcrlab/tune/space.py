@@ -23,7 +23,7 @@ import copy
 import math
 import statistics
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     import optuna
 
 __all__ = ["Objective", "SamplerSpec", "Scaling", "SchedulerSpec", "Smoke", "SearchSpace", "Param",
-           "load_space", "parse_space", "compile_space", "sample_point", "trial_config", "make_sampler",
-           "SAMPLERS", "TOP_LEVEL_KEYS"]
+           "load_space", "parse_space", "compile_space", "DefineByRun", "sample_point", "trial_config",
+           "make_sampler", "SAMPLERS", "TOP_LEVEL_KEYS"]
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 METRIC_SPLITS = ("train", "val", "test")
@@ -146,17 +146,17 @@ class SearchSpace:
     overrides: dict = field(default_factory=dict)  # pinned after sampling (set by smoked())
     raw: dict = field(default_factory=dict, compare=False, repr=False)  # the file as loaded
 
-    def param(self, path: str) -> Param:
+    def param(self, name: str) -> Param:
         for p in self.params:
-            if p.path == path:
+            if p.name == name:
                 return p
-        raise KeyError(path)
+        raise KeyError(name)
 
     @property
     def searched(self) -> tuple[Param, ...]:
         return tuple(p for p in self.params if p.kind != "fixed")
 
-    def define_by_run(self) -> Callable[[optuna.Trial], dict]:
+    def define_by_run(self) -> DefineByRun:
         return compile_space(self)
 
     def smoked(self) -> SearchSpace:
@@ -309,17 +309,17 @@ def _points(raw: Any, space: SearchSpace, source: str) -> tuple[dict, ...]:
         return ()
     if not isinstance(raw, list):
         raise ConfigError(f"{source}: points_to_evaluate: expected a list of mappings, got {raw!r}")
-    by_path = {p.path: p for p in space.params}
+    by_name = {p.name: p for p in space.params}
     out = []
     for i, point in enumerate(raw):
         where = f"{source}: points_to_evaluate[{i}]"
         if not isinstance(point, dict) or not point:
             raise ConfigError(f"{where}: expected a non-empty mapping of parameter: value, got {point!r}")
         for key, value in point.items():
-            p = by_path.get(key)
+            p = by_name.get(key)
             if p is None:
                 raise ConfigError(f"{where}.{key}: not a parameter of this space "
-                                  f"(searched: {', '.join(q.path for q in space.searched)})")
+                                  f"(searched: {', '.join(q.name for q in space.searched)})")
             if p.kind == "fixed":
                 raise ConfigError(f"{where}.{key}: is fixed to {p.value!r}; a point cannot set it")
             if not p.contains(value):
@@ -343,40 +343,45 @@ def _points(raw: Any, space: SearchSpace, source: str) -> tuple[dict, ...]:
 
 
 def _with_fixed(space: SearchSpace, sampled: dict) -> dict:
-    """``sampled`` plus the fixed values whose conditions hold in it."""
+    """``sampled`` plus the fixed values whose conditions hold in it (keyed by parameter name)."""
     values = dict(sampled)
     for p in space.params:
         if p.kind == "fixed" and p.active(values):
-            values[p.path] = p.value
+            values[p.name] = p.value
     return values
 
 
-def compile_space(space: SearchSpace) -> Callable[[optuna.Trial], dict]:
-    """The Optuna define-by-run function: suggests the active params in file order, returns the fixed ones.
+class DefineByRun:
+    """The Optuna define-by-run function of a space: suggests the active params in file order and
+    returns the active fixed values. A plain picklable object (Tuner checkpoints pickle the searcher).
 
     Ray Tune's ``OptunaSearch(space=fn, metric=..., mode=...)`` merges the suggested and the returned
     values into the trial's flat config ``{"method.lambda_m": 0.01, ...}`` (dotted names stay flat).
     """
-    params = space.params
 
-    def define_by_run(trial: optuna.Trial) -> dict:
+    def __init__(self, params: tuple[Param, ...]):
+        self.params = params
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         values: dict[str, Any] = {}
         constants: dict[str, Any] = {}
-        for p in params:
+        for p in self.params:
             if not p.active(values):
                 continue
             if p.kind == "fixed":
-                values[p.path] = constants[p.path] = p.value
+                values[p.name] = constants[p.name] = copy.deepcopy(p.value)
             elif p.kind == "float":
-                values[p.path] = trial.suggest_float(p.path, p.low, p.high, log=p.log, step=p.step)
+                values[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
             elif p.kind == "int":
-                values[p.path] = trial.suggest_int(p.path, p.low, p.high, log=p.log, step=p.step or 1)
+                values[p.name] = trial.suggest_int(p.name, p.low, p.high, log=p.log, step=p.step or 1)
             else:
-                values[p.path] = trial.suggest_categorical(p.path, list(p.choices))
+                values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
         return constants
 
-    define_by_run.__name__ = f"define_by_run_{space.name}"
-    return define_by_run
+
+def compile_space(space: SearchSpace) -> DefineByRun:
+    """``define_by_run(trial) -> dict`` for Optuna / Ray Tune's OptunaSearch (see ``DefineByRun``)."""
+    return DefineByRun(space.params)
 
 
 def sample_point(study: optuna.Study, space: SearchSpace) -> tuple[optuna.Trial, dict]:
@@ -388,11 +393,16 @@ def sample_point(study: optuna.Study, space: SearchSpace) -> tuple[optuna.Trial,
 
 def trial_config(space: SearchSpace, dataset: str, sampled: dict, seed: int) -> RunConfig:
     """base + dataset + sampled params (+ fixed values, + smoke overrides) + seed -> validated RunConfig."""
-    by_path = {p.path: p for p in space.params}
+    by_name = {p.name: p for p in space.params}
     for key in sampled:
-        if key not in by_path:
+        if key not in by_name:
             raise ConfigError(f"{space.source}: trial parameter '{key}' is not a parameter of this space")
-    values = _with_fixed(space, sampled)
+    values: dict[str, Any] = {}
+    for name, value in _with_fixed(space, sampled).items():
+        path = by_name[name].path
+        if path in values:  # labelled entries of one path are exclusive; a hand-made point may not be
+            raise ConfigError(f"{space.source}: {name}: {path} is set twice in this trial")
+        values[path] = value
     raw = copy.deepcopy(space.base)
     raw.setdefault("data", {})["name"] = dataset
     raw.setdefault("train", {})["seed"] = seed
