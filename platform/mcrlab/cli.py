@@ -58,9 +58,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    from mcrlab.data import load_dataset
+
+    try:  # a bad data.name names the file (or override) it came from, before any training starts
+        dataset = load_dataset(cfg.data)
+    except ConfigError as err:
+        raise ConfigError(f"{args.config or '<override>'}: {err}") from None
     report = None if args.quiet else _EpochPrinter(cfg.train.epochs)
     metrics = fit(cfg, report, checkpoint_dir=args.checkpoint_dir,
-                  resume_from=args.checkpoint_dir if args.resume else None)
+                  resume_from=args.checkpoint_dir if args.resume else None, dataset=dataset)
     final = {k: v for k, v in metrics.items() if k.startswith("test/") or k == "val/best_acc"}
     width = max(map(len, final), default=0)
     for k in sorted(final):
