@@ -210,8 +210,12 @@ def _fingerprints(spec: AblationSpec, cells: list[Cell]) -> dict[str, str]:
     out = {}
     for cell in cells:
         if cell.dataset not in out:
-            out[cell.dataset] = load_dataset(build_dataclass(DataConfig, cell.config["data"], spec.path,
-                                                             "data")).fingerprint()
+            try:
+                out[cell.dataset] = load_dataset(build_dataclass(DataConfig, cell.config["data"], spec.path,
+                                                                 "data")).fingerprint()
+            except ConfigError as err:  # name the spec: the data error alone does not say where it came from
+                msg = str(err)
+                raise ConfigError(msg if msg.startswith(str(spec.path)) else f"{spec.path}: {msg}") from None
     return out
 
 
@@ -221,6 +225,8 @@ def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_
     import ray
     from ray import tune
 
+    # load the datasets before the store is touched: a bad data.name fails here, nothing started or written
+    fingerprints = _fingerprints(spec, spec.cells)
     tracker = Tracker(uri)
     exp_id = tracker.experiment(spec.experiment)
     abl_id = spec.ablation_id
@@ -229,8 +235,6 @@ def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_
         raise ConfigError(f"{spec.path}: name: ablation '{abl_id}' already exists in experiment "
                           f"'{spec.experiment}' (run {existing}); pass --resume to run only its missing cells, "
                           "or choose another name")
-    # load the datasets before any run is created: a bad data.name fails here, nothing started
-    fingerprints = _fingerprints(spec, spec.cells)
     storage = Path(storage_path).resolve()
 
     base_tags = {"ablation_id": abl_id, "base_run_id": spec.base_run or "inline"}
