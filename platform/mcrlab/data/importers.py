@@ -15,6 +15,7 @@ Without a ``split``, seeded stratified 60/20/20 splits are made (``--seed``).
 from __future__ import annotations
 
 import csv
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ Arrays = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None, dict[str, n
 
 def read_npz(src: Path) -> Arrays:
     """-> (features by modality, labels, split or None, extras {sample_id, group})."""
+    if not zipfile.is_zipfile(src):  # else numpy's message suggests allow_pickle, i.e. unsafe loading
+        raise ConfigError(f"{src}: not a .npz archive (np.savez writes a zip file of arrays)")
     try:
         with np.load(src, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
