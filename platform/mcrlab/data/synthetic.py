@@ -1,8 +1,8 @@
 """Synthetic multimodal data with a known information structure (binary labels, M >= 2 modalities).
 
 Each sample draws an information type: ``unique<k>`` (only modality k carries the label), ``redundant``
-(every modality carries it) or ``synergy`` (y is the XOR of one bit per modality, so no modality alone,
-and no additive combination, says anything). Every modality m encodes one bit b_m in its signal
+(every modality carries it) or ``synergy`` (y is the XOR of one bit per modality: no modality alone says
+anything, and an additive rule only gets part of it, see ceilings.py). Every modality m encodes one bit b_m in its signal
 coordinates; b_m = y when m carries the label, otherwise it is an independent fair bit in the same
 coordinates, so nothing leaks through the type. Per modality:
 
@@ -119,14 +119,15 @@ PRESETS: dict[str, SyntheticPreset] = {
         modalities=(_lin(16, 0.9), _lin(16, 0.85)),
         p_unique=(0.05, 0.05), p_redundant=0.9, p_synergy=0.0, n_train=1000),
     "synergy": SyntheticPreset(
-        description="mostly XOR synergy: additive late fusion fails, a non-additive (mlp) fusion needed",
+        description="mostly XOR synergy: additive late fusion falls short, a non-additive (mlp) fusion "
+                    "reaches the Bayes rule",
         modalities=(_lin(8, 0.95), _lin(8, 0.95)),
-        p_unique=(0.1, 0.1), p_redundant=0.2, p_synergy=0.6, n_train=2000,
+        p_unique=(0.05, 0.05), p_redundant=0.1, p_synergy=0.8, n_train=2000,
         suggested=(("model.fusion", "mlp"),)),
     "competition": SyntheticPreset(
         description="easy linear 128-d modality vs a hard product one, redundant label, few samples: "
                     "joint training falls behind the ensemble of unimodal models",
-        modalities=(_lin(128, 0.93), ModalitySpec(dim=8, bit_acc=0.93, signal="product")),
+        modalities=(_lin(128, 0.88), ModalitySpec(dim=32, bit_acc=0.95, signal="product")),
         p_unique=(0.0, 0.0), p_redundant=1.0, p_synergy=0.0, n_train=400),
 }
 
