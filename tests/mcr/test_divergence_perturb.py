@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mcrlab.mcr import divergence, draw_permutations, draw_perturbation
+from mcrlab.mcr.divergence import inverse_permutations, mean_divergence, permuted_mean_divergence
 from tests.mcr.reference import div_reference
 
 
@@ -78,3 +79,46 @@ def test_noise_and_zero_perturbations():
     torch.testing.assert_close(pert.contribution(z @ w.T, 0, z, w), zn @ w.T, rtol=0, atol=1e-10)
     with pytest.raises(ValueError):
         draw_perturbation("shuffle", 2, [z], g)
+
+
+@pytest.mark.parametrize("kind", ["jsd", "kl", "mse"])
+def test_fused_mean_divergences_equal_the_plain_formula(kind):
+    g = torch.Generator().manual_seed(1)
+    p = (torch.randn(2, 5, 4, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    q = (torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    rest = (torch.randn(2, 5, 4, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    perms = draw_permutations(3, 5, g)
+    w = torch.randn(2, dtype=torch.float64, generator=g)
+    cases = [(lambda p, q: mean_divergence(p, q, kind), lambda p, q: divergence(p.unsqueeze(1), q, kind)),
+             (lambda p, c: permuted_mean_divergence(p, rest, c, perms, kind),
+              lambda p, c: divergence(p.unsqueeze(1), rest.unsqueeze(1) + c[:, perms], kind))]
+    for fused, plain in cases:
+        args = (p, q) if fused is cases[0][0] else (p, q[:, 0])
+        a, b = fused(*args), plain(*args).mean((1, 2))
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        ga = torch.autograd.grad((a * w).sum(), args)
+        gb = torch.autograd.grad((b * w).sum(), args)
+        for x, y in zip(ga, gb, strict=True):
+            torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+        assert torch.autograd.gradcheck(fused, args)
+    extra = torch.autograd.grad(permuted_mean_divergence(p, rest, q[:, 0], perms, kind).sum(), rest)[0]
+    want = torch.autograd.grad(divergence(p.unsqueeze(1), rest.unsqueeze(1) + q[:, 0][:, perms],
+                                          kind).mean((1, 2)).sum(), rest)[0]
+    torch.testing.assert_close(extra, want, rtol=0, atol=1e-12)
+
+
+def test_fused_jsd_is_finite_for_extreme_logits_in_float32():
+    p = torch.tensor([[[300.0, -300.0, 0.0], [0.0, -200.0, 0.0]]], requires_grad=True)
+    q = torch.tensor([[[[-300.0, 300.0, 0.0], [0.0, -190.0, 0.0]]]], requires_grad=True)
+    val = mean_divergence(p, q, "jsd")
+    want = divergence(p.detach().double().unsqueeze(1), q.detach().double(), "jsd").mean()
+    assert val.item() == pytest.approx(want.item(), rel=1e-6)
+    val.sum().backward()
+    assert torch.isfinite(p.grad).all() and torch.isfinite(q.grad).all()
+
+
+def test_inverse_permutations():
+    perms = draw_permutations(6, 9, torch.Generator().manual_seed(2))
+    inv = inverse_permutations(perms)
+    assert torch.equal(inv, perms.argsort(dim=1))
+    assert torch.equal(torch.gather(perms, 1, inv), torch.arange(9).expand(6, 9))

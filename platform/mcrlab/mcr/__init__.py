@@ -8,17 +8,25 @@ Public API:
   (permuted logit contributions, O(S*B*C)); other heads are re-run batched over all S perturbations.
 - ``unique_from_perturbation``: the same for an already drawn ``Perturbation``.
 - ``draw_perturbation`` / ``draw_permutations`` / ``Perturbation``: permute | noise | zero draws.
-- ``divergence(p_logits, q_logits, kind)``: per-sample jsd | kl | mse from logits.
+- ``divergence(p_logits, q_logits, kind)``: per-sample jsd | kl | mse from logits; ``mean_divergence``
+  and ``permuted_mean_divergence``: the same averaged over (S, B) by one fused autograd node (hot path).
+- ``permute_rows``: x[..., pi_s(i), :] for all S permutations, with a gather-based backward.
 - ``game_term(out, fusion, pert, lambda_m=, k=, divergence=, reference_grad=) -> (R_game, D)`` and its
   literal twin ``game_term_reference``; ``STRATEGY_K`` maps greedy/independent/collaborative to k.
 - ``contrastive_loss`` + ``SharedProjection``: supcon | infonce lower bound of shared information.
 - ``ceb_mse`` + ``CEBDecoder``, ``CLUB`` / ``club_bound``: upper bounds of task-irrelevant information.
 """
 
-from mcrlab.mcr.divergence import DIVERGENCES, divergence
+from mcrlab.mcr.divergence import (
+    DIVERGENCES,
+    divergence,
+    inverse_permutations,
+    mean_divergence,
+    permuted_mean_divergence,
+)
 from mcrlab.mcr.game import STRATEGY_K, coefficients, game_term, game_term_reference
 from mcrlab.mcr.irrelevant import CLUB, IRRELEVANT_BOUNDS, CEBDecoder, CLUBNet, ceb_mse, club_bound
-from mcrlab.mcr.perturb import PERTURBATIONS, Perturbation, draw_permutations, draw_perturbation
+from mcrlab.mcr.perturb import PERTURBATIONS, Perturbation, draw_permutations, draw_perturbation, permute_rows
 from mcrlab.mcr.shared import SHARED_BOUNDS, SharedProjection, contrastive_loss
 from mcrlab.mcr.unique import (
     can_use_fast_path,
@@ -38,7 +46,11 @@ __all__ = [
     "draw_perturbation",
     "draw_permutations",
     "PERTURBATIONS",
+    "permute_rows",
     "divergence",
+    "mean_divergence",
+    "permuted_mean_divergence",
+    "inverse_permutations",
     "DIVERGENCES",
     "game_term",
     "game_term_reference",

@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DIVERGENCES", "divergence"]
+__all__ = ["DIVERGENCES", "divergence", "mean_divergence", "permuted_mean_divergence"]
 
 DIVERGENCES = ("jsd", "kl", "mse")
 _LN2 = math.log(2.0)
@@ -44,3 +44,131 @@ def divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, kind: str = "jsd"
         kl_qm = logq.exp() * (_LN2 - F.softplus(-delta))
         return 0.5 * (kl_pm + kl_qm).sum(-1)
     raise ValueError(f"unknown divergence {kind!r}; choose from {DIVERGENCES}")
+
+
+def mean_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, kind: str = "jsd") -> torch.Tensor:
+    """mean_{s,i} div(p_i, q_{s,i}) per leading index: p (M, B, C), q (M, S, B, C) -> (M,).
+
+    The same values as ``divergence(p.unsqueeze(1), q, kind).mean((1, 2))``, computed by one fused
+    autograd node with a hand-written backward (MCR's training hot path; see ``_core_forward``).
+    """
+    _check(kind)
+    return _MeanDivergence.apply(_upcast(p_logits), _upcast(q_logits), kind)
+
+
+def permuted_mean_divergence(p_logits: torch.Tensor, rest: torch.Tensor, contrib: torch.Tensor,
+                             perms: torch.Tensor, kind: str = "jsd") -> torch.Tensor:
+    """``mean_divergence(p, rest.unsqueeze(1) + contrib[:, perms], kind)`` without materialising the
+    permuted logits outside the node: p, rest, contrib (M, B, C), perms (S, B) -> (M,).
+
+    This is the late-fusion fast path, q_{s,i} = l_m[pi_s(i)] + (everything else)_i, in one node.
+    """
+    _check(kind)
+    return _PermutedMeanDivergence.apply(_upcast(p_logits), _upcast(rest), _upcast(contrib), perms, kind)
+
+
+def inverse_permutations(perms: torch.Tensor, flat: bool = False) -> torch.Tensor:
+    """Row-wise inverses of permutations (S, B) by one scatter (no sort). ``flat`` adds s * B to row s,
+    giving row indices into a flattened (S * B) axis."""
+    S, B = perms.shape
+    src = torch.arange(B, device=perms.device).expand(S, B)
+    if flat:
+        src = src + torch.arange(S, device=perms.device).unsqueeze(1) * B
+    return torch.empty_like(perms).scatter_(1, perms, src)
+
+
+def _check(kind: str) -> None:
+    if kind not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {kind!r}; choose from {DIVERGENCES}")
+
+
+# The fused kernels work in a class-major layout, p (M, C, 1, B) and q (M, C, S, B): with few classes,
+# reductions over C then run as vectorised element-wise passes over S*B-long rows (2-4x faster on CPU
+# than reducing a short last axis). The JSD needs  a = log p - log m  and  b = log q - log m, computed
+# as a log-add-exp that cannot overflow and gives exactly 0 where p == q.
+
+
+def _core_forward(kind: str, p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    S, B = q.shape[2], q.shape[3]
+    if kind == "mse":
+        diff = q - p
+        return diff.square().sum(1).sum((1, 2)) / (diff.shape[1] * S * B), (diff,)
+    logp = F.log_softmax(p, dim=1)
+    logq = F.log_softmax(q, dim=1)
+    pp, qq = logp.exp(), logq.exp()
+    if kind == "kl":
+        w = logq.neg_().add_(logp)  # log p - log q
+        return (pp * w).sum(1).sum((1, 2)) / (S * B), (pp, qq, w)
+    # log m = mx + t with mx = max(log p, log q), t = log1p(exp(-|log q - log p|)) - ln 2; one of
+    # (log p - mx), (log q - mx) is exactly 0 and the other is -|delta|, so their sum gives exp's argument.
+    mx = torch.maximum(logp, logq)
+    a = logp - mx  # (M, C, S, B) after broadcasting
+    b = logq.sub_(mx)
+    t = torch.exp(a + b).log1p_().sub_(_LN2)
+    a = a.sub_(t)  # log p - log m
+    b = b.sub_(t)  # log q - log m
+    val = torch.addcmul(pp * a, qq, b).sum(1).sum((1, 2)) * (0.5 / (S * B))
+    return val, (pp, qq, a, b)
+
+
+def _core_backward(kind: str, saved: tuple, grad: torch.Tensor, S: int, B: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """d/dp (M, C, 1, B) and d/dq (M, C, S, B) for the incoming gradient (M,) of the per-m means."""
+    g = (grad / (S * B)).view(-1, 1, 1, 1)
+    if kind == "mse":
+        (diff,) = saved
+        dq = diff * (g * (2.0 / diff.shape[1]))
+        return -dq.sum(2, keepdim=True), dq
+    if kind == "kl":
+        pp, qq, w = saved
+        dq = (qq - pp) * g
+        return _softmax_vjp(pp, w * g).sum(2, keepdim=True), dq
+    pp, qq, a, b = saved
+    return _softmax_vjp(pp, a * (0.5 * g)).sum(2, keepdim=True), _softmax_vjp(qq, b * (0.5 * g))
+
+
+def _softmax_vjp(prob: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Logit gradient through a softmax over dim 1: prob * (u - sum_c prob u). ``u`` is overwritten."""
+    return u.sub_((prob * u).sum(1, keepdim=True)).mul_(prob)
+
+
+class _MeanDivergence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, p_logits, q_logits, kind):
+        pt = p_logits.transpose(1, 2).unsqueeze(2).contiguous()  # (M, C, 1, B)
+        qt = q_logits.permute(0, 3, 1, 2).contiguous()  # (M, C, S, B)
+        val, saved = _core_forward(kind, pt, qt)
+        ctx.kind, ctx.sb = kind, qt.shape[2:]
+        ctx.save_for_backward(*saved)
+        return val
+
+    @staticmethod
+    def backward(ctx, grad):
+        dp, dq = _core_backward(ctx.kind, ctx.saved_tensors, grad, *ctx.sb)
+        return dp.squeeze(2).transpose(1, 2), dq.permute(0, 2, 3, 1), None
+
+
+class _PermutedMeanDivergence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, p_logits, rest, contrib, perms, kind):
+        S, B = perms.shape
+        M, C = contrib.shape[0], contrib.shape[2]
+        pt = p_logits.transpose(1, 2).unsqueeze(2).contiguous()  # (M, C, 1, B)
+        ct = contrib.transpose(1, 2).contiguous()  # (M, C, B)
+        qt = ct.index_select(2, perms.reshape(-1)).view(M, C, S, B)
+        qt += rest.transpose(1, 2).unsqueeze(2)
+        val, saved = _core_forward(kind, pt, qt)
+        ctx.kind = kind
+        ctx.save_for_backward(perms, *saved)
+        return val
+
+    @staticmethod
+    def backward(ctx, grad):
+        perms, *saved = ctx.saved_tensors
+        S, B = perms.shape
+        dp, dq = _core_backward(ctx.kind, saved, grad, S, B)  # dq: (M, C, S, B)
+        # contrib[k] reaches q[s, i] for pi_s(i) = k: gather through the inverse permutations
+        inv = inverse_permutations(perms, flat=True)
+        d_contrib = dq.flatten(2).index_select(2, inv.reshape(-1)).view_as(dq).sum(2)
+        return (dp.squeeze(2).transpose(1, 2), dq.sum(2).transpose(1, 2), d_contrib.transpose(1, 2),
+                None, None)

@@ -35,6 +35,7 @@ from torch import nn
 from torch.func import functional_call
 
 from mcrlab.mcr.divergence import divergence as _divergence
+from mcrlab.mcr.divergence import mean_divergence, permuted_mean_divergence
 from mcrlab.mcr.perturb import Perturbation
 from mcrlab.mcr.unique import can_use_fast_path, fusion_weight
 from mcrlab.models.net import ForwardOutput
@@ -93,16 +94,18 @@ def _game_divergences_fast(out: ForwardOutput, fusion: nn.Module, pert: Perturba
     delta = L - Ld  # zero-valued; carries each branch's gradient
     Fd = out.fused.detach()  # (B, C) clean logits incl. bias; the bias never gets a gradient here
     Fj = Fd + torch.einsum("mj,mbc->jbc", c, delta)  # (M, B, C): row j = sum_m l_m' + b for D_j
-    # c_jj = 1: modality j's own contribution enters D_j unscaled, so its perturbation can use l_j itself.
-    pq = torch.stack([pert.contribution(out.contribs[j], j, out.z[j], fusion_weight(fusion, j))
-                      for j in range(M)])  # (M, S', B, C)
-    Q = (Fj - L).unsqueeze(1) + pq
     if reference_grad == "same":
         P = Fj
     else:  # "full": p is undetached in every term; term (m, j) weighs it by c_mj
         s = c.sum(0).view(M, 1, 1)  # (M, 1, 1): 1 + k(M-1)
         P = Fd + s * (L.sum(0) - Ld.sum(0))
-    return _divergence(P.unsqueeze(1), Q, divergence).mean(dim=(1, 2))
+    # c_jj = 1: modality j's own contribution enters D_j unscaled, so its perturbation can use l_j itself;
+    # q_j = (F_j' - l_j) + perturbed l_j.
+    if pert.kind == "permute":
+        return permuted_mean_divergence(P, Fj - L, L, pert.perms, divergence)
+    pq = torch.stack([pert.contribution(out.contribs[j], j, out.z[j], fusion_weight(fusion, j))
+                      for j in range(M)])  # (M, S', B, C)
+    return mean_divergence(P, (Fj - L).unsqueeze(1) + pq, divergence)
 
 
 def _game_divergences_general(out: ForwardOutput, fusion: nn.Module, pert: Perturbation, k: float,
@@ -127,7 +130,7 @@ def _game_divergences_general(out: ForwardOutput, fusion: nn.Module, pert: Pertu
         q_in = torch.cat([q_in[:m], pert.latent(z, m).expand(S, B, d).unsqueeze(0), q_in[m + 1:]])
         inputs.append(torch.cat([p_in.unsqueeze(1), q_in], dim=1))  # (M, 1 + S', B, d)
     logits = head(inputs)  # (M, 1 + S', B, C)
-    return _divergence(logits[:, :1], logits[:, 1:], divergence).mean(dim=(1, 2))
+    return mean_divergence(logits[:, 0], logits[:, 1:], divergence)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PERTURBATIONS", "Perturbation", "draw_permutations", "draw_perturbation"]
+__all__ = ["PERTURBATIONS", "Perturbation", "draw_permutations", "draw_perturbation", "permute_rows"]
 
 PERTURBATIONS = ("permute", "noise", "zero")
 
@@ -34,6 +34,33 @@ def draw_permutations(num_perms: int, batch: int, generator: torch.Generator,
     u = torch.rand(num_perms, batch, generator=generator, device=generator.device)
     perms = u.argsort(dim=1)
     return perms if device is None else perms.to(device)
+
+
+def permute_rows(x: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
+    """x[..., pi_s(i), :] for every permutation: x (..., B, K), perms (S, B) -> (..., S, B, K).
+
+    Same values as ``x[..., perms, :]``; its backward gathers through the inverse permutations and sums
+    over S instead of scatter-adding (index_put with accumulate), which is several times faster on CPU.
+    """
+    return _PermuteRows.apply(x, perms)
+
+
+class _PermuteRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, perms):
+        S, B = perms.shape
+        ctx.save_for_backward(perms)
+        return x.index_select(-2, perms.reshape(-1)).unflatten(-2, (S, B))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (perms,) = ctx.saved_tensors
+        S, B = perms.shape
+        # d x[k] = sum_s grad[s, inv_s(k)]; flat row index of (s, inv_s(k)) is s * B + inv_s(k)
+        src = torch.arange(B, device=perms.device) + torch.arange(S, device=perms.device).unsqueeze(1) * B
+        inv = torch.empty_like(perms).scatter_(1, perms, src)  # inverse permutations, as flat row indices
+        rows = grad.flatten(-3, -2).index_select(-2, inv.reshape(-1))
+        return rows.unflatten(-2, (S, B)).sum(-3), None
 
 
 @dataclass
@@ -56,7 +83,7 @@ class Perturbation:
     def latent(self, z: torch.Tensor, m: int) -> torch.Tensor:
         """Perturbed latent of modality m: z (B, d) -> (S', B, d)."""
         if self.kind == "permute":
-            return z[self.perms]
+            return permute_rows(z, self.perms)
         if self.kind == "noise":
             return z + self.noise[m].to(z.dtype) * _batch_std(z)
         return torch.zeros_like(z).unsqueeze(0)
@@ -69,7 +96,7 @@ class Perturbation:
         z (for its batch std) and the modality's fusion weight W_m (C, d).
         """
         if self.kind == "permute":
-            return contrib[self.perms]
+            return permute_rows(contrib, self.perms)
         if self.kind == "noise":
             if z is None or weight is None:
                 raise ValueError("noise perturbation of a contribution needs z and the fusion weight")

@@ -36,21 +36,32 @@ class SharedProjection(nn.Module):
 
 
 def contrastive_loss(embeddings: list[torch.Tensor], labels: torch.Tensor, temperature: float = 0.5,
-                     bound: str = "supcon") -> torch.Tensor:
-    """NT-Xent loss (scalar) over M x (B, D) embeddings (normalised here) and labels (B,)."""
+                     bound: str = "supcon", num_classes: int | None = None) -> torch.Tensor:
+    """NT-Xent loss (scalar) over M x (B, D) embeddings (normalised here) and labels (B,).
+
+    Computed as  loss_a = lse_{c != a}(s_ac / tau) - mean_{p in P(a)} s_ap / tau,  where the positives'
+    sum comes from per-class (supcon) or per-sample (infonce) sums of embeddings, so the only N x N work
+    is the similarity matrix and its log-sum-exp. num_classes: labels' range (default: max + 1, a host sync).
+    """
     if bound not in SHARED_BOUNDS:
         raise ValueError(f"unknown shared bound {bound!r}; choose from {SHARED_BOUNDS}")
     M, B = len(embeddings), labels.shape[0]
     e = torch.cat(embeddings)
     if e.dtype in (torch.float16, torch.bfloat16):  # similarities / tau overflow bf16's precision
         e = e.float()
-    e = F.normalize(e, dim=-1)  # (N, D)
-    sim = e @ e.T / temperature  # (N, N)
-    eye = torch.eye(M * B, dtype=torch.bool, device=e.device)
-    log_prob = sim - torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1, keepdim=True)
-    key = labels.repeat(M) if bound == "supcon" else torch.arange(B, device=e.device).repeat(M)
-    pos = (key.unsqueeze(0) == key.unsqueeze(1)) & ~eye  # (N, N)
-    n_pos = pos.sum(1)
-    per_anchor = -(log_prob * pos).sum(1) / n_pos.clamp(min=1)
-    # anchors without positives contribute 0 to the sum and are left out of the count (no host sync)
-    return per_anchor.sum() / (n_pos > 0).sum().clamp(min=1)
+    e = F.normalize(e, dim=-1) * temperature ** -0.5  # (N, D); e_a . e_c = s_ac / tau
+    sim = e @ e.T  # (N, N); the matmul's backward needs only e, so the diagonal may be overwritten
+    sim.fill_diagonal_(float("-inf"))
+    lse = torch.logsumexp(sim, dim=1)  # (N,) over c != a
+    self_sim = (e * e).sum(-1)  # (N,) = 1 / tau up to rounding; removed from the positives' sums
+    if bound == "supcon":
+        K = int(labels.max()) + 1 if num_classes is None else num_classes
+        onehot = F.one_hot(labels.repeat(M), K).to(e.dtype)  # (N, K)
+        sums = (onehot.T @ e)[labels.repeat(M)]  # (N, D): sum of the anchor's class
+        n_pos = (onehot.sum(0)[labels.repeat(M)] - 1.0)  # (N,)
+    else:
+        sums = e.view(M, B, -1).sum(0).repeat(M, 1)  # (N, D): sum of the anchor's sample, all modalities
+        n_pos = e.new_full((M * B,), float(M - 1))
+    pos_mean = ((e * sums).sum(-1) - self_sim) / n_pos.clamp(min=1.0)
+    has = (n_pos > 0).to(e.dtype)  # anchors without positives are left out of the mean (no host sync)
+    return ((lse - pos_mean) * has).sum() / has.sum().clamp(min=1.0)

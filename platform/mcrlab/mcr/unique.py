@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mcrlab.mcr.divergence import divergence as _divergence
+from mcrlab.mcr.divergence import mean_divergence, permuted_mean_divergence
 from mcrlab.mcr.perturb import Perturbation, draw_perturbation
 from mcrlab.models.net import ForwardOutput
 
@@ -73,6 +73,10 @@ def unique_from_perturbation(out: ForwardOutput, fusion: nn.Module, pert: Pertur
     fast = can_use_fast_path(out, fusion, pert.kind) if path == "auto" else path == "fast"
     if fast and out.contribs is None:
         raise ValueError("the fast path needs late fusion (per-modality contributions)")
+    if fast and pert.kind == "permute":  # all modalities in one fused node
+        L = torch.stack([out.contribs[m] for m in mods])  # (M', B, C)
+        p = out.fused.expand(len(mods), *out.fused.shape)
+        return permuted_mean_divergence(p, p - L, L, pert.perms, divergence)
     qs = []
     for m in mods:  # M is small; S and B are batched inside each call
         if fast:
@@ -80,7 +84,7 @@ def unique_from_perturbation(out: ForwardOutput, fusion: nn.Module, pert: Pertur
         else:
             qs.append(head_perturbed_logits(fusion, out.z, m, pert))
     q = torch.stack(qs)  # (M', S', B, C)
-    return _divergence(out.fused, q, divergence).mean(dim=(1, 2))
+    return mean_divergence(out.fused.expand(len(mods), *out.fused.shape), q, divergence)
 
 
 def unique_information(model: nn.Module, out: ForwardOutput, *, num_perms: int = 8,

@@ -128,7 +128,8 @@ class MCR(Method):
                 terms["loss/game"] = D.new_zeros(())
             terms |= {f"mcr/D/{m}": D[m] for m in range(len(out.z))}
             if p.lambda_c > 0:
-                shared = contrastive_loss(self._extra["shared"](out.z), y, p.temperature, p.shared_bound)
+                shared = contrastive_loss(self._extra["shared"](out.z), y, p.temperature, p.shared_bound,
+                                          num_classes=self.num_classes)
                 loss = loss + p.lambda_c * shared
                 terms["loss/shared"] = shared
             if p.lambda_b > 0:
