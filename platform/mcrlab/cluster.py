@@ -271,9 +271,11 @@ def start(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *, num_cpus: int | N
             cluster.save()
             _wait_until("second ray node", lambda: _alive_nodes(cluster.address, headers) >= 2,
                         proc, svc.log, timeout)
-    except BaseException:
+    except BaseException as err:
         cluster.save()
-        stop(sdir)
+        stop(sdir, remove_logs=False)
+        if isinstance(err, ClusterError):
+            raise ClusterError(f"{err}\n(Ray's own logs kept in {ray_tmp}/session_latest/logs)") from None
         raise
     return cluster
 
@@ -328,8 +330,12 @@ def _stop_service(svc: Service, grace: float) -> None:
         os.killpg(svc.pid, signal.SIGKILL)
 
 
-def stop(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, grace: float = 10.0) -> list[str]:
-    """Stop every service recorded in ``state_dir`` (newest first); returns their names."""
+def stop(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, grace: float = 10.0,
+         remove_logs: bool = True) -> list[str]:
+    """Stop every service recorded in ``state_dir`` (newest first); returns their names.
+
+    ``remove_logs=False`` keeps Ray's temp dir (its logs) for a post-mortem.
+    """
     cluster = load(state_dir)
     if cluster is None:
         return []
@@ -337,7 +343,8 @@ def stop(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, grace: float = 10.0) 
     for svc in reversed(cluster.services):
         _stop_service(svc, grace)
         stopped.append(svc.name)
-    shutil.rmtree(cluster.ray_temp_dir, ignore_errors=True)
+    if remove_logs:
+        shutil.rmtree(cluster.ray_temp_dir, ignore_errors=True)
     (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
     if cluster.token_path:
         Path(cluster.token_path).unlink(missing_ok=True)

@@ -1,0 +1,246 @@
+"""The local cluster and job submission.
+
+Fast tests (default suite): token discovery, process-group stop, refusal of secrets and of a second
+cluster, CLI exit codes. The integration test (marked integration + slow, run in CI) starts a real Ray
+head and a real `mlflow server` as separate processes on 127.0.0.1 with token authentication ON, submits a
+smoke sweep from separate client processes (`mcrlab submit` and the documented `ray job submit`), and checks
+the job status, the runs in the MLflow server, a bad spec's FAILED job with its clear error, that the
+runtime env ships the package, that a client without the token is refused, and that the dashboard and
+MLflow listen on 127.0.0.1 only. Everything is stopped at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mcrlab import cluster
+from mcrlab.cli import main
+from mcrlab.cluster_commands import RUNTIME_ENV, build_runtime_env, submit_command
+from mcrlab.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# fast
+
+
+def _fake_state(state_dir: Path, pid: int, token: str | None = None) -> cluster.LocalCluster:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token_path = None
+    if token is not None:
+        token_path = state_dir / "auth_token"
+        token_path.write_text(token)
+    c = cluster.LocalCluster(state_dir=str(state_dir), address="http://127.0.0.1:1234", gcs_address="127.0.0.1:1",
+                             ray_temp_dir=str(state_dir / "raytmp"), token_path=str(token_path) if token_path else None,
+                             tracking_uri=None, services=[cluster.Service("ray-head", pid, str(state_dir / "x.log"))])
+    c.save()
+    return c
+
+
+def test_token_discovery_follows_rays_order_then_the_local_cluster_then_the_default_file(tmp_path):
+    home, state = tmp_path / "home", tmp_path / "state"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("home-token")
+    _fake_state(state, pid=999999, token="local-token")
+    path_file = tmp_path / "tok"
+    path_file.write_text("path-token")
+
+    def find(environ, address="http://127.0.0.1:1234"):
+        return cluster.discover_token(address, state, environ=environ, home=home)
+
+    src = find({"RAY_AUTH_TOKEN": "env-token", "RAY_AUTH_TOKEN_PATH": str(path_file)})
+    assert src.origin == "RAY_AUTH_TOKEN" and src.headers() == {"Authorization": "Bearer env-token"}
+    src = find({"RAY_AUTH_TOKEN_PATH": str(path_file)})
+    assert src.env == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path_file)}
+    assert src.headers() == {"Authorization": "Bearer path-token"}
+    src = find({"RAY_AUTH_MODE": "disabled"})  # the local cluster's token wins over a stray env setting
+    assert src.headers() == {"Authorization": "Bearer local-token"} and src.env["RAY_AUTH_MODE"] == "token"
+    src = find({}, address="http://10.0.0.5:8265")  # another cluster: Ray's default file
+    assert src.token_path == str(home / ".ray" / "auth_token") and src.headers()["Authorization"].endswith("home-token")
+    assert find({"RAY_AUTH_MODE": "disabled"}, address="http://10.0.0.5:8265").env == {"RAY_AUTH_MODE": "disabled"}
+    (home / ".ray" / "auth_token").unlink()
+    assert find({}, address="http://10.0.0.5:8265").origin == "none"
+    with pytest.raises(ConfigError, match="RAY_AUTH_TOKEN_PATH: no token file"):
+        find({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")})
+
+
+def test_token_file_is_private_and_never_on_the_command_line(tmp_path):
+    path = tmp_path / "auth_token"
+    cluster._write_token(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    token = path.read_text()
+    assert len(token) == 64
+    env = build_runtime_env(ROOT / RUNTIME_ENV, ROOT, "http://127.0.0.1:5000")
+    argv = submit_command("ray", "http://127.0.0.1:8265", "sid", env, "jobs/sweep.py", ["x.yaml"])
+    assert token not in " ".join(argv)
+    assert argv[-3:] == ["python", "jobs/sweep.py", "x.yaml"] and argv[argv.index("--") - 1] != "--no-wait"
+
+
+def test_stop_ends_the_whole_process_group_and_only_it(tmp_path):
+    # A leader that ignores nothing and a child that would outlive it: both must go.
+    svc, proc = cluster._spawn("dummy", ["sh", "-c", "sleep 300 & exec sleep 300"], dict(os.environ), tmp_path)
+    bystander = subprocess.Popen(["sleep", "300"])
+    try:
+        c = cluster.LocalCluster(state_dir=str(tmp_path), address="http://127.0.0.1:1", gcs_address="",
+                                 ray_temp_dir=str(tmp_path / "raytmp"), token_path=None, tracking_uri=None,
+                                 services=[svc])
+        c.save()
+        time.sleep(0.5)
+        assert cluster._group_alive(svc.pid)
+        assert cluster.stop(tmp_path, grace=1.0) == ["dummy"]
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while cluster._group_alive(svc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not cluster._group_alive(svc.pid)
+        assert bystander.poll() is None, "a process outside the group was touched"
+        assert cluster.load(tmp_path) is None and cluster.stop(tmp_path) == []
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_second_cluster_in_the_same_state_dir_is_refused_before_anything_starts(tmp_path):
+    _fake_state(tmp_path, pid=os.getpid())  # this test process: certainly alive
+    with pytest.raises(ConfigError, match="already running"):
+        cluster.start(tmp_path, mlflow=False)
+    assert cluster.load(tmp_path).services[0].pid == os.getpid()
+
+
+def test_cli_status_down_and_submit_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    empty = str(tmp_path / "none")
+    assert main(["cluster", "status", "--state-dir", empty]) == 1
+    assert json.loads(capsys.readouterr().out)["running"] is False
+    assert main(["cluster", "down", "--state-dir", empty]) == 0
+    assert main(["submit", "sweep", "--state-dir", empty, "search_spaces/default.yaml"]) == 2
+    assert "no cluster given" in capsys.readouterr().err
+    assert main(["submit", "sweep", "--address", "http://127.0.0.1:9", "--env", "MY_API_KEY=abc",
+                 "search_spaces/default.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "MY_API_KEY" in err and "abc" not in err
+    assert main(["submit", "train", "--address", "127.0.0.1:6379", "train.epochs=1"]) == 2
+    assert "not a job API address" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# integration: real Ray head + real MLflow server, jobs submitted from separate client processes
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local IPv4/IPv6 addresses with a listening TCP socket on ``port`` (Linux /proc/net/tcp*)."""
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            host, hport = local.split(":")
+            if state == "0A" and int(hport, 16) == port:
+                out.add(host)
+    return out
+
+
+def _ray_env(local: cluster.LocalCluster) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    env.update(local.client_env(), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory):
+    state = tmp_path_factory.mktemp("cluster")
+    # Auth stays ON here (conftest's RAY_AUTH_MODE=disabled is for the in-process fixture only); no worker
+    # prestart keeps start-up light on 2 cores.
+    local = cluster.start(state, num_cpus=2, extra_env={"RAY_enable_worker_prestart": "0", "OMP_NUM_THREADS": "1"},
+                          timeout=240)
+    try:
+        yield local
+    finally:
+        cluster.stop(state, grace=5.0)
+
+
+def _job_status_and_logs(local: cluster.LocalCluster, sid: str) -> tuple[str, str]:
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(local.address, headers=cluster.auth_headers(local.token_path))
+    return str(client.get_job_status(sid).value), client.get_job_logs(sid)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_services_bind_loopback_and_refuse_clients_without_the_token(local_cluster):
+    for url in (local_cluster.address, local_cluster.tracking_uri):
+        port = int(url.rsplit(":", 1)[1])
+        assert _listening_addresses(port) == {"0100007F"}, f"{url} listens beyond 127.0.0.1"
+    with pytest.raises(urllib.error.HTTPError) as no_token:
+        urllib.request.urlopen(f"{local_cluster.address}/api/jobs/", timeout=10)
+    assert no_token.value.code == 401
+    req = urllib.request.Request(f"{local_cluster.address}/api/jobs/", headers={"Authorization": "Bearer wrong"})
+    with pytest.raises(urllib.error.HTTPError) as bad_token:
+        urllib.request.urlopen(req, timeout=10)
+    assert bad_token.value.code in (401, 403)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_submitted_sweep_succeeds_and_its_runs_are_in_the_mlflow_server(local_cluster, tmp_path):
+    import mlflow
+
+    sid = f"it-sweep-{os.getpid()}"
+    env = _ray_env(local_cluster)
+    env.pop("RAY_AUTH_TOKEN_PATH")  # `mcrlab submit` must find the token itself (from the state dir)
+    env.pop("RAY_AUTH_MODE")
+    cmd = [sys.executable, "-m", "mcrlab.cli", "submit", "sweep", "--state-dir", local_cluster.state_dir,
+           "--submission-id", sid, "--tracking-uri", local_cluster.tracking_uri,
+           "search_spaces/default.yaml", "--smoke", "--num-samples", "1", "--storage", str(tmp_path / "runs")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    status, logs = _job_status_and_logs(local_cluster, sid)
+    assert proc.returncode == 0, f"{proc.stderr[-3000:]}\n--- job logs ---\n{logs[-3000:]}"
+    assert status == "SUCCEEDED"
+    assert "SUCCEEDED" in proc.stderr and sid in proc.stderr
+    client = mlflow.MlflowClient(tracking_uri=local_cluster.tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string="tags.`mcrlab.kind` = 'trial'")
+    assert len(runs) >= 2, "one smoke trial per dataset of the default space"
+    assert all(r.info.status == "FINISHED" and "val/acc" in r.data.metrics for r in runs)
+    assert {r.data.tags.get("mcrlab.sweep_id") for r in runs} != {None}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_bad_spec_job_fails_with_the_clear_error_and_the_package_comes_from_the_runtime_env(local_cluster, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "search_spaces" / "default.yaml").read_text().replace("method.lambda_m:", "method.lamda_m:"))
+    env = _ray_env(local_cluster)
+    sid = f"it-bad-{os.getpid()}"
+    # The documented command, as a user types it from the repository root.
+    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", local_cluster.address,
+           "--submission-id", sid, "--runtime-env", RUNTIME_ENV, "--", "python", "jobs/sweep.py", str(bad), "--smoke"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    status, logs = _job_status_and_logs(local_cluster, sid)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert status == "FAILED"
+    assert "mcrlab: error:" in logs and "lamda_m" in logs and str(bad) in logs
+    assert "Traceback" not in logs
+
+    # The same runtime env puts the shipped copy of platform/mcrlab first on the job's path.
+    sid = f"it-pkg-{os.getpid()}"
+    probe = "import mcrlab.cli, os; print('MCRLAB_FROM', os.path.dirname(mcrlab.cli.__file__))"
+    cmd = [*cmd[:cmd.index("--")], "--", "python", "-c", probe]
+    cmd[cmd.index("--submission-id") + 1] = sid
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    status, logs = _job_status_and_logs(local_cluster, sid)
+    assert proc.returncode == 0 and status == "SUCCEEDED", logs[-2000:]
+    where = next(line.split(" ", 1)[1] for line in logs.splitlines() if line.startswith("MCRLAB_FROM"))
+    assert "runtime_resources" in where and not where.startswith(str(ROOT)), where
