@@ -1,0 +1,185 @@
+"""Bad input: every case of the corpus ends in one clear line and exit code 2, with nothing started.
+
+The corpus (tests/reliability/corpus/index.yaml) holds malformed configs, search spaces, ablation specs
+and data files, each run through the real CLI (``mcrlab.cli.main``, in-process; a few as subprocesses).
+For each: exit code 2, exactly one error line naming the file and the key, no traceback, no Ray
+started, and the working directory (where the default ./runs store would go) left empty.
+
+Property-based tests (hypothesis) on the config parser: ``RunConfig.from_dict`` on random nested data
+raises nothing but ConfigError, and valid random overrides round-trip. (The search-space parser has
+its own hypothesis tests in tests/tune/test_space.py.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mcrlab.cli import main
+from mcrlab.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+CASES = yaml.safe_load((CORPUS / "index.yaml").read_text())["cases"]
+
+
+def _case_id(case: dict) -> str:
+    return f"{case['command'][0]}:{case['file']}"
+
+
+def _args(case: dict, tmp: Path) -> list[str]:
+    return [a.replace("{file}", str(CORPUS / case["file"])).replace("{tmp}", str(tmp)) for a in case["command"]]
+
+
+def _check_message(case: dict, err: str, out: str) -> None:
+    assert "Traceback" not in err + out, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith(("mcrlab: error:", "error:"))]
+    assert len(errors) == 1 and errors[0] == lines[-1], f"expected one final error line, got:\n{err}"
+    message = errors[0]
+    assert case["file"] in message, f"the message does not name {case['file']}: {message}"
+    for fragment in case["expect"]:
+        assert fragment in message, f"{fragment!r} not in: {message}"
+
+
+def test_corpus_is_large_and_every_file_is_used():
+    assert len(CASES) >= 40
+    kinds = {c["file"].split("/")[0] for c in CASES}
+    assert kinds == {"configs", "spaces", "ablations", "data"}
+    used = {c["file"] for c in CASES}
+    on_disk = {str(p.relative_to(CORPUS)) for kind in kinds for p in (CORPUS / kind).iterdir()}
+    assert on_disk == used, f"corpus files without a case: {on_disk - used}"
+    commands = {c["command"][0] if c["command"][0] != "data" else " ".join(c["command"][:2]) for c in CASES}
+    assert commands == {"train", "check", "sweep", "ablate", "data import", "data show"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_bad_input_ends_in_one_clear_line_and_exit_2(case, tmp_path, monkeypatch):
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)  # the default run folder (./runs) would appear here
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = main(_args(case, work))
+    assert code == 2, f"exit {code}; stderr:\n{err.getvalue()}"
+    _check_message(case, err.getvalue(), out.getvalue())
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized(), "Ray was started"
+    assert sorted(p.name for p in work.rglob("*")) == [], "files were written"
+
+
+SUBPROCESS = ["configs/unknown_key_typo.yaml", "spaces/range_empty_low_above_high.yaml",
+              "data/npz_not_an_archive.npz"]
+
+
+@pytest.mark.slow  # each subprocess imports torch: seconds
+@pytest.mark.parametrize("name", SUBPROCESS)
+def test_a_few_cases_through_a_real_process(name, tmp_path):
+    case = next(c for c in CASES if c["file"] == name)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-m", "mcrlab.cli", *_args(case, tmp_path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    _check_message(case, proc.stderr, proc.stdout)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# property-based: the config parser
+
+
+SECTION_KEYS = {name: [f.name for f in dataclasses.fields(cls)]
+                for name, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig))}
+SECTION_KEYS["method"] = ["name", "lambda_m", "num_perms", "divergence", "strategy"]
+# keys and strings as a YAML file can hold them on one line (a message quoting them stays one line)
+text = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=12)
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
+                    st.floats(allow_nan=True, allow_infinity=True), text)
+values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                       st.dictionaries(text, inner, max_size=3)),
+                      max_leaves=6)
+known_key = st.sampled_from(sorted(SECTION_KEYS)).flatmap(
+    lambda s: st.tuples(st.just(s), st.sampled_from(SECTION_KEYS[s])))
+section = st.dictionaries(st.one_of(st.sampled_from(sorted({k for ks in SECTION_KEYS.values() for k in ks})),
+                                    text), values, max_size=4)
+raw_configs = st.one_of(values, st.dictionaries(st.one_of(st.sampled_from(sorted(SECTION_KEYS)), text),
+                                                st.one_of(section, values), max_size=4))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=raw_configs)
+def test_from_dict_on_random_data_raises_only_config_error(raw):
+    try:
+        cfg = RunConfig.from_dict(raw, "<random>")
+    except ConfigError as err:
+        assert "\n" not in str(err) and str(err).startswith("<random>")
+        return
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg  # whatever it accepts is a fixed point
+
+
+@settings(max_examples=150, deadline=None)
+@given(key=known_key, value=values)
+def test_one_random_value_at_a_known_key_raises_only_config_error(key, value):
+    raw = {key[0]: {key[1]: value}}
+    if key[0] == "method" and key[1] != "name":
+        raw["method"]["name"] = "mcr"
+    try:
+        RunConfig.from_dict(raw, "cfg.yaml")
+    except ConfigError as err:
+        assert str(err).startswith("cfg.yaml: ") and "\n" not in str(err)
+
+
+def _valid_value(section: str, f: dataclasses.Field) -> st.SearchStrategy:
+    meta = f.metadata or {}
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if meta.get("choices"):
+        return st.sampled_from(meta["choices"])
+    if isinstance(default, bool):
+        return st.booleans()
+    lo = meta.get("ge", meta.get("gt"))
+    hi = meta.get("le")
+    if isinstance(default, int):
+        low = int(lo) if lo is not None else 0
+        if f.name == "num_modalities":
+            return st.sampled_from([0, 2, 3])
+        return st.integers(low + (1 if meta.get("gt") is not None else 0), int(hi) if hi is not None else low + 500)
+    if isinstance(default, float):
+        low = float(lo) if lo is not None else 0.0
+        return st.floats(low, float(hi) if hi is not None else low + 100.0, allow_nan=False,
+                         exclude_min=meta.get("gt") is not None)
+    return st.just(default)  # lists and strings with their own rules (data.name, player_lr) keep defaults
+
+
+overrides = st.lists(
+    st.sampled_from([(s, f) for s, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig))
+                     for f in dataclasses.fields(cls)]).flatmap(
+        lambda sf: st.tuples(st.just(f"{sf[0]}.{sf[1].name}"), _valid_value(*sf))),
+    min_size=1, max_size=6)
+
+
+@settings(max_examples=100, deadline=None)
+@given(items=overrides)
+def test_valid_random_overrides_round_trip(items):
+    wanted = dict(items)
+    cfg = RunConfig().replace(wanted)
+    flat = cfg.flat()
+    for key, value in wanted.items():
+        assert flat[key] == value
+    again = RunConfig.from_dict(cfg.to_dict())
+    assert again == cfg and again.hash() == cfg.hash()
+    # and through the command-line form (section.key=value parsed as YAML)
+    text = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in wanted.items()]
+    assert RunConfig().replace(text) == cfg
