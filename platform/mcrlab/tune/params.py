@@ -22,7 +22,7 @@ from typing import Any
 
 from mcrlab.config import ConfigError, RunConfig, build_dataclass
 
-__all__ = ["Param", "parse_params", "check_paths", "set_path", "apply_values"]
+__all__ = ["Param", "parse_params", "check_paths", "set_path", "apply_values", "same_value"]
 
 KINDS = ("float", "int", "categorical")
 PATH_RE = re.compile(r"^(data|model|method|train)\.([A-Za-z_][A-Za-z0-9_]*)(?:\.(\d+))?$")
@@ -36,7 +36,7 @@ RESERVED = {"data.name": "list datasets under datasets:",
 _MISSING = object()
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
     """Equality that keeps true apart from 1 (YAML scalars compared as Optuna would store them)."""
     return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
 
@@ -62,14 +62,14 @@ class Param:
 
     def active(self, values: dict[str, Any]) -> bool:
         """Whether every condition holds in ``values`` (an absent, i.e. inactive, parent fails it)."""
-        return all(any(_same(values.get(k, _MISSING), a) for a in allowed)
+        return all(any(same_value(values.get(k, _MISSING), a) for a in allowed)
                    for k, allowed in self.when.items())
 
     def contains(self, v: Any) -> bool:
         if self.kind == "categorical":
-            return any(_same(v, c) for c in self.choices)
+            return any(same_value(v, c) for c in self.choices)
         if self.kind == "fixed":
-            return _same(v, self.value)
+            return same_value(v, self.value)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (self.kind == "int" and
                                                                       not isinstance(v, int)):
             return False
@@ -145,7 +145,7 @@ def _entry(name: Any, spec: Any, source: str, earlier: dict[str, Param]) -> Para
             if c is not None and not isinstance(c, (bool, int, float, str)):
                 raise ConfigError(f"{where}.choices: {c!r} is not a scalar (Optuna stores only "
                                   f"null, bool, int, float, string choices)")
-            if sum(_same(c, d) for d in choices) > 1:
+            if sum(same_value(c, d) for d in choices) > 1:
                 raise ConfigError(f"{where}.choices: {c!r} is listed twice")
         if path == "method.name" and when:
             raise ConfigError(f"{where}.when: method.name cannot be conditional")

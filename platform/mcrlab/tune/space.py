@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mcrlab.config import ConfigError, RunConfig, build_dataclass, opt, read_yaml
-from mcrlab.tune.params import Param, apply_values, check_paths, parse_params, set_path
+from mcrlab.tune.params import Param, apply_values, check_paths, parse_params, same_value, set_path
 
 if TYPE_CHECKING:
     import optuna
@@ -327,7 +327,7 @@ def _points(raw: Any, space: SearchSpace, source: str) -> tuple[dict, ...]:
             for cond, allowed in p.when.items():
                 if cond not in point:
                     raise ConfigError(f"{where}.{key}: conditional on {cond}, which the point must set too")
-                if point[cond] not in allowed:
+                if not any(same_value(point[cond], a) for a in allowed):
                     raise ConfigError(f"{where}.{key}: its condition {cond} in {list(allowed)} does not hold "
                                       f"in this point ({cond}={point[cond]!r})")
         try:
