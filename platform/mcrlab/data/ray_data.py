@@ -16,7 +16,8 @@ so all ranks run the same number of steps (gradient all-reduce would hang otherw
 ``equalize=False`` yields every row (evaluation, or checking coverage).
 
 Ray Data runs its read tasks on the cluster's free CPUs: leave at least one CPU unclaimed by the
-training workers (e.g. ``resources_per_worker={"CPU": 1}`` on a node with more CPUs than workers).
+training workers (e.g. ``resources_per_worker={"CPU": 1}`` on a node with more CPUs than workers), or
+pass ``engine="pyarrow"`` to read the same files inside the worker process without extra tasks.
 
 For the plain Ray Train pattern, ``split_dataset(path, "train")`` returns a ``ray.data.Dataset`` to pass
 as ``TorchTrainer(datasets={"train": ...})``; workers then use ``ray.train.get_dataset_shard``.
@@ -29,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from mcrlab.config import ConfigError
 from mcrlab.data.base import SPLITS, Split
@@ -106,19 +110,44 @@ def split_dataset(path: str | Path, split: str = "train"):
     return _read(files, split, [*meta.modalities, "label", "split"])
 
 
+def _pyarrow_batches(files: list[Path], split: str, columns: list[str], batch_size: int,
+                     rng: np.random.Generator | None) -> Iterator[pa.Table]:
+    """The same rows as the Ray Data engine, read in this process: file by file, rows of ``split``
+    (permuted within each file when ``rng`` is given), re-cut into batches of ``batch_size``."""
+    carry: pa.Table | None = None
+    for f in files:
+        t = pq.read_table(f, columns=columns)
+        t = t.filter(pc.equal(t.column("split"), split))
+        if rng is not None:
+            t = t.take(pa.array(rng.permutation(t.num_rows)))
+        carry = t if carry is None else pa.concat_tables([carry, t])
+        while carry.num_rows >= batch_size:
+            yield carry.slice(0, batch_size)
+            carry = carry.slice(batch_size)
+    if carry is not None and carry.num_rows:
+        yield carry
+
+
 def shard_iterator(path: str | Path, split: str = "train", rank: int = 0, world_size: int = 1,
                    batch_size: int = 64, seed: int = 0, epoch: int = 0, *, equalize: bool = True,
-                   shuffle: bool = True) -> Iterator[ShardBatch]:
+                   shuffle: bool = True, engine: str = "ray") -> Iterator[ShardBatch]:
     """Stream rank ``rank``'s share of ``split`` in batches of ``batch_size`` (last one may be shorter).
 
-    Shuffling (file order and a local buffer) is seeded by ``seed`` and ``epoch``. With ``equalize``
-    every rank yields exactly ``min(rows per rank)`` rows, hence the same number of batches.
-    Bad data raises the same ConfigErrors as the local reader, naming ``path``.
+    ``engine="ray"`` reads with ``ray.data.read_parquet`` (needs a running Ray and a free CPU for its
+    read tasks); ``engine="pyarrow"`` reads the same files in this process (no extra tasks; the choice
+    for small shards or a CPU-starved worker). Both yield the same rows; the shuffled order differs.
+    Shuffling (file order, then a local buffer or a per-file permutation) is seeded by ``seed``,
+    ``epoch`` and ``rank``. With ``equalize`` every rank yields exactly ``min(rows per rank)`` rows,
+    hence the same number of batches. Bad data raises the local reader's ConfigErrors, naming ``path``.
     """
+    if world_size < 1:
+        raise ConfigError(f"world_size: must be >= 1, got {world_size}")
     if not 0 <= rank < world_size:
         raise ConfigError(f"rank: must be in [0, world_size={world_size}), got {rank}")
     if batch_size < 1:
         raise ConfigError(f"batch_size: must be >= 1, got {batch_size}")
+    if engine not in ("ray", "pyarrow"):
+        raise ConfigError(f"engine: must be 'ray' or 'pyarrow', got {engine!r}")
     per_rank, rows = assign_files(path, split, world_size)
     files = per_rank[rank]
     meta = _checked_meta(files)
@@ -129,11 +158,15 @@ def shard_iterator(path: str | Path, split: str = "train", rank: int = 0, world_
     limit = min(rows) if equalize else rows[rank]
     has_id = all("sample_id" in read_meta(f)[0].names for f in files)
     columns = [*meta.modalities, "label", "split", *(["sample_id"] if has_id else [])]
-    ds = _read(files, split, columns)
-    shuffle_args = ({"local_shuffle_buffer_size": max(4 * batch_size, 256),
-                     "local_shuffle_seed": int(rng.integers(2**31))} if shuffle else {})
+    if engine == "ray":
+        shuffle_args = ({"local_shuffle_buffer_size": max(4 * batch_size, 256),
+                         "local_shuffle_seed": int(rng.integers(2**31))} if shuffle else {})
+        tables = _read(files, split, columns).iter_batches(batch_size=batch_size, batch_format="pyarrow",
+                                                            **shuffle_args)
+    else:
+        tables = _pyarrow_batches(files, split, columns, batch_size, rng if shuffle else None)
     seen = 0
-    for table in ds.iter_batches(batch_size=batch_size, batch_format="pyarrow", **shuffle_args):
+    for table in tables:
         if seen >= limit:
             break
         table = table.slice(0, limit - seen)
@@ -146,10 +179,10 @@ def shard_iterator(path: str | Path, split: str = "train", rank: int = 0, world_
 
 
 def load_rank_split(path: str | Path, split: str = "train", rank: int = 0, world_size: int = 1,
-                    seed: int = 0) -> Split:
+                    seed: int = 0, engine: str = "ray") -> Split:
     """Materialise rank ``rank``'s full share of ``split`` (unshuffled, every row) as a ``Split``."""
     batches = list(shard_iterator(path, split, rank, world_size, batch_size=4096, seed=seed,
-                                  equalize=False, shuffle=False))
+                                  equalize=False, shuffle=False, engine=engine))
     if not batches:
         raise ConfigError(f"{path}: split '{split}' has no rows for rank {rank}")
     m = len(batches[0].x)
