@@ -341,7 +341,8 @@ def test_equal_tuning_budget_runs_a_sweep_per_arm(ray_local, mlflow_uri, tmp_pat
 
     from mcrlab.ablation_runner import run_ablation
 
-    raw = {**TINY, "name": "tuned", "seeds": [0, 1], "tune": {**TUNE, "params": {"train.lr": TUNE["params"]["train.lr"]}}}
+    raw = {**TINY, "name": "tuned", "seeds": [0, 1], "arms": {"no_game": {"method.lambda_m": 0.0}},
+           "tune": {**TUNE, "params": {"train.lr": TUNE["params"]["train.lr"]}}}
     raw["base"] = {**TINY["base"], "train": {**TINY["base"]["train"], "epochs": 1}}
     spec = load_spec(write_spec(tmp_path, raw))
     out = run_ablation(spec, mlflow_uri, storage_path=tmp_path)

@@ -208,7 +208,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = sub.add_parser(
         "compare", help="compare arms over seeds and datasets: tables with CI, paired tests, ranks, plots",
-        description="Per metric, a table of arms x datasets: mean, std, 95%% t-interval over seeds; the "
+        description="Per metric, a table of arms x datasets: mean, std, 95% t-interval over seeds; the "
                     "difference to the base arm with a paired t-test (or Wilcoxon) over matched seeds, Holm-"
                     "corrected, with Cohen's d_z; average ranks and the Friedman test across datasets. "
                     "Refuses when arms do not share the same seeds.")

@@ -99,7 +99,8 @@ def _trainable(spec: AblationSpec, cells_payload: list[dict], storage: Path):
                                    {"cpu": r.cpus, "gpu": r.gpus})
     fn = tune.with_parameters(data_parallel_cell, cells=cells_payload, workers=r.workers, cpus=r.cpus,
                               gpus=r.gpus, storage_path=str(storage / "ray_train"), ablation_id=spec.ablation_id)
-    return tune.with_resources(fn, {"cpu": 0})
+    # a trial must request something (an empty request raises "zero bundles" on Ray 2.60): a sliver of CPU
+    return tune.with_resources(fn, {"cpu": 0.01})
 
 
 def _max_concurrent(spec: AblationSpec) -> int | None:
