@@ -48,6 +48,24 @@ def test_fast_game_equals_literal_reference(fusion, in_dims, k, ref, pert_kind, 
     torch.testing.assert_close(fast.detach(), -0.3 * (1 + k * (M - 1)) * d.sum(), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("k", STRATEGIES)
+@pytest.mark.parametrize("ref", ["same", "full"])
+@pytest.mark.parametrize("pert_kind", ["permute", "noise"])
+def test_generic_head_rerun_game_equals_reference(k, ref, pert_kind):
+    """The whole-head re-run (used for heads without a linear first layer), forced on late fusion."""
+    model = tiny_net("late", (4, 3, 2))
+    xs, _ = random_batch((4, 3, 2))
+    out = model(xs)
+    pert = draw_perturbation(pert_kind, 3, out.z, torch.Generator().manual_seed(4))
+    kw = dict(lambda_m=0.3, k=k, reference_grad=ref, path="general")
+    fast, _ = game_term(out, model.fusion, pert, **kw)
+    slow = game_term_reference(out, model.fusion, pert, **kw)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
+    params = list(model.parameters())
+    for a, b in zip(_grads(fast, params), _grads(slow, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
 def _d_terms(model: MultimodalNet, out: ForwardOutput, pert, q_live: set[int], p_live: set[int],
              kind: str = "jsd") -> torch.Tensor:
     """D_j (M,) with explicit detach sets for q's and p's branches; bias / head detached; loops."""

@@ -36,8 +36,8 @@ from torch.func import functional_call
 
 from mcrlab.mcr.divergence import divergence as _divergence
 from mcrlab.mcr.divergence import mean_divergence, permuted_mean_divergence
-from mcrlab.mcr.perturb import Perturbation
-from mcrlab.mcr.unique import can_use_fast_path, fusion_weight
+from mcrlab.mcr.perturb import Perturbation, permute_rows
+from mcrlab.mcr.unique import can_use_fast_path, fusion_weight, split_head
 from mcrlab.models.net import ForwardOutput
 
 __all__ = ["STRATEGY_K", "coefficients", "game_term", "game_term_reference"]
@@ -88,32 +88,61 @@ def _game_divergences_fast(out: ForwardOutput, fusion: nn.Module, pert: Perturba
                            divergence: str, reference_grad: str) -> torch.Tensor:
     """D_j (M,) with gradient sum_m c_mj dD_j/dl_m, from the contributions: O(M*S*B*C)."""
     L = torch.stack(out.contribs)  # (M, B, C)
-    M = L.shape[0]
-    c = coefficients(M, k, dtype=L.dtype, device=L.device)
-    Ld = L.detach()
-    delta = L - Ld  # zero-valued; carries each branch's gradient
-    Fd = out.fused.detach()  # (B, C) clean logits incl. bias; the bias never gets a gradient here
-    Fj = Fd + torch.einsum("mj,mbc->jbc", c, delta)  # (M, B, C): row j = sum_m l_m' + b for D_j
+    weights = [fusion_weight(fusion, j) for j in range(L.shape[0])]
+    # out.fused includes the bias; detached, it never gets a gradient here
+    return _additive_divergences(L, out.fused.detach(), out.z, weights, None, pert, k, divergence,
+                                 reference_grad)
+
+
+def _additive_divergences(U: torch.Tensor, Fd: torch.Tensor, zs: list[torch.Tensor],
+                          weights: list[torch.Tensor | None], tail, pert: Perturbation, k: float,
+                          divergence: str, reference_grad: str) -> torch.Tensor:
+    """D_j (M,) when the head is tail(sum_m u_m + b): U (M, B, K) stacked u_m, Fd (B, K) = sum + b detached.
+
+    Late fusion: u_m = l_m, K = C, no tail. MLP head: u_m = W1_m z_m (hidden, K = H), tail = the rest.
+    """
+    M = U.shape[0]
+    c = coefficients(M, k, dtype=U.dtype, device=U.device)
+    Ud = U.detach()
+    delta = U - Ud  # zero-valued; carries each branch's gradient
+    Fj = Fd + torch.einsum("mj,mbk->jbk", c, delta)  # (M, B, K): row j = sum_m u_m' + b for D_j
     if reference_grad == "same":
         P = Fj
     else:  # "full": p is undetached in every term; term (m, j) weighs it by c_mj
         s = c.sum(0).view(M, 1, 1)  # (M, 1, 1): 1 + k(M-1)
-        P = Fd + s * (L.sum(0) - Ld.sum(0))
-    # c_jj = 1: modality j's own contribution enters D_j unscaled, so its perturbation can use l_j itself;
-    # q_j = (F_j' - l_j) + perturbed l_j.
+        P = Fd + s * (U.sum(0) - Ud.sum(0))
+    # c_jj = 1: modality j's own contribution enters D_j unscaled, so its perturbation can use u_j itself;
+    # q_j = (F_j' - u_j) + perturbed u_j.
+    if pert.kind == "permute" and tail is None:
+        return permuted_mean_divergence(P, Fj - U, U, pert.perms, divergence)
     if pert.kind == "permute":
-        return permuted_mean_divergence(P, Fj - L, L, pert.perms, divergence)
-    pq = torch.stack([pert.contribution(out.contribs[j], j, out.z[j], fusion_weight(fusion, j))
-                      for j in range(M)])  # (M, S', B, C)
-    return mean_divergence(P, (Fj - L).unsqueeze(1) + pq, divergence)
+        pq = permute_rows(U, pert.perms)  # (M, S, B, K)
+    else:
+        pq = torch.stack([pert.contribution(U[j], j, zs[j], weights[j]) for j in range(M)])  # (M, S', B, K)
+    Q = (Fj - U).unsqueeze(1) + pq
+    if tail is not None:
+        P, Q = tail(P), tail(Q)
+    return mean_divergence(P, Q, divergence)
 
 
 def _game_divergences_general(out: ForwardOutput, fusion: nn.Module, pert: Perturbation, k: float,
                               divergence: str, reference_grad: str) -> torch.Tensor:
-    """D_j (M,) with gradient sum_m c_mj dD_j/dz_m, re-running the (detached) head once on all
-    (j, s) at a time: latents stacked to (M, 1 + S', B, d_m), row 0 of axis 1 is the clean p."""
+    """D_j (M,) with gradient sum_m c_mj dD_j/dz_m; the head runs with detached parameters.
+
+    MLP head: the additive identity at its first layer (see ``split_head``). Other heads: re-run once on
+    all (j, s) at a time, latents stacked to (M, 1 + S', B, d_m), row 0 of axis 1 being the clean p.
+    """
     zs = out.z
     M = len(zs)
+    split = split_head(fusion, [z.shape[-1] for z in zs])
+    if split is not None:
+        ws, b, tail = split
+        ws = [w.detach() for w in ws]
+        tail_params = {n: p.detach() for n, p in tail.named_parameters()}
+        U = torch.stack([z @ w.T for z, w in zip(zs, ws, strict=True)])  # (M, B, H)
+        Fd = (U.sum(0) + b).detach()
+        return _additive_divergences(U, Fd, zs, ws, lambda x: functional_call(tail, tail_params, (x,)),
+                                     pert, k, divergence, reference_grad)
     head = _detached_head(fusion)
     S = pert.size
     c = coefficients(M, k, dtype=zs[0].dtype, device=zs[0].device)

@@ -10,7 +10,8 @@ both batched over all S at once (no Python loop over permutations):
   so q's logits are  l_m[pi_s] + sum_{j != m} l_j + b  =  fused - l_m + l_m[pi_s]:  O(S*B*C) work, no
   encoder or head pass. Noise needs W_m: fused - l_m + (z_m + eps*std) W_m^T.
 - GENERAL PATH (any fusion head accepting leading dims): re-run only the head on latents stacked to
-  (S, B, d), with modality m's row perturbed and the others broadcast.
+  (S, B, d), with modality m's row perturbed and the others broadcast. For the concat -> MLP head the
+  same identity holds at its first (linear) layer, so only the layers after it are re-run.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from torch import nn
 
 from mcrlab.mcr.divergence import mean_divergence, permuted_mean_divergence
 from mcrlab.mcr.perturb import Perturbation, draw_perturbation
+from mcrlab.models.fusion import MLPFusion
 from mcrlab.models.net import ForwardOutput
 
-__all__ = ["fast_perturbed_logits", "head_perturbed_logits", "unique_from_perturbation",
+__all__ = ["fast_perturbed_logits", "head_perturbed_logits", "split_head", "unique_from_perturbation",
            "unique_information", "can_use_fast_path", "fusion_weight"]
 
 
@@ -52,9 +54,30 @@ def fast_perturbed_logits(fused: torch.Tensor, contribs: list[torch.Tensor], m: 
     return (fused - l_m).unsqueeze(0) + pert.contribution(l_m, m, z_m, weight)
 
 
+def split_head(fusion: nn.Module, dims: list[int]) -> tuple[list[torch.Tensor], torch.Tensor, nn.Module] | None:
+    """For an ``MLPFusion`` head, tail(W [z_1; ..; z_M] + b): (W_m (H, d_m) per modality, b (H,), tail).
+
+    Its first layer is linear in each latent, so perturbing z_m equals perturbing the hidden contribution
+    u_m = z_m W_m^T: the head re-run then costs O(S*B*H*(1 + C)) instead of O(S*B*sum(d)*H). None for
+    heads without that structure (they are re-run whole).
+    """
+    if not isinstance(fusion, MLPFusion) or not isinstance(fusion.net[0], nn.Linear):
+        return None
+    first = fusion.net[0]
+    if first.in_features != sum(dims):
+        return None
+    return list(first.weight.split(dims, dim=1)), first.bias, fusion.net[1:]
+
+
 def head_perturbed_logits(fusion: nn.Module, zs: list[torch.Tensor], m: int, pert: Perturbation
                           ) -> torch.Tensor:
     """q's logits for modality m by re-running only the head: zs M x (B, d_j) -> (S', B, C)."""
+    split = split_head(fusion, [z.shape[-1] for z in zs])
+    if split is not None:  # re-run only what follows the first (linear) layer
+        ws, b, tail = split
+        u = [z @ w.T for z, w in zip(zs, ws, strict=True)]  # M x (B, H)
+        rest = sum(u) + b - u[m]
+        return tail(rest.unsqueeze(0) + pert.contribution(u[m], m, zs[m], ws[m]))
     zm = pert.latent(zs[m], m)  # (S', B, d_m)
     lead = zm.shape[:-1]
     inputs = [zm if j == m else z.expand(*lead, z.shape[-1]) for j, z in enumerate(zs)]
