@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mcrlab import stats  # noqa: E402
 from mcrlab.report import Report, seed_interval, slug  # noqa: E402
@@ -173,6 +174,11 @@ def plot_modalities(rep: Report, dataset: str, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, n_panels, figsize=(4.2 * n_panels, 3.6), squeeze=False)
     for ax, (prefix, title) in zip(axes[0], panels, strict=False):
         _grouped_bars(ax, df, prefix, arms, colors)
+        if prefix == "test/probe/":  # the weak modality: the lowest probe accuracy under the base arm
+            probe = df[df["metric"].str.startswith(prefix) & (df["arm"] == (arms[0] if arms else ""))]
+            if not probe.empty:
+                weak = probe.groupby("metric")["value"].mean().idxmin()[len(prefix):]
+                title += f" (weak: {weak})"
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("accuracy (mean, 95% CI)", fontsize=8)
     if hist is not None and not hist.empty:
@@ -189,6 +195,7 @@ def plot_modalities(rep: Report, dataset: str, path: Path) -> Path | None:
                         label=f"{arm} / {mod}", linewidth=1.2)
         ax.set_title("val D_m per epoch (seed mean; style = modality)", fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, ncol=1 + len(arms) // 6)
     if panels:
