@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -93,6 +94,22 @@ class DefineByRun:
         return compile_space(self.space)(trial)
 
 
+def check_storage(run_folder: Path) -> None:
+    """The run folder must be a directory we can write to (created if missing): a path that is a file,
+    lies under a file, is read-only or on a full disk fails with a ConfigError naming --storage."""
+    import tempfile
+
+    try:
+        run_folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_folder) as probe:  # a full disk or read-only mount shows here
+            probe.write(b"mcrlab")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        raise ConfigError(f"--storage: cannot use {run_folder} as the run folder: "
+                          f"{err.strerror or type(err).__name__}") from None
+
+
 def _new_sweep_id(space: SearchSpace) -> str:
     return f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -128,6 +145,7 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
             raise ConfigError("--num-samples: must be >= 1")
         space = _with_samples(space, num_samples)
     run_folder = Path(storage_path or DEFAULT_RUN_FOLDER).expanduser().resolve()
+    check_storage(run_folder)  # an unusable run folder fails here, before the store or Ray are touched
     sweeps = run_folder / "sweeps"
     uri = resolve_tracking_uri(tracking_uri, run_folder)
     check_tracking(uri)  # before anything starts: an unreachable server fails in seconds
