@@ -60,6 +60,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     from mcrlab.data import load_dataset
 
+    if args.checkpoint_dir:  # an unwritable checkpoint folder fails now, not after the first epoch
+        from mcrlab.tune.runner import check_storage
+
+        check_storage(Path(args.checkpoint_dir).expanduser().resolve(), "--checkpoint-dir")
     try:  # a bad data.name names the file (or override) it came from, before any training starts
         dataset = load_dataset(cfg.data)
     except ConfigError as err:
@@ -123,7 +127,7 @@ def _command_modules() -> list:
     import importlib
 
     names = ["mcrlab.tune.commands", "mcrlab.tune.check", "mcrlab.ablation_commands", "mcrlab.data.commands",
-             "mcrlab.cluster_commands"]
+             "mcrlab.cluster_commands", "mcrlab.reproduce"]
     out = []
     for name in names:
         try:

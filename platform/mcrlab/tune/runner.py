@@ -94,9 +94,9 @@ class DefineByRun:
         return compile_space(self.space)(trial)
 
 
-def check_storage(run_folder: Path) -> None:
+def check_storage(run_folder: Path, flag: str = "--storage") -> None:
     """The run folder must be a directory we can write to (created if missing): a path that is a file,
-    lies under a file, is read-only or on a full disk fails with a ConfigError naming --storage."""
+    lies under a file, is read-only or on a full disk fails with a ConfigError naming ``flag``."""
     import tempfile
 
     try:
@@ -106,7 +106,7 @@ def check_storage(run_folder: Path) -> None:
             probe.flush()
             os.fsync(probe.fileno())
     except OSError as err:
-        raise ConfigError(f"--storage: cannot use {run_folder} as the run folder: "
+        raise ConfigError(f"{flag}: cannot use {run_folder} as a folder to write to: "
                           f"{err.strerror or type(err).__name__}") from None
 
 
