@@ -8,7 +8,6 @@ mount in the test sandbox. A read-only file system is: /sys, where the machine h
 from __future__ import annotations
 
 import http.server
-import os
 import socket
 import sys
 import threading
@@ -109,15 +108,19 @@ def _bad_storage(tmp: Path) -> dict[str, Path]:
     a_file.write_text("not a folder")
     cases = {"is a file": a_file, "under a file": a_file / "runs"}
     if _read_only("/sys"):
-        cases["read-only file system"] = Path("/sys/mcrlab-runs")
+        cases["refused by the file system"] = Path("/sys/mcrlab-runs")
     return cases
 
 
 def _read_only(path: str) -> bool:
+    """Whether nothing can be created under ``path`` (a read-only mount, or sysfs refusing mkdir)."""
+    probe = Path(path) / "mcrlab-probe"
     try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+        probe.mkdir()
     except OSError:
-        return False
+        return True
+    probe.rmdir()
+    return False
 
 
 @pytest.mark.parametrize("separate_tracking", [False, True], ids=["default-store", "own-store"])
