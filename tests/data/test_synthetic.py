@@ -74,7 +74,7 @@ def test_shapes_splits_and_types(name):
     c = d.meta["ceilings"]
     assert set(c) == {"best_unimodal", "late_fusion", "full_fusion"}
     assert set(d.meta["unimodal_ceilings"]) == set(d.modalities)
-    json.dumps(d.meta)  # metadata is plain data (goes to MLflow as-is)
+    json.dumps(d.meta, allow_nan=False)  # metadata is plain, strict JSON (goes to MLflow as-is)
 
 
 def test_same_seed_same_data_other_seed_other_data():
@@ -256,3 +256,54 @@ def test_ceilings_do_not_depend_on_the_seed_and_are_cached():
     b = make_synthetic("balanced", seed=9).meta["ceilings"]
     assert a == b
     assert compute_ceilings.cache_info().hits > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# trained models (slow): the competition phenomenon and approach to the ceilings
+
+
+def _fit(preset: str, seed: int, *overrides: str) -> dict:
+    from mcrlab.config import load_config
+    from mcrlab.train import fit
+
+    cfg = load_config(None, [f"data.name=synthetic:{preset}", f"data.seed={seed}", f"train.seed={seed}",
+                             "train.device=cpu", "train.probe_epochs=0", *overrides])
+    return fit(cfg)
+
+
+@pytest.mark.slow
+def test_competition_joint_training_falls_behind_the_ensemble():
+    """The phenomenon MCR exists for, at the config defaults (MLP encoders 64x2, latent 32, 30 epochs):
+    joint training clearly below the ensemble of separately trained unimodal models, on every seed."""
+    gaps = []
+    for seed in (0, 1, 2):
+        joint = _fit("competition", seed, "method.name=joint")["test/acc"]
+        ens = _fit("competition", seed, "method.name=ensemble")["test/acc"]
+        gaps.append(ens - joint)
+    assert min(gaps) > 0.01, gaps
+    assert float(np.mean(gaps)) > 0.025, gaps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset,overrides,ceiling", [
+    ("redundant", ("method.name=joint",), "late_fusion"),
+    ("redundant", ("method.name=unimodal", "method.modality=1"), "m1"),
+    ("synergy", ("method.name=joint", "model.fusion=mlp"), "full_fusion"),
+])
+def test_a_well_trained_model_approaches_its_ceiling(preset, overrides, ceiling):
+    """With ample data (8000 samples) a trained model lands within 3 points of the matching ceiling
+    (test set of 2000: one standard error is about 1 point)."""
+    meta = make_synthetic(preset, seed=0).meta
+    target = meta["ceilings"].get(ceiling, meta["unimodal_ceilings"].get(ceiling))
+    acc = _fit(preset, 0, "data.n_train=8000", "train.epochs=15", "train.batch_size=128", "train.lr=0.003",
+               *overrides)["test/acc"]
+    assert target - 0.03 <= acc <= target + 0.02, (acc, target)
+
+
+@pytest.mark.slow
+def test_late_fusion_cannot_reach_full_fusion_on_synergy():
+    meta = make_synthetic("synergy", seed=0).meta
+    acc = _fit("synergy", 0, "data.n_train=8000", "train.epochs=15", "train.batch_size=128", "train.lr=0.003",
+               "method.name=joint", "model.fusion=late")["test/acc"]
+    assert acc <= meta["ceilings"]["late_fusion"] + 0.02
+    assert acc < meta["ceilings"]["full_fusion"] - 0.05

@@ -211,7 +211,8 @@ def make_synthetic(preset: str, seed: int, n_train: int = 0, num_modalities: int
         "ceilings": {"best_unimodal": c["best_unimodal"], "late_fusion": c["late_fusion"],
                      "full_fusion": c["full_fusion"]},
         "unimodal_ceilings": dict(zip(names, c["unimodal"])),
-        "type_ceilings": {k: dict(zip(types, v)) for k, v in c["by_type"].items()},
+        # per information type; types the preset never draws are left out
+        "type_ceilings": {k: {t: a for t, a in zip(types, v) if a == a} for k, v in c["by_type"].items()},
     }
     return MultimodalDataset(name=f"synthetic:{preset}", modalities=names, num_classes=2, splits=splits,
                              info_types=types, meta=meta)
