@@ -155,7 +155,9 @@ class _PermutedMeanDivergence(torch.autograd.Function):
         M, C = contrib.shape[0], contrib.shape[2]
         pt = p_logits.transpose(1, 2).unsqueeze(2).contiguous()  # (M, C, 1, B)
         ct = contrib.transpose(1, 2).contiguous()  # (M, C, B)
-        qt = ct.index_select(2, perms.reshape(-1)).view(M, C, S, B)
+        # q[m, c, s, i] = contrib[m, c, pi_s(i)] + rest[m, c, i] (a gather along the last axis is the
+        # fastest way to apply S permutations in this layout)
+        qt = torch.gather(ct.unsqueeze(2).expand(M, C, S, B), 3, perms.expand(M, C, S, B))
         qt += rest.transpose(1, 2).unsqueeze(2)
         val, saved = _core_forward(kind, pt, qt)
         ctx.kind = kind
@@ -168,7 +170,7 @@ class _PermutedMeanDivergence(torch.autograd.Function):
         S, B = perms.shape
         dp, dq = _core_backward(ctx.kind, saved, grad, S, B)  # dq: (M, C, S, B)
         # contrib[k] reaches q[s, i] for pi_s(i) = k: gather through the inverse permutations
-        inv = inverse_permutations(perms, flat=True)
-        d_contrib = dq.flatten(2).index_select(2, inv.reshape(-1)).view_as(dq).sum(2)
+        inv = inverse_permutations(perms)
+        d_contrib = torch.gather(dq, 3, inv.expand_as(dq)).sum(2)
         return (dp.squeeze(2).transpose(1, 2), dq.sum(2).transpose(1, 2), d_contrib.transpose(1, 2),
                 None, None)
