@@ -45,10 +45,16 @@ def contrastive_loss(embeddings: list[torch.Tensor], labels: torch.Tensor, tempe
     """
     if bound not in SHARED_BOUNDS:
         raise ValueError(f"unknown shared bound {bound!r}; choose from {SHARED_BOUNDS}")
-    M, B = len(embeddings), labels.shape[0]
     e = torch.cat(embeddings)
-    if e.dtype in (torch.float16, torch.bfloat16):  # similarities / tau overflow bf16's precision
+    if e.dtype in (torch.float16, torch.bfloat16):  # similarities / tau need more than bf16's precision
         e = e.float()
+    with torch.autocast(e.device.type, enabled=False):  # keep the N x N matmul in e's precision
+        return _nt_xent(e, labels, len(embeddings), temperature, bound, num_classes)
+
+
+def _nt_xent(e: torch.Tensor, labels: torch.Tensor, M: int, temperature: float, bound: str,
+             num_classes: int | None) -> torch.Tensor:
+    B = labels.shape[0]
     e = F.normalize(e, dim=-1) * temperature ** -0.5  # (N, D); e_a . e_c = s_ac / tau
     sim = e @ e.T  # (N, N); the matmul's backward needs only e, so the diagonal may be overwritten
     sim.fill_diagonal_(float("-inf"))
