@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = ["TrialSpec", "Backend", "SingleProcess", "DataParallel", "pick_backen
            "NAMESPACE", "max_iterations"]
 
 NAMESPACE = "mcrlab"  # Ray namespace of the sweep's named actors (rung boards)
+NONFINITE = "nonfinite_loss"  # result key of a trial stopped by a NaN/inf loss (never retried)
 
 
 def max_iterations(space: SearchSpace, dataset: str) -> int:
@@ -95,8 +97,10 @@ class DataParallel(Backend):
 
         fn = tune.with_parameters(data_parallel_trial, spec=spec, workers=self.workers, cpus=self.cpus,
                                   gpus=self.gpus)
-        # the driving function only waits on the TorchTrainer: it must not hold a CPU the workers need
-        return tune.with_resources(fn, {"cpu": 0})
+        # the driving function only waits on the TorchTrainer: it must not hold a CPU the workers need.
+        # An all-zero request is refused by Tune ("empty head and zero worker bundles"), so it asks for
+        # one byte of memory instead, which every node has.
+        return tune.with_resources(fn, {"cpu": 0, "memory": 1})
 
 
 def pick_backend(space: SearchSpace) -> Backend:
@@ -121,10 +125,18 @@ def single_process_trial(config: dict, spec: TrialSpec) -> None:
         else:
             tune.report(metrics)
 
+    from mcrlab.train import NonFiniteLoss
+
     checkpoint = tune.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else contextlib.nullcontext()) as resume_from:
-        run_seeds(spec.configs(config), metric=spec.space.metric, score=spec.score, report=report,
-                  checkpoint_dir=tempfile.mkdtemp(prefix="mcrlab-trial-"), resume_from=resume_from)
+        try:
+            run_seeds(spec.configs(config), metric=spec.space.metric, score=spec.score, report=report,
+                      checkpoint_dir=tempfile.mkdtemp(prefix="mcrlab-trial-"), resume_from=resume_from)
+        except NonFiniteLoss as err:
+            # tell the driver why before failing: the recorder tags the reason and keeps Tune from
+            # retrying (a diverged run diverges again from its checkpoint; retries are for lost workers)
+            tune.report({NONFINITE: 1.0, "objective": math.nan, "error_reason": f"NonFiniteLoss: {err}"})
+            raise
 
 
 def data_parallel_trial(config: dict, spec: TrialSpec, workers: int, cpus: float, gpus: float) -> None:

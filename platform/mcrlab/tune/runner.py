@@ -37,6 +37,8 @@ from mcrlab.tune.space import SearchSpace, compile_space, make_sampler, trial_co
 
 __all__ = ["run_sweep", "SweepResult", "StudyResult", "max_concurrent", "study_slug"]
 
+TRIAL_RETRIES = 2  # restarts of a trial whose process was lost, each from its last checkpoint
+
 
 @dataclass
 class StudyResult:
@@ -255,10 +257,12 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
     study_name = f"{sweep_id}/{slug}"
     max_t = max_iterations(space, dataset)
 
-    board = None
+    board, board_actor = None, None
     if space.scheduler.name == "asha" and backend.stops_inside_trial:
         board = f"rungs-{sweep_id}-{slug}"
-        ray.remote(num_cpus=0)(RungBoard).options(name=board, namespace=NAMESPACE, get_if_exists=True).remote(
+        # keep the handle until the study ends: a named actor without handles is garbage-collected
+        board_actor = ray.remote(num_cpus=0)(RungBoard).options(
+            name=board, namespace=NAMESPACE, get_if_exists=True).remote(
             space.scheduler.grace_period, space.scheduler.reduction_factor, max_t, space.mode,
             str(sweep_dir / f"rungs-{slug}.json"))
     spec = TrialSpec(space=space, dataset=dataset, sweep_id=sweep_id, storage_path=str(ray_dir / "train"),
@@ -288,11 +292,18 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                                         max_concurrent_trials=concurrency),
             run_config=tune.RunConfig(
                 name=slug, storage_path=str(ray_dir), callbacks=cbs, verbose=0,
+                # a trial whose process dies (lost worker, OOM kill, node loss) restarts from its last
+                # checkpoint; a NaN/inf trial is not retried (the recorder sees its flag first)
+                failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
                                                         checkpoint_score_order=space.mode),
             ),
         )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:
+        if board_actor is not None:
+            ray.kill(board_actor)
     return _summarise(space, dataset, grid, tracker, study_run, study_name, optuna_storage)
 
 
