@@ -2,7 +2,7 @@
 
 Fast tests (default suite): token discovery, process-group stop, refusal of secrets and of a second
 cluster, CLI exit codes. The integration test (marked integration + slow, run in CI) starts a real Ray
-head and a real `mlflow server` as separate processes on 127.0.0.1 with token authentication ON, submits a
+head, a second Ray node and a real `mlflow server` as separate processes on 127.0.0.1 with token authentication ON, submits a
 smoke sweep from separate client processes (`mcrlab submit` and the documented `ray job submit`), and checks
 the job status, the runs in the MLflow server, a bad spec's FAILED job with its clear error, that the
 runtime env ships the package, that a client without the token is refused, and that the dashboard and
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -135,6 +136,23 @@ def test_cli_status_down_and_submit_errors(tmp_path, monkeypatch, capsys):
     assert "not a job API address" in capsys.readouterr().err
 
 
+def test_submit_dry_run_prints_the_equivalent_ray_job_submit(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "s3cr3t-token-value")
+    monkeypatch.chdir(ROOT / "jobs")  # any directory of the checkout
+    assert main(["submit", "sweep", "--address", "http://10.1.2.3:8265", "--dry-run", "--submission-id", "s1",
+                 "search_spaces/default.yaml", "--storage", "/mnt/shared/x", "--", "--smoke"]) == 0
+    argv = shlex.split(capsys.readouterr().out)
+    assert argv[1:9] == ["job", "submit", "--address", "http://10.1.2.3:8265", "--submission-id", "s1",
+                         "--runtime-env-json", argv[8]]
+    env = json.loads(argv[8])
+    assert env["working_dir"] == str(ROOT) and env["py_modules"] == [str(ROOT / "platform" / "mcrlab")]
+    assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow.example:5000"
+    assert argv[argv.index("--") + 1:] == ["python", "jobs/sweep.py", "search_spaces/default.yaml", "--storage",
+                                           "/mnt/shared/x", "--smoke"]
+    assert "s3cr3t" not in " ".join(argv)
+
+
 # --------------------------------------------------------------------------------------------------
 # integration: real Ray head + real MLflow server, jobs submitted from separate client processes
 
@@ -162,8 +180,9 @@ def local_cluster(tmp_path_factory):
     state = tmp_path_factory.mktemp("cluster")
     # Auth stays ON here (conftest's RAY_AUTH_MODE=disabled is for the in-process fixture only); no worker
     # prestart keeps start-up light on 2 cores.
-    local = cluster.start(state, num_cpus=2, extra_env={"RAY_enable_worker_prestart": "0", "OMP_NUM_THREADS": "1"},
-                          timeout=240)
+    # A head and a second node with one CPU each: trials may land on either, as on a real cluster.
+    local = cluster.start(state, num_cpus=1, worker_cpus=1, timeout=240,
+                          extra_env={"RAY_enable_worker_prestart": "0", "OMP_NUM_THREADS": "1"})
     try:
         yield local
     finally:
@@ -180,6 +199,8 @@ def _job_status_and_logs(local: cluster.LocalCluster, sid: str) -> tuple[str, st
 @pytest.mark.integration
 @pytest.mark.slow
 def test_services_bind_loopback_and_refuse_clients_without_the_token(local_cluster):
+    assert cluster._alive_nodes(local_cluster.address, cluster.auth_headers(local_cluster.token_path)) == 2
+    assert {s.name for s in local_cluster.services} == {"mlflow", "ray-head", "ray-worker"}
     for url in (local_cluster.address, local_cluster.tracking_uri):
         port = int(url.rsplit(":", 1)[1])
         assert _listening_addresses(port) == {"0100007F"}, f"{url} listens beyond 127.0.0.1"
@@ -196,23 +217,38 @@ def test_services_bind_loopback_and_refuse_clients_without_the_token(local_clust
 @pytest.mark.slow
 def test_submitted_sweep_succeeds_and_its_runs_are_in_the_mlflow_server(local_cluster, tmp_path):
     import mlflow
+    import yaml
 
+    # The shipped default space, cut to one dataset and a small training set (the smoke switch does the rest).
+    space = yaml.safe_load((ROOT / "search_spaces" / "default.yaml").read_text())
+    space["datasets"] = space["datasets"][:1]
+    space["base"].setdefault("data", {})["n_train"] = 512
+    space_file = tmp_path / "tiny.yaml"
+    space_file.write_text(yaml.safe_dump(space))
     sid = f"it-sweep-{os.getpid()}"
     env = _ray_env(local_cluster)
     env.pop("RAY_AUTH_TOKEN_PATH")  # `mcrlab submit` must find the token itself (from the state dir)
     env.pop("RAY_AUTH_MODE")
     cmd = [sys.executable, "-m", "mcrlab.cli", "submit", "sweep", "--state-dir", local_cluster.state_dir,
            "--submission-id", sid, "--tracking-uri", local_cluster.tracking_uri,
-           "search_spaces/default.yaml", "--smoke", "--num-samples", "1", "--storage", str(tmp_path / "runs")]
+           str(space_file), "--smoke", "--num-samples", "1", "--storage", str(tmp_path / "runs")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     status, logs = _job_status_and_logs(local_cluster, sid)
     assert proc.returncode == 0, f"{proc.stderr[-3000:]}\n--- job logs ---\n{logs[-3000:]}"
     assert status == "SUCCEEDED"
     assert "SUCCEEDED" in proc.stderr and sid in proc.stderr
+    # The token is in no argument, runtime env or log of the job.
+    from ray.job_submission import JobSubmissionClient
+
+    token = Path(local_cluster.token_path).read_text().strip()
+    info = JobSubmissionClient(local_cluster.address, headers=cluster.auth_headers(local_cluster.token_path)) \
+        .get_job_info(sid)
+    assert token not in json.dumps(info.runtime_env) + info.entrypoint + logs + proc.stdout + proc.stderr
+    assert info.runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] == local_cluster.tracking_uri
     client = mlflow.MlflowClient(tracking_uri=local_cluster.tracking_uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               filter_string="tags.`mcrlab.kind` = 'trial'")
-    assert len(runs) >= 2, "one smoke trial per dataset of the default space"
+    assert len(runs) == 1, "one smoke trial"
     assert all(r.info.status == "FINISHED" and "val/acc" in r.data.metrics for r in runs)
     assert {r.data.tags.get("mcrlab.sweep_id") for r in runs} != {None}
 
@@ -234,9 +270,12 @@ def test_bad_spec_job_fails_with_the_clear_error_and_the_package_comes_from_the_
     assert "mcrlab: error:" in logs and "lamda_m" in logs and str(bad) in logs
     assert "Traceback" not in logs
 
-    # The same runtime env puts the shipped copy of platform/mcrlab first on the job's path.
+    # The same runtime env puts the shipped copy of platform/mcrlab first on the job's path, and the
+    # uploaded checkout (without the excluded local state) is the job's working directory.
     sid = f"it-pkg-{os.getpid()}"
-    probe = "import mcrlab.cli, os; print('MCRLAB_FROM', os.path.dirname(mcrlab.cli.__file__))"
+    probe = ("import mcrlab.cli, os; print('MCRLAB_FROM', os.path.dirname(mcrlab.cli.__file__)); "
+             "print('CWD_HAS', os.path.isfile('jobs/sweep.py'), os.path.isfile('search_spaces/default.yaml'), "
+             "os.path.isdir('.git'), os.path.isdir('.venv'))")
     cmd = [*cmd[:cmd.index("--")], "--", "python", "-c", probe]
     cmd[cmd.index("--submission-id") + 1] = sid
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -244,3 +283,4 @@ def test_bad_spec_job_fails_with_the_clear_error_and_the_package_comes_from_the_
     assert proc.returncode == 0 and status == "SUCCEEDED", logs[-2000:]
     where = next(line.split(" ", 1)[1] for line in logs.splitlines() if line.startswith("MCRLAB_FROM"))
     assert "runtime_resources" in where and not where.startswith(str(ROOT)), where
+    assert "CWD_HAS True True False False" in logs, logs[-2000:]

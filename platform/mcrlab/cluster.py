@@ -208,15 +208,15 @@ def _alive_nodes(address: str, headers: dict[str, str]) -> int:
 
 def start(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *, num_cpus: int | None = None,
           worker_cpus: int = 0, mlflow: bool = True, auth: bool = True, timeout: float = 180.0,
-          extra_env: dict[str, str] | None = None, head_attempts: int = 2) -> LocalCluster:
+          extra_env: dict[str, str] | None = None, head_attempts: int = 3) -> LocalCluster:
     """Start a Ray head (+ a second node with ``worker_cpus`` > 0) and an MLflow server on 127.0.0.1.
 
     ``auth=False`` is for tests only. The MLflow server stores runs in ``<state_dir>/mlflow.db`` and
     artifacts in ``<state_dir>/mlartifacts``; its URI is exported to every Ray process as
     MLFLOW_TRACKING_URI, so jobs log there by default (as on a real cluster, see infra/). MLflow and the
     head start in parallel (each takes tens of seconds on a busy machine). ``ray start`` gives its raylet
-    a fixed 30 s to register, which an overloaded machine can miss: the head is retried
-    ``head_attempts`` times. On any failure everything started so far is stopped again.
+    a fixed 30 s to register, which an overloaded machine can miss: the head and the second node are
+    each tried ``head_attempts`` times. On any failure everything started so far is stopped again.
     """
     sdir = Path(state_dir).resolve()
     sdir.mkdir(parents=True, exist_ok=True)
@@ -252,25 +252,12 @@ def start(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *, num_cpus: int | N
             ml_svc.url = cluster.tracking_uri
             cluster.services.append(ml_svc)
             env["MLFLOW_TRACKING_URI"] = cluster.tracking_uri
-        for attempt in range(1, head_attempts + 1):
-            try:
-                _start_head(cluster, env, headers, num_cpus, timeout)
-                break
-            except ClusterError:
-                if attempt == head_attempts:
-                    raise
+        _retry(head_attempts, lambda: _start_head(cluster, env, headers, num_cpus, timeout))
         if ml_proc is not None:
             _wait_until("mlflow server", lambda: _http_ok(f"{cluster.tracking_uri}/health") is not None,
                         ml_proc, ml_svc.log, timeout)
         if worker_cpus > 0:
-            node = [_executable("ray"), "start", "--block", "--address", cluster.gcs_address,
-                    "--node-ip-address", LOOPBACK, "--num-cpus", str(worker_cpus), "--temp-dir", ray_tmp,
-                    "--disable-usage-stats", *_ray_ports()]
-            svc, proc = _spawn("ray-worker", node, env, sdir)
-            cluster.services.append(svc)
-            cluster.save()
-            _wait_until("second ray node", lambda: _alive_nodes(cluster.address, headers) >= 2,
-                        proc, svc.log, timeout)
+            _retry(head_attempts, lambda: _start_worker(cluster, env, headers, worker_cpus, timeout))
     except BaseException as err:
         cluster.save()
         stop(sdir, remove_logs=False)
@@ -278,6 +265,33 @@ def start(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *, num_cpus: int | N
             raise ClusterError(f"{err}\n(Ray's own logs kept in {ray_tmp}/session_latest/logs)") from None
         raise
     return cluster
+
+
+def _retry(attempts: int, fn) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except ClusterError:
+            if attempt == attempts:
+                raise
+
+
+def _start_worker(cluster: LocalCluster, env: dict[str, str], headers: dict[str, str], cpus: int,
+                  timeout: float) -> None:
+    """One attempt at a second node on this machine, joining the head's GCS."""
+    node = [_executable("ray"), "start", "--block", "--address", cluster.gcs_address, "--node-ip-address",
+            LOOPBACK, "--num-cpus", str(cpus), "--temp-dir", cluster.ray_temp_dir, "--disable-usage-stats",
+            *_ray_ports()]
+    cluster.services = [s for s in cluster.services if s.name != "ray-worker"]
+    svc, proc = _spawn("ray-worker", node, env, Path(cluster.state_dir))
+    cluster.services.append(svc)
+    cluster.save()
+    try:
+        _wait_until("second ray node", lambda: _alive_nodes(cluster.address, headers) >= 2,
+                    proc, svc.log, timeout)
+    except ClusterError:
+        _stop_service(svc, grace=5.0)
+        raise
 
 
 def _start_head(cluster: LocalCluster, env: dict[str, str], headers: dict[str, str],
@@ -343,8 +357,11 @@ def stop(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, grace: float = 10.0,
     for svc in reversed(cluster.services):
         _stop_service(svc, grace)
         stopped.append(svc.name)
-    if remove_logs:
+    for _ in range(5 if remove_logs else 0):  # killed processes may still be flushing their logs
         shutil.rmtree(cluster.ray_temp_dir, ignore_errors=True)
+        if not os.path.exists(cluster.ray_temp_dir):
+            break
+        time.sleep(0.5)
     (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
     if cluster.token_path:
         Path(cluster.token_path).unlink(missing_ok=True)

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -154,6 +155,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     token = cluster.discover_token(address, opts.state_dir)
     cmd = submit_command(cluster._executable("ray"), address, sid, runtime_env, JOB_SCRIPTS[opts.kind],
                          job_args, opts.no_wait, opts.entrypoint_num_gpus)
+    if opts.dry_run:
+        print(shlex.join(cmd))
+        return 0
     env = {**os.environ, **token.env}
     print(f"mcrlab: submitting {sid} to {address} (token: {token.origin})", file=sys.stderr, flush=True)
     rc = subprocess.call(cmd, env=env, cwd=root)
@@ -185,6 +189,7 @@ def _submit_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="job API address, http://HOST:8265 (default: RAY_API_SERVER_ADDRESS, "
                                      "then the local cluster of --state-dir)")
     p.add_argument("--no-wait", action="store_true", help="submit and return; do not stream logs")
+    p.add_argument("--dry-run", action="store_true", help="print the `ray job submit` command and exit")
     p.add_argument("--runtime-env", help=f"runtime env YAML (default: {RUNTIME_ENV})")
     p.add_argument("--tracking-uri", help="MLflow URI for the job (default: MLFLOW_TRACKING_URI; a file or sqlite URI only to a local cluster)")
     p.add_argument("--submission-id", help="job id (default: mcrlab-KIND-DATE-RANDOM)")
