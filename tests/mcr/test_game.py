@@ -24,8 +24,7 @@ def _player_params(model: MultimodalNet, m: int) -> list[torch.Tensor]:
     return [p for mod in model.player_modules(m) for p in mod.parameters()]
 
 
-@pytest.mark.parametrize("fusion,in_dims", [("late", (4, 3)), ("mlp", (4, 3)), ("late", (4, 3, 2)),
-                                            ("mlp", (4, 3, 2))])
+@pytest.mark.parametrize("fusion,in_dims", [("late", (4, 3)), ("late", (4, 3, 2)), ("mlp", (4, 3, 2))])
 @pytest.mark.parametrize("k", STRATEGIES)
 @pytest.mark.parametrize("ref", ["same", "full"])
 @pytest.mark.parametrize("pert_kind,div", [("permute", "jsd"), ("permute", "kl"), ("permute", "mse"),
