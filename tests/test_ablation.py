@@ -326,7 +326,7 @@ def test_data_parallel_cells_run_on_ray_train(ray_local, mlflow_uri, tmp_path):
     """resources.workers > 1: each cell is a 2-worker TorchTrainer run, tracked like any other cell."""
     from mcrlab.ablation_runner import run_ablation
 
-    raw = {**TINY, "name": "dp", "seeds": [0], "resources": {"workers": 2, "cpus": 1}}
+    raw = {**TINY, "name": "dp", "seeds": [0], "resources": {"workers": 2, "cpus": 0.5}}
     raw["base"] = {**TINY["base"], "train": {**TINY["base"]["train"], "epochs": 1}}
     out = run_ablation(load_spec(write_spec(tmp_path, raw)), mlflow_uri, storage_path=tmp_path)
     assert sorted(out.ran) == [("base", "synthetic:competition", "0"), ("no_game", "synthetic:competition", "0")]

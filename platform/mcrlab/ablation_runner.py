@@ -34,6 +34,7 @@ from mcrlab.tracking import Tracker, lineage_tags
 __all__ = ["AblationOutcome", "run_ablation", "finished_cells", "cell_trainable", "ablation_run_id"]
 
 K = "mcrlab."
+DRIVER_CPU = 0.01  # what a data-parallel cell's Tune function holds besides its Train workers
 
 
 @dataclass
@@ -99,8 +100,9 @@ def _trainable(spec: AblationSpec, cells_payload: list[dict], storage: Path):
                                    {"cpu": r.cpus, "gpu": r.gpus})
     fn = tune.with_parameters(data_parallel_cell, cells=cells_payload, workers=r.workers, cpus=r.cpus,
                               gpus=r.gpus, storage_path=str(storage / "ray_train"), ablation_id=spec.ablation_id)
-    # a trial must request something (an empty request raises "zero bundles" on Ray 2.60): a sliver of CPU
-    return tune.with_resources(fn, {"cpu": 0.01})
+    # a trial must request something (an empty request raises "zero bundles" on Ray 2.60): a sliver of CPU,
+    # which _max_concurrent accounts for
+    return tune.with_resources(fn, {"cpu": DRIVER_CPU})
 
 
 def _max_concurrent(spec: AblationSpec) -> int | None:
@@ -110,7 +112,7 @@ def _max_concurrent(spec: AblationSpec) -> int | None:
     if r.workers == 1:
         return r.max_concurrent or None
     total = ray.cluster_resources()
-    fits = int(total.get("CPU", 0) // (r.workers * r.cpus))
+    fits = int(total.get("CPU", 0) // (r.workers * r.cpus + DRIVER_CPU))
     if r.gpus > 0:
         fits = min(fits, int(total.get("GPU", 0) // (r.workers * r.gpus)))
     if fits < 1:
