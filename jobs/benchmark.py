@@ -1,0 +1,425 @@
+# OMP_NUM_THREADS=1 python jobs/benchmark.py --json runs/benchmark.json          (CPU: ~10 min; GPU part when CUDA)
+# OMP_NUM_THREADS=1 python jobs/benchmark.py --smoke --json /tmp/bench.json      (< ~60 s: tiny sizes, every figure)
+# ray job submit --address http://127.0.0.1:8265 --runtime-env jobs/runtime_env.yaml --entrypoint-num-gpus 1 \
+#     -- python jobs/benchmark.py --json benchmark.json                        (on a cluster's GPU node)
+"""The platform's performance figures in one run, as ratios, each under a stable JSON name.
+
+Figures (``figures`` in the JSON; the CPU ones always, ``*_cuda_*`` only when CUDA is present):
+
+  mcr_over_joint_step_{late,mlp}_s{8,32}          MCR step time / joint step time, CPU, B=256 (wall clock;
+  mcr_over_joint_step_{late,mlp}_s{8,32}_cputime  and process time, robust to a loaded machine), measured
+                                                  by jobs/bench_step.py's ``bench`` (target <= 1.10)
+  mcr_over_joint_step_cuda_{late,mlp}_s{8,32}     the same on CUDA, MLP model (bench_step.bench)
+  mcr_over_joint_step_cuda_resnet_{late,mlp}_s{8,32}   two ResNet-18-like conv encoders (spectrogram
+                                                  1x128x128, frame 3x112x112), bf16 autocast, B=256
+  platform_over_bare_throughput                   samples/s of ``fit`` (dataset generation, per-epoch
+                                                  validation, final test metrics: everything) / samples/s
+                                                  of a bare PyTorch loop on the same model, data and batch
+  platform_over_bare_throughput_no_eval           the same with fit's evaluation time taken out (target >= 0.9)
+  fit_eval_share                                  fraction of fit's time spent evaluating
+  sweep_overhead_s_per_trial_single               (sweep wall - plain Optuna wall) / trials, single-process
+  sweep_overhead_s_per_trial_dp                   the same through data-parallel trials (2 Ray Train workers)
+  dp_startup_s                                    fit_distributed (2 workers) wall - in-process fit wall
+  dp_scaling_2w_over_1w                           training throughput of 2 Ray Train workers / 1 worker
+                                                  (fit's own time inside the workers, start-up excluded)
+
+The step and throughput parts run first (no Ray); the Ray parts reuse jobs/bench_sweep_overhead.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+HERE = Path(__file__).resolve().parent
+S_LIST = [8, 32]
+FUSIONS = ("late", "mlp")
+# every run reports these (CPU); the *_cuda_* figures come in addition when CUDA is present
+STABLE_FIGURES = (
+    *(f"mcr_over_joint_step_{f}_s{s}{t}" for f in FUSIONS for s in S_LIST for t in ("", "_cputime")),
+    "platform_over_bare_throughput", "platform_over_bare_throughput_no_eval", "fit_eval_share",
+    "sweep_overhead_s_per_trial_single", "sweep_overhead_s_per_trial_dp", "dp_startup_s", "dp_scaling_2w_over_1w")
+
+
+def _load(name: str):
+    """A sibling job script as a module (jobs/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_mcrlab_jobs_{name}", HERE / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. step time: MCR vs joint
+
+
+def step_ratios(smoke: bool, device: str) -> tuple[dict, dict]:
+    """bench_step.bench per fusion head: the MCR/joint ratios (wall and process time) and the raw table."""
+    import torch
+
+    bench_step = _load("bench_step")
+    width = {"hidden": 256, "depth": 2, "latent": 128, "fusion_hidden": 256}
+    batch, steps, warmup = 256, 40, 5
+    if smoke:
+        width = {"hidden": 16, "depth": 1, "latent": 8, "fusion_hidden": 16}
+        batch, steps, warmup = 32, 3, 1
+    figures, raw = {}, {}
+    tag = "" if device == "cpu" else "_cuda"
+    for fusion in FUSIONS:
+        res = bench_step.bench(torch.device(device), fusion, batch, steps, warmup, width, S_LIST)
+        raw[f"{device}_{fusion}"] = res
+        for s in S_LIST:
+            figures[f"mcr_over_joint_step{tag}_{fusion}_s{s}"] = res[f"mcr_S{s}"]["ratio_wall"]
+            if device == "cpu":
+                figures[f"mcr_over_joint_step_{fusion}_s{s}_cputime"] = res[f"mcr_S{s}"]["ratio_cpu"]
+    return figures, raw
+
+
+def _basic_block(cin: int, cout: int, stride: int):
+    import torch.nn as nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.b1 = nn.BatchNorm2d(cout)
+            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.b2 = nn.BatchNorm2d(cout)
+            self.down = None if stride == 1 and cin == cout else nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            idt = x if self.down is None else self.down(x)
+            return (self.b2(self.c2(self.b1(self.c1(x)).relu())) + idt).relu()
+
+    return Block()
+
+
+def resnet18_encoder(in_ch: int, out_dim: int, width: int = 64):
+    """A ResNet-18-shaped encoder (plain torch: torchvision is not a dependency): (B, in_ch, H, W) -> (B, out)."""
+    import torch.nn as nn
+
+    class Enc(nn.Module):
+        def __init__(self):
+            super().__init__()
+            w = width
+            layers = [nn.Conv2d(in_ch, w, 7, 2, 3, bias=False), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+            cin = w
+            for cout, stride in ((w, 1), (2 * w, 2), (4 * w, 2), (8 * w, 2)):
+                layers += [_basic_block(cin, cout, stride), _basic_block(cout, cout, 1)]
+                cin = cout
+            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, out_dim)]
+            self.net = nn.Sequential(*layers)
+            self.out_dim = out_dim
+
+        def forward(self, x):
+            return self.net(x)
+
+    return Enc()
+
+
+def conv_step_ratios(device: str, smoke: bool) -> dict:
+    """MCR/joint step time with two ResNet-18-like encoders (audio spectrogram + video frame), bf16 on CUDA."""
+    import torch
+    import torch.nn as nn
+
+    from mcrlab.config import ModelConfig
+    from mcrlab.methods import REGISTRY, StepContext
+    from mcrlab.methods.mcr import MCRParams
+    from mcrlab.models.net import MultimodalNet
+
+    dev = torch.device(device)
+    batch, steps, warmup, width, shapes = 256, 20, 3, 64, ((1, 128, 128), (3, 112, 112))
+    if smoke:
+        batch, steps, warmup, width, shapes = 8, 2, 1, 8, ((1, 32, 32), (3, 32, 32))
+    latent, classes = 8 * width, 10
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(batch, *s, generator=g).to(dev) for s in shapes]
+    y = torch.randint(0, classes, (batch,), generator=g).to(dev)
+    amp = dev.type == "cuda"
+    figures = {}
+    for fusion in FUSIONS:
+        runs = {}
+        for name, params in [("joint", None)] + [(f"mcr_S{s}", {"num_perms": s}) for s in S_LIST]:
+            torch.manual_seed(0)
+            model = MultimodalNet([latent, latent], classes, ModelConfig(fusion=fusion, latent=latent,
+                                                                         fusion_hidden=latent))
+            model.encoders = nn.ModuleList(resnet18_encoder(s[0], latent, width) for s in shapes)
+            model.to(dev)
+            method = REGISTRY["joint"](REGISTRY["joint"].Params(), model, classes) if params is None else \
+                REGISTRY["mcr"](MCRParams(**params), model, classes)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            ctx = StepContext(epoch=0, step=0, global_step=0, epochs=1, steps_per_epoch=1,
+                              generator=torch.Generator().manual_seed(0), device=dev, optimizer=opt)
+            runs[name] = (model, method, opt, ctx)
+        times: dict[str, list[float]] = {n: [] for n in runs}
+        for i in range(warmup + steps):
+            for name, (model, method, opt, ctx) in runs.items():  # round-robin, as bench_step
+                if amp:
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+                    res = method.training_step(model, xs, y, ctx)
+                if not res.backward_done:
+                    res.loss.backward()
+                opt.step()
+                if amp:
+                    torch.cuda.synchronize()
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - t0)
+        base = statistics.median(times["joint"])
+        tag = "cuda_resnet" if dev.type == "cuda" else "cpu_resnet"
+        for s in S_LIST:
+            figures[f"mcr_over_joint_step_{tag}_{fusion}_s{s}"] = statistics.median(times[f"mcr_S{s}"]) / base
+        figures[f"joint_step_ms_{tag}_{fusion}"] = base * 1e3
+    return figures
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. throughput: fit vs a bare loop
+
+
+def _throughput_config(smoke: bool):
+    from mcrlab.config import RunConfig
+
+    model = {"hidden": 256, "depth": 2, "latent": 128} if not smoke else {"hidden": 16, "depth": 1, "latent": 8}
+    return RunConfig.from_dict({
+        "data": {"name": "synthetic:imbalanced", "n_train": 512 if smoke else 8192},
+        "model": model, "method": {"name": "joint"},
+        "train": {"epochs": 1 if smoke else 4, "batch_size": 256, "device": "cpu", "probe_epochs": 0,
+                  "eval_perms": 1, "seed": 0}})
+
+
+def bare_loop(cfg) -> float:
+    """Seconds of a bare PyTorch loop: load the data, same model/optimizer/batches, CE on the fused logits."""
+    import torch
+    import torch.nn.functional as F
+
+    from mcrlab.data import load_dataset
+    from mcrlab.models import build_model
+
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.train.seed)
+    data = load_dataset(cfg.data)
+    tr = data.splits["train"]
+    xs = [torch.as_tensor(x, dtype=torch.float32) for x in tr.x]
+    y = torch.as_tensor(tr.y, dtype=torch.long)
+    model = build_model(data.dims, data.num_classes, cfg.model)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    b, n = cfg.train.batch_size, len(y)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    for _ in range(cfg.train.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for s in range(max(1, n // b)):
+            idx = perm[s * b:(s + 1) * b]
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model([x[idx] for x in xs]).fused, y[idx])
+            loss.backward()
+            opt.step()
+    return time.perf_counter() - t0
+
+
+def platform_fit(cfg) -> tuple[float, float]:
+    """(seconds of fit(cfg) loading its own data, seconds of it spent in evaluation)."""
+    import mcrlab.train as train
+
+    spent = [0.0]
+    originals = {name: getattr(train, name) for name in ("evaluate", "_final_metrics")}
+
+    def timed(fn):
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[0] += time.perf_counter() - t0
+        return wrapper
+
+    try:  # fit looks these up as module globals at call time: wrapping them times fit's evaluation
+        for name, fn in originals.items():
+            setattr(train, name, timed(fn))
+        t0 = time.perf_counter()
+        train.fit(cfg)
+        return time.perf_counter() - t0, spent[0]
+    finally:
+        for name, fn in originals.items():
+            setattr(train, name, fn)
+
+
+def throughput(smoke: bool) -> tuple[dict, dict]:
+    """Median over repeats, interleaved (bare, fit, bare, fit, ...) so load changes hit both alike."""
+    cfg = _throughput_config(smoke)
+    repeats = 1 if smoke else 3
+    bare_loop(cfg)  # warm-up: imports, allocator, data generation code paths
+    bare, fits, evals = [], [], []
+    for _ in range(repeats):
+        bare.append(bare_loop(cfg))
+        f, e = platform_fit(cfg)
+        fits.append(f)
+        evals.append(e)
+    tb, tf, te = statistics.median(bare), statistics.median(fits), statistics.median(evals)
+    samples = cfg.train.epochs * (cfg.data.n_train // cfg.train.batch_size) * cfg.train.batch_size
+    raw = {"samples": samples, "bare_s": bare, "fit_s": fits, "fit_eval_s": evals,
+           "bare_samples_per_s": samples / tb, "fit_samples_per_s": samples / tf,
+           "config": cfg.to_dict()}
+    return {"platform_over_bare_throughput": tb / tf,
+            "platform_over_bare_throughput_no_eval": tb / max(tf - te, 1e-9),
+            "fit_eval_share": te / tf}, raw
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. Ray: sweep overhead, data-parallel start-up and scaling
+
+
+def _timed_fit_loop(config: dict) -> None:
+    """Ray Train worker: fit as ``fit_distributed`` runs it, then its own wall time as the last report."""
+    import ray.train
+
+    from mcrlab.config import RunConfig
+    from mcrlab.ray_train import worker_report
+    from mcrlab.train import fit
+
+    t0 = time.perf_counter()
+    fit(RunConfig.from_dict(config["run"]), report=worker_report())
+    ray.train.report({"fit_s": time.perf_counter() - t0})
+
+
+def ray_figures(smoke: bool) -> tuple[dict, dict]:
+    import dataclasses
+
+    import ray
+
+    from mcrlab.ray_train import fit_distributed, make_trainer
+    from mcrlab.train import fit
+    from mcrlab.tune.runner import run_sweep
+    from mcrlab.tune.space import trial_config
+
+    overhead = _load("bench_sweep_overhead")
+    trials, epochs = (2, 1) if smoke else (6, 2)
+    raw: dict = {"trials": trials, "epochs": epochs}
+    t0 = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    raw["ray_init_s"] = time.perf_counter() - t0
+    figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        from mcrlab.tracking import Tracker
+
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        t0 = time.perf_counter()
+        Tracker(uri).experiment("warm-up")  # the store's one-off schema creation is not a per-trial cost
+        raw["mlflow_store_create_s"] = time.perf_counter() - t0
+        space = overhead._space(trials, epochs)
+        plain = overhead.plain_optuna(space, trials)
+        t0 = time.perf_counter()
+        run_sweep(space, storage_path=Path(tmp) / "single", tracking_uri=uri,
+                  progress=False)
+        single = time.perf_counter() - t0
+        figures["sweep_overhead_s_per_trial_single"] = (single - plain) / trials
+        # data-parallel trials: the same space with 2 workers per trial (one trial at a time on 2 cores)
+        dp_trials = 1 if smoke else 2
+        dp_space = dataclasses.replace(overhead._space(dp_trials, epochs), name="bench_dp",
+                                       scaling=dataclasses.replace(space.scaling, workers=2))
+        plain_dp = overhead.plain_optuna(dp_space, dp_trials)
+        t0 = time.perf_counter()
+        run_sweep(dp_space, storage_path=Path(tmp) / "dp", tracking_uri=uri, progress=False)
+        dp_sweep = time.perf_counter() - t0
+        figures["sweep_overhead_s_per_trial_dp"] = (dp_sweep - plain_dp) / dp_trials
+        raw.update(plain_optuna_s=plain, sweep_single_s=single, plain_optuna_dp_s=plain_dp, sweep_dp_s=dp_sweep,
+                   dp_trials=dp_trials)
+
+        # start-up: fit_distributed (2 workers) against the same fit in this process
+        cfg = trial_config(space, space.datasets[0], {}, 0)
+        t0 = time.perf_counter()
+        fit(cfg)
+        single_fit = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fit_distributed(cfg, workers=2, name="bench-startup", storage_path=Path(tmp) / "startup")
+        figures["dp_startup_s"] = time.perf_counter() - t0 - single_fit
+        raw.update(fit_in_process_s=single_fit)
+
+        # scaling: fit's own time inside 1 and 2 workers, on a config where compute dominates
+        scale_cfg = _throughput_config(smoke).replace({"train.probe_epochs": 0})
+        fit_s = {}
+        for w in (1, 2):
+            trainer = make_trainer(_timed_fit_loop, {"run": scale_cfg.to_dict()}, name=f"bench-scale-{w}",
+                                   storage_path=Path(tmp) / "scale", workers=w, max_failures=0)
+            fit_s[w] = trainer.fit().metrics["fit_s"]
+        figures["dp_scaling_2w_over_1w"] = fit_s[1] / fit_s[2]
+        raw.update(scaling_fit_s=fit_s)
+    return figures, raw
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), cpu)
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "load_average": list(os.getloadavg())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="figures: see the module docstring", )
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, every figure (< ~60 s on 2 cores)")
+    ap.add_argument("--json", metavar="PATH", help="write {figures, raw, machine, ...} as JSON")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: step, throughput, ray, gpu")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1 if os.environ.get("OMP_NUM_THREADS") == "1" else torch.get_num_threads())
+    skip = set(filter(None, args.skip.split(",")))
+    out = {"command": " ".join(["python", "jobs/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "smoke": args.smoke, "machine_start": machine(),
+           "figures": {}, "raw": {}, "seconds": {}}
+    parts = [("step", lambda: step_ratios(args.smoke, "cpu")),
+             ("throughput", lambda: throughput(args.smoke)),
+             ("ray", lambda: ray_figures(args.smoke))]
+    if torch.cuda.is_available():
+        parts += [("gpu", lambda: step_ratios(args.smoke, "cuda")),
+                  ("gpu", lambda: (conv_step_ratios("cuda", args.smoke), {}))]
+    for name, run in parts:
+        if name in skip:
+            continue
+        t0 = time.perf_counter()
+        figures, raw = run()
+        out["seconds"][name] = out["seconds"].get(name, 0.0) + time.perf_counter() - t0
+        out["figures"].update(figures)
+        out["raw"][name] = raw
+        for k, v in figures.items():
+            print(f"{k:<48} {v:10.4f}", flush=True)
+    out["machine_end"] = machine()
+    bad = [k for k, v in out["figures"].items() if not math.isfinite(v)]
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+    if bad:
+        print(f"benchmark: non-finite figures {bad}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
