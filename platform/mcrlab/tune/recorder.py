@@ -14,10 +14,11 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from mcrlab.tracking import TAG_PREFIX, Tracker, lineage_tags
-from mcrlab.tune.backends import TrialSpec
+from mcrlab.tune.backends import NONFINITE, TrialSpec
 
 __all__ = ["TrialRecorder", "ProgressPrinter"]
 
@@ -38,6 +39,7 @@ class TrialRecorder(Callback):
         self.run_ids: dict[str, str] = {}
         self.last_step: dict[str, int] = {}
         self.best: dict[str, tuple[float, str]] = {}  # trial id -> (metric value, checkpoint path)
+        self.reasons: dict[str, str] = {}  # trial id -> why it failed, as the trial reported it
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -59,6 +61,10 @@ class TrialRecorder(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self._open(trial)
+        if result.get(NONFINITE):
+            # a NaN/inf loss: the trial raises next; it is a result, not a lost worker, so no retry
+            trial.max_failures = 0
+            self.reasons[trial.trial_id] = str(result.get("error_reason", "non-finite loss"))
         step = int(result.get("trial_iteration", result.get("training_iteration", 0)))
         if step <= self.last_step.get(trial.trial_id, -1):
             return  # already logged before a resume
@@ -97,7 +103,10 @@ class TrialRecorder(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._open(trial)
-        self.tracker.set_tags(run_id, {f"{TAG_PREFIX}error": str(getattr(trial, "error_file", "") or "")})
+        error_file = str(getattr(trial, "error_file", "") or "")
+        self.tracker.set_tags(run_id, {f"{TAG_PREFIX}error": error_file,
+                                       f"{TAG_PREFIX}error_reason": self.reasons.get(trial.trial_id)
+                                       or _last_error_line(error_file)})
         self.tracker.end_run(run_id, "FAILED")
 
     # ---- helpers -----------------------------------------------------------------------------
@@ -190,6 +199,17 @@ class ProgressPrinter(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._out(f"[{self.study}] {trial.trial_id:<14} ERROR (see {getattr(trial, 'error_file', None)})")
+
+
+def _last_error_line(error_file: str) -> str:
+    """The exception line of a Tune error file (``SomeError: message``), or ''."""
+    try:
+        text = Path(error_file).read_text() if error_file else ""
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    found = [ln for ln in lines if ": " in ln and ln.split(":", 1)[0].replace(".", "").isidentifier()]
+    return (found[-1] if found else lines[-1] if lines else "")[:500]
 
 
 def _short(v: Any) -> str:
