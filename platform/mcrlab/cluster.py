@@ -262,7 +262,7 @@ def start(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *, num_cpus: int | N
         cluster.save()
         stop(sdir, remove_logs=False)
         if isinstance(err, ClusterError):
-            raise ClusterError(f"{err}\n(Ray's own logs kept in {ray_tmp}/session_latest/logs)") from None
+            raise ClusterError(f"{err}\n(Ray's own logs kept in {ray_tmp}/*/session_latest/logs)") from None
         raise
     return cluster
 
@@ -279,9 +279,11 @@ def _retry(attempts: int, fn) -> None:
 def _start_worker(cluster: LocalCluster, env: dict[str, str], headers: dict[str, str], cpus: int,
                   timeout: float) -> None:
     """One attempt at a second node on this machine, joining the head's GCS."""
+    # Its own temp dir: nodes sharing one would share runtime_resources/, and one node's runtime-env
+    # garbage collection would delete a working_dir another node's job driver still runs in.
     node = [_executable("ray"), "start", "--block", "--address", cluster.gcs_address, "--node-ip-address",
-            LOOPBACK, "--num-cpus", str(cpus), "--temp-dir", cluster.ray_temp_dir, "--disable-usage-stats",
-            *_ray_ports()]
+            LOOPBACK, "--num-cpus", str(cpus), "--temp-dir", os.path.join(cluster.ray_temp_dir, "w"),
+            "--disable-usage-stats", *_ray_ports()]
     cluster.services = [s for s in cluster.services if s.name != "ray-worker"]
     svc, proc = _spawn("ray-worker", node, env, Path(cluster.state_dir))
     cluster.services.append(svc)
@@ -301,7 +303,7 @@ def _start_head(cluster: LocalCluster, env: dict[str, str], headers: dict[str, s
     cluster.address, cluster.gcs_address = f"http://{LOOPBACK}:{dash_port}", f"{LOOPBACK}:{gcs_port}"
     head = [_executable("ray"), "start", "--head", "--block", "--node-ip-address", LOOPBACK,
             "--port", str(gcs_port), "--dashboard-host", LOOPBACK, "--dashboard-port", str(dash_port),
-            "--ray-client-server-port", str(free_port()), "--temp-dir", cluster.ray_temp_dir,
+            "--ray-client-server-port", str(free_port()), "--temp-dir", os.path.join(cluster.ray_temp_dir, "h"),
             "--disable-usage-stats", *_ray_ports(), *(["--num-cpus", str(num_cpus)] if num_cpus is not None else [])]
     cluster.services = [s for s in cluster.services if s.name != "ray-head"]
     svc, proc = _spawn("ray-head", head, env, Path(cluster.state_dir))
