@@ -16,7 +16,8 @@ Figures (``figures`` in the JSON; the CPU ones always, ``*_cuda_*`` only when CU
                                                   validation, final test metrics: everything) / samples/s
                                                   of a bare PyTorch loop on the same model, data and batch
   platform_over_bare_throughput_no_eval           the same with fit's evaluation time taken out (target >= 0.9)
-  fit_eval_share                                  fraction of fit's time spent evaluating
+  platform_over_bare_throughput[_no_eval]_cputime the same two from process time (steadier under load)
+  fit_eval_share                                  fraction of fit's process time spent evaluating
   sweep_overhead_s_per_trial_single               (sweep wall - plain Optuna wall) / trials, single-process
   sweep_overhead_s_per_trial_dp                   the same through data-parallel trials (2 Ray Train workers)
   dp_startup_s                                    fit_distributed (2 workers) wall - in-process fit wall
@@ -50,7 +51,8 @@ FUSIONS = ("late", "mlp")
 # every run reports these (CPU); the *_cuda_* figures come in addition when CUDA is present
 STABLE_FIGURES = (
     *(f"mcr_over_joint_step_{f}_s{s}{t}" for f in FUSIONS for s in S_LIST for t in ("", "_cputime")),
-    "platform_over_bare_throughput", "platform_over_bare_throughput_no_eval", "fit_eval_share",
+    "platform_over_bare_throughput", "platform_over_bare_throughput_no_eval",
+    "platform_over_bare_throughput_cputime", "platform_over_bare_throughput_no_eval_cputime", "fit_eval_share",
     "sweep_overhead_s_per_trial_single", "sweep_overhead_s_per_trial_dp", "dp_startup_s", "dp_scaling_2w_over_1w")
 
 
@@ -204,15 +206,15 @@ def _throughput_config(smoke: bool):
                   "eval_perms": 1, "seed": 0}})
 
 
-def bare_loop(cfg) -> float:
-    """Seconds of a bare PyTorch loop: load the data, same model/optimizer/batches, CE on the fused logits."""
+def bare_loop(cfg) -> tuple[float, float]:
+    """(wall, process-time) seconds of a bare PyTorch loop: load the data, same model/optimizer/batches, CE on the fused logits."""
     import torch
     import torch.nn.functional as F
 
     from mcrlab.data import load_dataset
     from mcrlab.models import build_model
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     torch.manual_seed(cfg.train.seed)
     data = load_dataset(cfg.data)
     tr = data.splits["train"]
@@ -230,55 +232,65 @@ def bare_loop(cfg) -> float:
             loss = F.cross_entropy(model([x[idx] for x in xs]).fused, y[idx])
             loss.backward()
             opt.step()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def platform_fit(cfg) -> tuple[float, float]:
-    """(seconds of fit(cfg) loading its own data, seconds of it spent in evaluation)."""
+def platform_fit(cfg) -> tuple[float, float, float, float]:
+    """fit(cfg) loading its own data: (wall, process time, wall in evaluation, process time in evaluation)."""
     import mcrlab.train as train
 
-    spent = [0.0]
+    spent = [0.0, 0.0]
     originals = {name: getattr(train, name) for name in ("evaluate", "_final_metrics")}
 
     def timed(fn):
         def wrapper(*a, **kw):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return fn(*a, **kw)
             finally:
                 spent[0] += time.perf_counter() - t0
+                spent[1] += time.process_time() - c0
         return wrapper
 
     try:  # fit looks these up as module globals at call time: wrapping them times fit's evaluation
         for name, fn in originals.items():
             setattr(train, name, timed(fn))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         train.fit(cfg)
-        return time.perf_counter() - t0, spent[0]
+        return time.perf_counter() - t0, time.process_time() - c0, spent[0], spent[1]
     finally:
         for name, fn in originals.items():
             setattr(train, name, fn)
 
 
 def throughput(smoke: bool) -> tuple[dict, dict]:
-    """Median over repeats, interleaved (bare, fit, bare, fit, ...) so load changes hit both alike."""
+    """Medians over repeats, interleaved (bare, fit, bare, fit, ...) so load changes hit both alike.
+
+    Wall-clock and process-time figures: both loops are single-threaded in this process, so on a loaded
+    machine process time is the steadier measure of the work each does.
+    """
     cfg = _throughput_config(smoke)
-    repeats = 1 if smoke else 3
+    repeats = 1 if smoke else 5
     bare_loop(cfg)  # warm-up: imports, allocator, data generation code paths
-    bare, fits, evals = [], [], []
+    bare, fits = [], []
     for _ in range(repeats):
         bare.append(bare_loop(cfg))
-        f, e = platform_fit(cfg)
-        fits.append(f)
-        evals.append(e)
-    tb, tf, te = statistics.median(bare), statistics.median(fits), statistics.median(evals)
+        fits.append(platform_fit(cfg))
+    med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
     samples = cfg.train.epochs * (cfg.data.n_train // cfg.train.batch_size) * cfg.train.batch_size
-    raw = {"samples": samples, "bare_s": bare, "fit_s": fits, "fit_eval_s": evals,
-           "bare_samples_per_s": samples / tb, "fit_samples_per_s": samples / tf,
+    raw = {"samples": samples, "bare_wall_cpu_s": bare, "fit_wall_cpu_evalwall_evalcpu_s": fits,
+           "bare_samples_per_s": samples / med(bare, 0), "fit_samples_per_s": samples / med(fits, 0),
            "config": cfg.to_dict()}
-    return {"platform_over_bare_throughput": tb / tf,
-            "platform_over_bare_throughput_no_eval": tb / max(tf - te, 1e-9),
-            "fit_eval_share": te / tf}, raw
+    ratio = [b[0] / f[0] for b, f in zip(bare, fits)]
+    ratio_cpu = [b[1] / f[1] for b, f in zip(bare, fits)]
+    ratio_cpu_no_eval = [b[1] / max(f[1] - f[3], 1e-9) for b, f in zip(bare, fits)]
+    figures = {"platform_over_bare_throughput": statistics.median(ratio),
+               "platform_over_bare_throughput_no_eval": statistics.median(
+                   b[0] / max(f[0] - f[2], 1e-9) for b, f in zip(bare, fits)),
+               "platform_over_bare_throughput_cputime": statistics.median(ratio_cpu),
+               "platform_over_bare_throughput_no_eval_cputime": statistics.median(ratio_cpu_no_eval),
+               "fit_eval_share": statistics.median(f[3] / f[1] for f in fits)}
+    return figures, raw
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,8 +325,9 @@ def ray_figures(smoke: bool) -> tuple[dict, dict]:
     raw: dict = {"trials": trials, "epochs": epochs}
     t0 = time.perf_counter()
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+        from mcrlab.reproduce import start_local_ray  # patient start-up: a loaded machine misses Ray's 30 s
+
+        start_local_ray()
     raw["ray_init_s"] = time.perf_counter() - t0
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
