@@ -22,6 +22,13 @@ from mcrlab.tune.backends import NONFINITE, TrialSpec
 
 __all__ = ["TrialRecorder", "ProgressPrinter"]
 
+RETRY_EVERY_S = 5.0  # while MLflow is unreachable, retry the queued writes at most this often
+FINAL_WAIT_S = 120.0  # at the end of a study, wait this long for MLflow before reporting lost writes
+
+
+def _warn(message: str) -> None:
+    print(f"mcrlab: tracking: {message}", file=sys.stderr, flush=True)
+
 try:
     from ray.tune import Callback
 except ImportError:  # pragma: no cover - ray is a dependency; keep the module importable for docs
@@ -40,11 +47,18 @@ class TrialRecorder(Callback):
         self.last_step: dict[str, int] = {}
         self.best: dict[str, tuple[float, str]] = {}  # trial id -> (metric value, checkpoint path)
         self.reasons: dict[str, str] = {}  # trial id -> why it failed, as the trial reported it
+        self.pending: list[tuple[str, tuple]] = []  # hooks whose writes failed (store unreachable), in order
+        self._last_try = 0.0
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_tracker"] = None
+        state["pending"] = []  # live Trial objects; a resumed sweep re-reads what it needs from Tune
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        # recorders pickled by an older version (Tuner.restore of an older sweep) lack the newer fields
+        self.__dict__.update({"reasons": {}, "pending": [], "_last_try": 0.0, **state})
 
     @property
     def tracker(self) -> Tracker:
@@ -52,33 +66,98 @@ class TrialRecorder(Callback):
             self._tracker = Tracker(self.uri, self.run_folder)
         return self._tracker
 
-    # ---- Tune hooks --------------------------------------------------------------------------
+    # ---- Tune hooks: every write goes through _guarded (an MLflow outage never stops the sweep) --
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._open(trial)
+        self._guarded("_on_trial_start", iteration, trials, trial)
 
     def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._open(trial)
+        self._guarded("_on_trial_restore", iteration, trials, trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        run_id = self._open(trial)
         if result.get(NONFINITE):
             # a NaN/inf loss: the trial raises next; it is a result, not a lost worker, so no retry
             trial.max_failures = 0
             self.reasons[trial.trial_id] = str(result.get("error_reason", "non-finite loss"))
+        self._guarded("_on_trial_result", iteration, trials, trial, dict(result))
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        self._guarded("_on_checkpoint", iteration, trials, trial, checkpoint)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._guarded("_on_trial_complete", iteration, trials, trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._guarded("_on_trial_error", iteration, trials, trial)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Last chance to catch up: retry the backlog for up to ``FINAL_WAIT_S``, then say what is lost."""
+        deadline = time.monotonic() + FINAL_WAIT_S
+        while self.pending and time.monotonic() < deadline:
+            self._flush(force=True)
+            if self.pending:
+                time.sleep(RETRY_EVERY_S)
+        if self.pending:
+            _warn(f"MLflow at {self.uri} still unreachable at the end of the study: {len(self.pending)} "
+                  "tracking writes of this study are LOST (training results are in the Tune experiment "
+                  "folder); the sweep's final writes will fail too")
+
+    # ---- outage handling ---------------------------------------------------------------------
+    def _guarded(self, hook: str, *args: Any) -> None:
+        """Run one hook's writes now, or queue them in order while the store is unreachable."""
+        if self.pending:
+            self._flush()
+        if self.pending:
+            self.pending.append((hook, args))
+            return
+        try:
+            getattr(self, hook)(*args)
+        except Exception as err:  # noqa: BLE001 - any failed write: keep training, queue, retry later
+            self._down(err)
+            self.pending.append((hook, args))
+
+    def _flush(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last_try < RETRY_EVERY_S:
+            return
+        self._last_try = time.monotonic()
+        while self.pending:
+            hook, args = self.pending[0]
+            try:
+                getattr(self, hook)(*args)
+            except Exception as err:  # noqa: BLE001 - still down
+                self._down(err)
+                return
+            self.pending.pop(0)
+        _warn(f"MLflow at {self.uri} is reachable again: tracking caught up")
+
+    def _down(self, err: Exception) -> None:
+        self._last_try = time.monotonic()
+        if not self.pending:
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            _warn(f"MLflow at {self.uri} is unreachable ({type(err).__name__}: {first}); training goes on, "
+                  f"tracking writes are queued and retried every {RETRY_EVERY_S:.0f} s")
+
+    def _on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._open(trial)
+
+    def _on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._open(trial)
+
+    def _on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        run_id = self._open(trial)
         step = int(result.get("trial_iteration", result.get("training_iteration", 0)))
         if step <= self.last_step.get(trial.trial_id, -1):
             return  # already logged before a resume
-        self.last_step[trial.trial_id] = step
         metrics = {k: v for k, v in result.items() if "/" in k or k in ("objective", "epoch", "seed")}
         self.tracker.log_metrics(run_id, metrics, step=step)
+        self.last_step[trial.trial_id] = step  # only once written: a failed write is replayed in full
         # data-parallel trials: TuneReportCallback puts the persisted checkpoint's path in the result
         if result.get("checkpoint_path"):
             self._offer(trial.trial_id, result, result["checkpoint_path"])
 
-    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+    def _on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         self._offer(trial.trial_id, trial.last_result or {}, checkpoint.path)
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def _on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._open(trial)
         last = trial.last_result or {}
         max_t = None
@@ -101,7 +180,7 @@ class TrialRecorder(Callback):
                 self.tracker.log_metrics(run_id, {"best_checkpoint/" + self.spec.space.metric: best[0]})
         self.tracker.end_run(run_id, "FINISHED")
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def _on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._open(trial)
         error_file = str(getattr(trial, "error_file", "") or "")
         self.tracker.set_tags(run_id, {f"{TAG_PREFIX}error": error_file,

@@ -151,6 +151,11 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
     sweeps = run_folder / "sweeps"
     uri = resolve_tracking_uri(tracking_uri, run_folder)
     check_tracking(uri)  # before anything starts: an unreachable server fails in seconds
+    if uri.startswith(("http://", "https://")):
+        # during the sweep the recorder rides out outages itself (queue + retry): MLflow's own retries
+        # (minutes of backoff per call) would only stall the driver, and with it every trial's reports
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
     if resume:
         sweep_id = resume if isinstance(resume, str) else _latest_sweep(sweeps, space.name)
