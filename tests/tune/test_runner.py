@@ -144,7 +144,9 @@ def test_resume_after_killed_driver(ray_local, tmp_path):
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(1.0)
-            if (runs / "mlflow.db").exists():
+            # sweep.json appears once the driver has created (and migrated) the MLflow store; reading
+            # it earlier would race the driver's schema migration
+            if list(runs.glob("sweeps/*/sweep.json")):
                 finished = [r for r in find_runs(uri, kind="trial") if r["status"] == "FINISHED"]
                 if finished:
                     break
