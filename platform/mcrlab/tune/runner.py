@@ -300,7 +300,11 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                 # a trial whose process dies (lost worker, OOM kill, node loss) restarts from its last
                 # checkpoint; a NaN/inf trial is not retried (the recorder sees its flag first)
                 failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
+                # every checkpoint is kept: the experiment state is saved every few seconds, and a driver
+                # killed between a checkpoint's deletion and the next save resumes its running trials from
+                # a checkpoint that is gone ("does not exist on storage anymore", ray#27790) - tested by
+                # tests/reliability/test_driver_kill.py. Checkpoints are small (one model + optimizer).
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=space.metric,
                                                         checkpoint_score_order=space.mode),
             ),
         )
