@@ -1,0 +1,154 @@
+"""The sweep or ablation driver SIGKILLed at different moments; ``--resume`` finishes the work.
+
+tests/tune/test_runner.py kills a sweep after its first trial finished and tests/test_ablation.py an
+ablation after two cells finished; these add the other moments: a sweep killed right after it started
+(before any trial reported) and in the middle of its first trial, an ablation in the middle of its first
+cell. After the resume: every trial/cell is finished exactly once, nothing that finished before the kill
+ran again, and MLflow holds no duplicate and no orphaned (still RUNNING) run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from mcrlab.tracking import find_runs
+from mcrlab.tune.runner import run_sweep
+from mcrlab.tune.space import load_space
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+EPOCHS, TRIALS = 4, 3
+BASE = {"data": {"n_train": 128}, "model": {"hidden": 8, "latent": 4, "depth": 1}, "method": {"name": "joint"},
+        "train": {"epochs": EPOCHS, "batch_size": 32, "probe_epochs": 0, "eval_perms": 1, "device": "cpu"}}
+SPACE = {"name": "killme", "datasets": ["synthetic:competition"], "base": BASE, "sampler": {"name": "tpe", "seed": 3},
+         "num_samples": TRIALS, "scaling": {"workers": 1, "cpus_per_worker": 1, "max_concurrent": 1},
+         "params": {"train.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}}}
+SWEEP_DRIVER = """
+import sys, ray
+from mcrlab.tune.runner import run_sweep
+from mcrlab.tune.space import load_space
+ray.init(address=sys.argv[1], log_to_driver=False)
+run_sweep(load_space(sys.argv[2]), storage_path=sys.argv[3], progress=False)
+"""
+
+
+def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 400) -> None:
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "the driver ended before it could be killed"
+            try:
+                if ready():
+                    return
+            except Exception:  # noqa: BLE001 - the store may not exist yet, or be mid-migration
+                pass
+            time.sleep(0.3)
+        raise AssertionError("the kill point was never reached")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver we started, and only its group
+        proc.wait()
+
+
+def _sweep_started(uri: str, sweeps: Path) -> Callable[[], bool]:
+    return lambda: any(sweeps.glob("*/sweep.json")) and len(find_runs(uri, kind="sweep")) == 1
+
+
+def _first_trial_mid_way(uri: str) -> Callable[[], bool]:
+    def ready() -> bool:
+        trials = find_runs(uri, kind="trial")
+        return any(0 < r["metrics"].get("epoch", 0) < EPOCHS for r in trials) and not any(
+            r["status"] == "FINISHED" for r in trials)
+    return ready
+
+
+@pytest.mark.parametrize("moment", ["just-started", "mid-trial"])
+def test_sweep_driver_killed_then_resumed(moment, ray_local, tmp_path):
+    space_file = tmp_path / "killme.yaml"
+    space_file.write_text(yaml.safe_dump(SPACE))
+    runs = tmp_path / "runs"
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-c", SWEEP_DRIVER, ray_local.get_runtime_context().gcs_address,
+                             str(space_file), str(runs)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when(proc, _sweep_started(uri, runs / "sweeps") if moment == "just-started" else _first_trial_mid_way(uri))
+    time.sleep(1.0)
+    before = {r["run_id"]: r for r in find_runs(uri, kind="trial")}
+    finished_before = {rid for rid, r in before.items() if r["status"] == "FINISHED"}
+    assert not finished_before
+    if moment == "mid-trial":
+        assert before, "the kill was meant to land inside a trial"
+
+    result = run_sweep(load_space(space_file), storage_path=runs, resume=True, progress=False)
+    study = result.studies["synthetic:competition"]
+    assert study.num_trials == TRIALS and study.num_errors == 0
+
+    everything = find_runs(uri)
+    assert not [r for r in everything if r["status"] == "RUNNING"], "orphaned RUNNING runs"
+    assert len([r for r in everything if r["tags"].get("mcrlab.kind") == "sweep"]) == 1
+    assert len([r for r in everything if r["tags"].get("mcrlab.kind") == "study"]) == 1
+    trials = [r for r in everything if r["tags"].get("mcrlab.kind") == "trial"]
+    tids = [r["tags"]["mcrlab.trial_id"] for r in trials]
+    assert len(trials) == TRIALS and len(set(tids)) == TRIALS, tids  # one run per trial, no duplicate
+    assert all(r["status"] == "FINISHED" for r in trials)
+    client = MlflowClient(uri)
+    for r in trials:
+        steps = [m.step for m in client.get_metric_history(r["run_id"], "objective")]
+        assert steps == list(range(1, EPOCHS + 1)), (r["run_id"], steps)  # no epoch logged twice
+    # a trial interrupted mid-way continued in its own run
+    for rid in before:
+        assert rid in {t["run_id"] for t in trials}, f"run {rid} of the killed driver was abandoned"
+    ostudy = optuna.load_study(study_name=study.optuna_study, storage=result.optuna_storage)
+    done = [t for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == TRIALS
+
+
+ABLATION = {"name": "killcell", "experiment": "abl-kill", "base": {**BASE, "train": {**BASE["train"], "epochs": 3}},
+            "arms": {"mlp": {"model.fusion": "mlp"}}, "datasets": ["synthetic:competition"], "seeds": [0, 1]}
+
+
+def test_ablation_driver_killed_mid_cell_then_resumed(ray_local, tmp_path):
+    from mcrlab.ablation import load_spec
+    from mcrlab.ablation_runner import run_ablation
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(ABLATION))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "OMP_NUM_THREADS": "1",
+           "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, "-m", "mcrlab.cli", "ablate", str(spec_file), "--tracking-uri", uri,
+                             "--verbose", "0"], env=env, cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def mid_cell() -> bool:
+        cells = find_runs(uri, "abl-kill", kind="cell")
+        return any(r["status"] == "RUNNING" and r["metrics"] for r in cells) and not any(
+            r["status"] == "FINISHED" for r in cells)
+
+    _kill_when(proc, mid_cell)
+    spec = load_spec(spec_file)
+    out = run_ablation(spec, uri, resume=True, storage_path=tmp_path)
+    assert out.skipped == [] and sorted(out.ran) == sorted(c.key for c in spec.cells) and not out.failed
+
+    cells = find_runs(uri, "abl-kill", kind="cell")
+    assert not [r for r in find_runs(uri, "abl-kill") if r["status"] == "RUNNING"], "orphaned RUNNING runs"
+    finished = [r for r in cells if r["status"] == "FINISHED"]
+    keys = [(r["tags"]["mcrlab.arm"], r["tags"]["mcrlab.seed"]) for r in finished]
+    assert len(finished) == len(spec.cells) and len(set(keys)) == len(keys)  # each cell once
+    leftovers = [r for r in cells if r["status"] != "FINISHED"]
+    assert leftovers and all(r["status"] == "KILLED" and r["tags"].get("mcrlab.stale") == "true"
+                             for r in leftovers)  # the interrupted attempt: closed and hidden from compare
+    assert len(find_runs(uri, "abl-kill", kind="ablation")) == 1
+    assert len(find_runs(uri, "abl-kill", kind="arm")) == len(spec.arms)
