@@ -246,9 +246,9 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from mcrlab.tune.recorder import ProgressPrinter, TrialRecorder
+    from mcrlab.tune.searcher import ResumableOptunaSearch
 
     slug = study_slug(dataset)
     ray_dir = sweep_dir / "ray"
@@ -284,7 +284,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                                       max_t=max_t, grace_period=space.scheduler.grace_period,
                                       reduction_factor=space.scheduler.reduction_factor)
         # metric and mode go to OptunaSearch itself: with a define-by-run space, TuneConfig's are ignored
-        searcher = OptunaSearch(space=DefineByRun(space), metric="objective", mode=space.mode,
+        searcher = ResumableOptunaSearch(space=DefineByRun(space), metric="objective", mode=space.mode,
                                 points_to_evaluate=[dict(p) for p in space.points_to_evaluate] or None,
                                 sampler=make_sampler(space), study_name=study_name,
                                 storage=optuna.storages.RDBStorage(optuna_storage))
