@@ -45,7 +45,18 @@ def files(tmp_path, monkeypatch):
     return {"space": str(space), "spec": str(spec), "work": work, "tmp": tmp_path}
 
 
+def _ray_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+_RAY_BEFORE: list[bool] = []
+
+
 def _run(args: list[str], capsys) -> tuple[int, str, float]:
+    # the session's shared Ray fixture may be up already (other tests): then "not started" can only
+    # mean "not started by this command", which the files check below still covers
+    _RAY_BEFORE[:] = [_ray_up()]
     start = time.monotonic()
     code = main(args)
     err = capsys.readouterr().err
@@ -53,8 +64,7 @@ def _run(args: list[str], capsys) -> tuple[int, str, float]:
 
 
 def _nothing_started(work: Path) -> None:
-    ray = sys.modules.get("ray")
-    assert ray is None or not ray.is_initialized()
+    assert _RAY_BEFORE == [True] or not _ray_up(), "Ray was started"
     assert not list(work.rglob("mlflow.db")) and not list(work.rglob("sweeps"))
 
 
