@@ -67,3 +67,12 @@ def test_console_script_exit_code_2_without_traceback():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "method.name: unknown method 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_flag_of_other_commands_is_theirs(tmp_path, capsys):
+    """`train --resume` needs --checkpoint-dir; `ablate --resume` must not be held to that rule."""
+    assert main(["train", "--resume"]) == 2
+    assert "--resume needs --checkpoint-dir" in capsys.readouterr().err
+    assert main(["ablate", str(tmp_path / "missing.yaml"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "missing.yaml" in err and "checkpoint-dir" not in err

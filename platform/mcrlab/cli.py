@@ -99,13 +99,15 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 def _split_config_arg(args: argparse.Namespace) -> None:
     """``mcrlab train a=b`` has no file: argparse put the first override into ``config``."""
-    cfg = getattr(args, "config", None)
+    if args.func is not cmd_train:
+        return
+    cfg = args.config
     if cfg is not None and "=" in cfg and not cfg.endswith((".yaml", ".yml")):
         args.overrides = [cfg, *args.overrides]
         args.config = None
     elif cfg is not None and not Path(cfg).exists() and not cfg.endswith((".yaml", ".yml")):
         raise ConfigError(f"'{cfg}': neither a config file nor an override (expected section.key=value)")
-    if getattr(args, "resume", False) and not getattr(args, "checkpoint_dir", None):
+    if args.resume and not args.checkpoint_dir:
         raise ConfigError("--resume needs --checkpoint-dir")
 
 
