@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from mcrlab.config import opt
-from mcrlab.methods.base import Method, StepContext, StepResult
-from mcrlab.methods.modulation import encoder_params, scale_grads
+from mcrlab.methods.base import StepContext, StepResult
+from mcrlab.methods.modulation import CoefficientMethod, encoder_params, scale_grads
 from mcrlab.methods.ogm_ge import OGMGEParams, in_window
 from mcrlab.models.net import MultimodalNet
 
@@ -81,34 +81,25 @@ class AGMParams:
     __post_init__ = OGMGEParams.__post_init__
 
 
-class AGM(Method):
+class AGM(CoefficientMethod):
     name = "agm"
+    tag = "agm"
     Params = AGMParams
 
     def __init__(self, params: AGMParams, model: MultimodalNet, num_classes: int):
         super().__init__(params, model, num_classes)
-        M = model.num_modalities
-        self.running = torch.zeros(M, dtype=torch.float64)
+        self.running = torch.zeros(model.num_modalities, dtype=torch.float64)
         self.iters = 0
-        self.coef = torch.ones(M)
-        self._sum, self._n = torch.zeros(M), 0
-
-    def on_epoch_start(self, epoch: int, ctx: StepContext) -> dict[str, float]:
-        self._sum.zero_()
-        self._n = 0
-        return {}
 
     def training_step(self, model, xs, y, ctx: StepContext) -> StepResult:
         out = model(xs)
         loss = F.cross_entropy(out.fused, y)
         with torch.no_grad():
             scores = agm_scores(shapley_logits(model.fusion, [z.detach() for z in out.z]), y).double().cpu()
-        self.coef = agm_coefficients(scores, self.running, self.params.alpha).float()
+        coef_logs = self.record(agm_coefficients(scores, self.running, self.params.alpha))
         self.iters += 1
         self.running = self.running * (self.iters - 1) / self.iters + scores / self.iters
-        self._sum += self.coef
-        self._n += 1
-        logs = {"loss/fused": loss.item(), **{f"coef/agm/{m}": float(k) for m, k in enumerate(self.coef)}}
+        logs = {"loss/fused": loss.item(), **coef_logs}
         return StepResult(loss=loss, out=out, logs=logs)
 
     def after_backward(self, model, ctx: StepContext) -> dict[str, float]:
@@ -117,14 +108,9 @@ class AGM(Method):
                 scale_grads(encoder_params(model, m, matrices_only=True), float(self.coef[m]))
         return {}
 
-    def on_epoch_end(self, epoch: int, diagnostics: dict[str, float]) -> dict[str, float]:
-        mean = self._sum / max(self._n, 1)
-        return {f"coef/agm/{m}": float(k) for m, k in enumerate(mean)}
-
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "running": self.running.clone(), "iters": self.iters,
-                "coef": self.coef.clone()}
+        return {**super().state_dict(), "running": self.running.clone(), "iters": self.iters}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.running, self.iters, self.coef = state["running"].clone(), int(state["iters"]), state["coef"].clone()
+        self.running, self.iters = state["running"].clone(), int(state["iters"])

@@ -19,10 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from mcrlab.config import opt
-from mcrlab.methods.base import Method, StepContext, StepResult
-from mcrlab.methods.modulation import confidence_scores, encoder_params, ratio_to_others, scale_grads
+from mcrlab.methods.base import StepContext, StepResult
+from mcrlab.methods.modulation import (
+    CoefficientMethod,
+    confidence_scores,
+    encoder_params,
+    ratio_to_others,
+    scale_grads,
+)
 from mcrlab.methods.simple import heads_loss
-from mcrlab.models.net import MultimodalNet
 
 
 def mlb_coefficients(scores: torch.Tensor, alpha: float, beta_max: float) -> torch.Tensor:
@@ -39,43 +44,20 @@ class MLBParams:
     w_uni: float = opt(1.0, "weight of the unimodal heads' CE losses", ge=0.0)
 
 
-class MLB(Method):
+class MLB(CoefficientMethod):
     name = "mlb"
+    tag = "mlb"
     Params = MLBParams
-
-    def __init__(self, params: MLBParams, model: MultimodalNet, num_classes: int):
-        super().__init__(params, model, num_classes)
-        self.coef = torch.ones(model.num_modalities)
-        self._sum, self._n = torch.zeros(model.num_modalities), 0
-
-    def on_epoch_start(self, epoch: int, ctx: StepContext) -> dict[str, float]:
-        self._sum.zero_()
-        self._n = 0
-        return {}
 
     def training_step(self, model, xs, y, ctx: StepContext) -> StepResult:
         out = model(xs)
         fused = F.cross_entropy(out.fused, y)
         uni, logs = heads_loss(out.heads, y)
-        self.coef = mlb_coefficients(confidence_scores(out.heads, y), self.params.alpha,
-                                     self.params.beta_max).cpu()
-        self._sum += self.coef
-        self._n += 1
-        logs.update({"loss/fused": fused.item(), **{f"coef/mlb/{m}": float(k) for m, k in enumerate(self.coef)}})
+        coef = mlb_coefficients(confidence_scores(out.heads, y), self.params.alpha, self.params.beta_max)
+        logs.update({"loss/fused": fused.item(), **self.record(coef)})
         return StepResult(loss=fused + self.params.w_uni * uni, out=out, logs=logs)
 
     def after_backward(self, model, ctx: StepContext) -> dict[str, float]:
         for m in range(model.num_modalities):
             scale_grads(encoder_params(model, m), float(self.coef[m]))
         return {}
-
-    def on_epoch_end(self, epoch: int, diagnostics: dict[str, float]) -> dict[str, float]:
-        mean = self._sum / max(self._n, 1)
-        return {f"coef/mlb/{m}": float(k) for m, k in enumerate(mean)}
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "coef": self.coef.clone()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.coef = state["coef"].clone()

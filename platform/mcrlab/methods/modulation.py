@@ -7,9 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcrlab.methods.base import Method, StepContext
 from mcrlab.models.net import ForwardOutput, MultimodalNet
 
-__all__ = ["confidence_scores", "modality_logits", "ratio_to_others", "scale_grads", "encoder_params"]
+__all__ = ["confidence_scores", "modality_logits", "ratio_to_others", "scale_grads", "encoder_params",
+           "CoefficientMethod"]
 
 
 def confidence_scores(logits: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
@@ -47,3 +49,41 @@ def scale_grads(params: list[nn.Parameter], coef: float) -> None:
     for p in params:
         if p.grad is not None:
             p.grad.mul_(coef)
+
+
+class CoefficientMethod(Method):
+    """Base of methods that set one gradient coefficient per modality each step (OGM-GE, AGM, MLB).
+
+    Keeps the current coefficients ``coef`` (M,) for ``after_backward``, logs them per step and their
+    epoch mean as ``coef/<tag>/<m>``, and checkpoints them.
+    """
+
+    tag = ""
+
+    def __init__(self, params, model: MultimodalNet, num_classes: int):
+        super().__init__(params, model, num_classes)
+        self.coef = torch.ones(model.num_modalities)
+        self._sum, self._n = torch.zeros(model.num_modalities), 0
+
+    def on_epoch_start(self, epoch: int, ctx: StepContext) -> dict[str, float]:
+        self._sum.zero_()
+        self._n = 0
+        return {}
+
+    def record(self, coef: torch.Tensor) -> dict[str, float]:
+        """Make ``coef`` (M,) current, count it in the epoch mean, and return its per-step logs."""
+        self.coef = coef.float().cpu()
+        self._sum += self.coef
+        self._n += 1
+        return {f"coef/{self.tag}/{m}": float(k) for m, k in enumerate(self.coef)}
+
+    def on_epoch_end(self, epoch: int, diagnostics: dict[str, float]) -> dict[str, float]:
+        mean = self._sum / max(self._n, 1)
+        return {f"coef/{self.tag}/{m}": float(k) for m, k in enumerate(mean)}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "coef": self.coef.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.coef = state["coef"].clone()

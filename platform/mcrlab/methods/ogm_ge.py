@@ -19,10 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from mcrlab.config import ConfigError, opt
-from mcrlab.methods.base import Method, StepContext, StepResult
-from mcrlab.methods.modulation import confidence_scores, encoder_params, modality_logits, ratio_to_others
+from mcrlab.methods.base import StepContext, StepResult
+from mcrlab.methods.modulation import (
+    CoefficientMethod,
+    confidence_scores,
+    encoder_params,
+    modality_logits,
+    ratio_to_others,
+)
 from mcrlab.models.fusion import LateFusion
-from mcrlab.models.net import MultimodalNet
 
 
 def ogm_coefficients(ratios: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -56,30 +61,17 @@ def in_window(epoch: int, start: int, end: int) -> bool:
     return epoch >= start and (end == -1 or epoch <= end)
 
 
-class OGMGE(Method):
+class OGMGE(CoefficientMethod):
     name = "ogm_ge"
+    tag = "ogm"
     Params = OGMGEParams
-
-    def __init__(self, params: OGMGEParams, model: MultimodalNet, num_classes: int):
-        super().__init__(params, model, num_classes)
-        self.coef = torch.ones(model.num_modalities)
-        self._sum = torch.zeros(model.num_modalities)
-        self._n = 0
-
-    def on_epoch_start(self, epoch: int, ctx: StepContext) -> dict[str, float]:
-        self._sum.zero_()
-        self._n = 0
-        return {}
 
     def training_step(self, model, xs, y, ctx: StepContext) -> StepResult:
         out = model(xs)
         loss = F.cross_entropy(out.fused, y)
         bias = model.fusion.bias if isinstance(model.fusion, LateFusion) else None
         ratios = ratio_to_others(confidence_scores(modality_logits(out, bias), y))
-        self.coef = ogm_coefficients(ratios, self.params.alpha).cpu()
-        self._sum += self.coef
-        self._n += 1
-        logs = {"loss/fused": loss.item(), **{f"coef/ogm/{m}": float(k) for m, k in enumerate(self.coef)},
+        logs = {"loss/fused": loss.item(), **self.record(ogm_coefficients(ratios, self.params.alpha)),
                 **{f"ratio/ogm/{m}": float(r) for m, r in enumerate(ratios.cpu())}}
         return StepResult(loss=loss, out=out, logs=logs)
 
@@ -92,14 +84,3 @@ class OGMGE(Method):
                 if w.grad is not None:
                     w.grad = ge_modulate(w.grad, float(self.coef[m]), ctx.generator, p.ge)
         return {}
-
-    def on_epoch_end(self, epoch: int, diagnostics: dict[str, float]) -> dict[str, float]:
-        mean = self._sum / max(self._n, 1)
-        return {f"coef/ogm/{m}": float(k) for m, k in enumerate(mean)}
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "coef": self.coef.clone()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.coef = state["coef"].clone()
