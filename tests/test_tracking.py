@@ -88,3 +88,16 @@ def test_tracker_steps_and_artifacts(mlflow_uri, tmp_path):
     assert files == ["best_checkpoint/state.pt"]
     # the artifact store sits next to the SQLite file, not in the working directory
     assert str(tmp_path) in tracker.client.get_run(run).info.artifact_uri
+
+
+def test_new_sqlite_store_is_created_atomically(tmp_path):
+    """A store appears only complete: no half-migrated file if the creator dies mid-migration."""
+    from mcrlab.tracking import open_client
+
+    db = tmp_path / "store" / "mlflow.db"
+    db.parent.mkdir()
+    client = open_client(f"sqlite:///{db}")
+    assert db.exists() and [p.name for p in db.parent.iterdir()] == ["mlflow.db"]  # no temp file left
+    exp = client.create_experiment("e")
+    again = open_client(f"sqlite:///{db}")  # an existing store is opened as it is
+    assert again.get_experiment(exp).name == "e"

@@ -123,15 +123,38 @@ def _finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def open_client(uri: str) -> Any:
+    """An ``MlflowClient`` for ``uri``; a new local SQLite store is created atomically first.
+
+    MLflow creates a SQLite store by running its schema migrations in place: a process killed in the
+    middle (a driver SIGKILLed right after it started) leaves a half-migrated file that every later open
+    rejects ("Online migration expected to match one row"). So the schema is built in a private file
+    and hard-linked into place only when complete (a link never replaces a store another process made).
+    """
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if not db.exists():
+            tmp = db.with_name(f".{db.name}.init-{os.getpid()}")
+            tmp.unlink(missing_ok=True)
+            MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+            try:
+                os.link(tmp, db)
+            except FileExistsError:
+                pass  # another process finished first: use its store
+            finally:
+                tmp.unlink(missing_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
 class Tracker:
     """A thin writer over ``MlflowClient`` bound to one tracking URI."""
 
     def __init__(self, uri: str, run_folder: str | Path = DEFAULT_RUN_FOLDER):
-        from mlflow.tracking import MlflowClient
-
         self.uri = uri
         self.run_folder = Path(run_folder)
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = open_client(uri)
 
     # ---- experiments and runs ----------------------------------------------------------------
     def experiment(self, name: str) -> str:
@@ -237,9 +260,7 @@ def find_runs(uri: str, experiment: str | None = None, *, kind: str | None = Non
     ``experiment`` None searches every experiment; ``tags`` are lineage tags without the prefix.
     Metrics are each run's latest values.
     """
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client = open_client(uri)
     if experiment is None:
         exp_ids = [e.experiment_id for e in client.search_experiments()]
     else:
