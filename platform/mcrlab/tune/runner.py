@@ -274,29 +274,26 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                      board=board)
     trainable = backend.trainable(spec)
 
-    if resume and tune.Tuner.can_restore(str(exp_path)):
-        tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
-    else:
+    def new_tuner(name: str, num_samples: int, points: list[dict] | None) -> Any:
         scheduler = None
         if space.scheduler.name == "asha" and not backend.stops_inside_trial:
             scheduler = ASHAScheduler(time_attr="trial_iteration", metric="objective", mode=space.mode,
                                       max_t=max_t, grace_period=space.scheduler.grace_period,
                                       reduction_factor=space.scheduler.reduction_factor)
-        # metric and mode go to OptunaSearch itself: with a define-by-run space, TuneConfig's are ignored
+        # metric and mode go to OptunaSearch itself: with a define-by-run space, TuneConfig's are ignored;
+        # the study is loaded if it exists (a top-up after a resume continues the same study)
         searcher = ResumableOptunaSearch(space=DefineByRun(space), metric="objective", mode=space.mode,
-                                points_to_evaluate=[dict(p) for p in space.points_to_evaluate] or None,
-                                sampler=make_sampler(space), study_name=study_name,
-                                storage=optuna.storages.RDBStorage(optuna_storage))
+                                         points_to_evaluate=points or None, sampler=make_sampler(space),
+                                         study_name=study_name, storage=optuna.storages.RDBStorage(optuna_storage))
         recorder = TrialRecorder(spec, uri=uri, run_folder=str(run_folder), experiment_id=exp_id,
                                  study_run_id=study_run, dataset_fingerprint=fingerprint)
         cbs = [recorder, *([ProgressPrinter(dataset, space.metric, space.mode)] if progress else []), *callbacks]
-        tuner = tune.Tuner(
+        return tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.num_samples,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
                                         max_concurrent_trials=concurrency),
             run_config=tune.RunConfig(
-                name=slug, storage_path=str(ray_dir), callbacks=cbs, verbose=0,
+                name=name, storage_path=str(ray_dir), callbacks=cbs, verbose=0,
                 # a trial whose process dies (lost worker, OOM kill, node loss) restarts from its last
                 # checkpoint; a NaN/inf trial is not retried (the recorder sees its flag first)
                 failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
@@ -308,29 +305,46 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                                                         checkpoint_score_order=space.mode),
             ),
         )
+
+    restored = resume and tune.Tuner.can_restore(str(exp_path))
+    if restored:
+        tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        tuner = new_tuner(slug, space.num_samples, [dict(p) for p in space.points_to_evaluate])
+    grids = []
     try:
-        grid = tuner.fit()
+        grids.append(tuner.fit())
+        missing = space.num_samples - len(grids[0])
+        if restored and missing > 0:
+            # a driver killed right after it started leaves a Tune snapshot with fewer trials than its
+            # searcher had already handed out; the restored searcher then believes it is done. Top the
+            # study up with a new experiment on the same Optuna study (its history is kept).
+            grids.append(new_tuner(f"{slug}-topup-{int(time.time())}", missing, None).fit())
     finally:
         if board_actor is not None:
             ray.kill(board_actor)
-    return _summarise(space, dataset, grid, tracker, study_run, study_name, optuna_storage)
+    return _summarise(space, dataset, grids, tracker, study_run, study_name, optuna_storage)
 
 
-def _summarise(space: SearchSpace, dataset: str, grid: Any, tracker: Tracker, study_run: str,
+def _summarise(space: SearchSpace, dataset: str, grids: list, tracker: Tracker, study_run: str,
                study_name: str, optuna_storage: str) -> StudyResult:
+    """The study's best trial over its ResultGrid(s): one, or two after a resume that topped it up."""
     import optuna
 
-    errors = sum(1 for r in grid if r.error is not None)
-    ok = [r for r in grid if r.error is None and isinstance((r.metrics or {}).get("objective"), (int, float))
+    results = [r for grid in grids for r in grid]
+    errors = sum(1 for r in results if r.error is not None)
+    ok = [r for r in results if r.error is None and isinstance((r.metrics or {}).get("objective"), (int, float))
           and math.isfinite(r.metrics["objective"])]
     if not ok:
         tracker.end_run(study_run, "FAILED")
         raise RuntimeError(f"study {dataset}: no trial finished ({errors} errors); see the trial logs")
-    best = grid.get_best_result(metric="objective", mode=space.mode, scope="last", filter_nan_and_inf=True)
+    pick = max if space.mode == "max" else min
+    best = pick(ok, key=lambda r: r.metrics["objective"])  # = ResultGrid.get_best_result(scope="last")
     params = {k: v for k, v in best.config.items()}
     cfg = trial_config(space, dataset, params, space.objective.seed)
     objective = float(best.metrics["objective"])
-    tracker.log_metrics(study_run, {"best_objective": objective, "trials": len(grid), "errors": errors})
+    tracker.log_metrics(study_run, {"best_objective": objective, "trials": len(results), "errors": errors})
     tracker.set_tags(study_run, {f"{TAG_PREFIX}best_trial_id": best.metrics.get("trial_id", "")})
     tracker.log_dict(study_run, {"params": params, "objective": objective, "config": cfg.to_dict()},
                      "best_config.json")
@@ -342,5 +356,5 @@ def _summarise(space: SearchSpace, dataset: str, grid: Any, tracker: Tracker, st
         tracker.log_dict(study_run, {"unavailable": f"{type(err).__name__}: {err}"}, "param_importances.json")
     tracker.end_run(study_run, "FINISHED")
     return StudyResult(dataset=dataset, best_params=params, best_config=cfg.to_dict(), best_objective=objective,
-                       best_trial_id=str(best.metrics.get("trial_id", "")), num_trials=len(grid),
-                       num_errors=errors, run_id=study_run, optuna_study=study_name, result_grid=grid)
+                       best_trial_id=str(best.metrics.get("trial_id", "")), num_trials=len(results),
+                       num_errors=errors, run_id=study_run, optuna_study=study_name, result_grid=grids[0])
