@@ -87,11 +87,25 @@ class LocalCluster:
 # helpers
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (racy by nature; callers retry on a failed start)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    """A TCP port free on every local address right now, not handed out before by this process.
+
+    Racy by nature (callers retry on a failed start). Probing on all interfaces, not only 127.0.0.1, matters:
+    some Ray agents bind the machine's own address, and a port they hold there is still free on 127.0.0.1,
+    so a loopback-only probe could hand it to a service of ours (seen in CI: MLflow and Ray's runtime-env
+    agent on the same port number, one on each address). Nothing binds the probe's socket beyond the probe.
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free TCP port found in 100 tries")
 
 
 def _executable(name: str) -> str:
