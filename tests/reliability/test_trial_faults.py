@@ -4,6 +4,8 @@
   exactly where an undisturbed run ends, in one MLflow run with one metric point per epoch;
 - a trial whose loss turns NaN/inf: it stops at that step, is marked failed (Tune ERROR, MLflow
   FAILED with the reason as a tag, Optuna FAIL), is not retried, and the sweep goes on;
+- a Ray Train worker of a data-parallel trial SIGKILLed mid-trial: Ray Train restarts the worker group from
+  the last checkpoint (no epoch 1 again) and the trial ends where an undisturbed run ends, in one MLflow run;
 - two trials at once writing to the tracking store: no metric point is lost (counted), and no secret
   from the environment ends up in MLflow or in the Tune experiment files.
 """
@@ -185,3 +187,65 @@ def test_parallel_trials_lose_no_metric_and_leak_no_secret(ray_local, tmp_path, 
     assert len(blobs) > 3 * n
     for key, value in SECRETS.items():
         assert value not in text, key
+
+
+def _train_worker_pids() -> list[int]:
+    """Pids of this machine's Ray Train worker actors (process title ``ray::RayTrainWorker...``)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            title = cmdline.read_bytes().split(b"\0")[0]
+        except OSError:
+            continue  # the process is gone
+        if title.startswith(b"ray::RayTrainWorker"):
+            pids.append(int(cmdline.parent.name))
+    return sorted(pids)
+
+
+class _KillTrainWorkerOnce(_KillOnce):
+    """SIGKILLs one Ray Train worker of a data-parallel trial (not the trial's own process) at ``at``."""
+
+    epochs_after: list[int]
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.killed:
+            self.epochs_after.append(result["epoch"])
+        elif result.get("trial_iteration") == self.at:
+            self.epochs_after = []
+            workers = _train_worker_pids()
+            assert len(workers) == 2, workers
+            os.kill(workers[-1], signal.SIGKILL)
+            self.killed.append(workers[-1])
+
+
+def test_killed_train_worker_of_a_data_parallel_trial_resumes_from_its_checkpoint(ray_local, tmp_path):
+    from mcrlab.train import fit
+
+    epochs = 8
+    # big enough that the trial is still running when the kill at epoch 2 lands
+    base = {**TINY, "data": {"n_train": 2048}, "train": {**TINY["train"], "epochs": epochs}}
+    space = parse_space(_space(base, {"train.lr": {"type": "categorical", "choices": [0.02]}},
+                               scaling={"workers": 2, "cpus_per_worker": 1, "max_concurrent": 1}))
+    killer = _KillTrainWorkerOnce(at=2)
+    result = run_sweep(space, storage_path=tmp_path / "runs", progress=False, callbacks=[killer])
+    assert killer.killed  # the fault happened
+    assert killer.killed[0] not in _train_worker_pids()
+    # resumed, not restarted: after the kill the epochs go on from a checkpoint (the new worker group may
+    # redo the epochs after it), never from epoch 1 again, and end at the last one
+    assert killer.epochs_after and 1 not in killer.epochs_after and killer.epochs_after[-1] == epochs, \
+        killer.epochs_after
+
+    study = result.studies["synthetic:competition"]
+    assert study.num_trials == 1 and study.num_errors == 0
+    final = study.result_grid[0].metrics
+    assert final["epoch"] == epochs
+    # Ray Train restarted the worker group from the last checkpoint: the trial ends where an undisturbed
+    # single-process run ends (two workers with the same global batch match one: tests/test_ray_train.py)
+    reference = fit(trial_config(space, "synthetic:competition", {"train.lr": 0.02}, 0))
+    for key in ("val/acc", "test/acc", "train/loss"):
+        assert final[key] == pytest.approx(reference[key], rel=1e-4, abs=1e-5), key
+
+    runs = _trial_runs(result)
+    assert len(runs) == 1 and runs[0]["status"] == "FINISHED"  # one MLflow run, not two
+    steps = _history_steps(result.tracking_uri, runs[0]["run_id"], "epoch")
+    assert sorted(set(steps)) == list(range(1, epochs + 1))  # every epoch is there
