@@ -290,8 +290,11 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
         cbs = [recorder, *([ProgressPrinter(dataset, space.metric, space.mode)] if progress else []), *callbacks]
         return tune.Tuner(
             trainable,
+            # reuse_actors: Ray 2.60's default (False) starts a fresh Python process for every trial, which
+            # re-imports torch and the platform: ~6 s of a sweep's per-trial overhead on a 2-core machine
+            # (jobs/bench_sweep_overhead.py). Trials keep no state between runs in their process.
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
-                                        max_concurrent_trials=concurrency),
+                                        max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=name, storage_path=str(ray_dir), callbacks=cbs, verbose=0,
                 # a trial whose process dies (lost worker, OOM kill, node loss) restarts from its last
@@ -324,7 +327,25 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
     finally:
         if board_actor is not None:
             ray.kill(board_actor)
+    if restored:
+        _close_lost_trials(tracker, exp_id, sweep_id, dataset, grids)
     return _summarise(space, dataset, grids, tracker, study_run, study_name, optuna_storage)
+
+
+def _close_lost_trials(tracker: Tracker, exp_id: str, sweep_id: str, dataset: str, grids: list) -> None:
+    """End the MLflow runs of trials that a killed driver started but its last Tune snapshot did not hold.
+
+    Tune never resumes such a trial (the study is topped up with new ones instead), so its run would stay
+    RUNNING forever. It ends KILLED and tagged ``mcrlab.stale`` (as an interrupted ablation cell): kept for the
+    record, never counted as a result.
+    """
+    known = {r.metrics.get("trial_id") for grid in grids for r in grid}
+    clauses = [f"tags.`{TAG_PREFIX}kind` = 'trial'", f"tags.`{TAG_PREFIX}sweep_id` = '{sweep_id}'",
+               f"tags.`{TAG_PREFIX}study` = '{dataset}'", "attributes.status = 'RUNNING'"]
+    for run in tracker.client.search_runs([exp_id], filter_string=" and ".join(clauses)):
+        if run.data.tags.get(f"{TAG_PREFIX}trial_id") not in known:
+            tracker.client.set_tag(run.info.run_id, f"{TAG_PREFIX}stale", "true")
+            tracker.end_run(run.info.run_id, "KILLED")
 
 
 def _summarise(space: SearchSpace, dataset: str, grids: list, tracker: Tracker, study_run: str,
