@@ -137,7 +137,10 @@ run_sweep(load_space(sys.argv[2]), storage_path=sys.argv[3], progress=False)
 @pytest.mark.slow
 def test_resume_after_killed_driver(ray_local, tmp_path):
     space_file = tmp_path / "tiny.yaml"
-    space_file.write_text(yaml.safe_dump(_space(num_samples=4, sampler={"name": "tpe", "seed": 1})))
+    # trials of a few seconds each, so that the kill lands after the first trial and before the last
+    # (the test polls once a second; with reused trial processes two-epoch toy trials take well under that)
+    base = {**BASE, "data": {"n_train": 2048}, "train": {**BASE["train"], "epochs": 4}}
+    space_file.write_text(yaml.safe_dump(_space(base=base, num_samples=4, sampler={"name": "tpe", "seed": 1})))
     runs = tmp_path / "runs"
     uri = f"sqlite:///{runs / 'mlflow.db'}"
     address = ray_local.get_runtime_context().gcs_address
@@ -172,11 +175,13 @@ def test_resume_after_killed_driver(ray_local, tmp_path):
         assert len(again) == 1 and again[0]["run_id"] == run["run_id"]
         # not re-run: its history still has exactly one entry per epoch, logged before the kill
         hist = client.get_metric_history(run["run_id"], "objective")
-        assert [m.step for m in hist] == [1, 2]
+        assert [m.step for m in hist] == [1, 2, 3, 4]
     study = result.studies["synthetic:competition"]
     assert study.num_trials == 4 and study.num_errors == 0
     ostudy = optuna.load_study(study_name=study.optuna_study, storage=result.optuna_storage)
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in ostudy.trials) == 4
+    # a trial handed out by the killed driver and never resumed is closed in Optuna too, never left RUNNING
+    assert not [t for t in ostudy.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
 def test_bad_space_and_unreachable_tracking_exit_2(tmp_path, capsys, monkeypatch):

@@ -329,7 +329,18 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
             ray.kill(board_actor)
     if restored:
         _close_lost_trials(tracker, exp_id, sweep_id, dataset, grids)
+        _fail_lost_optuna_trials(study_name, optuna_storage)
     return _summarise(space, dataset, grids, tracker, study_run, study_name, optuna_storage)
+
+
+def _fail_lost_optuna_trials(study_name: str, optuna_storage: str) -> None:
+    """Tell Optuna that trials still RUNNING once a resumed study has ended are FAIL: they were handed out by
+    a killed driver and never resumed (see ``_close_lost_trials``), so no result will ever come for them."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def _close_lost_trials(tracker: Tracker, exp_id: str, sweep_id: str, dataset: str, grids: list) -> None:
