@@ -291,7 +291,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
         return tune.Tuner(
             trainable,
             # reuse_actors: Ray 2.60's default (False) starts a fresh Python process for every trial, which
-            # re-imports torch and the platform: ~6 s of a sweep's per-trial overhead on a 2-core machine
+            # re-imports torch and the platform: ~7 s of a sweep's per-trial overhead on a 2-core machine
             # (jobs/bench_sweep_overhead.py). Trials keep no state between runs in their process.
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
                                         max_concurrent_trials=concurrency, reuse_actors=True),
@@ -350,7 +350,7 @@ def _close_lost_trials(tracker: Tracker, exp_id: str, sweep_id: str, dataset: st
     RUNNING forever. It ends KILLED and tagged ``mcrlab.stale`` (as an interrupted ablation cell): kept for the
     record, never counted as a result.
     """
-    known = {r.metrics.get("trial_id") for grid in grids for r in grid}
+    known = {(r.metrics or {}).get("trial_id") for grid in grids for r in grid}  # no metrics: failed at start
     clauses = [f"tags.`{TAG_PREFIX}kind` = 'trial'", f"tags.`{TAG_PREFIX}sweep_id` = '{sweep_id}'",
                f"tags.`{TAG_PREFIX}study` = '{dataset}'", "attributes.status = 'RUNNING'"]
     for run in tracker.client.search_runs([exp_id], filter_string=" and ".join(clauses)):
