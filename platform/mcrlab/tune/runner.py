@@ -29,6 +29,7 @@ from mcrlab.tracking import (
     TAG_PREFIX,
     Tracker,
     check_tracking,
+    find_runs,
     lineage_tags,
     resolve_tracking_uri,
 )
@@ -328,7 +329,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
         if board_actor is not None:
             ray.kill(board_actor)
     if restored:
-        _close_lost_trials(tracker, exp_id, sweep_id, dataset, grids)
+        _close_lost_trials(tracker, sweep_id, dataset, grids)
         _fail_lost_optuna_trials(study_name, optuna_storage)
     return _summarise(space, dataset, grids, tracker, study_run, study_name, optuna_storage)
 
@@ -343,7 +344,7 @@ def _fail_lost_optuna_trials(study_name: str, optuna_storage: str) -> None:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
-def _close_lost_trials(tracker: Tracker, exp_id: str, sweep_id: str, dataset: str, grids: list) -> None:
+def _close_lost_trials(tracker: Tracker, sweep_id: str, dataset: str, grids: list) -> None:
     """End the MLflow runs of trials that a killed driver started but its last Tune snapshot did not hold.
 
     Tune never resumes such a trial (the study is topped up with new ones instead), so its run would stay
@@ -351,12 +352,12 @@ def _close_lost_trials(tracker: Tracker, exp_id: str, sweep_id: str, dataset: st
     record, never counted as a result.
     """
     known = {(r.metrics or {}).get("trial_id") for grid in grids for r in grid}  # no metrics: failed at start
-    clauses = [f"tags.`{TAG_PREFIX}kind` = 'trial'", f"tags.`{TAG_PREFIX}sweep_id` = '{sweep_id}'",
-               f"tags.`{TAG_PREFIX}study` = '{dataset}'", "attributes.status = 'RUNNING'"]
-    for run in tracker.client.search_runs([exp_id], filter_string=" and ".join(clauses)):
-        if run.data.tags.get(f"{TAG_PREFIX}trial_id") not in known:
-            tracker.client.set_tag(run.info.run_id, f"{TAG_PREFIX}stale", "true")
-            tracker.end_run(run.info.run_id, "KILLED")
+    running = find_runs(tracker.uri, kind="trial", tags={"sweep_id": sweep_id, "study": dataset},
+                        filter_string="attributes.status = 'RUNNING'")
+    for run in running:
+        if run["tags"].get(f"{TAG_PREFIX}trial_id") not in known:
+            tracker.client.set_tag(run["run_id"], f"{TAG_PREFIX}stale", "true")
+            tracker.end_run(run["run_id"], "KILLED")
 
 
 def _summarise(space: SearchSpace, dataset: str, grids: list, tracker: Tracker, study_run: str,
