@@ -1,0 +1,1 @@
+"""The training engine: ``fit`` (plain PyTorch, never imports Ray), evaluation, checkpoints, pre-training."""

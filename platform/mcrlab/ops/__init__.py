@@ -1,0 +1,1 @@
+"""Operations: the local cluster and job submission."""
