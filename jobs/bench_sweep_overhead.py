@@ -46,7 +46,7 @@ def plain_optuna(space, trials: int) -> float:
     import optuna
 
     from mcrlab.data import load_dataset
-    from mcrlab.train import fit
+    from mcrlab.engine.fit import fit
     from mcrlab.tune.space import compile_space, make_sampler, trial_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -98,8 +98,8 @@ def main() -> None:
     out.update(plain_optuna_s=plain, sweep_s=sweep, overhead_per_trial_s=(sweep - plain) / args.trials)
 
     if not args.skip_dp:
-        from mcrlab.ray_train import fit_distributed
-        from mcrlab.train import fit
+        from mcrlab.engine.fit import fit
+        from mcrlab.trials.data_parallel import fit_distributed
 
         cfg = trial_config(space, space.datasets[0], {}, 0)
         t0 = time.perf_counter()

@@ -237,7 +237,7 @@ def bare_loop(cfg) -> tuple[float, float]:
 
 def platform_fit(cfg) -> tuple[float, float, float, float]:
     """fit(cfg) loading its own data: (wall, process time, wall in evaluation, process time in evaluation)."""
-    import mcrlab.train as train
+    import mcrlab.engine.fit as train
 
     spent = [0.0, 0.0]
     originals = {name: getattr(train, name) for name in ("evaluate", "_final_metrics")}
@@ -302,8 +302,8 @@ def _timed_fit_loop(config: dict) -> None:
     import ray.train
 
     from mcrlab.config import RunConfig
-    from mcrlab.ray_train import worker_report
-    from mcrlab.train import fit
+    from mcrlab.engine.fit import fit
+    from mcrlab.trials.data_parallel import worker_report
 
     t0 = time.perf_counter()
     fit(RunConfig.from_dict(config["run"]), report=worker_report())
@@ -316,8 +316,8 @@ def ray_figures(smoke: bool) -> tuple[dict, dict]:
 
     import ray
 
-    from mcrlab.ray_train import fit_distributed, make_trainer
-    from mcrlab.train import fit
+    from mcrlab.engine.fit import fit
+    from mcrlab.trials.data_parallel import fit_distributed, make_trainer
     from mcrlab.tune.runner import run_sweep
     from mcrlab.tune.space import trial_config
 
@@ -326,7 +326,9 @@ def ray_figures(smoke: bool) -> tuple[dict, dict]:
     raw: dict = {"trials": trials, "epochs": epochs}
     t0 = time.perf_counter()
     if not ray.is_initialized():
-        from mcrlab.reproduce import start_local_ray  # patient start-up: a loaded machine misses Ray's 30 s
+        from mcrlab.studies.reproduce import (
+            start_local_ray,  # patient start-up: a loaded machine misses Ray's 30 s
+        )
 
         start_local_ray()
     raw["ray_init_s"] = time.perf_counter() - t0

@@ -3,7 +3,7 @@
 # OMP_NUM_THREADS=1 python jobs/evidence_baselines.py --optimizer sgd --lr 0.01 --out docs/baselines_sgd.md
 """Sanity evidence for issue 4: every balancing method on the synthetic `imbalanced` preset.
 
-For each method and seed, one run of ``mcrlab.train.fit``; reported: fused test accuracy and the linear-probe
+For each method and seed, one run of ``mcrlab.engine.fit.fit``; reported: fused test accuracy and the linear-probe
 accuracy of the weak modality's frozen encoder (the honest measure of under-training), next to the preset's
 analytic ceilings (``dataset.meta``). Prints a Markdown table and, unless --smoke, writes docs/baselines.md.
 """
@@ -20,8 +20,8 @@ import torch
 
 from mcrlab.config import RunConfig
 from mcrlab.data import load_dataset
+from mcrlab.engine.fit import fit
 from mcrlab.methods import REGISTRY
-from mcrlab.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 

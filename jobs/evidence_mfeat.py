@@ -2,7 +2,7 @@
 # OMP_NUM_THREADS=1 python jobs/evidence_mfeat.py --smoke    (seconds: 1 seed, 2 epochs)
 """Evidence for issue 5: unimodal, joint and ensemble accuracy on the real dataset mfeat:pix+fou.
 
-Each arm and seed is one ``mcrlab.train.fit`` run with the default config, i.e. the same as
+Each arm and seed is one ``mcrlab.engine.fit.fit`` run with the default config, i.e. the same as
 ``mcrlab train data.name=mfeat:pix+fou data.seed=S train.seed=S method.name=<arm>`` (unimodal adds
 ``method.modality=0|1``); seed S fixes both the stratified split and the initialisation. Reported: fused
 test accuracy and the test accuracy of a linear probe on each frozen encoder (``test/probe/<view>``),
@@ -21,8 +21,8 @@ import torch
 
 from mcrlab.config import RunConfig
 from mcrlab.data import load_dataset
+from mcrlab.engine.fit import fit
 from mcrlab.methods import REGISTRY
-from mcrlab.train import fit
 
 DATA = "mfeat:pix+fou"
 

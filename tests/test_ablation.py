@@ -14,9 +14,9 @@ import pytest
 import yaml
 from scipy import stats as sps
 
-from mcrlab.ablation import load_spec, mcr_standard, parse_spec
+from mcrlab.ablate.spec import load_spec, mcr_standard, parse_spec
+from mcrlab.analysis.stats import SeedMismatchError
 from mcrlab.config import ConfigError, RunConfig
-from mcrlab.stats import SeedMismatchError
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "search_spaces").glob("ablation_*.yaml"))
@@ -186,7 +186,7 @@ def test_dry_run_prints_the_grid(tmp_path, capsys, mlflow_uri):
 
 
 def _cell_runs(uri: str, ablation_id: str = "tiny", finished_only: bool = False):
-    from mcrlab.ablation_commands import collect_runs
+    from mcrlab.analysis.runs import collect_runs
 
     runs = collect_runs(uri, filter_string=f"tags.`mcrlab.kind` = 'cell' and tags.`mcrlab.ablation_id` = "
                                            f"'{ablation_id}'")
@@ -205,8 +205,8 @@ def _key(run):
 def test_tiny_ablation_end_to_end_resume_and_compare(ray_local, mlflow_uri, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from mcrlab.ablation_commands import compare
-    from mcrlab.ablation_runner import run_ablation
+    from mcrlab.ablate.runner import run_ablation
+    from mcrlab.analysis.runs import compare
 
     spec = load_spec(write_spec(tmp_path, TINY))
     out = run_ablation(spec, mlflow_uri, storage_path=tmp_path)
@@ -286,13 +286,13 @@ def test_killed_driver_resumes_only_missing_cells(ray_local, mlflow_uri, tmp_pat
     """A real `mcrlab ablate` process is SIGKILLed mid-grid; --resume runs only what did not finish."""
     import ray
 
-    from mcrlab.ablation_runner import run_ablation
+    from mcrlab.ablate.runner import run_ablation
 
     raw = {**TINY, "name": "killme", "seeds": [0, 1, 2, 3]}
     raw["base"] = {**TINY["base"], "train": {**TINY["base"]["train"], "epochs": 3}}
     path = write_spec(tmp_path, raw)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "mcrlab.cli", "ablate", str(path), "--tracking-uri",
+    proc = subprocess.Popen([sys.executable, "-m", "mcrlab.cli.app", "ablate", str(path), "--tracking-uri",
                              mlflow_uri, "--verbose", "0"], env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -324,7 +324,7 @@ def test_killed_driver_resumes_only_missing_cells(ray_local, mlflow_uri, tmp_pat
 @pytest.mark.slow
 def test_data_parallel_cells_run_on_ray_train(ray_local, mlflow_uri, tmp_path):
     """resources.workers > 1: each cell is a 2-worker TorchTrainer run, tracked like any other cell."""
-    from mcrlab.ablation_runner import run_ablation
+    from mcrlab.ablate.runner import run_ablation
 
     raw = {**TINY, "name": "dp", "seeds": [0], "resources": {"workers": 2, "cpus": 0.5}}
     raw["base"] = {**TINY["base"], "train": {**TINY["base"]["train"], "epochs": 1}}
@@ -339,7 +339,7 @@ def test_data_parallel_cells_run_on_ray_train(ray_local, mlflow_uri, tmp_path):
 def test_equal_tuning_budget_runs_a_sweep_per_arm(ray_local, mlflow_uri, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from mcrlab.ablation_runner import run_ablation
+    from mcrlab.ablate.runner import run_ablation
 
     raw = {**TINY, "name": "tuned", "seeds": [0, 1], "arms": {"no_game": {"method.lambda_m": 0.0}},
            "tune": {**TUNE, "params": {"train.lr": TUNE["params"]["train.lr"]}}}

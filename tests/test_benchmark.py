@@ -56,7 +56,7 @@ def test_bare_loop_and_fit_train_the_same_amount_and_time_the_eval():
     assert raw["samples"] == cfg.train.epochs * (cfg.data.n_train // 256) * 256
     assert 0 < figures["fit_eval_share"] < 1
     assert figures["platform_over_bare_throughput_no_eval"] > figures["platform_over_bare_throughput"]
-    import mcrlab.train as train
+    import mcrlab.engine.fit as train
 
     assert train.evaluate.__name__ == "evaluate"  # the timing wrappers were removed again
 

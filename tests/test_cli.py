@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mcrlab.cli import build_parser, main
+from mcrlab.cli.app import build_parser, main
 
 
 def _subcommands() -> list[str]:

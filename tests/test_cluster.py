@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from mcrlab import cluster
 from mcrlab.cli import main
-from mcrlab.cluster_commands import RUNTIME_ENV, build_runtime_env, submit_command
+from mcrlab.cli.cluster import RUNTIME_ENV, build_runtime_env, submit_command
 from mcrlab.config import ConfigError
+from mcrlab.ops import cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -286,7 +286,7 @@ def test_bad_spec_job_fails_with_the_clear_error_and_the_package_comes_from_the_
     # The same runtime env puts the shipped copy of platform/mcrlab first on the job's path, and the
     # uploaded checkout (without the excluded local state) is the job's working directory.
     sid = f"it-pkg-{os.getpid()}"
-    probe = ("import mcrlab.cli, os; print('MCRLAB_FROM', os.path.dirname(mcrlab.cli.__file__)); "
+    probe = ("import mcrlab.cli.app, os; print('MCRLAB_FROM', os.path.dirname(mcrlab.cli.app.__file__)); "
              "print('CWD_HAS', os.path.isfile('jobs/sweep.py'), os.path.isfile('search_spaces/default.yaml'), "
              "os.path.isdir('.git'), os.path.isdir('.venv'))")
     cmd = [*cmd[:cmd.index("--")], "--", "python", "-c", probe]

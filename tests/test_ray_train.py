@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from mcrlab.config import RunConfig
-from mcrlab.ray_train import fit_distributed, run_name, scaling_config
-from mcrlab.train import fit
+from mcrlab.engine.fit import fit
+from mcrlab.trials.data_parallel import fit_distributed, run_name, scaling_config
 
 TINY = {"data": {"name": "synthetic:competition", "n_train": 256},
         "model": {"hidden": 16, "latent": 8, "depth": 1},

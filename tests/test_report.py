@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from mcrlab.analysis.report import build_report, metric_table, rank_table, render, write_report
+from mcrlab.analysis.stats import SeedMismatchError
 from mcrlab.config import ConfigError
-from mcrlab.report import build_report, metric_table, rank_table, render, write_report
-from mcrlab.stats import SeedMismatchError
 
 ARMS = {"base": 0.80, "no_game": 0.74, "independent": 0.79}
 DATASETS = ["synthetic:competition", "mfeat:fou+kar", "digits"]

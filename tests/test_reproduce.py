@@ -9,13 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mcrlab.ablation import parse_spec
+from mcrlab.ablate.spec import parse_spec
+from mcrlab.analysis.report import build_report
 from mcrlab.cli import main
 from mcrlab.config import ConfigError, read_yaml
 from mcrlab.data.synthetic import PRESETS
 from mcrlab.methods import REGISTRY
-from mcrlab.report import build_report
-from mcrlab.reproduce import BASE_METHOD, mcr_verdicts, narrow_spec, render_results
+from mcrlab.studies.reproduce import BASE_METHOD, mcr_verdicts, narrow_spec, render_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "search_spaces" / "reproduce.yaml"

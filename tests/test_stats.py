@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from mcrlab.config import ConfigError
-from mcrlab.stats import (
+from mcrlab.analysis.stats import (
     SeedMismatchError,
     average_ranks,
     compare_to_base,
@@ -19,6 +18,7 @@ from mcrlab.stats import (
     paired_test,
     summarize,
 )
+from mcrlab.config import ConfigError
 
 BASE = {0: 0.71, 1: 0.74, 2: 0.69, 3: 0.73, 4: 0.70}
 ARM = {0: 0.75, 1: 0.77, 2: 0.74, 3: 0.74, 4: 0.76}

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mcrlab.config import load_config
-from mcrlab.train import NonFiniteLoss, adaptive_multipliers, fit, load_checkpoint
+from mcrlab.engine.fit import NonFiniteLoss, adaptive_multipliers, fit, load_checkpoint
 from tests.helpers_data import toy_dataset
 
 FAST = ["train.epochs=3", "train.batch_size=32", "train.probe_epochs=20"]

@@ -18,10 +18,10 @@ _PUBLIC: dict[str, str] = {
     "RunConfig": "mcrlab.config",
     "load_config": "mcrlab.config",
     "ConfigError": "mcrlab.config",
-    "fit": "mcrlab.train",
+    "fit": "mcrlab.engine.fit",
     "REGISTRY": "mcrlab.methods",
     "run_sweep": "mcrlab.tune.runner",
-    "run_ablation": "mcrlab.ablation_runner",
+    "run_ablation": "mcrlab.ablate.runner",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

@@ -100,7 +100,7 @@ def test_cli_import_show_list_and_train(tmp_path, capsys):
     assert main(["data", "import", str(tmp_path / "f.npz"), str(dest), "--overwrite"]) == 0
 
     from mcrlab.config import load_config
-    from mcrlab.train import fit
+    from mcrlab.engine.fit import fit
 
     cfg = load_config(None, [f"data.name={dest}", "method.name=joint", "train.epochs=1",
                              "train.batch_size=16", "train.probe_epochs=0", "model.hidden=8", "model.latent=4"])

@@ -264,7 +264,7 @@ def test_ceilings_do_not_depend_on_the_seed_and_are_cached():
 
 def _fit(preset: str, seed: int, *overrides: str) -> dict:
     from mcrlab.config import load_config
-    from mcrlab.train import fit
+    from mcrlab.engine.fit import fit
 
     cfg = load_config(None, [f"data.name=synthetic:{preset}", f"data.seed={seed}", f"train.seed={seed}",
                              "train.device=cpu", "train.probe_epochs=0", *overrides])

@@ -94,7 +94,7 @@ def test_copied_paths_exist_and_images_run_unprivileged():
         if name != "deps":
             inherited = [r for w, r in stages()["deps"] if w == "USER"] if name == "app" else []
             assert (users or inherited)[-1] not in ("root", "0"), name
-    assert any(w == "RUN" and "import mcrlab.cli" in r for w, r in stages()["app"]), "the image imports mcrlab"
+    assert any(w == "RUN" and "import mcrlab.cli.app" in r for w, r in stages()["app"]), "the image imports mcrlab"
 
 
 def test_dockerignore_keeps_local_state_out_of_the_context():

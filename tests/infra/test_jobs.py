@@ -12,7 +12,7 @@ import sys
 import pytest
 from ray.runtime_env import RuntimeEnv
 
-from mcrlab.cluster_commands import JOB_SCRIPTS, RUNTIME_ENV, SECRET_NAME, build_runtime_env
+from mcrlab.cli.cluster import JOB_SCRIPTS, RUNTIME_ENV, SECRET_NAME, build_runtime_env
 from mcrlab.config import ConfigError, read_yaml
 from tests.infra.conftest import ROOT
 
@@ -63,7 +63,7 @@ def test_runtime_env_is_accepted_by_ray_and_ships_the_package():
     RuntimeEnv(**env)  # Ray's own validation of every field
     assert env["working_dir"] == str(ROOT)
     (pkg,) = env["py_modules"]
-    assert (ROOT / "platform" / "mcrlab" / "cli.py").samefile(os.path.join(pkg, "cli.py"))
+    assert (ROOT / "platform" / "mcrlab" / "cli" / "app.py").samefile(os.path.join(pkg, "cli", "app.py"))
     for pattern in (".git", ".venv", "runs", "mlruns", "*.db", "__pycache__"):
         assert pattern in raw["excludes"], pattern
     assert not [k for k in raw.get("env_vars", {}) if SECRET_NAME.search(k)]

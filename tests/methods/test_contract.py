@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from mcrlab.config import ConfigError, RunConfig
+from mcrlab.engine.fit import fit, load_checkpoint
 from mcrlab.methods import REGISTRY
 from mcrlab.models import build_model
-from mcrlab.train import fit, load_checkpoint
 
 # method -> (method.* overrides, prefix of a per-epoch coefficient it must report, or None)
 SETTINGS: dict[str, tuple[dict, str | None]] = {

@@ -1,7 +1,7 @@
 """Bad input: every case of the corpus ends in one clear line and exit code 2, with nothing started.
 
 The corpus (tests/reliability/corpus/index.yaml) holds malformed configs, search spaces, ablation specs
-and data files, each run through the real CLI (``mcrlab.cli.main``, in-process; a few as subprocesses).
+and data files, each run through the real CLI (``mcrlab.cli.app``, in-process; a few as subprocesses).
 For each: exit code 2, exactly one error line naming the file and the key, no traceback, no Ray
 started, and the working directory (where the default ./runs store would go) left empty.
 

@@ -122,15 +122,15 @@ ABLATION = {"name": "killcell", "experiment": "abl-kill", "base": BASE,  # cells
 
 
 def test_ablation_driver_killed_mid_cell_then_resumed(ray_local, tmp_path):
-    from mcrlab.ablation import load_spec
-    from mcrlab.ablation_runner import run_ablation
+    from mcrlab.ablate.runner import run_ablation
+    from mcrlab.ablate.spec import load_spec
 
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(ABLATION))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "OMP_NUM_THREADS": "1",
            "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen([sys.executable, "-m", "mcrlab.cli", "ablate", str(spec_file), "--tracking-uri", uri,
+    proc = subprocess.Popen([sys.executable, "-m", "mcrlab.cli.app", "ablate", str(spec_file), "--tracking-uri", uri,
                              "--verbose", "0"], env=env, cwd=tmp_path, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mcrlab import cluster
 from mcrlab.cli import main
-from mcrlab.cluster_commands import RUNTIME_ENV, build_runtime_env
+from mcrlab.cli.cluster import RUNTIME_ENV, build_runtime_env
+from mcrlab.ops import cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "platform" / "mcrlab"
@@ -41,7 +41,7 @@ def _calls(pattern: str) -> list[tuple[str, int, str]]:
 
 
 def test_sources_are_scanned():
-    assert len(SOURCES) > 40 and PACKAGE / "train.py" in SOURCES
+    assert len(SOURCES) > 40 and PACKAGE / "engine" / "fit.py" in SOURCES
 
 
 def test_yaml_is_only_safe_loaded():
@@ -70,7 +70,7 @@ class _Payload:
 
 def test_a_tampered_checkpoint_is_refused_and_runs_nothing(tmp_path):
     from mcrlab.config import RunConfig
-    from mcrlab.train import CHECKPOINT_FILE, fit, load_checkpoint
+    from mcrlab.engine.fit import CHECKPOINT_FILE, fit, load_checkpoint
 
     marker = tmp_path / "side_effect"
     ckpt = tmp_path / "ckpt"
@@ -149,7 +149,7 @@ def test_cluster_up_binds_every_service_to_loopback_with_token_auth(spawned, tmp
 
 
 def test_no_cli_flag_turns_ray_auth_off():
-    from mcrlab.cli import build_parser
+    from mcrlab.cli.app import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")

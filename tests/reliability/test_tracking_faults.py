@@ -17,7 +17,7 @@ import requests
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from mcrlab.cluster import free_port
+from mcrlab.ops.cluster import free_port
 from mcrlab.tracking import find_runs
 from mcrlab.tune.runner import run_sweep
 from mcrlab.tune.space import parse_space

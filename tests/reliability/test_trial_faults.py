@@ -64,7 +64,7 @@ class _KillOnce(tune.Callback):
 
 
 def test_killed_trial_worker_resumes_from_its_checkpoint(ray_local, tmp_path):
-    from mcrlab.train import fit
+    from mcrlab.engine.fit import fit
 
     space = parse_space(_space(TINY, {"train.lr": {"type": "categorical", "choices": [0.02]}}))
     killer = _KillOnce(at=2)
@@ -219,7 +219,7 @@ class _KillTrainWorkerOnce(_KillOnce):
 
 
 def test_killed_train_worker_of_a_data_parallel_trial_resumes_from_its_checkpoint(ray_local, tmp_path):
-    from mcrlab.train import fit
+    from mcrlab.engine.fit import fit
 
     epochs = 8
     # big enough that the trial is still running when the kill at epoch 2 lands

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from mcrlab.config import ConfigError, RunConfig
-from mcrlab.tune.backends import DataParallel, RungBoard, SingleProcess, TrialSpec, pick_backend
+from mcrlab.trials.backends import DataParallel, RungBoard, SingleProcess, TrialSpec, pick_backend
+from mcrlab.trials.seeds import STATE_FILE, asha_keeps, asha_milestones, read_state, run_seeds
 from mcrlab.tune.runner import max_concurrent
 from mcrlab.tune.space import parse_space
-from mcrlab.tune.trial import STATE_FILE, asha_keeps, asha_milestones, read_state, run_seeds
 
 SPACE = {
     "name": "t", "datasets": ["synthetic:competition"],

@@ -1,6 +1,6 @@
 """The method plug-in contract: a thin class with the few hooks the training loop calls.
 
-The loop (``mcrlab.train.fit``) does, per batch::
+The loop (``mcrlab.engine.fit.fit``) does, per batch::
 
     res = method.training_step(model, xs, y, ctx)      # forward + loss (and backward if it wants)
     if not res.backward_done: res.loss.backward()

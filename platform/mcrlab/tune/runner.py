@@ -33,7 +33,7 @@ from mcrlab.tracking import (
     lineage_tags,
     resolve_tracking_uri,
 )
-from mcrlab.tune.backends import NAMESPACE, RungBoard, TrialSpec, max_iterations, pick_backend
+from mcrlab.trials.backends import NAMESPACE, RungBoard, TrialSpec, max_iterations, pick_backend
 from mcrlab.tune.space import SearchSpace, compile_space, make_sampler, trial_config
 
 __all__ = ["run_sweep", "SweepResult", "StudyResult", "max_concurrent", "study_slug"]
@@ -248,7 +248,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from mcrlab.tune.recorder import ProgressPrinter, TrialRecorder
+    from mcrlab.trials.recorder import ProgressPrinter, TrialRecorder
     from mcrlab.tune.searcher import ResumableOptunaSearch
 
     slug = study_slug(dataset)

@@ -28,10 +28,10 @@ import torch.distributed as dist
 
 from mcrlab.config import RunConfig
 from mcrlab.data import MultimodalDataset, Split, load_dataset
+from mcrlab.engine.metrics import accuracy, macro_f1
+from mcrlab.engine.probe import linear_probe
 from mcrlab.methods import REGISTRY, Method, StepContext
-from mcrlab.metrics import accuracy, macro_f1
 from mcrlab.models import MultimodalNet, build_model
-from mcrlab.probe import linear_probe
 
 __all__ = ["fit", "Report", "CHECKPOINT_FILE", "evaluate", "player_multipliers"]
 

@@ -1,6 +1,6 @@
 """Data-parallel ``fit`` on Ray Train (TorchTrainer; gloo on CPU, NCCL on GPU).
 
-Each worker calls ``mcrlab.train.fit`` unchanged: under torch.distributed fit itself shards every global
+Each worker calls ``mcrlab.engine.fit.fit`` unchanged: under torch.distributed fit itself shards every global
 batch by rank and all-reduces gradients (see train.py), so there is no DDP wrapper here. This module
 adds what Ray needs around it:
 
@@ -124,7 +124,7 @@ def make_trainer(loop: Callable[[dict], None], loop_config: dict, *, name: str, 
 
 def _fit_loop(config: dict) -> None:
     """Worker loop of ``fit_distributed``: one fit, resumed from the run's latest checkpoint if any."""
-    from mcrlab.train import fit
+    from mcrlab.engine.fit import fit
 
     cfg = RunConfig.from_dict(config["run"])
     with worker_resume() as resume_from:

@@ -25,8 +25,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from mcrlab import cluster
 from mcrlab.config import ConfigError, read_yaml
+from mcrlab.ops import cluster
 
 __all__ = ["register", "JOB_SCRIPTS", "build_runtime_env", "submit_command", "resolve_address"]
 
@@ -43,9 +43,10 @@ SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|PR
 
 
 def repo_root(start: Path | None = None) -> Path:
-    """The directory holding jobs/runtime_env.yaml: the current one, one above it, or this checkout."""
+    """The directory holding jobs/runtime_env.yaml: the current one or one above it (never the package's
+    own location: an installed package knows no checkout)."""
     here = (start or Path.cwd()).resolve()
-    for cand in (here, *here.parents, Path(__file__).resolve().parents[2]):
+    for cand in (here, *here.parents):
         if (cand / RUNTIME_ENV).is_file():
             return cand
     raise ConfigError(f"{RUNTIME_ENV}: not found; run from the repository root or pass --runtime-env")

@@ -8,14 +8,14 @@ MLflow layout (one writer: this driver process, through a Tune callback)::
                      config_hash, dataset_fingerprint}; params = the resolved config; per-epoch metrics
 
 Tune runs ``tune.grid_search`` over cell indices (no Optuna: OptunaSearch rejects grids). A cell with
-one worker is a single-process function trainable calling ``mcrlab.train.fit``; with ``resources.workers``
-> 1 it drives a TorchTrainer (``mcrlab.ray_train.make_trainer``, as the sweeps' data-parallel backend). Resume is by MLflow, not by Tune's
+one worker is a single-process function trainable calling ``mcrlab.engine.fit.fit``; with ``resources.workers``
+> 1 it drives a TorchTrainer (``mcrlab.trials.data_parallel.make_trainer``, as the sweeps' data-parallel backend). Resume is by MLflow, not by Tune's
 experiment state: a cell counts as done when a FINISHED cell run with the same ablation id, arm,
 dataset, seed and config hash exists; everything else runs again, and its stale RUNNING/FAILED runs
 are marked KILLED so that comparisons never see them. The granularity is the cell (tiny cells make
 mid-cell checkpoints not worth their I/O here).
 
-The sweeps' backends (mcrlab.tune.backends) are bound to Optuna-sampled points with objective seeds,
+The sweeps' backends (mcrlab.trials.backends) are bound to Optuna-sampled points with objective seeds,
 so cells use their own two small trainables built on the same pieces (fit, ray_train.make_trainer).
 """
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcrlab.ablation import AblationSpec, Cell
+from mcrlab.ablate.spec import AblationSpec, Cell
 from mcrlab.config import ConfigError, RunConfig
 from mcrlab.tracking import Tracker, lineage_tags
 
@@ -49,7 +49,7 @@ def cell_trainable(config: dict, cells: list[dict] | None = None) -> None:
     """Tune function trainable: one cell = one ``fit`` (imports torch only inside the trial)."""
     from ray import tune
 
-    from mcrlab.train import fit
+    from mcrlab.engine.fit import fit
 
     cell = cells[config["cell"]]
     cfg = RunConfig.from_dict(cell["config"], f"cell {cell['arm']}/{cell['dataset']}/{cell['seed']}")
@@ -69,8 +69,8 @@ def data_parallel_cell(config: dict, cells: list[dict] | None = None, workers: i
     """
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from mcrlab.ray_train import make_trainer, run_name
-    from mcrlab.report import slug
+    from mcrlab.analysis.report import slug
+    from mcrlab.trials.data_parallel import make_trainer, run_name
 
     cell = cells[config["cell"]]
     name = run_name(ablation_id, slug(f"{cell['arm']}-{cell['dataset']}-s{cell['seed']}"))
@@ -81,8 +81,8 @@ def data_parallel_cell(config: dict, cells: list[dict] | None = None, workers: i
 
 
 def _data_parallel_worker(config: dict) -> None:
-    from mcrlab.ray_train import local_checkpoint_dir, worker_report, worker_resume
-    from mcrlab.train import fit
+    from mcrlab.engine.fit import fit
+    from mcrlab.trials.data_parallel import local_checkpoint_dir, worker_report, worker_resume
 
     with worker_resume() as resume_from:
         fit(RunConfig.from_dict(config["run"]), report=worker_report(), checkpoint_dir=local_checkpoint_dir(),
@@ -310,7 +310,7 @@ def _tuned_cells(spec: AblationSpec, tracker: Tracker, arm_runs: dict[str, str],
     """
     import tempfile
 
-    from mcrlab.ablation import make_cells
+    from mcrlab.ablate.spec import make_cells
     from mcrlab.tune.runner import run_sweep
     from mcrlab.tune.space import parse_space
 

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<runs>/mlflow.db)")
     p.add_argument("--smoke", action="store_true", help="the space's smoke variant: few trials, tiny epochs")
-    # dest is not "resume": cli.py reads args.resume as `mcrlab train --resume` (needs --checkpoint-dir)
+    # dest is not "resume": cli.app reads args.resume as `mcrlab train --resume` (needs --checkpoint-dir)
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="SWEEP_ID", dest="resume_sweep",
                    help="continue the newest sweep of this space (or the one named): finished trials are "
                         "kept, unfinished ones continue from their last checkpoint")

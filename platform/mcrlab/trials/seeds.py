@@ -54,7 +54,7 @@ def run_seeds(cfgs: Sequence[RunConfig], *, metric: str, score: Callable[[Sequen
     checkpoint directory written by an earlier call (it holds fit's state and ``trial_state.json``).
     """
     if fit is None:
-        from mcrlab.train import fit
+        from mcrlab.engine.fit import fit
     from mcrlab.data import load_dataset
 
     state = read_state(resume_from) or {"seed_index": 0, "done": [], "iteration": 0}

@@ -52,7 +52,7 @@ class _EpochPrinter:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mcrlab.train import fit
+    from mcrlab.engine.fit import fit
 
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
@@ -128,8 +128,8 @@ def _command_modules() -> list:
     """The sub-command modules, in the order --help lists them (one explicit list)."""
     import importlib
 
-    names = ["mcrlab.tune.commands", "mcrlab.tune.check", "mcrlab.ablation_commands", "mcrlab.data.commands",
-             "mcrlab.cluster_commands", "mcrlab.reproduce"]
+    names = ["mcrlab.cli.sweep", "mcrlab.tune.check", "mcrlab.cli.ablate", "mcrlab.cli.data",
+             "mcrlab.cli.cluster", "mcrlab.studies.reproduce"]
     out = []
     for name in names:
         try:

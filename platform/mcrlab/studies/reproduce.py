@@ -5,8 +5,8 @@ base arm, one arm per other method of ``mcrlab.methods.REGISTRY``, every synthet
 view pairs, 5 seeds. Equal tuning budget: the ablation runner's ``tune:`` feature gives every method its
 own Optuna sweep of the same size per dataset (tuning seed 1000) before its evaluation seeds. Nothing new
 runs here: this module narrows the spec when asked (``--methods``, ``--datasets``, ``--seeds``,
-``--budget``, ``--epochs``), runs it with ``mcrlab.ablation_runner.run_ablation`` (resumable, tracked in
-MLflow), builds the comparison report of ``mcrlab.report`` with the ensemble as the base arm (paired
+``--budget``, ``--epochs``), runs it with ``mcrlab.ablate.runner.run_ablation`` (resumable, tracked in
+MLflow), builds the comparison report of ``mcrlab.analysis.report`` with the ensemble as the base arm (paired
 tests vs the ensemble, Holm; average ranks and Friedman) and writes it as Markdown with the exact
 command, the machine, the date and the git commit.
 
@@ -36,7 +36,6 @@ from mcrlab.config import ConfigError, read_yaml
 __all__ = ["register", "narrow_spec", "results_tidy", "mcr_verdicts", "machine_info", "render_results",
            "DEFAULT_SPEC", "BASE_METHOD", "start_local_ray"]
 
-REPO = Path(__file__).resolve().parents[2]
 DEFAULT_SPEC = "search_spaces/reproduce.yaml"
 BASE_METHOD = "ensemble"  # the spec's base arm: what every method is tested against
 SMOKE_METHODS = ("ensemble", "mcr", "joint")
@@ -44,13 +43,20 @@ REPORT_METRICS = ("test/acc", "test/f1")
 
 
 def _spec_path(path: str) -> Path:
-    """The spec as given, else relative to the repository (so the command works from any directory)."""
+    """The spec as given (relative to the working directory: the package never assumes a checkout)."""
     p = Path(path)
     if p.is_file():
         return p
-    if not p.is_absolute() and (REPO / p).is_file():
-        return REPO / p
-    raise ConfigError(f"--spec: no such file {path}")
+    hint = " (the default is relative to a checkout's root: run from there or pass --spec PATH)" \
+        if path == DEFAULT_SPEC else ""
+    raise ConfigError(f"--spec: no such file {path}{hint}")
+
+
+def _relative(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it (no machine paths in reports)."""
+    here = Path.cwd().resolve()
+    full = path.resolve()
+    return full.relative_to(here) if full.is_relative_to(here) else path
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -122,8 +128,8 @@ def _params_some_arm_has(raw: dict, source: str) -> dict:
 
 def results_tidy(uri: str, ablation_run_id: str):
     """The tidy table (arm, dataset, seed, metric, value) of an ablation run, the base arm named ensemble."""
-    from mcrlab.ablation import BASE_ARM
-    from mcrlab.ablation_commands import collect_runs, tidy_from_runs
+    from mcrlab.ablate.spec import BASE_ARM
+    from mcrlab.analysis.runs import collect_runs, tidy_from_runs
 
     tidy, _ = tidy_from_runs(collect_runs(uri, run_id=ablation_run_id), uri=uri, history=False)
     tidy["arm"] = tidy["arm"].replace({BASE_ARM: BASE_METHOD})
@@ -184,7 +190,7 @@ def _p(v: float) -> str:
 def render_results(rep, *, title: str, command: str, full_command: str, label: str, machine: dict,
                    meta: dict) -> str:
     """docs/RESULTS.md: provenance, the MCR-vs-ensemble verdicts, then the full comparison report."""
-    from mcrlab.report import render_markdown
+    from mcrlab.analysis.report import render_markdown
 
     lines = [f"# {title}", "", label, "", "## How this was produced", "",
              f"- command: `{command}`", f"- full run: `{full_command}`"]
@@ -259,7 +265,7 @@ def start_local_ray(tries: int = 3, wait_s: float = 180.0) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from mcrlab.ablation import parse_spec
+    from mcrlab.ablate.spec import parse_spec
     from mcrlab.tracking import check_tracking, git_commit, resolve_tracking_uri
 
     spec_path = _spec_path(args.spec)
@@ -281,14 +287,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print(json.dumps(grid, indent=2))
         return 0
     check_tracking(uri)
-    out = Path(args.out) if args.out else (Path("runs") / spec.ablation_id / "RESULTS.md" if args.smoke
-                                           else REPO / "docs" / "RESULTS.md")
+    out = Path(args.out) if args.out else Path(args.storage) / spec.ablation_id / "RESULTS.md"
     print(f"mcrlab reproduce: {spec.ablation_id}: {len(grid['methods'])} methods x {len(spec.datasets)} datasets "
           f"x {len(spec.seeds)} seeds = {len(spec.cells)} cells, tuning budget "
           f"{grid['tuning_trials_per_method_and_dataset']} trials per method and dataset; tracking {uri}",
           file=sys.stderr)
-    from mcrlab.ablation_runner import run_ablation
-    from mcrlab.report import build_report, write_report
+    from mcrlab.ablate.runner import run_ablation
+    from mcrlab.analysis.report import build_report, write_report
 
     machine = machine_info()
     t0, started = time.time(), dt.datetime.now(dt.timezone.utc)
@@ -314,7 +319,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             "wall time": f"{wall / 60:.1f} min ({len(outcome.ran)} cells run now, {len(outcome.skipped)} reused)",
             "load average at the end (1, 5, 15 min)": machine_info().get("load_average", "?"),
             "MLflow": f"{uri}, experiment `{spec.experiment}`, ablation run `{outcome.ablation_run_id}`",
-            "spec": f"{spec_path.relative_to(REPO) if spec_path.is_relative_to(REPO) else spec_path}",
+            "spec": f"{_relative(spec_path)}",
             "per-arm tuned configs": "artifact `tuned.json` of each arm run"}
     text = render_results(rep, title="Results: MCR against the ensemble and the balancing baselines",
                           command=_command_line(args), full_command="mcrlab reproduce", label=label,
@@ -328,7 +333,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "reproduce", help="MCR vs the ensemble and every baseline, equally tuned, 5 seeds: writes docs/RESULTS.md",
+        "reproduce", help="MCR vs the ensemble and every baseline, equally tuned, 5 seeds: writes RESULTS.md",
         description="Run search_spaces/reproduce.yaml (every method x every synthetic preset and two mfeat view "
                     "pairs x 5 seeds, each method tuned per dataset on an equal budget) through the ablation "
                     "runner, then write the comparison report (paired tests vs the ensemble with Holm, average "
@@ -342,7 +347,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", help="comma-separated methods (ensemble, the base, is always included)")
     p.add_argument("--datasets", help="comma-separated datasets, e.g. synthetic:competition,mfeat:pix+fou")
     p.add_argument("--epochs", type=int, help="training epochs of every run (tuning and evaluation)")
-    p.add_argument("--out", help="Markdown output (default docs/RESULTS.md; under --smoke runs/<id>/RESULTS.md)")
+    p.add_argument("--out", help="Markdown output (default STORAGE/<ablation id>/RESULTS.md; the committed evidence "
+                                     "is written with --out docs/RESULTS.md)")
     p.add_argument("--spec", default=DEFAULT_SPEC, help=f"the ablation spec (default {DEFAULT_SPEC})")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or runs/mlflow.db)")
     p.add_argument("--storage", default="runs", help="run folder for Ray Tune state (default runs)")

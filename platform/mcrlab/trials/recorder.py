@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mcrlab.tracking import TAG_PREFIX, Tracker, lineage_tags
-from mcrlab.tune.backends import NONFINITE, TrialSpec
+from mcrlab.trials.backends import NONFINITE, TrialSpec
 
 __all__ = ["TrialRecorder", "ProgressPrinter"]
 
@@ -162,7 +162,7 @@ class TrialRecorder(Callback):
         last = trial.last_result or {}
         max_t = None
         try:
-            from mcrlab.tune.backends import max_iterations
+            from mcrlab.trials.backends import max_iterations
 
             max_t = max_iterations(self.spec.space, self.spec.dataset)
         except Exception:  # the config may not even build; the tag is informational

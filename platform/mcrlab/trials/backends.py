@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from mcrlab.config import RunConfig
+from mcrlab.trials.seeds import asha_keeps, asha_milestones, run_seeds
 from mcrlab.tune.space import Objective, SearchSpace, trial_config
-from mcrlab.tune.trial import asha_keeps, asha_milestones, run_seeds
 
 __all__ = ["TrialSpec", "Backend", "SingleProcess", "DataParallel", "pick_backend", "RungBoard",
            "NAMESPACE", "max_iterations"]
@@ -125,7 +125,7 @@ def single_process_trial(config: dict, spec: TrialSpec) -> None:
         else:
             tune.report(metrics)
 
-    from mcrlab.train import NonFiniteLoss
+    from mcrlab.engine.fit import NonFiniteLoss
 
     checkpoint = tune.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else contextlib.nullcontext()) as resume_from:
@@ -144,7 +144,7 @@ def data_parallel_trial(config: dict, spec: TrialSpec, workers: int, cpus: float
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from mcrlab.ray_train import make_trainer, run_name
+    from mcrlab.trials.data_parallel import make_trainer, run_name
 
     trial_id = tune.get_context().get_trial_id()
     loop_config = {"runs": [c.to_dict() for c in spec.configs(config)], "metric": spec.space.metric,
@@ -161,7 +161,7 @@ def _data_parallel_worker(config: dict) -> None:
     """Ray Train worker loop: the seeds of one trial, with in-trial early stopping when a board is set."""
     import ray
 
-    from mcrlab.ray_train import local_checkpoint_dir, worker_report, worker_resume
+    from mcrlab.trials.data_parallel import local_checkpoint_dir, worker_report, worker_resume
 
     objective = Objective(**config["objective"])
     mode = config["mode"]

@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from mcrlab import stats  # noqa: E402
-from mcrlab.report import Report, seed_interval, slug  # noqa: E402
+from mcrlab.analysis import stats  # noqa: E402
+from mcrlab.analysis.report import Report, seed_interval, slug  # noqa: E402
 
 __all__ = ["plot_all", "plot_bars", "plot_cd", "plot_modalities"]
 

@@ -2,13 +2,13 @@
 
 Input is a *tidy* table, one row per measured value, columns ``arm, dataset, seed, metric, value``
 (final metrics of each run), and optionally a history table with an extra ``step`` column (per-epoch
-metrics such as ``val/D/<modality>``). Nothing here knows MLflow; ``mcrlab.ablation_commands`` builds
+metrics such as ``val/D/<modality>``). Nothing here knows MLflow; ``mcrlab.analysis.runs`` builds
 the tables from runs.
 
 Per metric, one row per (dataset, arm): seeds n, mean, std, 95% t-interval, mean difference to the
 base arm over matched seeds, raw and Holm-adjusted p (Holm over the arms of one metric on one
 dataset), and Cohen's d_z. Across datasets (``rank_metrics``): average ranks and the Friedman test.
-See ``mcrlab.stats`` for the choices.
+See ``mcrlab.analysis.stats`` for the choices.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mcrlab import stats
+from mcrlab.analysis import stats
 from mcrlab.config import ConfigError
 
 __all__ = ["Report", "build_report", "metric_table", "rank_table", "render", "write_report", "FORMATS",
@@ -234,7 +234,7 @@ def render(rep: Report, fmt: str) -> str:
 def write_report(rep: Report, out_dir: str | Path, formats: Sequence[str] = FORMATS,
                  plots: bool = True) -> list[Path]:
     """Write report.<fmt> for each format, ranks.csv, and the plots; returns the files written."""
-    from mcrlab import report_plots  # matplotlib only when plotting
+    from mcrlab.analysis import plots as report_plots  # matplotlib only when plotting
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

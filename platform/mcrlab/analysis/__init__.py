@@ -1,0 +1,1 @@
+"""Analysis over tracked runs: collecting runs, paired statistics, report tables and plots."""

@@ -1,0 +1,1 @@
+"""Studies built from sweeps and ablations: ``reproduce`` (the paper's comparison)."""
