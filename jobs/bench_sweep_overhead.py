@@ -86,8 +86,9 @@ def main() -> None:
     out: dict = {"trials": args.trials, "epochs": args.epochs, "cpus": os.cpu_count()}
     t0 = time.perf_counter()
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+        from mcrlab.trials.session import start_ray
+
+        start_ray(include_dashboard=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     out["ray_init_s"] = time.perf_counter() - t0
 
     plain = plain_optuna(space, args.trials)

@@ -326,11 +326,9 @@ def ray_figures(smoke: bool) -> tuple[dict, dict]:
     raw: dict = {"trials": trials, "epochs": epochs}
     t0 = time.perf_counter()
     if not ray.is_initialized():
-        from mcrlab.studies.reproduce import (
-            start_local_ray,  # patient start-up: a loaded machine misses Ray's 30 s
-        )
+        from mcrlab.trials.session import start_ray  # patient start-up: a loaded machine misses Ray's 30 s
 
-        start_local_ray()
+        start_ray(include_dashboard=False)
     raw["ray_init_s"] = time.perf_counter() - t0
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from mcrlab.config import ConfigError, RunConfig
-from mcrlab.trials.backends import DataParallel, RungBoard, SingleProcess, TrialSpec, pick_backend
+from mcrlab.trials.backends import DataParallel, RungBoard, SingleProcess, pick_backend
+from mcrlab.trials.resources import max_concurrent
 from mcrlab.trials.seeds import STATE_FILE, asha_keeps, asha_milestones, read_state, run_seeds
-from mcrlab.tune.runner import max_concurrent
 from mcrlab.tune.space import parse_space
+from mcrlab.tune.study import StudyPlan, scaling_of
 
 SPACE = {
     "name": "t", "datasets": ["synthetic:competition"],
@@ -25,8 +26,8 @@ SPACE = {
 }
 
 
-def _spec(**over) -> TrialSpec:
-    return TrialSpec(space=parse_space({**SPACE, **over}), dataset="synthetic:competition", sweep_id="s",
+def _spec(**over) -> StudyPlan:
+    return StudyPlan(space=parse_space({**SPACE, **over}), dataset="synthetic:competition", sweep_id="s",
                      storage_path="/tmp/unused")
 
 
@@ -112,8 +113,8 @@ def test_run_seeds_stops_inside_the_trial(tmp_path):
 
 
 def test_backend_follows_scaling():
-    single = pick_backend(parse_space({**SPACE, "scaling": {"workers": 1, "cpus_per_worker": 2}}))
-    dp = pick_backend(parse_space({**SPACE, "scaling": {"workers": 4, "gpus_per_worker": 1}}))
+    single = pick_backend(scaling_of(parse_space({**SPACE, "scaling": {"workers": 1, "cpus_per_worker": 2}})))
+    dp = pick_backend(scaling_of(parse_space({**SPACE, "scaling": {"workers": 4, "gpus_per_worker": 1}})))
     assert isinstance(single, SingleProcess) and not single.stops_inside_trial
     assert isinstance(dp, DataParallel) and dp.stops_inside_trial
     assert single.trial_resources() == {"CPU": 2.0, "GPU": 0.0}

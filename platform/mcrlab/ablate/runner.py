@@ -1,22 +1,23 @@
 """Run an ablation grid (arms x datasets x seeds) as Ray Tune trials, tracked in MLflow, resumable.
 
-MLflow layout (one writer: this driver process, through a Tune callback)::
+MLflow layout (one writer: this driver process, through the shared trial recorder)::
 
     ablation run     kind=ablation, mcrlab.ablation_id, mcrlab.base_run_id, spec.yaml + base config
       arm run        kind=arm, mcrlab.arm, mcrlab.delta (JSON)
         cell run     kind=cell, mcrlab.{ablation_id, arm, delta, dataset, seed, base_run_id, git_commit,
-                     config_hash, dataset_fingerprint}; params = the resolved config; per-epoch metrics
+                     config_hash, dataset_fingerprint, tune_trial_id}; params = the resolved config;
+                     per-epoch metrics; the best checkpoint
 
-Tune runs ``tune.grid_search`` over cell indices (no Optuna: OptunaSearch rejects grids). A cell with
-one worker is a single-process function trainable calling ``mcrlab.engine.fit.fit``; with ``resources.workers``
-> 1 it drives a TorchTrainer (``mcrlab.trials.data_parallel.make_trainer``, as the sweeps' data-parallel backend). Resume is by MLflow, not by Tune's
-experiment state: a cell counts as done when a FINISHED cell run with the same ablation id, arm,
-dataset, seed and config hash exists; everything else runs again, and its stale RUNNING/FAILED runs
-are marked KILLED so that comparisons never see them. The granularity is the cell (tiny cells make
-mid-cell checkpoints not worth their I/O here).
+Tune runs ``tune.grid_search`` over cell indices (no Optuna: OptunaSearch rejects grids). A cell is a trial
+of the shared trial layer (``mcrlab.trials``): a ``CellPlan`` says which config a cell index trains and how
+its MLflow run is named and nested, and everything else is the sweeps' - the single-process and
+data-parallel backends, checkpoints every epoch and restarts of a lost trial from its last checkpoint
+(``FailureConfig``), the recorder's MLflow outage queue, dedupe and error reasons, the concurrency cap.
 
-The sweeps' backends (mcrlab.trials.backends) are bound to Optuna-sampled points with objective seeds,
-so cells use their own two small trainables built on the same pieces (fit, ray_train.make_trainer).
+Resume across drivers is by MLflow: a cell counts as done when a FINISHED cell run with the same ablation id,
+arm, dataset, seed and config hash exists; everything else runs again, and its stale RUNNING/FAILED runs are
+marked KILLED so that comparisons never see them. A data-parallel cell's Train run is named from the ablation
+id and the cell, so a cell re-run after a driver crash continues from its latest checkpoint.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from mcrlab.ablate.spec import AblationSpec, Cell
+from mcrlab.analysis.report import slug
 from mcrlab.config import ConfigError, RunConfig
-from mcrlab.tracking import Tracker, lineage_tags
+from mcrlab.tracking import TAG_PREFIX, Tracker, lineage_tags
+from mcrlab.trials.plan import RunIdentity, Scaling, TrialPlan
 
-__all__ = ["AblationOutcome", "run_ablation", "finished_cells", "cell_trainable", "ablation_run_id"]
+__all__ = ["AblationOutcome", "CellPlan", "run_ablation", "finished_cells", "ablation_run_id"]
 
-K = "mcrlab."
-DRIVER_CPU = 0.01  # what a data-parallel cell's Tune function holds besides its Train workers
+K = TAG_PREFIX
+TRIAL_RETRIES = 2  # restarts of a cell whose process was lost, each from its last checkpoint
 
 
 @dataclass
@@ -45,80 +48,54 @@ class AblationOutcome:
     failed: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-def cell_trainable(config: dict, cells: list[dict] | None = None) -> None:
-    """Tune function trainable: one cell = one ``fit`` (imports torch only inside the trial)."""
-    from ray import tune
+@dataclass(frozen=True)
+class CellPlan(TrialPlan):
+    """The cells of one ablation run: a trial's point is ``{"cell": index}``.
 
-    from mcrlab.engine.fit import fit
-
-    cell = cells[config["cell"]]
-    cfg = RunConfig.from_dict(cell["config"], f"cell {cell['arm']}/{cell['dataset']}/{cell['seed']}")
-
-    def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
-        tune.report({k: float(v) for k, v in metrics.items()})
-
-    fit(cfg, report)
-
-
-def data_parallel_cell(config: dict, cells: list[dict] | None = None, workers: int = 2, cpus: float = 1.0,
-                       gpus: float = 0.0, storage_path: str = "", ablation_id: str = "") -> None:
-    """Tune function driving one TorchTrainer run of a cell (the sweeps' data-parallel backend pattern).
-
-    The Train run is named from the ablation id and the cell, so a cell re-run after a crash finds
-    its Train run and continues from the latest checkpoint.
+    ``metric`` is what checkpoints are ranked by (validation accuracy, as fit's model selection); the
+    report's headline metric is the spec's and is read from the runs afterwards.
     """
-    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from mcrlab.analysis.report import slug
-    from mcrlab.trials.data_parallel import make_trainer, run_name
+    cells: tuple[dict, ...]  # {"arm", "dataset", "seed", "config" (nested dict), "config_hash"}
+    ablation_id: str
+    arm_runs: dict[str, str]  # arm -> MLflow arm run id (the cells' parent)
+    deltas: dict[str, str]  # arm -> its delta as JSON
+    fingerprints: dict[str, str]  # dataset -> fingerprint
+    base_run: str = "inline"
+    scaling: Scaling = Scaling()  # type: ignore[assignment]
+    storage_path: str = ""
+    metric: str = "val/acc"  # type: ignore[assignment]
 
-    cell = cells[config["cell"]]
-    name = run_name(ablation_id, slug(f"{cell['arm']}-{cell['dataset']}-s{cell['seed']}"))
-    trainer = make_trainer(_data_parallel_worker, {"run": cell["config"]}, name=name, storage_path=storage_path,
-                           workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus,
-                           callbacks=[TuneReportCallback()])
-    trainer.fit()
+    @property
+    def group_id(self) -> str:  # type: ignore[override]
+        return self.ablation_id
 
+    def _cell(self, point: dict[str, Any]) -> dict:
+        return self.cells[int(point["cell"])]
 
-def _data_parallel_worker(config: dict) -> None:
-    from mcrlab.engine.fit import fit
-    from mcrlab.trials.data_parallel import local_checkpoint_dir, worker_report, worker_resume
+    def configs(self, point: dict[str, Any]) -> list[RunConfig]:
+        c = self._cell(point)
+        return [RunConfig.from_dict(c["config"], f"cell {c['arm']}/{c['dataset']}/s{c['seed']}")]
 
-    with worker_resume() as resume_from:
-        fit(RunConfig.from_dict(config["run"]), report=worker_report(), checkpoint_dir=local_checkpoint_dir(),
-            resume_from=resume_from)
+    def label(self, trial_id: str, point: dict[str, Any]) -> str:
+        c = self._cell(point)
+        return f"{c['arm']}/{c['dataset']}/s{c['seed']}"
 
+    def train_run_name(self, trial_id: str, point: dict[str, Any]) -> str:
+        c = self._cell(point)  # the cell, not the trial id: a re-run cell finds its Train run again
+        return f"{self.ablation_id}-" + slug(f"{c['arm']}-{c['dataset']}-s{c['seed']}")
 
-def _trainable(spec: AblationSpec, cells_payload: list[dict], storage: Path):
-    """Single-process trial for one-worker cells, else a TorchTrainer-driving trial (holding no CPU:
-    its Train workers do, so Tune cannot count them; ``_max_concurrent`` caps the trials instead)."""
-    from ray import tune
-
-    r = spec.resources
-    if r.workers == 1:
-        return tune.with_resources(tune.with_parameters(cell_trainable, cells=cells_payload),
-                                   {"cpu": r.cpus, "gpu": r.gpus})
-    fn = tune.with_parameters(data_parallel_cell, cells=cells_payload, workers=r.workers, cpus=r.cpus,
-                              gpus=r.gpus, storage_path=str(storage / "ray_train"), ablation_id=spec.ablation_id)
-    # a trial must request something (an empty request raises "zero bundles" on Ray 2.60): a sliver of CPU,
-    # which _max_concurrent accounts for
-    return tune.with_resources(fn, {"cpu": DRIVER_CPU})
-
-
-def _max_concurrent(spec: AblationSpec) -> int | None:
-    import ray
-
-    r = spec.resources
-    if r.workers == 1:
-        return r.max_concurrent or None
-    total = ray.cluster_resources()
-    fits = int(total.get("CPU", 0) // (r.workers * r.cpus + DRIVER_CPU))
-    if r.gpus > 0:
-        fits = min(fits, int(total.get("GPU", 0) // (r.workers * r.gpus)))
-    if fits < 1:
-        raise ConfigError(f"{spec.path}: resources: a cell needs {r.workers} x ({r.cpus} CPU, {r.gpus} GPU), "
-                          f"more than the cluster has ({total.get('CPU', 0)} CPU, {total.get('GPU', 0)} GPU)")
-    return min(fits, r.max_concurrent) if r.max_concurrent else fits
+    def identity(self, trial_id: str, point: dict[str, Any]) -> RunIdentity:
+        c = self._cell(point)
+        tags = lineage_tags("cell", ablation_id=self.ablation_id, arm=c["arm"], delta=self.deltas[c["arm"]],
+                            dataset=c["dataset"], seed=c["seed"], base_run_id=self.base_run,
+                            config_hash=c["config_hash"],
+                            dataset_fingerprint=self.fingerprints.get(c["dataset"], "unknown"),
+                            tune_trial_id=trial_id)
+        key = tuple(f"{K}{k}" for k in ("kind", "ablation_id", "arm", "dataset", "seed", "tune_trial_id"))
+        return RunIdentity(name=self.label(trial_id, point), tags=tags, key_tags=key,
+                           parent_run_id=self.arm_runs[c["arm"]], params=self.configs(point)[0].flat(),
+                           artifacts={"config.json": c["config"]})
 
 
 def ablation_run_id(tracker: Tracker, experiment_id: str, ablation_id: str) -> str | None:
@@ -135,74 +112,6 @@ def finished_cells(tracker: Tracker, experiment_id: str, ablation_id: str) -> di
         t = r.data.tags
         out.setdefault((t.get(f"{K}arm"), t.get(f"{K}dataset"), t.get(f"{K}seed")), []).append(r)
     return out
-
-
-class _MlflowCells:
-    """Tune callback (driver side): one MLflow run per cell, nested under its arm run."""
-
-    def __init__(self, tracker: Tracker, exp_id: str, spec: AblationSpec, cells: list[Cell],
-                 arm_runs: dict[str, str], fingerprints: dict[str, str]):
-        self.tracker, self.exp_id, self.spec, self.cells = tracker, exp_id, spec, cells
-        self.arm_runs, self.fingerprints = arm_runs, fingerprints
-        self.run_of: dict[str, str] = {}      # trial id -> MLflow run id
-        self.status: dict[tuple, str] = {}
-
-    def _cell(self, trial) -> Cell:
-        return self.cells[trial.config["cell"]]
-
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        cell = self._cell(trial)
-        arm = self.spec.arm(cell.arm)
-        tags = lineage_tags("cell", ablation_id=self.spec.ablation_id, arm=cell.arm, delta=arm.delta_json(),
-                            dataset=cell.dataset, seed=cell.seed, base_run_id=self.spec.base_run or "inline",
-                            config_hash=cell.config_hash,
-                            dataset_fingerprint=self.fingerprints.get(cell.dataset, "unknown"),
-                            tune_trial_id=trial.trial_id)
-        run_id = self.tracker.start_run(self.exp_id, f"{cell.arm}/{cell.dataset}/s{cell.seed}", tags=tags,
-                                        parent_run_id=self.arm_runs[cell.arm],
-                                        params=RunConfig.from_dict(cell.config).flat())
-        self.tracker.log_dict(run_id, cell.config, "config.json")
-        self.run_of[trial.trial_id] = run_id
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        run_id = self.run_of.get(trial.trial_id)
-        if run_id is None:
-            return
-        # our metrics only (Tune adds time_*, training_iteration, ...); step = epoch
-        metrics = {k: v for k, v in result.items() if "/" in k and not k.startswith("config/")}
-        self.tracker.log_metrics(run_id, metrics, step=int(result.get("epoch", 0)))
-
-    def _end(self, trial, status: str) -> None:
-        run_id = self.run_of.get(trial.trial_id)
-        if run_id is not None:
-            self.tracker.end_run(run_id, status)
-        self.status[self._cell(trial).key] = status
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._end(trial, "FINISHED")
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._end(trial, "FAILED")
-
-
-def _as_callback(impl: _MlflowCells):
-    """Wrap in a real ``ray.tune.Callback`` subclass (imported lazily: the CLI stays Ray-free to load)."""
-    from ray.tune import Callback
-
-    class MlflowCells(Callback):
-        def on_trial_start(self, *a, **kw):
-            impl.on_trial_start(*a, **kw)
-
-        def on_trial_result(self, *a, **kw):
-            impl.on_trial_result(*a, **kw)
-
-        def on_trial_complete(self, *a, **kw):
-            impl.on_trial_complete(*a, **kw)
-
-        def on_trial_error(self, *a, **kw):
-            impl.on_trial_error(*a, **kw)
-
-    return MlflowCells()
 
 
 def _fingerprints(spec: AblationSpec, cells: list[Cell]) -> dict[str, str]:
@@ -223,13 +132,15 @@ def _fingerprints(spec: AblationSpec, cells: list[Cell]) -> dict[str, str]:
 
 
 def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_path: str | Path = "runs",
-                 verbose: int = 0) -> AblationOutcome:
-    """Run the missing cells of ``spec`` (all of them on a fresh ablation) and close the MLflow runs."""
-    import ray
-    from ray import tune
+                 verbose: int = 0, callbacks: list | None = None) -> AblationOutcome:
+    """Run the missing cells of ``spec`` (all of them on a fresh ablation) and close the MLflow runs.
 
+    Extra Tune ``callbacks`` are for tests (fault injection)."""
     # load the datasets before the store is touched: a bad data.name fails here, nothing started or written
     fingerprints = _fingerprints(spec, spec.cells)
+    from mcrlab.trials.recorder import fail_fast_on_outages
+
+    fail_fast_on_outages(uri)
     tracker = Tracker(uri)
     exp_id = tracker.experiment(spec.experiment)
     abl_id = spec.ablation_id
@@ -273,24 +184,21 @@ def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_
             tracker.end_run(r.info.run_id, "KILLED")
     outcome = AblationOutcome(root, skipped=done)
     if todo:
-        impl = _MlflowCells(tracker, exp_id, spec, cells, arm_runs, fingerprints)
-        if not ray.is_initialized():
-            ray.init(configure_logging=False, log_to_driver=verbose > 0)
-        cells_payload = [{"arm": c.arm, "dataset": c.dataset, "seed": c.seed, "config": c.config}
-                         for c in cells]
-        tuner = tune.Tuner(
-            _trainable(spec, cells_payload, storage), param_space={"cell": tune.grid_search(todo)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=_max_concurrent(spec),
-                                        reuse_actors=True,
-                                        trial_dirname_creator=lambda t: f"cell_{t.config['cell']}_{t.trial_id}"),
-            run_config=tune.RunConfig(name=f"{abl_id}-{int(time.time())}", verbose=verbose,
-                                      storage_path=str(storage / "ray_results"),
-                                      callbacks=[_as_callback(impl)],
-                                      failure_config=tune.FailureConfig(max_failures=0)))
-        tuner.fit()
+        from mcrlab.trials.session import start_ray
+
+        start_ray(verbose=verbose > 0)
+        plan = CellPlan(
+            cells=tuple({"arm": c.arm, "dataset": c.dataset, "seed": c.seed, "config": c.config,
+                         "config_hash": c.config_hash} for c in cells),
+            ablation_id=abl_id, arm_runs=arm_runs, deltas={a.name: a.delta_json() for a in spec.arms},
+            fingerprints=fingerprints, base_run=spec.base_run or "inline",
+            scaling=Scaling(workers=spec.resources.workers, cpus=spec.resources.cpus, gpus=spec.resources.gpus,
+                            max_concurrent=spec.resources.max_concurrent),
+            storage_path=str(storage / "ray_train"))
+        results = _run_cells(plan, todo, tracker, exp_id, storage, verbose, callbacks or [])
         for i in todo:
             key = cells[i].key
-            (outcome.ran if impl.status.get(key) == "FINISHED" else outcome.failed).append(key)
+            (outcome.ran if results.get(i) == "FINISHED" else outcome.failed).append(key)
     status = "FAILED" if outcome.failed else "FINISHED"
     for arm, run_id in arm_runs.items():
         arm_failed = any(k[0] == arm for k in outcome.failed)
@@ -299,6 +207,39 @@ def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_
                             f"{K}cells_total": len(cells)})
     tracker.end_run(root, status)
     return outcome
+
+
+def _run_cells(plan: CellPlan, todo: list[int], tracker: Tracker, exp_id: str, storage: Path,
+               verbose: int, extra_callbacks: list) -> dict[int, str]:
+    """Run the cells ``todo`` (indices into ``plan.cells``) as one Tuner; ``{index: FINISHED | FAILED}``."""
+    import ray
+    from ray import tune
+
+    from mcrlab.trials.backends import pick_backend
+    from mcrlab.trials.recorder import ProgressPrinter, TrialRecorder
+    from mcrlab.trials.resources import max_concurrent
+
+    backend = pick_backend(plan.scaling)
+    concurrency = max_concurrent(backend.trial_resources(), ray.cluster_resources(), plan.scaling.max_concurrent,
+                                 where="resources")
+    recorder = TrialRecorder(plan, uri=tracker.uri, run_folder=str(storage), experiment_id=exp_id)
+    callbacks = [recorder, *([ProgressPrinter(plan.ablation_id, plan)] if verbose == 0 else []), *extra_callbacks]
+    tuner = tune.Tuner(
+        backend.trainable(plan), param_space={"cell": tune.grid_search(todo)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True,
+                                    trial_dirname_creator=lambda t: f"cell_{t.config['cell']}_{t.trial_id}"),
+        run_config=tune.RunConfig(name=f"{plan.ablation_id}-{int(time.time())}", verbose=verbose,
+                                  storage_path=str(storage / "ray_results"), callbacks=callbacks,
+                                  # a cell whose process dies restarts from its last checkpoint; a NaN cell
+                                  # is not retried (the recorder sees its flag first)
+                                  failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
+    grid = tuner.fit()
+    out: dict[int, str] = {}
+    for result in grid:
+        index = int(result.config["cell"])
+        out[index] = "FAILED" if result.error is not None else "FINISHED"
+    return out
 
 
 def _tuned_cells(spec: AblationSpec, tracker: Tracker, arm_runs: dict[str, str], uri: str,

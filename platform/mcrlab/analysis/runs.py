@@ -72,6 +72,12 @@ def _field(run, tag: str, param: str | None, default: Any = None) -> Any:
     return default
 
 
+def _is_result_metric(name: str) -> bool:
+    """``split/name`` metrics only: the trial layer's bookkeeping (``objective``, ``epoch``, ``seed``,
+    ``best_checkpoint/...``) is not a result to compare."""
+    return "/" in name and not name.startswith("best_checkpoint/")
+
+
 def tidy_from_runs(runs: list, group_by: str = "method.name", uri: str | None = None,
                    history: bool = True):
     """(tidy, history) DataFrames from MLflow runs; history holds per-epoch val/D/* when ``history``."""
@@ -94,6 +100,8 @@ def tidy_from_runs(runs: list, group_by: str = "method.name", uri: str | None = 
         seed = _field(r, "seed", "train.seed", r.info.run_id[:8])
         seed = int(seed) if str(seed).lstrip("-").isdigit() else seed
         for metric, value in r.data.metrics.items():
+            if not _is_result_metric(metric):
+                continue
             rows.append((str(arm), str(dataset), seed, metric, float(value)))
             if client is not None and metric.startswith(HISTORY_PREFIXES):
                 for m in client.get_metric_history(r.info.run_id, metric):

@@ -34,7 +34,7 @@ from typing import Any
 from mcrlab.config import ConfigError, read_yaml
 
 __all__ = ["register", "narrow_spec", "results_tidy", "mcr_verdicts", "machine_info", "render_results",
-           "DEFAULT_SPEC", "BASE_METHOD", "start_local_ray"]
+           "DEFAULT_SPEC", "BASE_METHOD"]
 
 DEFAULT_SPEC = "search_spaces/reproduce.yaml"
 BASE_METHOD = "ensemble"  # the spec's base arm: what every method is tested against
@@ -226,44 +226,6 @@ def _command_line(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def _patient_get_node(get_node, wait_s: float):
-    """Ray 2.60 gives a starting raylet a fixed 30 s to register with the GCS, checked only between
-    calls of ``services.get_node``; this wrapper keeps asking inside one call for up to ``wait_s``."""
-    def wrapper(*a, **kw):
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                return get_node(*a, **kw)
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-    return wrapper
-
-
-def start_local_ray(tries: int = 3, wait_s: float = 180.0) -> None:
-    """A local Ray, patient and retried: on a heavily loaded machine (load average 30 on 2 cores) the raylet
-    misses Ray's fixed 30 s start-up wait."""
-    import ray
-    from ray._private import services
-
-    for attempt in range(tries):
-        if ray.is_initialized():
-            return
-        original = services.get_node
-        services.get_node = _patient_get_node(original, wait_s)
-        try:
-            ray.init(configure_logging=False, log_to_driver=False, include_dashboard=False)
-            return
-        except Exception as err:  # Ray raises a bare Exception for the start-up timeout
-            if attempt == tries - 1 or "timed out during startup" not in str(err):
-                raise
-            print(f"mcrlab reproduce: Ray start-up timed out ({attempt + 1}/{tries}); retrying", file=sys.stderr)
-            ray.shutdown()
-        finally:
-            services.get_node = original
-
-
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from mcrlab.ablate.spec import parse_spec
     from mcrlab.tracking import check_tracking, git_commit, resolve_tracking_uri
@@ -297,7 +259,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     machine = machine_info()
     t0, started = time.time(), dt.datetime.now(dt.timezone.utc)
-    start_local_ray()
+    from mcrlab.trials.session import start_ray
+
+    start_ray(include_dashboard=False)
     outcome = run_ablation(spec, uri, resume=args.continue_run, storage_path=args.storage, verbose=args.verbose)
     wall = time.time() - t0
     if outcome.failed:

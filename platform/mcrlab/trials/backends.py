@@ -1,68 +1,43 @@
-"""Two trial backends behind one interface, picked by the space's ``scaling`` (workers == 1 or not).
+"""Two trial backends behind one interface, picked by the plan's ``scaling`` (workers == 1 or not).
 
 - single-process: a Tune function trainable that calls ``fit`` in the trial's own process, reports
   with ``ray.tune.report`` (+ checkpoint) and resumes from ``ray.tune.get_checkpoint``. Tune's ASHA may
   stop it (safe: nothing nested to leak).
-- data-parallel: a Tune function that builds a TorchTrainer (``ray_train.make_trainer``) and calls
-  ``.fit()``; ``TuneReportCallback`` forwards rank 0's reports to Tune. The Tune function takes no CPU
-  (the Train workers hold the trial's resources), which is why Tune cannot count them and the runner
-  caps concurrency itself. Early stopping happens *inside* the trial: workers ask a ``RungBoard`` actor
-  (ASHA's rule) after each epoch and end the run cleanly - a Tune scheduler killing the nested trainer
-  leaked its placement group and hung the sweep on Ray 2.60 (architecture.md).
+- data-parallel: a Tune function that builds a TorchTrainer (``data_parallel.make_trainer``) and calls
+  ``.fit()``; ``TuneReportCallback`` forwards rank 0's reports to Tune. The Tune function holds no CPU
+  (the Train workers hold the trial's resources), which is why Tune cannot count them and
+  ``resources.max_concurrent`` caps concurrency instead. Early stopping happens *inside* the trial:
+  workers ask a ``RungBoard`` actor (ASHA's rule) after each epoch and end the run cleanly - a Tune
+  scheduler killing the nested trainer leaked its placement group and hung the sweep on Ray 2.60.
 
-Both run ``trial.run_seeds``: one ``fit`` per objective seed, with ``objective`` in every report.
-Data-parallel Train runs are named ``<sweep id>-<trial id>`` (``ray_train.run_name``): on a resumed
-sweep the same trial finds its Train run, and its latest checkpoint, again.
+Both run ``seeds.run_seeds``: one ``fit`` per training seed of the plan, with ``objective`` in every
+report. Sweeps and ablations differ only in their ``TrialPlan`` (``plan.py``). Data-parallel Train runs
+are named by ``plan.train_run_name`` (resume keys): a restarted trial finds its Train run, and its latest
+checkpoint, again.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mcrlab.config import RunConfig
+from mcrlab.trials.plan import Scaling, TrialPlan
+from mcrlab.trials.resources import ZERO_CPU_REQUEST
 from mcrlab.trials.seeds import asha_keeps, asha_milestones, run_seeds
-from mcrlab.tune.space import Objective, SearchSpace, trial_config
+from mcrlab.trials.session import NAMESPACE
 
-__all__ = ["TrialSpec", "Backend", "SingleProcess", "DataParallel", "pick_backend", "RungBoard",
-           "NAMESPACE", "max_iterations"]
+__all__ = ["Backend", "SingleProcess", "DataParallel", "pick_backend", "RungBoard", "NAMESPACE", "NONFINITE"]
 
-NAMESPACE = "mcrlab"  # Ray namespace of the sweep's named actors (rung boards)
 NONFINITE = "nonfinite_loss"  # result key of a trial stopped by a NaN/inf loss (never retried)
 
 
-def max_iterations(space: SearchSpace, dataset: str) -> int:
-    """A trial's full length in reports: epochs x seeds (the schedulers' ``max_t``)."""
-    cfg = trial_config(space, dataset, {}, space.objective.seed)
-    return cfg.train.epochs * space.objective.seeds
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """What every trial of one study shares (sent to trial processes with ``tune.with_parameters``)."""
-
-    space: SearchSpace
-    dataset: str
-    sweep_id: str
-    storage_path: str  # absolute; data-parallel Train runs are stored under it
-    board: str | None = None  # name of the RungBoard actor (in-trial early stopping), if any
-
-    def configs(self, sampled: dict[str, Any]) -> list[RunConfig]:
-        """One validated RunConfig per objective seed for Optuna's ``sampled`` point."""
-        return [trial_config(self.space, self.dataset, sampled, s) for s in self.space.objective.seed_list()]
-
-    def score(self, values: list[float]) -> float:
-        return self.space.objective.score(values, self.space.mode)
-
-
 class Backend:
-    """How a trial runs. ``trainable(spec)`` is what the Tuner gets."""
+    """How a trial runs. ``trainable(plan)`` is what the Tuner gets."""
 
     name = ""
     stops_inside_trial = False  # True: early stopping via the RungBoard, no Tune scheduler
@@ -74,17 +49,17 @@ class Backend:
         """What one trial occupies on the cluster (Tune only sees part of it for data-parallel trials)."""
         return {"CPU": self.workers * self.cpus, "GPU": self.workers * self.gpus}
 
-    def trainable(self, spec: TrialSpec):
+    def trainable(self, plan: TrialPlan):
         raise NotImplementedError
 
 
 class SingleProcess(Backend):
     name = "single-process"
 
-    def trainable(self, spec: TrialSpec):
+    def trainable(self, plan: TrialPlan):
         from ray import tune
 
-        fn = tune.with_parameters(single_process_trial, spec=spec)
+        fn = tune.with_parameters(single_process_trial, plan=plan)
         return tune.with_resources(fn, {"cpu": self.cpus, "gpu": self.gpus})
 
 
@@ -92,29 +67,27 @@ class DataParallel(Backend):
     name = "data-parallel"
     stops_inside_trial = True
 
-    def trainable(self, spec: TrialSpec):
+    def trainable(self, plan: TrialPlan):
         from ray import tune
 
-        fn = tune.with_parameters(data_parallel_trial, spec=spec, workers=self.workers, cpus=self.cpus,
+        fn = tune.with_parameters(data_parallel_trial, plan=plan, workers=self.workers, cpus=self.cpus,
                                   gpus=self.gpus)
-        # the driving function only waits on the TorchTrainer: it must not hold a CPU the workers need.
-        # An all-zero request is refused by Tune ("empty head and zero worker bundles"), so it asks for
-        # one byte of memory instead, which every node has.
-        return tune.with_resources(fn, {"cpu": 0, "memory": 1})
+        # the driving function only waits on the TorchTrainer: it must not hold a CPU the workers need
+        return tune.with_resources(fn, dict(ZERO_CPU_REQUEST))
 
 
-def pick_backend(space: SearchSpace) -> Backend:
-    s = space.scaling
+def pick_backend(s: Scaling) -> Backend:
+    """The single-process backend for one-worker trials, else the data-parallel one."""
     cls = SingleProcess if s.workers == 1 else DataParallel
-    return cls(s.workers, s.cpus_per_worker, s.gpus_per_worker)
+    return cls(s.workers, s.cpus, s.gpus)
 
 
 # --------------------------------------------------------------------------------------------------
 # the trial functions (run in Tune's trial actors)
 
 
-def single_process_trial(config: dict, spec: TrialSpec) -> None:
-    """Tune function trainable: ``config`` is Optuna's sampled point (flat dotted keys)."""
+def single_process_trial(config: dict, plan: TrialPlan) -> None:
+    """Tune function trainable: ``config`` is the trial's point (Optuna's sample, or a cell index)."""
     import contextlib
 
     from ray import tune
@@ -130,7 +103,7 @@ def single_process_trial(config: dict, spec: TrialSpec) -> None:
     checkpoint = tune.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else contextlib.nullcontext()) as resume_from:
         try:
-            run_seeds(spec.configs(config), metric=spec.space.metric, score=spec.score, report=report,
+            run_seeds(plan.configs(config), metric=plan.metric, score=plan.score, report=report,
                       checkpoint_dir=tempfile.mkdtemp(prefix="mcrlab-trial-"), resume_from=resume_from)
         except NonFiniteLoss as err:
             # tell the driver why before failing: the recorder tags the reason and keeps Tune from
@@ -139,20 +112,18 @@ def single_process_trial(config: dict, spec: TrialSpec) -> None:
             raise
 
 
-def data_parallel_trial(config: dict, spec: TrialSpec, workers: int, cpus: float, gpus: float) -> None:
+def data_parallel_trial(config: dict, plan: TrialPlan, workers: int, cpus: float, gpus: float) -> None:
     """Tune function that drives one TorchTrainer run; metrics reach Tune via TuneReportCallback."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from mcrlab.trials.data_parallel import make_trainer, run_name
+    from mcrlab.trials.data_parallel import make_trainer
 
     trial_id = tune.get_context().get_trial_id()
-    loop_config = {"runs": [c.to_dict() for c in spec.configs(config)], "metric": spec.space.metric,
-                   "mode": spec.space.mode, "objective": dataclasses.asdict(spec.space.objective),
-                   "board": spec.board, "trial_id": trial_id}
-    trainer = make_trainer(_data_parallel_worker, loop_config, name=run_name(spec.sweep_id, trial_id),
-                           storage_path=spec.storage_path, workers=workers, cpus_per_worker=cpus,
-                           gpus_per_worker=gpus, metric=spec.space.metric, mode=spec.space.mode,
+    loop_config = {"runs": [c.to_dict() for c in plan.configs(config)], "plan": plan, "trial_id": trial_id}
+    trainer = make_trainer(_data_parallel_worker, loop_config, name=plan.train_run_name(trial_id, config),
+                           storage_path=plan.storage_path, workers=workers, cpus_per_worker=cpus,
+                           gpus_per_worker=gpus, metric=plan.metric, mode=plan.mode,
                            callbacks=[TuneReportCallback()])
     trainer.fit()
 
@@ -163,11 +134,10 @@ def _data_parallel_worker(config: dict) -> None:
 
     from mcrlab.trials.data_parallel import local_checkpoint_dir, worker_report, worker_resume
 
-    objective = Objective(**config["objective"])
-    mode = config["mode"]
+    plan: TrialPlan = config["plan"]
     should_stop = None
-    if config.get("board"):
-        board = ray.get_actor(config["board"], namespace=NAMESPACE)
+    if plan.board:
+        board = ray.get_actor(plan.board, namespace=NAMESPACE)
         trial_id = config["trial_id"]
 
         def should_stop(iteration: int, value: float) -> bool:
@@ -175,9 +145,9 @@ def _data_parallel_worker(config: dict) -> None:
             return not ray.get(board.keep.remote(trial_id, iteration, value))
 
     with worker_resume() as resume_from:
-        run_seeds([RunConfig.from_dict(r) for r in config["runs"]], metric=config["metric"],
-                  score=lambda values: objective.score(values, mode), report=worker_report(),
-                  checkpoint_dir=local_checkpoint_dir(), resume_from=resume_from, should_stop=should_stop)
+        run_seeds([RunConfig.from_dict(r) for r in config["runs"]], metric=plan.metric, score=plan.score,
+                  report=worker_report(), checkpoint_dir=local_checkpoint_dir(), resume_from=resume_from,
+                  should_stop=should_stop)
 
 
 # --------------------------------------------------------------------------------------------------

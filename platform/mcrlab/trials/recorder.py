@@ -1,15 +1,17 @@
-"""Driver-side Tune callbacks: MLflow trial runs (the sweep's one writer) and a compact progress table.
+"""Driver-side Tune callbacks: MLflow trial runs (the one writer) and a compact progress table.
 
-``TrialRecorder`` turns each Tune trial into an MLflow run nested under its study run: params (Optuna's
-point and the resolved config), lineage tags, per-epoch metrics (step = ``trial_iteration``), the
-resolved config and the trial's best checkpoint as artifacts. Runs are found again by their tags
-(sweep id, study, trial id), so a resumed sweep reopens them instead of writing duplicates, and
-epochs already logged are skipped. Both callbacks are pickled with the Tuner (Tuner.restore), so
-they hold only plain data and build their MLflow client lazily.
+``TrialRecorder`` turns each Tune trial into an MLflow run as its plan says (``TrialPlan.identity``: name,
+lineage tags, parent, params, artifacts - a sweep trial under its study run, an ablation cell under its
+arm run), logs per-epoch metrics (step = ``trial_iteration``) and the trial's best checkpoint. Runs are
+found again by their key tags, so a restarted trial or a resumed driver reopens them instead of writing
+duplicates, and epochs already logged are skipped. While MLflow is unreachable, writes are queued in
+order and replayed. Both callbacks are pickled with the Tuner (Tuner.restore), so they hold only plain
+data and build their MLflow client lazily.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -17,13 +19,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mcrlab.tracking import TAG_PREFIX, Tracker, lineage_tags
-from mcrlab.trials.backends import NONFINITE, TrialSpec
+from mcrlab.tracking import TAG_PREFIX, Tracker
+from mcrlab.trials.backends import NONFINITE
+from mcrlab.trials.plan import TrialPlan
 
-__all__ = ["TrialRecorder", "ProgressPrinter"]
+__all__ = ["TrialRecorder", "ProgressPrinter", "fail_fast_on_outages"]
 
 RETRY_EVERY_S = 5.0  # while MLflow is unreachable, retry the queued writes at most this often
 FINAL_WAIT_S = 120.0  # at the end of a study, wait this long for MLflow before reporting lost writes
+
+
+def fail_fast_on_outages(uri: str) -> None:
+    """Make MLflow's HTTP client give up quickly, for a driver whose recorder rides out outages itself.
+
+    The recorder queues and retries writes while a tracking server is down; MLflow's own retries (minutes
+    of backoff per call) would only stall the driver, and with it every trial's reports. Call before the
+    first MLflow request of a sweep or ablation; explicit user settings win.
+    """
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
 def _warn(message: str) -> None:
@@ -36,12 +51,10 @@ except ImportError:  # pragma: no cover - ray is a dependency; keep the module i
 
 
 class TrialRecorder(Callback):
-    def __init__(self, spec: TrialSpec, *, uri: str, run_folder: str, experiment_id: str,
-                 study_run_id: str, dataset_fingerprint: str):
-        self.spec = spec
+    def __init__(self, plan: TrialPlan, *, uri: str, run_folder: str, experiment_id: str):
+        self.plan = plan
         self.uri, self.run_folder = uri, run_folder
-        self.experiment_id, self.study_run_id = experiment_id, study_run_id
-        self.fingerprint = dataset_fingerprint
+        self.experiment_id = experiment_id
         self._tracker: Tracker | None = None
         self.run_ids: dict[str, str] = {}
         self.last_step: dict[str, int] = {}
@@ -161,12 +174,8 @@ class TrialRecorder(Callback):
         run_id = self._open(trial)
         last = trial.last_result or {}
         max_t = None
-        try:
-            from mcrlab.trials.backends import max_iterations
-
-            max_t = max_iterations(self.spec.space, self.spec.dataset)
-        except Exception:  # the config may not even build; the tag is informational
-            pass
+        with contextlib.suppress(Exception):  # the config may not even build; the tag is informational
+            max_t = self.plan.max_iterations(dict(trial.config))
         stopped = bool(last.get("early_stopped")) or (max_t is not None and
                                                      int(last.get("trial_iteration", max_t)) < max_t)
         self.tracker.set_tags(run_id, {f"{TAG_PREFIX}early_stopped": str(stopped).lower()})
@@ -177,7 +186,7 @@ class TrialRecorder(Callback):
         if path is not None:
             self.tracker.log_artifacts(run_id, path, "best_checkpoint")
             if best:
-                self.tracker.log_metrics(run_id, {"best_checkpoint/" + self.spec.space.metric: best[0]})
+                self.tracker.log_metrics(run_id, {"best_checkpoint/" + self.plan.metric: best[0]})
         self.tracker.end_run(run_id, "FINISHED")
 
     def _on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -190,35 +199,28 @@ class TrialRecorder(Callback):
 
     # ---- helpers -----------------------------------------------------------------------------
     def _offer(self, trial_id: str, result: dict, path: str) -> None:
-        value = result.get(self.spec.space.metric)
+        value = result.get(self.plan.metric)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             return
-        sign = 1.0 if self.spec.space.mode == "max" else -1.0
+        sign = 1.0 if self.plan.mode == "max" else -1.0
         old = self.best.get(trial_id)
         if old is None or sign * value > sign * old[0]:
             self.best[trial_id] = (float(value), path)
 
     def _open(self, trial: Any) -> str:
-        """The trial's MLflow run: found by its tags, or created with params, tags and config."""
+        """The trial's MLflow run: found by its key tags, or created with the plan's params and artifacts."""
         tid = trial.trial_id
         if tid in self.run_ids:
             return self.run_ids[tid]
-        sampled = dict(trial.config)
-        cfgs = self.spec.configs(sampled)
-        cfg = cfgs[0]
-        tags = lineage_tags("trial", sweep_id=self.spec.sweep_id, study=self.spec.dataset, trial_id=tid,
-                            config_hash=cfg.hash(), dataset_fingerprint=self.fingerprint,
-                            backend="single-process" if self.spec.space.scaling.workers == 1 else "data-parallel")
-        key = tuple(f"{TAG_PREFIX}{k}" for k in ("sweep_id", "study", "trial_id"))
-        existed = self.tracker.find_run(self.experiment_id, {k: tags[k] for k in key})
-        run_id = self.tracker.start_run(self.experiment_id, f"trial-{tid}", tags=tags,
-                                        parent_run_id=self.study_run_id, key_tags=key)
+        ident = self.plan.identity(tid, dict(trial.config))
+        key = {k: ident.tags[k] for k in ident.key_tags}
+        existed = self.tracker.find_run(self.experiment_id, key)
+        run_id = self.tracker.start_run(self.experiment_id, ident.name, tags=ident.tags,
+                                        parent_run_id=ident.parent_run_id, key_tags=ident.key_tags)
         if existed is None:
-            params = {**{k: v for k, v in cfg.flat().items() if k != "train.seed"},
-                      "objective.seeds": [c.train.seed for c in cfgs]}
-            self.tracker.log_params(run_id, params)
-            self.tracker.log_dict(run_id, cfg.to_dict(), "config.yaml")
-            self.tracker.log_dict(run_id, sampled, "sampled.json")
+            self.tracker.log_params(run_id, ident.params)
+            for name, obj in ident.artifacts.items():
+                self.tracker.log_dict(run_id, obj, name)
             self.last_step[tid] = -1
         else:
             self.last_step[tid] = self.tracker.last_step(run_id, "objective")
@@ -229,8 +231,9 @@ class TrialRecorder(Callback):
 class ProgressPrinter(Callback):
     """A compact live table: one line per finished trial, a status line at most every few seconds."""
 
-    def __init__(self, study: str, metric: str, mode: str, stream: Any = None, every_s: float = 5.0):
-        self.study, self.metric, self.mode = study, metric, mode
+    def __init__(self, study: str, plan: TrialPlan, stream: Any = None, every_s: float = 5.0):
+        self.study, self.plan = study, plan
+        self.metric, self.mode = plan.metric, plan.mode
         self.every_s = every_s
         self._stream = stream
         self._last_print = 0.0
@@ -273,11 +276,17 @@ class ProgressPrinter(Callback):
             self._header = True
         r = trial.last_result or {}
         params = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in sorted(trial.config.items()))
-        self._out(f"[{self.study}] {trial.trial_id:<14} {r.get('trial_iteration', 0):>5} "
+        self._out(f"[{self.study}] {self._name(trial):<14} {r.get('trial_iteration', 0):>5} "
                   f"{r.get('objective', float('nan')):>10.4f}  {params}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._out(f"[{self.study}] {trial.trial_id:<14} ERROR (see {getattr(trial, 'error_file', None)})")
+        self._out(f"[{self.study}] {self._name(trial):<14} ERROR (see {getattr(trial, 'error_file', None)})")
+
+    def _name(self, trial: Any) -> str:
+        try:
+            return self.plan.label(trial.trial_id, dict(trial.config))
+        except Exception:  # noqa: BLE001 - a name for a progress line is never worth a failure
+            return str(trial.trial_id)
 
 
 def _last_error_line(error_file: str) -> str:

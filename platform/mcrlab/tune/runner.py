@@ -14,6 +14,7 @@ Studies run one after another, each with as many concurrent trials as the cluste
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -33,10 +34,14 @@ from mcrlab.tracking import (
     lineage_tags,
     resolve_tracking_uri,
 )
-from mcrlab.trials.backends import NAMESPACE, RungBoard, TrialSpec, max_iterations, pick_backend
+from mcrlab.trials.backends import RungBoard, pick_backend
+from mcrlab.trials.recorder import fail_fast_on_outages
+from mcrlab.trials.resources import max_concurrent
+from mcrlab.trials.session import NAMESPACE, start_ray
 from mcrlab.tune.space import SearchSpace, compile_space, make_sampler, trial_config
+from mcrlab.tune.study import StudyPlan, scaling_of
 
-__all__ = ["run_sweep", "SweepResult", "StudyResult", "max_concurrent", "study_slug"]
+__all__ = ["run_sweep", "SweepResult", "StudyResult", "study_slug"]
 
 TRIAL_RETRIES = 2  # restarts of a trial whose process was lost, each from its last checkpoint
 
@@ -69,21 +74,6 @@ class SweepResult:
 def study_slug(dataset: str) -> str:
     """A file-name-safe study name: ``synthetic:competition`` -> ``synthetic-competition``."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-") or "dataset"
-
-
-def max_concurrent(trial_resources: dict[str, float], cluster: dict[str, float], cap: int = 0) -> int:
-    """Trials that fit at once: floor(cluster / trial) over CPU and GPU; ConfigError when none fits."""
-    fits = []
-    for key in ("CPU", "GPU"):
-        need = trial_resources.get(key, 0.0)
-        if need > 0:
-            fits.append(math.floor(cluster.get(key, 0.0) / need + 1e-9))
-    n = min(fits) if fits else 1
-    if n < 1:
-        raise ConfigError(f"scaling: a trial needs {trial_resources.get('CPU', 0):g} CPUs and "
-                          f"{trial_resources.get('GPU', 0):g} GPUs (workers x per-worker), the cluster has "
-                          f"{cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs")
-    return min(n, cap) if cap else n
 
 
 class DefineByRun:
@@ -152,11 +142,7 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
     sweeps = run_folder / "sweeps"
     uri = resolve_tracking_uri(tracking_uri, run_folder)
     check_tracking(uri)  # before anything starts: an unreachable server fails in seconds
-    if uri.startswith(("http://", "https://")):
-        # during the sweep the recorder rides out outages itself (queue + retry): MLflow's own retries
-        # (minutes of backoff per call) would only stall the driver, and with it every trial's reports
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    fail_fast_on_outages(uri)
 
     if resume:
         sweep_id = resume if isinstance(resume, str) else _latest_sweep(sweeps, space.name)
@@ -175,9 +161,8 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
 
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
-    backend = pick_backend(space)
+    start_ray(address)
+    backend = pick_backend(scaling_of(space))
     concurrency = max_concurrent(backend.trial_resources(), ray.cluster_resources(),
                                  space.scaling.max_concurrent)
 
@@ -261,7 +246,9 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                                   params={"dataset": dataset, "num_samples": space.num_samples,
                                           "max_concurrent": concurrency})
     study_name = f"{sweep_id}/{slug}"
-    max_t = max_iterations(space, dataset)
+    plan = StudyPlan(space=space, dataset=dataset, sweep_id=sweep_id, storage_path=str(ray_dir / "train"),
+                     study_run_id=study_run, fingerprint=fingerprint)
+    max_t = plan.max_iterations({})
 
     board, board_actor = None, None
     if space.scheduler.name == "asha" and backend.stops_inside_trial:
@@ -271,9 +258,8 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
             name=board, namespace=NAMESPACE, get_if_exists=True).remote(
             space.scheduler.grace_period, space.scheduler.reduction_factor, max_t, space.mode,
             str(sweep_dir / f"rungs-{slug}.json"))
-    spec = TrialSpec(space=space, dataset=dataset, sweep_id=sweep_id, storage_path=str(ray_dir / "train"),
-                     board=board)
-    trainable = backend.trainable(spec)
+        plan = dataclasses.replace(plan, board=board)
+    trainable = backend.trainable(plan)
 
     def new_tuner(name: str, num_samples: int, points: list[dict] | None) -> Any:
         scheduler = None
@@ -286,9 +272,8 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
         searcher = ResumableOptunaSearch(space=DefineByRun(space), metric="objective", mode=space.mode,
                                          points_to_evaluate=points or None, sampler=make_sampler(space),
                                          study_name=study_name, storage=optuna.storages.RDBStorage(optuna_storage))
-        recorder = TrialRecorder(spec, uri=uri, run_folder=str(run_folder), experiment_id=exp_id,
-                                 study_run_id=study_run, dataset_fingerprint=fingerprint)
-        cbs = [recorder, *([ProgressPrinter(dataset, space.metric, space.mode)] if progress else []), *callbacks]
+        recorder = TrialRecorder(plan, uri=uri, run_folder=str(run_folder), experiment_id=exp_id)
+        cbs = [recorder, *([ProgressPrinter(dataset, plan)] if progress else []), *callbacks]
         return tune.Tuner(
             trainable,
             # reuse_actors: Ray 2.60's default (False) starts a fresh Python process for every trial, which
