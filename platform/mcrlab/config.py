@@ -85,8 +85,10 @@ class ModelConfig:
                               "mcrlab.encoders entry-point group, or package.module:Callable")
     encoders: list = opt([], "one encoder name per modality, e.g. [cnn, conv1d]; overrides encoder "
                              "(empty = encoder for all)")
-    encoder_args: dict = opt({}, "keyword arguments of every modality's encoder, over hidden/depth/latent/"
-                                 "dropout, e.g. {kernel_size: 5}; plug-ins get these alone")
+    encoder_args: dict = opt({}, "keyword arguments of every modality's encoder, e.g. {kernel_size: 5}; "
+                                 "built-ins take hidden/depth/latent/dropout above unless set here, and "
+                                 "kernel_size (cnn, conv1d), heads/ff_mult (transformer); plug-ins get "
+                                 "only these")
     encoders_args: list = opt([], "per-modality keyword arguments, one mapping per modality, merged over "
                                   "encoder_args, e.g. [{hidden: 16}, {heads: 2}] (empty = none)")
     channels_last: bool = opt(False, "channels_last memory format for the 2-D conv encoders (cnn, resnet18) "

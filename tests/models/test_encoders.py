@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -11,7 +13,7 @@ from mcrlab.models import build_model, use_channels_last
 from mcrlab.models.encoders import MLPEncoder
 from mcrlab.models.fusion import LateFusion
 from mcrlab.models.registry import BUILTIN, build_encoder
-from mcrlab.models.resnet import ResNet18Encoder
+from mcrlab.models.resnet import ResNet18, ResNet18Encoder
 
 LATENT = 5
 SHARED = {"hidden": 4, "depth": 2, "latent": LATENT, "dropout": 0.0}
@@ -176,3 +178,16 @@ def test_per_modality_arguments_win_over_shared_ones():
     assert model.latent_dims == [7, LATENT]
     out = model([torch.randn(2, 1, 6, 6), torch.randn(2, 5, 3)])
     assert out.fused.shape == (2, 3) and [z.shape[1] for z in out.z] == [7, LATENT]
+
+
+def test_resnet18_without_a_working_torchvision(tmp_path, monkeypatch):
+    """A torchvision that raises while imported (its CUDA build beside a CPU torch does) -> built-in trunk."""
+    fake = tmp_path / "torchvision"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    enc = _build("resnet18", (1, 8, 8))
+    assert enc.impl == "builtin" and isinstance(enc.trunk, ResNet18)
+    assert enc(torch.randn(2, 1, 8, 8)).shape == (2, LATENT)
