@@ -93,6 +93,10 @@ class ModelConfig:
                                   "encoder_args, e.g. [{hidden: 16}, {heads: 2}] (empty = none)")
     channels_last: bool = opt(False, "channels_last memory format for the 2-D conv encoders (cnn, resnet18) "
                                      "on CUDA")
+    init: str = opt("scratch", "encoder initialisation: scratch, unimodal (each encoder + head pre-trained alone, "
+                               "cached by dataset and settings) or unimodal_frozen (the same, encoders then frozen)",
+                    choices=("scratch", "unimodal", "unimodal_frozen"))
+    init_epochs: int = opt(0, "epochs of each unimodal pre-training (0 = train.epochs)", ge=0)
 
     def __post_init__(self) -> None:
         # late import: the models package imports this module

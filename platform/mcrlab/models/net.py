@@ -91,8 +91,23 @@ class MultimodalNet(nn.Module):
         else:
             self.fusion = MLPFusion(dims, num_classes, cfg.fusion_hidden)
         self.num_modalities = len(shapes)
+        self.frozen: list[int] = []  # encoders kept fixed (unimodal_frozen initialisation)
         self.num_classes = num_classes
         self.latent_dims = dims
+
+    def freeze_encoder(self, m: int) -> None:
+        """Fix encoder m: no gradients, and eval mode (BatchNorm statistics frozen) even under train()."""
+        for p in self.encoders[m].parameters():
+            p.requires_grad_(False)
+        if m not in self.frozen:
+            self.frozen.append(m)
+        self.encoders[m].eval()
+
+    def train(self, mode: bool = True) -> MultimodalNet:
+        super().train(mode)
+        for m in self.frozen:
+            self.encoders[m].eval()
+        return self
 
     def encode(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         return [enc(x) for enc, x in zip(self.encoders, xs)]
