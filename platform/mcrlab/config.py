@@ -71,13 +71,51 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    hidden: int = opt(64, "hidden width of each MLP encoder", ge=1)
-    depth: int = opt(2, "hidden layers of each MLP encoder", ge=1, le=16)
-    latent: int = opt(32, "latent width d_m of each encoder", ge=1)
+    hidden: int = opt(64, "encoder width: mlp hidden units; cnn/conv1d channels of the first block (doubling "
+                          "per block); transformer d_model", ge=1)
+    depth: int = opt(2, "encoder depth: mlp hidden layers; cnn/conv1d conv blocks; transformer layers",
+                     ge=1, le=16)
+    latent: int = opt(32, "latent width d_m = out_dim of every built-in encoder", ge=1)
     fusion: str = opt("late", "fusion head: late (sum of per-modality logits) or mlp (concat -> MLP)",
                       choices=("late", "mlp"))
     fusion_hidden: int = opt(64, "hidden width of the mlp fusion head", ge=1)
     dropout: float = opt(0.0, "dropout inside encoders", ge=0.0, le=0.9)
+    encoder: str = opt("mlp", "encoder of every modality: mlp (any shape, flattened), cnn (C,H,W), resnet18 "
+                              "(C,H,W or T,F), conv1d (T,F), transformer (T,F), a name from the "
+                              "mcrlab.encoders entry-point group, or package.module:Callable")
+    encoders: list = opt([], "one encoder name per modality, e.g. [cnn, conv1d]; overrides encoder "
+                             "(empty = encoder for all)")
+    encoder_args: dict = opt({}, "keyword arguments of every modality's encoder, e.g. {kernel_size: 5}; "
+                                 "built-ins take hidden/depth/latent/dropout above unless set here, and "
+                                 "kernel_size (cnn, conv1d), heads/ff_mult (transformer); plug-ins get "
+                                 "only these")
+    encoders_args: list = opt([], "per-modality keyword arguments, one mapping per modality, merged over "
+                                  "encoder_args, e.g. [{hidden: 16}, {heads: 2}] (empty = none)")
+    channels_last: bool = opt(False, "channels_last memory format for the 2-D conv encoders (cnn, resnet18) "
+                                     "on CUDA")
+    init: str = opt("scratch", "encoder initialisation: scratch, unimodal (each encoder + head pre-trained alone, "
+                               "cached by dataset and settings) or unimodal_frozen (the same, encoders then frozen)",
+                    choices=("scratch", "unimodal", "unimodal_frozen"))
+    init_epochs: int = opt(0, "epochs of each unimodal pre-training (0 = train.epochs)", ge=0)
+
+    def __post_init__(self) -> None:
+        # late import: the models package imports this module
+        from mcrlab.models.registry import check_builtin_args, check_encoder_name
+
+        for i, a in enumerate(self.encoders_args):
+            if not isinstance(a, dict) or not all(isinstance(k, str) for k in a):
+                raise ConfigError(f"encoders_args[{i}]: expected a mapping of argument -> value, got {a!r}")
+        if self.encoders and self.encoders_args and len(self.encoders_args) != len(self.encoders):
+            raise ConfigError(f"encoders_args: {len(self.encoders_args)} mapping(s) for "
+                              f"{len(self.encoders)} encoders")
+        per = self.encoders_args or [{}] * max(1, len(self.encoders))
+        if self.encoders:
+            plan = [(f"encoders[{i}]", n, per[i]) for i, n in enumerate(self.encoders)]
+        else:
+            plan = [("encoder", self.encoder, a) for a in per]
+        for key, name, own in plan:
+            check_encoder_name(name, key)
+            check_builtin_args(name, {**self.encoder_args, **own}, key)  # built-ins: each argument exists
 
 
 @dataclass
