@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from mcrlab.analysis.report import build_report, metric_table, rank_table, render, write_report
+from mcrlab.analysis.files import write_report
+from mcrlab.analysis.report import build_report, metric_table, rank_table, render
 from mcrlab.analysis.stats import SeedMismatchError
 from mcrlab.config import ConfigError
 

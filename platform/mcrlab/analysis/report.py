@@ -17,7 +17,6 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,7 +24,7 @@ import pandas as pd
 from mcrlab.analysis import stats
 from mcrlab.config import ConfigError
 
-__all__ = ["Report", "build_report", "metric_table", "rank_table", "render", "write_report", "FORMATS",
+__all__ = ["Report", "build_report", "metric_table", "rank_table", "render", "FORMATS",
            "TIDY_COLUMNS"]
 
 TIDY_COLUMNS = ("arm", "dataset", "seed", "metric", "value")
@@ -229,27 +228,6 @@ def render(rep: Report, fmt: str) -> str:
     if fmt == "csv":
         return rep.long_table().to_csv(index=False)
     raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
-
-
-def write_report(rep: Report, out_dir: str | Path, formats: Sequence[str] = FORMATS,
-                 plots: bool = True) -> list[Path]:
-    """Write report.<fmt> for each format, ranks.csv, and the plots; returns the files written."""
-    from mcrlab.analysis import plots as report_plots  # matplotlib only when plotting
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = []
-    for fmt in formats:
-        path = out / f"report.{fmt}"
-        path.write_text(render(rep, fmt))
-        files.append(path)
-    if rep.ranks:
-        path = out / "ranks.csv"
-        pd.concat([t for t, _ in rep.ranks.values()], ignore_index=True).to_csv(path, index=False)
-        files.append(path)
-    if plots:
-        files += report_plots.plot_all(rep, out)
-    return files
 
 
 def slug(text: str) -> str:

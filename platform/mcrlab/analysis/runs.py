@@ -119,7 +119,8 @@ def compare(uri: str, *, experiment: str | None = None, run_id: str | None = Non
 
     Returns (report, files). Raises ConfigError for mismatched seeds, missing runs or bad options.
     """
-    from mcrlab.analysis.report import build_report, write_report
+    from mcrlab.analysis.files import write_report
+    from mcrlab.analysis.report import build_report
     from mcrlab.tracking import Tracker
 
     runs = collect_runs(uri, experiment, run_id, filter_string)

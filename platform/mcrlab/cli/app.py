@@ -38,6 +38,16 @@ def _config_keys_help() -> str:
     return "\n".join(lines)
 
 
+class _TrainHelp(argparse.Action):
+    """``mcrlab train --help``: the usual help plus every config key, computed only when asked for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        parser.epilog = _config_keys_help()
+        parser.print_help()
+        parser.exit()
+
+
 class _EpochPrinter:
     """One line per epoch on stderr: the progress display for long runs."""
 
@@ -86,7 +96,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         "train", help="train one run (MCR by default) on embedded defaults or a config",
         description="Train one run. Defaults <- CONFIG (YAML with sections data/model/method/train) <- "
                     "section.key=value overrides. Prints one line per epoch and the final test metrics.",
-        epilog=_config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    # the key listing needs the method registry (torch): built only when this help is asked for
+    p.add_argument("-h", "--help", action=_TrainHelp, nargs=0, help="show this help, with every config key")
     p.add_argument("config", nargs="?", default=None, help="YAML config file (optional)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=0.01")
     p.add_argument("--json", metavar="PATH", help='write {"metrics": ..., "config": ...} to PATH')

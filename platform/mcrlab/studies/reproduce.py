@@ -255,7 +255,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
           f"{grid['tuning_trials_per_method_and_dataset']} trials per method and dataset; tracking {uri}",
           file=sys.stderr)
     from mcrlab.ablate.runner import run_ablation
-    from mcrlab.analysis.report import build_report, write_report
+    from mcrlab.analysis.files import write_report
+    from mcrlab.analysis.report import build_report
 
     machine = machine_info()
     t0, started = time.time(), dt.datetime.now(dt.timezone.utc)
