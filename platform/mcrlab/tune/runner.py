@@ -76,17 +76,6 @@ def study_slug(dataset: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-") or "dataset"
 
 
-class DefineByRun:
-    """The space's define-by-run function as a module-level callable: OptunaSearch saves its state with
-    plain pickle (Tuner checkpoints, resume), which cannot pickle the closure ``compile_space`` returns."""
-
-    def __init__(self, space: SearchSpace):
-        self.space = space
-
-    def __call__(self, trial: Any) -> dict:
-        return compile_space(self.space)(trial)
-
-
 def check_storage(run_folder: Path, flag: str = "--storage") -> None:
     """The run folder must be a directory we can write to (created if missing): a path that is a file,
     lies under a file, is read-only or on a full disk fails with a ConfigError naming ``flag``."""
@@ -269,7 +258,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                                       reduction_factor=space.scheduler.reduction_factor)
         # metric and mode go to OptunaSearch itself: with a define-by-run space, TuneConfig's are ignored;
         # the study is loaded if it exists (a top-up after a resume continues the same study)
-        searcher = ResumableOptunaSearch(space=DefineByRun(space), metric="objective", mode=space.mode,
+        searcher = ResumableOptunaSearch(space=compile_space(space), metric="objective", mode=space.mode,
                                          points_to_evaluate=points or None, sampler=make_sampler(space),
                                          study_name=study_name, storage=optuna.storages.RDBStorage(optuna_storage))
         recorder = TrialRecorder(plan, uri=uri, run_folder=str(run_folder), experiment_id=exp_id)
