@@ -147,7 +147,7 @@ class TrainConfig:
     adaptive_rate: float = opt(1.0, "strength of the adaptive update (exponent on the D ratio)", ge=0.0)
     grad_clip: float = opt(0.0, "max gradient norm (0 = off)", ge=0.0)
     eval_perms: int = opt(8, "permutations used to measure D_m at evaluation", ge=1)
-    probe_epochs: int = opt(100, "full-batch gradient steps of the linear probe on each frozen encoder (0 = off)", ge=0)
+    probe_epochs: int = opt(100, "L-BFGS iterations (full batch) of the linear probe on each frozen encoder (0 = off)", ge=0)
     patience: int = opt(0, "early stopping on val/acc after this many epochs without gain (0 = off)", ge=0)
     checkpoint_every: int = opt(1, "save a checkpoint every N epochs (when a checkpoint dir is given)", ge=1)
 
