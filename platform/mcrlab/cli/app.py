@@ -141,7 +141,7 @@ def _command_modules() -> list:
     import importlib
 
     names = ["mcrlab.cli.sweep", "mcrlab.tune.check", "mcrlab.cli.ablate", "mcrlab.cli.data",
-             "mcrlab.cli.cluster", "mcrlab.studies.reproduce"]
+             "mcrlab.cli.cluster", "mcrlab.studies.reproduce", "mcrlab.cli.schema"]
     out = []
     for name in names:
         try:
