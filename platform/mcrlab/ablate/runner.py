@@ -62,9 +62,9 @@ class CellPlan(TrialPlan):
     deltas: dict[str, str]  # arm -> its delta as JSON
     fingerprints: dict[str, str]  # dataset -> fingerprint
     base_run: str = "inline"
-    scaling: Scaling = Scaling()  # type: ignore[assignment]
+    scaling: Scaling = Scaling()
     storage_path: str = ""
-    metric: str = "val/acc"  # type: ignore[assignment]
+    metric: str = "val/acc"
 
     @property
     def group_id(self) -> str:  # type: ignore[override]

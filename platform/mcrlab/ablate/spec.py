@@ -184,10 +184,10 @@ def config_from_run(uri: str, run_id: str, source: str = "base_run") -> dict:
         if name in names:
             with tempfile.TemporaryDirectory() as tmp:
                 local = client.download_artifacts(run_id, name, tmp)
-                raw = yaml.safe_load(Path(local).read_text())  # JSON is YAML
-            if isinstance(raw, dict) and "config" in raw and isinstance(raw["config"], dict):
-                raw = raw["config"]
-            return raw
+                loaded = yaml.safe_load(Path(local).read_text())  # JSON is YAML
+            if isinstance(loaded, dict) and "config" in loaded and isinstance(loaded["config"], dict):
+                loaded = loaded["config"]
+            return loaded
     sections = ("data", "model", "method", "train")
     raw: dict[str, dict] = {}
     for key, text in run.data.params.items():

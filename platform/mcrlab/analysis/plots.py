@@ -122,7 +122,7 @@ def plot_cd(ranks: pd.DataFrame, fr: stats.FriedmanResult, metric: str, path: Pa
                 ha="right" if left else "left", va="center", fontsize=8)
     # cliques: maximal runs of arms (sorted by rank) spanning less than CD
     order = np.argsort(r)
-    cliques = []
+    cliques: list[tuple[int, int]] = []
     for i in range(k):
         j = i
         while j + 1 < k and r[order[j + 1]] - r[order[i]] < fr.cd:
@@ -160,6 +160,7 @@ def _grouped_bars(ax, df: pd.DataFrame, prefix: str, arms: list[str], colors: di
 
 def plot_modalities(rep: Report, dataset: str, path: Path) -> Path | None:
     """Per-modality diagnostics of every arm on one dataset; None when no diagnostic is present."""
+    assert rep.tidy is not None, "a report built from a tidy table"
     df = rep.tidy[rep.tidy["dataset"] == dataset]
     arms = [a for a in _arms(rep) if a in set(df["arm"].astype(str))]
     colors = _colors(_arms(rep))

@@ -237,5 +237,5 @@ def slug(text: str) -> str:
 
 def seed_interval(values: np.ndarray) -> tuple[float, float]:
     """(mean, CI half-width) of values over seeds, half-width 0 with one seed (for error bars)."""
-    s = stats.summarize(values)
+    s = stats.summarize(list(np.asarray(values, dtype=float)))
     return s.mean, 0.0 if math.isnan(s.ci_half) else s.ci_half

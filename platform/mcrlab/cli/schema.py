@@ -53,14 +53,14 @@ def dataclass_schema(cls: type, title: str = "") -> dict[str, Any]:
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        meta = f.metadata or {}
+        meta: dict[str, Any] = dict(f.metadata or {})
         prop = _type_schema(hints[f.name])
         if meta.get("help"):
             prop["description"] = meta["help"]
         if f.default is not dataclasses.MISSING:
             prop["default"] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            prop["default"] = f.default_factory()  # type: ignore[misc]
+        elif f.default_factory is not dataclasses.MISSING:
+            prop["default"] = f.default_factory()
         if meta.get("choices") is not None:
             prop["enum"] = list(meta["choices"])
         for key, name in (("ge", "minimum"), ("le", "maximum"), ("gt", "exclusiveMinimum")):

@@ -47,7 +47,7 @@ def _warn(message: str) -> None:
 try:
     from ray.tune import Callback
 except ImportError:  # pragma: no cover - ray is a dependency; keep the module importable for docs
-    Callback = object  # type: ignore[misc,assignment]
+    Callback = object
 
 
 class TrialRecorder(Callback):

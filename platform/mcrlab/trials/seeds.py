@@ -54,7 +54,9 @@ def run_seeds(cfgs: Sequence[RunConfig], *, metric: str, score: Callable[[Sequen
     checkpoint directory written by an earlier call (it holds fit's state and ``trial_state.json``).
     """
     if fit is None:
-        from mcrlab.engine.fit import fit
+        from mcrlab.engine.fit import fit as engine_fit
+
+        fit = engine_fit
     from mcrlab.data import load_dataset
 
     state = read_state(resume_from) or {"seed_index": 0, "done": [], "iteration": 0}
@@ -98,7 +100,8 @@ def run_seeds(cfgs: Sequence[RunConfig], *, metric: str, score: Callable[[Sequen
 
 def asha_milestones(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
     """Rungs ``grace * eta^k <= max_t``, k = 0, 1, ... (iterations at which trials are compared)."""
-    out, k = [], 0
+    out: list[int] = []
+    k = 0
     while True:
         m = int(round(grace_period * reduction_factor ** k))
         if m > max_t:
