@@ -2,20 +2,23 @@
 
 Two sources:
 
-- ``.npz`` (``np.savez``): one 2-D float array (N, d_m) per modality, keyed by the modality name,
-  plus ``label`` (N,) int and optionally ``split`` (N,) str, ``sample_id`` (N,) and ``group`` (N,).
+- ``.npz`` (``np.savez``): one real-valued array (N, *shape_m) of any rank >= 2 per modality, keyed by
+  the modality name (vectors (N, d), images (N, C, H, W), spectrograms (N, T, F)), plus ``label`` (N,)
+  int and optionally ``split`` (N,) str, ``sample_id`` (N,) and ``group`` (N,).
 - a folder of CSV files: ``labels.csv`` with a header row and a ``label`` column (optionally
   ``split``, ``sample_id``, ``group`` columns), and one ``<modality>.csv`` per modality holding N rows
   of d_m numbers (comma-separated; an optional header row of non-numbers is skipped). Row i of every
   file is sample i.
 
-Without a ``split``, seeded stratified 60/20/20 splits are made (``--seed``).
+Without a ``split``, seeded stratified 60/20/20 splits are made (``--seed``). Every array is checked by
+``validate_arrays`` before anything is written; a bad one gives one line naming the file and the key.
 """
 
 from __future__ import annotations
 
 import csv
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +26,122 @@ import numpy as np
 from mcrlab.config import ConfigError
 from mcrlab.data.base import SPLITS
 from mcrlab.data.real import stratified_split
-from mcrlab.data.shards import DEFAULT_ROWS_PER_SHARD, RESERVED, write_shards
+from mcrlab.data.shards import (
+    DEFAULT_ROWS_PER_SHARD,
+    RESERVED,
+    check_features,
+    check_labels,
+    check_splits,
+    write_shards,
+)
 
-__all__ = ["import_features", "read_npz", "read_csv_folder"]
+__all__ = ["import_features", "read_npz", "read_csv_folder", "validate_arrays", "ValidArrays", "MAX_CLASSES"]
+
+MAX_CLASSES = 10_000  # labels are class indices 0..C-1; beyond this they are ids, not classes
+
+
+@dataclass
+class ValidArrays:
+    """Arrays that passed ``validate_arrays``: features (N, *shape) float32, label (N,) int64, split (N,)
+    object of train/val/test, the number of classes, and the optional per-row extras."""
+
+    features: dict[str, np.ndarray]
+    label: np.ndarray
+    split: np.ndarray | None
+    num_classes: int
+    sample_id: np.ndarray | None = None
+    group: np.ndarray | None = None
+
+
+def validate_arrays(features: dict[str, np.ndarray], label: np.ndarray, split: np.ndarray | None, *,
+                    sample_id: np.ndarray | None = None, group: np.ndarray | None = None,
+                    num_classes: int | None = None, source: str = "<arrays>") -> ValidArrays:
+    """Check everything a dataset must satisfy; raise one ConfigError line naming ``source`` and the key.
+
+    Refused: fewer than two modalities or reserved names; 0 rows; a modality that is not a real-valued
+    array of rank >= 2 (complex, strings, objects), has a size-0 axis, another row count than ``label``,
+    or NaN/inf values (also after the float32 cast); labels that are not integers in [0, C) with
+    2 <= C <= min(N, MAX_CLASSES) (C = ``num_classes`` or the largest label + 1) or that hold one class
+    only; a split other than train/val/test or one without rows; extras of another length.
+    ``split=None`` skips the split checks (the importer makes the split after checking the labels).
+    """
+    mods = list(features)
+    if len(mods) < 2:
+        raise ConfigError(f"{source}: found {len(mods)} modality array(s) {mods}; need at least two")
+    label = np.asarray(label)
+    if label.ndim != 1:
+        raise ConfigError(f"{source}: key 'label': expected a 1-D array of integers, got {label.dtype} "
+                          f"with shape {label.shape}")
+    n = len(label)
+    if n == 0:
+        raise ConfigError(f"{source}: key 'label': 0 rows (a dataset needs samples)")
+    integral = np.issubdtype(label.dtype, np.integer) or (
+        np.issubdtype(label.dtype, np.floating) and bool(np.all(np.isfinite(label)))
+        and bool(np.all(label == np.round(label))))
+    if not integral or label.dtype == np.bool_:
+        raise ConfigError(f"{source}: key 'label': expected a 1-D array of integers, got {label.dtype} "
+                          f"with shape {label.shape}")
+    if np.issubdtype(label.dtype, np.floating) and float(np.max(np.abs(label))) >= 2**62:
+        raise ConfigError(f"{source}: key 'label': label {label[np.argmax(np.abs(label))]:g} is not a class "
+                          f"index")
+    label = label.astype(np.int64)
+    inferred = num_classes is None
+    nc = int(label.max()) + 1 if inferred else int(num_classes)
+    check_labels(label, nc, source, "key 'label'")
+    if nc > MAX_CLASSES or (inferred and nc > n):
+        raise ConfigError(f"{source}: key 'label': largest label {int(label.max())} means {nc} classes for "
+                          f"{n} rows; labels must be class indices 0..C-1 with C <= "
+                          f"{min(n, MAX_CLASSES) if inferred else MAX_CLASSES} (relabel them)")
+    present = len(np.unique(label))
+    if nc < 2 or present < 2:
+        raise ConfigError(f"{source}: key 'label': need at least 2 classes, found {present} distinct "
+                          f"label(s)")
+    if split is not None:
+        split = np.asarray(split)
+        if split.shape != (n,):
+            raise ConfigError(f"{source}: key 'split': expected shape ({n},), got {split.shape}")
+        split = split.astype(str).astype(object)
+        check_splits(split, source, "key 'split'")
+        for s in SPLITS:
+            if not np.any(split == s):
+                raise ConfigError(f"{source}: key 'split': split '{s}' has no rows")
+    out = {}
+    for m in mods:
+        if m in RESERVED:
+            raise ConfigError(f"{source}: key '{m}': a modality may not use a reserved name "
+                              f"({', '.join(RESERVED)})")
+        if not isinstance(m, str) or not m.strip():
+            raise ConfigError(f"{source}: key {m!r}: a modality name must be a non-empty string")
+        xm = np.asarray(features[m])
+        if np.iscomplexobj(xm):
+            raise ConfigError(f"{source}: key '{m}': complex values ({xm.dtype}) are not supported; "
+                              f"store the real and imaginary parts as channels")
+        if not np.issubdtype(xm.dtype, np.number) or xm.dtype == np.bool_:
+            raise ConfigError(f"{source}: key '{m}': expected a real-valued numeric array, got {xm.dtype}")
+        if xm.ndim < 2:
+            raise ConfigError(f"{source}: key '{m}': expected a 2-D float array of shape ({n}, d) or "
+                              f"higher rank ({n}, *shape), got {xm.dtype} with shape {xm.shape}")
+        if xm.shape[0] != n:
+            raise ConfigError(f"{source}: key '{m}': {xm.shape[0]} rows, but 'label' has {n} (shape "
+                              f"{xm.shape})")
+        if min(xm.shape[1:]) < 1:
+            raise ConfigError(f"{source}: key '{m}': shape {xm.shape} has a size-0 axis (no features)")
+        with np.errstate(over="ignore"):
+            xm = xm.astype(np.float32)
+        check_features(xm, m, source)
+        out[m] = xm
+    extras = {}
+    for key, arr in (("sample_id", sample_id), ("group", group)):
+        if arr is None:
+            extras[key] = None
+            continue
+        arr = np.asarray(arr)
+        if arr.shape != (n,):
+            raise ConfigError(f"{source}: key '{key}': expected shape ({n},), got {arr.shape}")
+        if key == "sample_id" and not (np.issubdtype(arr.dtype, np.integer) or arr.dtype.kind == "U"):
+            raise ConfigError(f"{source}: key 'sample_id': expected integers or strings, got {arr.dtype}")
+        extras[key] = arr
+    return ValidArrays(out, label, split, nc, extras["sample_id"], extras["group"])
 
 Arrays = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None, dict[str, np.ndarray]]
 
@@ -107,10 +223,8 @@ def import_features(src: str | Path, dest: str | Path, *, rows_per_shard: int = 
         raise ConfigError(f"{p}: unsupported source (expected a .npz file or a folder of CSV files)")
     label = np.asarray(label)
     if split is None:
-        if label.ndim != 1 or not np.issubdtype(label.dtype, np.integer):
-            raise ConfigError(f"{p}: key 'label': expected a 1-D array of integers, got {label.dtype} "
-                              f"with shape {label.shape}")
-        idx = stratified_split(label, seed)
+        validate_arrays(features, label, None, num_classes=num_classes, source=str(p))  # labels first
+        idx = stratified_split(label.astype(np.int64), seed)
         split = np.empty(len(label), dtype=object)
         for s in SPLITS:
             split[idx[s]] = s

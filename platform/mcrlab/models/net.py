@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -65,5 +66,23 @@ class MultimodalNet(nn.Module):
         return mods
 
 
-def build_model(in_dims: list[int], num_classes: int, cfg: ModelConfig) -> MultimodalNet:
-    return MultimodalNet(in_dims, num_classes, cfg)
+class _Flatten(nn.Module):
+    """(B, *shape) -> (B, prod(shape)) in front of an MLP encoder (keeps ``out_dim``)."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder, self.out_dim = encoder, encoder.out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x.flatten(1))
+
+
+def build_model(in_shapes: list[int] | list[tuple[int, ...]], num_classes: int, cfg: ModelConfig) -> MultimodalNet:
+    """``in_shapes``: per modality a width or a sample shape without N; a shape of rank >= 2 is flattened
+    into the MLP (placeholder until the encoder registry lands)."""
+    shapes = [(s,) if isinstance(s, int) else tuple(s) for s in in_shapes]
+    net = MultimodalNet([math.prod(s) for s in shapes], num_classes, cfg)
+    for m, s in enumerate(shapes):
+        if len(s) > 1:
+            net.encoders[m] = _Flatten(net.encoders[m])
+    return net
