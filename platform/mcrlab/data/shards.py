@@ -391,6 +391,10 @@ def write_shards(dest: str | Path, features: dict[str, np.ndarray], label: np.nd
                 raise ConfigError(f"{out / entry}: not listed in {MANIFEST} but would be overwritten by a "
                                   f"new shard; move it away first")
         _swap_in(tmp, out, keep)
+    except OSError as err:  # disk full, file too large, permissions: one line, and dest is unchanged
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(f"{out}: writing the shards failed, nothing was changed "
+                          f"({str(err).splitlines()[0][:160]})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
