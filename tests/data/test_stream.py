@@ -169,7 +169,7 @@ def test_a_shard_corrupted_mid_run_fails_naming_the_file(tmp_path):
         seen = []
         cfg = load_config(None, [*FIT, "data.loader=stream", f"data.workers={workers}", "train.epochs=1"])
         with pytest.raises(ShardReadError) as err:
-            fit(cfg, lambda m, c: seen.append(m), dataset=ds)
+            fit(cfg, lambda m, c, seen=seen: seen.append(m), dataset=ds)
         msg = str(err.value)
         assert "part-00001.parquet" in msg and "row group" in msg and "\n" not in msg, msg
         assert seen == []
