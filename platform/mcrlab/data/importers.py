@@ -122,8 +122,8 @@ def validate_arrays(features: dict[str, np.ndarray], label: np.ndarray, split: n
             raise ConfigError(f"{source}: key '{m}': expected a 2-D float array of shape ({n}, d) or "
                               f"higher rank ({n}, *shape), got {xm.dtype} with shape {xm.shape}")
         if xm.shape[0] != n:
-            raise ConfigError(f"{source}: key '{m}': {xm.shape[0]} rows, but 'label' has {n} (shape "
-                              f"{xm.shape})")
+            raise ConfigError(f"{source}: key '{m}': {xm.shape[0]} rows, but 'label' has {n}: expected shape "
+                              f"({n}, d) or ({n}, *shape), got {xm.shape}")
         if min(xm.shape[1:]) < 1:
             raise ConfigError(f"{source}: key '{m}': shape {xm.shape} has a size-0 axis (no features)")
         with np.errstate(over="ignore"):
