@@ -34,7 +34,8 @@ def write_dataset(path: Path, rows: int, seed: int = 0) -> None:
     vec = rng.normal(size=(rows, 64)).astype(np.float32)
     n_tr, n_va = rows * 8 // 10, rows // 10
     split = np.array(["train"] * n_tr + ["val"] * n_va + ["test"] * (rows - n_tr - n_va))
-    write_shards(path, {"img": img, "vec": vec}, y, split, rows_per_shard=max(100, rows // 20))
+    # the same file and row-group size at every dataset size: only the number of files grows
+    write_shards(path, {"img": img, "vec": vec}, y, split, rows_per_shard=2000)
 
 
 def child(path: str, loader: str, batch_size: int, shuffle_mib: float, workers: int) -> dict:
@@ -53,13 +54,19 @@ def child(path: str, loader: str, batch_size: int, shuffle_mib: float, workers: 
             "test_acc": metrics["test/acc"]}
 
 
-def run_child(path: Path, loader: str, args: argparse.Namespace) -> dict:
+def _run(args: list[str]) -> str:
+    """Run this script in a fresh process. Everything heavy happens in such children: a child's
+    ru_maxrss starts from its parent's high-water mark at fork, so the driver must stay small."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(path), "--loader", loader,
-           "--batch-size", str(args.batch_size), "--shuffle-mib", str(args.shuffle_mib),
-           "--workers", str(args.workers)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], capture_output=True,
+                         text=True, env=env, check=True)
+    return out.stdout
+
+
+def run_child(path: Path, loader: str, args: argparse.Namespace) -> dict:
+    out = _run(["--child", str(path), "--loader", loader, "--batch-size", str(args.batch_size),
+                "--shuffle-mib", str(args.shuffle_mib), "--workers", str(args.workers)])
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,19 +78,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="data.workers of the streamed runs")
     p.add_argument("--json", help="also write the result to this file")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--write", nargs=2, metavar=("PATH", "ROWS"), help=argparse.SUPPRESS)
     p.add_argument("--loader", default="stream", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.write:
+        write_dataset(Path(args.write[0]), int(args.write[1]))
+        return 0
     if args.child:
         print(json.dumps(child(args.child, args.loader, args.batch_size, args.shuffle_mib, args.workers)))
         return 0
     if args.smoke:
         args.rows, args.batch_size, args.shuffle_mib = 300, 32, 0.25
     sizes = [args.rows, 10 * args.rows]
-    result: dict = {"rows": sizes, "bytes_per_row": 4 * (256 + 64), "batch_size": args.batch_size,
+    result: dict = {"rows": sizes, "bytes_per_row": 4 * (256 + 64), "rows_per_file": 2000,
+                    "batch_size": args.batch_size,
                     "shuffle_mib": args.shuffle_mib, "workers": args.workers}
     with tempfile.TemporaryDirectory(prefix="mcrlab-bench-stream-") as tmp:
         for rows in sizes:
-            write_dataset(Path(tmp) / f"r{rows}", rows)
+            _run(["--write", str(Path(tmp) / f"r{rows}"), str(rows)])
         for loader in ("stream", "memory"):
             runs = [run_child(Path(tmp) / f"r{rows}", loader, args) for rows in sizes]
             result[loader] = {"peak_rss_mib": [r["peak_rss_mib"] for r in runs],

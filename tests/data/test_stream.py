@@ -186,3 +186,14 @@ def test_nested_copy_of_a_shard_folder_is_not_read_twice(tensor_shards, tmp_path
     for loader in ("memory", "stream"):
         ds = load_dataset(DataConfig(name=str(folder), loader=loader))
         assert {s: len(ds.splits[s]) for s in ds.splits} == {s: len(ref.splits[s]) for s in ref.splits}
+
+
+def test_show_describes_a_streamed_dataset(tensor_shards):
+    from mcrlab.data.commands import describe
+
+    path, _ = tensor_shards
+    mem, streamed = load_shards(str(path)), open_shards(str(path))
+    lines = describe(streamed)
+    assert "loader       stream (rows read lazily)" in lines and f"fingerprint  {mem.fingerprint()}" in lines
+    assert [ln for ln in lines if ln.startswith(("train", "val", "test"))] == \
+        [ln for ln in describe(mem) if ln.startswith(("train", "val", "test"))]

@@ -46,7 +46,8 @@ def describe(ds: MultimodalDataset) -> list[str]:
     lines += ["", "rows per split and class:", header]
     for s in SPLITS:
         if s in ds.splits:
-            counts = np.bincount(ds.splits[s].y, minlength=ds.num_classes)
+            sp = ds.splits[s]
+            counts = np.bincount(sp.y if hasattr(sp, "y") else sp.labels(), minlength=ds.num_classes)
             lines.append(f"{s:<8}" + "".join(f"{c:>6}" for c in counts) + f"   {len(ds.splits[s]):>5}")
     return lines
 

@@ -114,6 +114,20 @@ class ShardSplit:
             raise ShardReadError(str(err)) from None
         return xs, y
 
+    def labels(self) -> np.ndarray:
+        """(N,) int64 labels in file order, reading only the ``label`` and ``split`` columns."""
+        parts = []
+        for block in self.blocks:
+            where = f"{block.file} (row group {block.row_group})"
+            try:
+                t = pq.ParquetFile(block.file).read_row_group(block.row_group, columns=["label", "split"])
+            except (pa.ArrowException, OSError) as err:
+                raise ShardReadError(f"{where}: unreadable ({str(err).splitlines()[0]})") from None
+            if block.mixed:
+                t = t.filter(pc.equal(t.column("split"), self.split))
+            parts.append(table_labels(t, self.num_classes, where))
+        return np.concatenate(parts)
+
     def chunks(self, rows: int = 4096) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
         """Every row in file order, re-cut into chunks of exactly ``rows`` (the last may be shorter)."""
         carry: tuple[list[np.ndarray], np.ndarray] | None = None
