@@ -155,3 +155,18 @@ def test_batchnorm_buffers_equal_across_ranks_after_each_epoch(tmp_path):
     # the EMA is linear and training uses batch statistics: the synced buffers are the ranks' average
     assert torch.allclose(r0["encoders.0.0.running_mean"],
                           (n0["encoders.0.0.running_mean"] + n1["encoders.0.0.running_mean"]) / 2, atol=1e-5)
+
+
+def test_linear_probe_flattens_latents_of_any_shape():
+    import torch
+
+    from mcrlab.probe import linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(80) % 2
+    z = torch.randn(80, 2, 3, generator=g, dtype=torch.float64)
+    z[:, 1, 2] += 4.0 * y  # one coordinate of the (2, 3) latent separates the classes
+    flat = linear_probe(z[:60].reshape(60, 6), y[:60], z[60:].reshape(20, 6), y[60:], 2, steps=30)
+    shaped = linear_probe(z[:60], y[:60], z[60:], y[60:], 2, steps=30)
+    assert shaped == flat and flat >= 0.85
+    assert linear_probe(z[:60, 0], y[:60], z[60:, 0], y[60:], 2, steps=30) < 0.75  # the other row holds no signal

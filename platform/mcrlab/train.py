@@ -122,8 +122,9 @@ class _EvalChunks:
             return
         cuda = self.device.type == "cuda"
         for xs, y in self.split.chunks(EVAL_CHUNK):
-            yield ([torch.from_numpy(x).to(self.device, non_blocking=cuda) for x in xs],
-                   torch.from_numpy(y).to(self.device, non_blocking=cuda))
+            # arrays may be read-only views of Arrow buffers: torch wants writable memory
+            yield ([torch.from_numpy(np.require(x, requirements="W")).to(self.device, non_blocking=cuda)
+                    for x in xs], torch.from_numpy(np.require(y, requirements="W")).to(self.device, non_blocking=cuda))
 
 
 def _train_batches(data: MultimodalDataset, cfg: RunConfig, device: torch.device, rank: int,
