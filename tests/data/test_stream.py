@@ -197,3 +197,37 @@ def test_show_describes_a_streamed_dataset(tensor_shards):
     assert "loader       stream (rows read lazily)" in lines and f"fingerprint  {mem.fingerprint()}" in lines
     assert [ln for ln in lines if ln.startswith(("train", "val", "test"))] == \
         [ln for ln in describe(mem) if ln.startswith(("train", "val", "test"))]
+
+
+def _stream_rank(rank: int, world: int, rdv: str, path: str, out: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=world)
+    seen = []
+    joint = [o for o in FIT if not o.startswith("method.")] + ["method.name=joint", "train.lr=0.01"]
+    cfg = load_config(None, [*joint, f"data.name={path}", "data.loader=stream", "data.workers=0"])
+    final = fit(cfg, lambda m, c: seen.append(m))
+    with open(f"{out}/rank{rank}.json", "w") as fh:
+        json.dump({"final": final, "epochs": len(seen)}, fh)
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_stream_their_own_row_groups_in_lockstep(tmp_path):
+    """Two real processes, each streaming only its own row groups: the same number of steps (no hang),
+    the same weights after the gradient all-reduce, hence the same validation and test metrics."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    a = _arrays(200)
+    write_shards(tmp_path / "s", {k: a[k] for k in ("img", "seq", "vec")}, a["label"],
+                 np.array(["train"] * 150 + ["val"] * 25 + ["test"] * 25), rows_per_shard=20)
+    mp.spawn(_stream_rank, args=(2, str(tmp_path / "rdv"), str(tmp_path / "s"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert r0["epochs"] == r1["epochs"] == 3
+    same = {k: v for k, v in r0["final"].items() if not k.startswith("train/")}  # train/* are per-rank means
+    assert same == {k: v for k, v in r1["final"].items() if not k.startswith("train/")}
+    assert r0["final"]["test/acc"] > 0.6
