@@ -132,6 +132,11 @@ def test_windows_bound_the_shuffle_and_every_row_comes_once(tmp_path):
     assert sorted(b for w in windows for b in w.blocks) == list(range(8))
     first_window_rows = {r for b in windows[0].blocks for r in range(20 * b, 20 * b + 20)}
     assert set(e0[0]) | set(e0[1]) <= first_window_rows  # the first 32 rows come from the first window
+    # batches larger than a window: assembled across several windows, still each row at most once
+    wide = StreamBatches(split, batch_size=50, device=torch.device("cpu"), workers=0, shuffle_mib=20 * row_mib)
+    ids = _ids(wide.epoch(torch.Generator().manual_seed(1)))
+    assert wide.steps == 3 and [len(b) for b in ids] == [50, 50, 50]
+    assert len({i for b in ids for i in b}) == 150
     # the same seed gives the same order; the number of reader processes does not change it
     again = StreamBatches(split, batch_size=16, device=torch.device("cpu"), workers=2, shuffle_mib=45 * row_mib)
     assert _ids(again.epoch(torch.Generator().manual_seed(0))) == e0

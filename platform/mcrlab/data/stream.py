@@ -313,36 +313,51 @@ class StreamBatches:
             self.local_batch = locals_[rank]
             self.steps = max(1, min(n // b for n, b in zip(rows, locals_, strict=True)))
 
+    def _to_device(self, xs: list[torch.Tensor], y: torch.Tensor, pin: bool = False
+                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Copy a batch to the device; on CUDA from pinned memory, without waiting (``non_blocking``)."""
+        if self.device.type != "cuda":
+            return xs, y
+        if pin:  # a batch assembled across windows is a fresh (pageable) tensor
+            xs, y = [x.pin_memory() for x in xs], y.pin_memory()
+        return [x.to(self.device, non_blocking=True) for x in xs], y.to(self.device, non_blocking=True)
+
     def epoch(self, generator: torch.Generator) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
         """This rank's ``steps`` batches of one epoch, on the device."""
         if self.world > 1:  # every rank draws the same seed, then shuffles its own blocks with it + rank
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
             generator = torch.Generator().manual_seed(seed + self.rank)
         windows = epoch_windows([b.rows for b in self.blocks], self.budget_rows, generator, self.shuffle)
-        cuda = self.device.type == "cuda"
         loader = torch.utils.data.DataLoader(
             _WindowReader(self.split, self.blocks, windows), batch_size=None, num_workers=self.workers,
-            pin_memory=cuda, prefetch_factor=2 if self.workers > 0 else None)
+            pin_memory=self.device.type == "cuda", prefetch_factor=2 if self.workers > 0 else None)
         b, done = self.local_batch, 0
-        carry: tuple[list[torch.Tensor], torch.Tensor] | None = None
+        carry: tuple[list[torch.Tensor], torch.Tensor] | None = None  # < b rows left from earlier windows
         for item in loader:
             if "error" in item:
                 raise ShardReadError(item["error"])
             xs, y = item["x"], item["y"]
-            if carry is not None:
-                xs = [torch.cat([a, c]) for a, c in zip(carry[0], xs, strict=True)]
-                y = torch.cat([carry[1], y])
             start = 0
+            if carry is not None:  # complete the carried rows with the head of this window (a small copy)
+                need = b - len(carry[1])
+                head = ([torch.cat([c, x[:need]]) for c, x in zip(carry[0], xs, strict=True)],
+                        torch.cat([carry[1], y[:need]]))
+                carry, start = None, min(need, len(y))
+                if len(head[1]) < b:
+                    carry = head
+                    continue
+                yield self._to_device(*head, pin=True)
+                done += 1
+            # whole batches are slices (views) of the window: still in pinned memory on CUDA
             while len(y) - start >= b and done < self.steps:
-                yield ([x[start:start + b].to(self.device, non_blocking=cuda) for x in xs],
-                       y[start:start + b].to(self.device, non_blocking=cuda))
+                yield self._to_device([x[start:start + b] for x in xs], y[start:start + b])
                 start, done = start + b, done + 1
             if done >= self.steps:
                 return
-            carry = ([x[start:] for x in xs], y[start:])
-        if carry is not None and done < self.steps and len(carry[1]):  # fewer rows than one batch
-            yield ([x.to(self.device, non_blocking=cuda) for x in carry[0]],
-                   carry[1].to(self.device, non_blocking=cuda))
+            if start < len(y):
+                carry = ([x[start:] for x in xs], y[start:])
+        if carry is not None and done < self.steps:  # fewer rows than one batch in the whole epoch
+            yield self._to_device(*carry, pin=True)
             done += 1
         if done < self.steps:  # a rank that yields fewer steps would hang the gradient all-reduce
             raise ShardReadError(f"{self.split.path}: rank {self.rank} read {done} of {self.steps} batches "
