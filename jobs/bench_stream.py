@@ -3,7 +3,7 @@
 """Peak memory of a training run against dataset size: streamed (``data.loader=stream``) and in memory.
 
 For each of two dataset sizes 10x apart, shards are written (an image modality (1, 16, 16) and a vector
-(64,) per row) and one epoch of ``fit`` runs in a fresh subprocess, which reports its peak resident set
+(64,) per row) and ``fit`` (3 epochs) runs in a fresh subprocess, which reports its peak resident set
 size (``resource.getrusage``: the training process itself, and the largest of its reader processes).
 Streaming should be flat across size (bounded by the batch, ``data.shuffle_mib`` and the prefetch
 depth); in memory it grows with the dataset. Printed as JSON (``--json FILE`` also writes it).
@@ -38,13 +38,13 @@ def write_dataset(path: Path, rows: int, seed: int = 0) -> None:
     write_shards(path, {"img": img, "vec": vec}, y, split, rows_per_shard=2000)
 
 
-def child(path: str, loader: str, batch_size: int, shuffle_mib: float, workers: int) -> dict:
-    """One epoch of fit on ``path``; -> peak RSS (MiB) of this process and of its reader processes."""
+def child(path: str, loader: str, batch_size: int, shuffle_mib: float, workers: int, epochs: int) -> dict:
+    """``epochs`` epochs of fit on ``path``; -> peak RSS (MiB) of this process and of its reader processes."""
     from mcrlab.config import load_config
     from mcrlab.train import fit
 
     cfg = load_config(None, [f"data.name={path}", f"data.loader={loader}", f"data.workers={workers}",
-                             f"data.shuffle_mib={shuffle_mib}", "method.name=joint", "train.epochs=1",
+                             f"data.shuffle_mib={shuffle_mib}", "method.name=joint", f"train.epochs={epochs}",
                              f"train.batch_size={batch_size}", "train.probe_epochs=0", "train.eval_perms=1",
                              "train.device=cpu", "model.hidden=32", "model.latent=16"])
     metrics = fit(cfg)
@@ -65,7 +65,7 @@ def _run(args: list[str]) -> str:
 
 def run_child(path: Path, loader: str, args: argparse.Namespace) -> dict:
     out = _run(["--child", str(path), "--loader", loader, "--batch-size", str(args.batch_size),
-                "--shuffle-mib", str(args.shuffle_mib), "--workers", str(args.workers)])
+                "--shuffle-mib", str(args.shuffle_mib), "--workers", str(args.workers), "--epochs", str(args.epochs)])
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--shuffle-mib", type=float, default=4.0, help="data.shuffle_mib of the streamed runs")
     p.add_argument("--workers", type=int, default=1, help="data.workers of the streamed runs")
+    p.add_argument("--epochs", type=int, default=3,
+                   help="epochs per run (the allocators of a short run on the small dataset have not reached "
+                        "their plateau after one epoch, which would flatter the ratio)")
     p.add_argument("--json", help="also write the result to this file")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--write", nargs=2, metavar=("PATH", "ROWS"), help=argparse.SUPPRESS)
@@ -85,14 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         write_dataset(Path(args.write[0]), int(args.write[1]))
         return 0
     if args.child:
-        print(json.dumps(child(args.child, args.loader, args.batch_size, args.shuffle_mib, args.workers)))
+        print(json.dumps(child(args.child, args.loader, args.batch_size, args.shuffle_mib, args.workers,
+                               args.epochs)))
         return 0
     if args.smoke:
-        args.rows, args.batch_size, args.shuffle_mib = 300, 32, 0.25
+        args.rows, args.batch_size, args.shuffle_mib, args.epochs = 300, 32, 0.25, 1
     sizes = [args.rows, 10 * args.rows]
     result: dict = {"rows": sizes, "bytes_per_row": 4 * (256 + 64), "rows_per_file": 2000,
                     "batch_size": args.batch_size,
-                    "shuffle_mib": args.shuffle_mib, "workers": args.workers}
+                    "shuffle_mib": args.shuffle_mib, "workers": args.workers, "epochs": args.epochs}
     with tempfile.TemporaryDirectory(prefix="mcrlab-bench-stream-") as tmp:
         for rows in sizes:
             _run(["--write", str(Path(tmp) / f"r{rows}"), str(rows)])
