@@ -236,3 +236,19 @@ def test_two_gloo_ranks_stream_their_own_row_groups_in_lockstep(tmp_path):
     same = {k: v for k, v in r0["final"].items() if not k.startswith("train/")}  # train/* are per-rank means
     assert same == {k: v for k, v in r1["final"].items() if not k.startswith("train/")}
     assert r0["final"]["test/acc"] > 0.6
+
+
+def test_cli_import_and_train_on_image_and_spectrogram_npz(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    n = 90
+    y = np.arange(n) % 3
+    np.savez(tmp_path / "av.npz", video=rng.normal(size=(n, 1, 8, 8)) + y[:, None, None, None],
+             audio=rng.normal(size=(n, 16, 8)), label=y)
+    assert main(["data", "import", str(tmp_path / "av.npz"), str(tmp_path / "av")]) == 0
+    assert "video (1x8x8), audio (16x8)" in capsys.readouterr().out
+    for loader in ("memory", "stream"):
+        assert main(["train", f"data.name={tmp_path / 'av'}", f"data.loader={loader}", "method.name=mcr",
+                     "method.num_perms=2", "train.epochs=2", "train.batch_size=16", "train.probe_epochs=5",
+                     "model.hidden=8", "model.latent=4", "--quiet"]) == 0
+        out = capsys.readouterr().out
+        assert "test/probe/video" in out and "test/acc" in out
