@@ -95,3 +95,78 @@ def test_platform_is_the_standard_library_everywhere():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=root / "platform")
     assert "lib" in out.stdout and "mcrlab" not in out.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# data-parallel BatchNorm: 2 real processes, gloo, each rank its own rows
+
+
+def _bn_worker(rank: int, world: int, rdv: str, out: str, sync: bool) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+
+    import mcrlab.engine.fit as train_mod
+    from mcrlab.models import build_model
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=world)
+    built = []
+
+    def with_batchnorm(in_shapes, num_classes, cfg, device=None):  # BatchNorm in front of each MLP encoder
+        net = build_model(in_shapes, num_classes, cfg, device=device)
+        for m, shape in enumerate(in_shapes):
+            enc = net.encoders[m]
+            net.encoders[m] = nn.Sequential(nn.BatchNorm1d(shape if isinstance(shape, int) else shape[0]), enc)
+            net.encoders[m].out_dim = enc.out_dim
+        built.append(net)
+        return net
+
+    train_mod.build_model = with_batchnorm
+    if not sync:
+        train_mod.sync_buffers = lambda module: 0
+    fit(_cfg("method.name=joint", "train.epochs=2", "train.probe_epochs=0", "train.device=cpu"),
+        dataset=toy_dataset())
+    torch.save({k: v for k, v in built[0].state_dict().items() if "running" in k}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _bn_buffers_after_fit(tmp_path, sync: bool) -> list[dict]:
+    import torch
+    import torch.multiprocessing as mp
+
+    d = tmp_path / ("sync" if sync else "nosync")
+    d.mkdir()
+    mp.spawn(_bn_worker, args=(2, str(d / "rdv"), str(d), sync), nprocs=2, join=True)
+    return [torch.load(d / f"rank{r}.pt") for r in range(2)]
+
+
+def test_batchnorm_buffers_equal_across_ranks_after_each_epoch(tmp_path):
+    import torch
+
+    r0, r1 = _bn_buffers_after_fit(tmp_path, sync=True)
+    assert set(r0) == {"encoders.0.0.running_mean", "encoders.0.0.running_var", "encoders.1.0.running_mean",
+                       "encoders.1.0.running_var"}
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key
+    # without the sync each rank's statistics follow its own rows: the test above can fail
+    n0, n1 = _bn_buffers_after_fit(tmp_path, sync=False)
+    assert not torch.equal(n0["encoders.0.0.running_mean"], n1["encoders.0.0.running_mean"])
+    # the EMA is linear and training uses batch statistics: the synced buffers are the ranks' average
+    assert torch.allclose(r0["encoders.0.0.running_mean"],
+                          (n0["encoders.0.0.running_mean"] + n1["encoders.0.0.running_mean"]) / 2, atol=1e-5)
+
+
+def test_linear_probe_flattens_latents_of_any_shape():
+    import torch
+
+    from mcrlab.engine.probe import linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(80) % 2
+    z = torch.randn(80, 2, 3, generator=g, dtype=torch.float64)
+    z[:, 1, 2] += 4.0 * y  # one coordinate of the (2, 3) latent separates the classes
+    flat = linear_probe(z[:60].reshape(60, 6), y[:60], z[60:].reshape(20, 6), y[60:], 2, steps=30)
+    shaped = linear_probe(z[:60], y[:60], z[60:], y[60:], 2, steps=30)
+    assert shaped == flat and flat >= 0.85
+    assert linear_probe(z[:60, 0], y[:60], z[60:, 0], y[60:], 2, steps=30) < 0.75  # the other row holds no signal

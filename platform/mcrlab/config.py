@@ -71,10 +71,18 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, ge: float | No
 @dataclass
 class DataConfig:
     name: str = opt("synthetic:competition",
-                    "dataset: synthetic:<preset>, mfeat:<view>+<view>, digits, or a Parquet shard folder")
+                    "dataset: synthetic:<preset>, mfeat:<view>+<view>, digits, a Parquet shard folder, "
+                    "package.module:callable or a name from the mcrlab.datasets entry points")
     seed: int = opt(0, "seed of data generation and splits", ge=0)
     n_train: int = opt(0, "training samples (synthetic; 0 = the preset's default)", ge=0)
     num_modalities: int = opt(0, "modalities (synthetic; 0 = the preset's default, else >= 2)", ge=0)
+    loader: str = opt("auto", "shard datasets: memory (whole splits on the device), stream (row groups read "
+                      "lazily), auto (memory when all splits hold <= 256 MiB of features); other datasets "
+                      "are in memory", choices=("auto", "memory", "stream"))
+    workers: int = opt(1, "stream: reader processes of the DataLoader (0 = read in the training process)",
+                       ge=0, le=64)
+    shuffle_mib: float = opt(64.0, "stream: MiB of features shuffled together (a window of row groups); a "
+                             "split that fits is shuffled exactly as in memory", gt=0.0, le=65536.0)
 
     def __post_init__(self) -> None:
         if self.num_modalities == 1:

@@ -31,6 +31,7 @@ from typing import Any
 from mcrlab.ablate.spec import AblationSpec, Cell
 from mcrlab.analysis.report import slug
 from mcrlab.config import ConfigError, RunConfig
+from mcrlab.engine.pretrain import init_lineage
 from mcrlab.tracking import TAG_PREFIX, Tracker, lineage_tags
 from mcrlab.trials.plan import RunIdentity, Scaling, TrialPlan
 
@@ -87,11 +88,11 @@ class CellPlan(TrialPlan):
 
     def identity(self, trial_id: str, point: dict[str, Any]) -> RunIdentity:
         c = self._cell(point)
+        fingerprint = self.fingerprints.get(c["dataset"], "unknown")
         tags = lineage_tags("cell", ablation_id=self.ablation_id, arm=c["arm"], delta=self.deltas[c["arm"]],
                             dataset=c["dataset"], seed=c["seed"], base_run_id=self.base_run,
-                            config_hash=c["config_hash"],
-                            dataset_fingerprint=self.fingerprints.get(c["dataset"], "unknown"),
-                            tune_trial_id=trial_id)
+                            config_hash=c["config_hash"], dataset_fingerprint=fingerprint, tune_trial_id=trial_id,
+                            **init_lineage(self.configs(point)[0], fingerprint))
         key = tuple(f"{K}{k}" for k in ("kind", "ablation_id", "arm", "dataset", "seed", "tune_trial_id"))
         return RunIdentity(name=self.label(trial_id, point), tags=tags, key_tags=key,
                            parent_run_id=self.arm_runs[c["arm"]], params=self.configs(point)[0].flat(),

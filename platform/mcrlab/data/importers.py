@@ -2,14 +2,16 @@
 
 Two sources:
 
-- ``.npz`` (``np.savez``): one 2-D float array (N, d_m) per modality, keyed by the modality name,
-  plus ``label`` (N,) int and optionally ``split`` (N,) str, ``sample_id`` (N,) and ``group`` (N,).
+- ``.npz`` (``np.savez``): one real-valued array (N, *shape_m) of any rank >= 2 per modality, keyed by
+  the modality name (vectors (N, d), images (N, C, H, W), spectrograms (N, T, F)), plus ``label`` (N,)
+  int and optionally ``split`` (N,) str, ``sample_id`` (N,) and ``group`` (N,).
 - a folder of CSV files: ``labels.csv`` with a header row and a ``label`` column (optionally
   ``split``, ``sample_id``, ``group`` columns), and one ``<modality>.csv`` per modality holding N rows
   of d_m numbers (comma-separated; an optional header row of non-numbers is skipped). Row i of every
   file is sample i.
 
-Without a ``split``, seeded stratified 60/20/20 splits are made (``--seed``).
+Without a ``split``, seeded stratified 60/20/20 splits are made (``--seed``). Every array is checked by
+``validate_arrays`` before anything is written; a bad one gives one line naming the file and the key.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import numpy as np
 from mcrlab.config import ConfigError
 from mcrlab.data.base import SPLITS
 from mcrlab.data.real import stratified_split
-from mcrlab.data.shards import DEFAULT_ROWS_PER_SHARD, RESERVED, write_shards
+from mcrlab.data.shards import DEFAULT_ROWS_PER_SHARD, write_shards
+from mcrlab.data.validate import MAX_CLASSES, RESERVED, ValidArrays, validate_arrays
 
-__all__ = ["import_features", "read_npz", "read_csv_folder"]
+__all__ = ["import_features", "read_npz", "read_csv_folder", "validate_arrays", "ValidArrays", "MAX_CLASSES"]
 
 Arrays = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None, dict[str, np.ndarray]]
 
@@ -107,10 +110,8 @@ def import_features(src: str | Path, dest: str | Path, *, rows_per_shard: int = 
         raise ConfigError(f"{p}: unsupported source (expected a .npz file or a folder of CSV files)")
     label = np.asarray(label)
     if split is None:
-        if label.ndim != 1 or not np.issubdtype(label.dtype, np.integer):
-            raise ConfigError(f"{p}: key 'label': expected a 1-D array of integers, got {label.dtype} "
-                              f"with shape {label.shape}")
-        idx = stratified_split(label, seed)
+        validate_arrays(features, label, None, num_classes=num_classes, source=str(p))  # labels first
+        idx = stratified_split(label.astype(np.int64), seed)
         split = np.empty(len(label), dtype=object)
         for s in SPLITS:
             split[idx[s]] = s

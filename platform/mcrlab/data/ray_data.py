@@ -4,7 +4,7 @@ Inside a Ray Train worker (or any Ray task), call::
 
     for batch in shard_iterator(path, "train", rank=ctx.get_world_rank(),
                                 world_size=ctx.get_world_size(), batch_size=64, seed=0, epoch=e):
-        batch.x  # list of (B, d_m) float32, one per modality
+        batch.x  # list of (B, *shape_m) float32, one per modality
         batch.y  # (B,) int64
 
 How files are shared out: the split's row counts per file are read from the shards' metadata (no
@@ -51,7 +51,7 @@ __all__ = ["ShardBatch", "assign_files", "shard_iterator", "load_rank_split", "s
 
 @dataclass
 class ShardBatch:
-    """One batch: ``x[m]`` (B, d_m) float32, ``y`` (B,) int64, ``sample_id`` (B,) or None."""
+    """One batch: ``x[m]`` (B, *shape_m) float32, ``y`` (B,) int64, ``sample_id`` (B,) or None."""
 
     x: list[np.ndarray]
     y: np.ndarray
@@ -171,7 +171,7 @@ def shard_iterator(path: str | Path, split: str = "train", rank: int = 0, world_
             break
         table = table.slice(0, limit - seen)
         table_splits(table, where)
-        x = [table_features(table, m, d, where) for m, d in zip(meta.modalities, meta.dims, strict=True)]
+        x = [table_features(table, m, sh, where) for m, sh in zip(meta.modalities, meta.shapes, strict=True)]
         y = table_labels(table, meta.num_classes, where)
         sid = table.column("sample_id").to_numpy(zero_copy_only=False) if has_id else None
         seen += table.num_rows

@@ -9,6 +9,14 @@ over its local batch (the estimator is a per-sample mean, so each rank's D_m is 
 averaged gradient matches the single-process one in expectation; exactly only for methods without in-batch
 randomness).
 
+BatchNorm (and any other floating) buffers are averaged over ranks at the end of every epoch, before
+validation, so every rank evaluates and checkpoints the same running statistics.
+
+Data: a split in memory (``data.Split``) goes to the device whole (the fast path); a streamed shard split
+(``data.stream.ShardSplit``, ``data.loader=stream``) is read by ``data.stream.StreamBatches`` (each rank
+its own row groups) and evaluated chunk by chunk; a caller may also pass ``train_batches`` (the Ray Data
+iterator of ``ray_train``). All three give fit batches through the same ``steps`` / ``epoch(generator)``.
+
 Model selection: the test metrics are computed on the weights of the best validation epoch.
 """
 
@@ -18,9 +26,9 @@ import copy
 import math
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,11 +37,13 @@ import torch.distributed as dist
 from mcrlab.config import RunConfig
 from mcrlab.data import MultimodalDataset, Split, load_dataset
 from mcrlab.engine.metrics import accuracy, macro_f1
+from mcrlab.engine.pretrain import apply_init
 from mcrlab.engine.probe import linear_probe
 from mcrlab.methods import REGISTRY, Method, StepContext
 from mcrlab.models import MultimodalNet, build_model
+from mcrlab.models.sync import sync_buffers
 
-__all__ = ["fit", "Report", "CHECKPOINT_FILE", "evaluate", "player_multipliers"]
+__all__ = ["fit", "Report", "CHECKPOINT_FILE", "evaluate", "player_multipliers", "TrainBatches", "MemoryBatches"]
 
 Report = Callable[[dict[str, float], "str | None"], None]
 CHECKPOINT_FILE = "state.pt"
@@ -55,13 +65,79 @@ def _device(cfg: RunConfig) -> torch.device:
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda" and dist.is_initialized():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        # modulo: with fractional GPUs several workers of one node may see the same single device
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % max(1, torch.cuda.device_count()))
     return torch.device(want)
 
 
 def _to_tensors(split: Split, device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
     xs = [torch.as_tensor(x, dtype=torch.float32, device=device) for x in split.x]
     return xs, torch.as_tensor(split.y, dtype=torch.long, device=device)
+
+
+Batch = tuple[list[torch.Tensor], torch.Tensor]  # (x per modality (B, *shape_m), y (B,))
+
+
+class TrainBatches(Protocol):
+    """Where fit's training batches come from: ``steps`` per epoch, the same on every rank."""
+
+    steps: int
+
+    def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
+        """This rank's ``steps`` batches of one epoch; the order is drawn from ``generator``."""
+        ...
+
+
+class MemoryBatches:
+    """The in-memory fast path: the whole split on the device, one global permutation per epoch, this
+    rank's rows ``rank::world`` of each global batch of ``batch_size``."""
+
+    def __init__(self, split: Split, device: torch.device, batch_size: int, rank: int = 0, world: int = 1):
+        self.xs, self.y = _to_tensors(split, device)
+        self.batch_size, self.rank, self.world, self.device = batch_size, rank, world, device
+        n = len(self.y)
+        self.steps = max(1, n // batch_size) if n >= batch_size else 1
+
+    def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
+        perm = torch.randperm(len(self.y), generator=generator).to(self.device)
+        b = self.batch_size
+        for step in range(self.steps):
+            idx = perm[step * b:(step + 1) * b][self.rank::self.world]
+            yield [x[idx] for x in self.xs], self.y[idx]
+
+
+class _EvalChunks:
+    """A split for evaluation, iterable as chunks of ``EVAL_CHUNK`` rows in split order (re-iterable).
+
+    In memory: tensors put on the device once. Streamed: read from the shards at every pass, so the
+    chunks (hence D_m's permutation draws) are exactly those of the in-memory evaluation."""
+
+    def __init__(self, split: Any, device: torch.device):
+        self.split, self.device = split, device
+        self.tensors = _to_tensors(split, device) if isinstance(split, Split) else None
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.tensors is not None:
+            xs, y = self.tensors
+            for s in range(0, len(y), EVAL_CHUNK):
+                yield [x[s:s + EVAL_CHUNK] for x in xs], y[s:s + EVAL_CHUNK]
+            return
+        cuda = self.device.type == "cuda"
+        for xs, y in self.split.chunks(EVAL_CHUNK):
+            # arrays may be read-only views of Arrow buffers: torch wants writable memory
+            yield ([torch.from_numpy(np.require(x, requirements="W")).to(self.device, non_blocking=cuda)
+                    for x in xs], torch.from_numpy(np.require(y, requirements="W")).to(self.device, non_blocking=cuda))
+
+
+def _train_batches(data: MultimodalDataset, cfg: RunConfig, device: torch.device, rank: int,
+                   world: int) -> TrainBatches:
+    split = data.splits["train"]
+    if isinstance(split, Split):
+        return MemoryBatches(split, device, cfg.train.batch_size, rank, world)
+    from mcrlab.data.stream import StreamBatches
+
+    return StreamBatches(split, batch_size=cfg.train.batch_size, device=device, rank=rank, world=world,
+                         workers=cfg.data.workers, shuffle_mib=cfg.data.shuffle_mib)
 
 
 def player_multipliers(cfg: RunConfig, num_modalities: int) -> list[float]:
@@ -76,8 +152,9 @@ def _param_groups(model: MultimodalNet, method: Method, lr: float, mult: list[fl
     for m in range(model.num_modalities):
         params = [p for mod in model.player_modules(m) for p in mod.parameters()]
         seen.update(id(p) for p in params)
+        params = [p for p in params if p.requires_grad]  # a frozen encoder (model.init) is not optimised
         groups.append({"params": params, "lr": lr * mult[m], "player": m})
-    rest = [p for p in model.parameters() if id(p) not in seen]
+    rest = [p for p in model.parameters() if id(p) not in seen and p.requires_grad]
     extra = method.extra_modules()
     if extra is not None:
         rest += list(extra.parameters())
@@ -128,54 +205,54 @@ def _allreduce_grads(params: list[torch.nn.Parameter]) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: MultimodalNet, method: Method, xs: list[torch.Tensor], y: torch.Tensor,
-             modalities: list[str], num_classes: int, prefix: str, num_perms: int,
-             generator: torch.Generator) -> tuple[dict[str, float], list[torch.Tensor]]:
-    """Fused accuracy/F1, per-modality head accuracy and D_m on one split. Returns (metrics, latents)."""
+def evaluate(model: MultimodalNet, method: Method, chunks: Iterable[Batch], modalities: list[str],
+             num_classes: int, prefix: str, num_perms: int, generator: torch.Generator
+             ) -> tuple[dict[str, float], list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Fused accuracy/F1, per-modality head accuracy and D_m on one split, read as ``chunks`` of
+    (x per modality (b, *shape_m), y (b,)). Returns (metrics, latents (N, d_m) per modality, y (N,),
+    fused predictions (N,))."""
     from mcrlab.mcr import unique_information
 
     model.eval()
-    logits, heads, zs, ds, n = [], [[] for _ in modalities], [[] for _ in modalities], None, len(y)
-    for s in range(0, n, EVAL_CHUNK):
-        out = model([x[s:s + EVAL_CHUNK] for x in xs])
+    logits, heads, zs, ys, ds = [], [[] for _ in modalities], [[] for _ in modalities], [], None
+    for xs, yc in chunks:
+        out = model(xs)
         logits.append(method.predict(out).float())
         for m in range(len(modalities)):
             heads[m].append(out.heads[m].argmax(1))
             zs[m].append(out.z[m].float())
-        d = unique_information(model, out, num_perms=num_perms, generator=generator) * len(y[s:s + EVAL_CHUNK])
+        d = unique_information(model, out, num_perms=num_perms, generator=generator) * len(yc)
         ds = d if ds is None else ds + d
+        ys.append(yc)
     model.train()
+    y = torch.cat(ys)
+    n = len(y)
     pred = torch.cat(logits).argmax(1)
     metrics = {f"{prefix}/acc": accuracy(pred, y), f"{prefix}/f1": macro_f1(pred, y, num_classes)}
     for m, name in enumerate(modalities):
         metrics[f"{prefix}/head/{name}"] = accuracy(torch.cat(heads[m]), y)
         metrics[f"{prefix}/D/{name}"] = float(ds[m]) / n
-    return metrics, [torch.cat(z) for z in zs]
+    return metrics, [torch.cat(z) for z in zs], y, pred
 
 
 def _final_metrics(model: MultimodalNet, method: Method, data: MultimodalDataset, cfg: RunConfig,
                    device: torch.device, generator: torch.Generator) -> dict[str, float]:
     """Test metrics, linear probes per frozen encoder and accuracy per information type."""
-    xs, y = _to_tensors(data.splits["test"], device)
-    metrics, z_test = evaluate(model, method, xs, y, data.modalities, data.num_classes, "test",
-                               cfg.train.eval_perms, generator)
+    metrics, z_test, y, pred = evaluate(model, method, _EvalChunks(data.splits["test"], device), data.modalities,
+                                        data.num_classes, "test", cfg.train.eval_perms, generator)
     if cfg.train.probe_epochs > 0:
-        xtr, ytr = _to_tensors(data.splits["train"], device)
-        with torch.no_grad():
+        with torch.no_grad():  # latents of the frozen encoders, chunk by chunk (streamed splits too)
             model.eval()
-            z_train = model.encode(xtr)
+            parts = [(model.encode(xs), yc) for xs, yc in _EvalChunks(data.splits["train"], device)]
             model.train()
+        z_train = [torch.cat([p[0][m] for p in parts]) for m in range(len(data.modalities))]
+        ytr = torch.cat([p[1] for p in parts])
         for m, name in enumerate(data.modalities):
             metrics[f"test/probe/{name}"] = linear_probe(
                 z_train[m].double().cpu(), ytr.cpu(), z_test[m].double().cpu(), y.cpu(), data.num_classes,
                 steps=cfg.train.probe_epochs, seed=cfg.train.seed)
     types = data.splits["test"].info_type
     if types is not None and data.info_types:
-        with torch.no_grad():
-            model.eval()
-            pred = torch.cat([method.predict(model([x[s:s + EVAL_CHUNK] for x in xs])).argmax(1)
-                              for s in range(0, len(y), EVAL_CHUNK)])
-            model.train()
         t = torch.as_tensor(types, device=device)
         for k, name in enumerate(data.info_types):
             mask = t == k
@@ -192,13 +269,16 @@ def _save(path: Path, state: dict) -> None:
 
 
 def fit(cfg: RunConfig, report: Report | None = None, *, checkpoint_dir: str | None = None,
-        resume_from: str | None = None, dataset: MultimodalDataset | None = None) -> dict[str, float]:
+        resume_from: str | None = None, dataset: MultimodalDataset | None = None,
+        train_batches: TrainBatches | None = None) -> dict[str, float]:
     """Train one run; return the final metrics (also carried by the last ``report`` call).
 
     report(metrics, checkpoint_dir) is called once per epoch; the last call adds the test/* metrics.
     checkpoint_dir: where to write ``state.pt`` every ``train.checkpoint_every`` epochs (and at the end).
     resume_from: a directory holding a ``state.pt`` written by this function; training continues there
     and, on CPU, ends exactly as an uninterrupted run would.
+    train_batches: this rank's training batches (e.g. ``ray_train``'s Ray Data shard); default: from
+    ``dataset``'s train split, in memory or streamed (``data.loader``).
     """
     t = cfg.train
     _seed_everything(t.seed)
@@ -207,7 +287,8 @@ def fit(cfg: RunConfig, report: Report | None = None, *, checkpoint_dir: str | N
     M, C, names = len(data.modalities), data.num_classes, data.modalities
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
-    model = build_model(data.dims, C, cfg.model).to(device)
+    model = build_model(data.shapes, C, cfg.model, device=device)
+    apply_init(model, cfg, data, device)  # model.init: pre-trained unimodal encoders + heads (cached)
     method = REGISTRY[cfg.method.name](cfg.method.params, model, C)
     extra = method.extra_modules()
     if extra is not None:
@@ -217,10 +298,10 @@ def fit(cfg: RunConfig, report: Report | None = None, *, checkpoint_dir: str | N
     opt = _optimizer(cfg, _param_groups(model, method, t.lr, mult))
     all_params = [p for g in opt.param_groups for p in g["params"]]
 
-    xs_tr, y_tr = _to_tensors(data.splits["train"], device)
-    xs_va, y_va = _to_tensors(data.splits["val"], device)
-    n_train = len(y_tr)
-    steps_per_epoch = max(1, n_train // t.batch_size) if n_train >= t.batch_size else 1
+    batches = train_batches if train_batches is not None else _train_batches(data, cfg, device, rank, world)
+    val_chunks = _EvalChunks(data.splits["val"], device)
+    steps_per_epoch = batches.steps
+    cuda = device.type == "cuda"
     order_gen = torch.Generator().manual_seed(t.seed)  # batch order: identical on every rank
     method_gen = torch.Generator(device="cpu").manual_seed(t.seed * 1_000_003 + rank)  # per-rank draws
     eval_gen = torch.Generator(device="cpu")
@@ -247,14 +328,14 @@ def fit(cfg: RunConfig, report: Report | None = None, *, checkpoint_dir: str | N
         ctx = StepContext(epoch=epoch, step=0, global_step=global_step, epochs=t.epochs,
                           steps_per_epoch=steps_per_epoch, generator=method_gen, device=device, optimizer=opt)
         logs = method.on_epoch_start(epoch, ctx)
-        perm = torch.randperm(n_train, generator=order_gen).to(device)
         loss_sum, step_logs = 0.0, {}
-        for step in range(steps_per_epoch):
-            idx = perm[step * t.batch_size:(step + 1) * t.batch_size][rank::world]
+        for step, (xb, yb) in enumerate(batches.epoch(order_gen)):
+            xb = [x.to(device, non_blocking=cuda) for x in xb]  # no-ops for the in-memory path
+            yb = yb.to(device, non_blocking=cuda)
             ctx.step, ctx.global_step = step, global_step
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
-                res = method.training_step(model, [x[idx] for x in xs_tr], y_tr[idx], ctx)
+                res = method.training_step(model, xb, yb, ctx)
             if not torch.isfinite(res.loss):
                 raise NonFiniteLoss(f"non-finite loss {res.loss.item()} at epoch {epoch}, step {step}")
             if not res.backward_done:
@@ -268,8 +349,12 @@ def fit(cfg: RunConfig, report: Report | None = None, *, checkpoint_dir: str | N
             loss_sum += res.loss.item()
             global_step += 1
 
-        val, z_val = evaluate(model, method, xs_va, y_va, names, C, "val", t.eval_perms,
-                              eval_gen.manual_seed(t.seed + epoch))
+        if world > 1:  # BatchNorm statistics: equal on every rank before anyone evaluates or saves
+            for module in (model, extra):
+                if module is not None:
+                    sync_buffers(module)
+        val, z_val, y_va, _ = evaluate(model, method, val_chunks, names, C, "val", t.eval_perms,
+                                       eval_gen.manual_seed(t.seed + epoch))
         method.on_validation(z_val, y_va)
         metrics = {"epoch": epoch + 1, "train/loss": loss_sum / steps_per_epoch, **val,
                    **{f"train/{k}": v for k, v in step_logs.items()}, **logs}

@@ -27,7 +27,7 @@ from mcrlab.config import RunConfig
 from mcrlab.models.net import MultimodalNet, build_model
 
 __all__ = ["FORMAT", "CACHE_ENV", "default_cache_dir", "pretrain_key", "pretrain_unimodal", "load_or_pretrain",
-           "apply_init"]
+           "apply_init", "init_lineage"]
 
 FORMAT = 1  # bump when the pre-training procedure changes: old cache files then stop matching
 CACHE_ENV = "MCRLAB_CACHE_DIR"
@@ -57,6 +57,14 @@ def pretrain_key(fingerprint: str, cfg: RunConfig) -> str:
     blob = json.dumps({"format": FORMAT, "data": fingerprint, "model": model, "train": train},
                       sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def init_lineage(cfg: RunConfig, fingerprint: str) -> dict[str, str]:
+    """MLflow lineage tags of a run's initialisation ({} from scratch): the mode and the pre-training's
+    cache key, so runs that share one pre-training are found by one tag (computed on the driver)."""
+    if cfg.model.init == "scratch":
+        return {}
+    return {"init": cfg.model.init, "init_key": pretrain_key(fingerprint, cfg)}
 
 
 def _optimizer(cfg: RunConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

@@ -10,9 +10,11 @@ def linear_probe(z_train: torch.Tensor, y_train: torch.Tensor, z_test: torch.Ten
                  num_classes: int, steps: int = 100, weight_decay: float = 1e-4, seed: int = 0) -> float:
     """Fit multinomial logistic regression on frozen latents and return test accuracy.
 
-    z_*: (N, d) latents, y_*: (N,) labels. Features are standardised with train statistics; the
-    fit is full-batch L-BFGS (deterministic, no learning rate to tune) with a small L2 penalty.
+    z_*: (N, d) latents (or (N, *shape), flattened to (N, prod(shape))), y_*: (N,) labels. Features are
+    standardised with train statistics; the fit is full-batch L-BFGS (deterministic, no learning rate to
+    tune) with a small L2 penalty.
     """
+    z_train, z_test = z_train.flatten(1), z_test.flatten(1)
     mu, sd = z_train.mean(0), z_train.std(0).clamp_min(1e-6)
     a, b = (z_train - mu) / sd, (z_test - mu) / sd
     g = torch.Generator().manual_seed(seed)

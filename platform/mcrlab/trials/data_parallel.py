@@ -12,6 +12,14 @@ adds what Ray needs around it:
 - ``make_trainer`` / ``fit_distributed``: the TorchTrainer with per-epoch checkpoints, the best one
   kept by the run's metric (plus always the latest, which resume needs).
 
+Data: with a shard folder that streams (``data.loader=stream``, or ``auto`` above the memory threshold),
+``fit_distributed`` hands the train split to the TorchTrainer as a Ray Data dataset; Ray Train splits it
+(``streaming_split``, equal rows per worker) and each worker reads only its own part through
+``ray.train.get_dataset_shard("train")``, wrapped as fit's ``train_batches`` (``RayDataBatches``), so
+fit itself imports no Ray. Val/test are streamed by every worker from the shared folder. Other datasets
+go through fit's own loaders (in memory: rows ``rank::world`` of every global batch; streamed without
+Ray Data, e.g. from the sweep backends: each rank its own row groups, ``data/stream.py``).
+
 MCR's permutations are drawn per worker over its local batch (documented in train.py): the
 data-parallel loss curve matches the single-process one exactly for methods without in-batch
 randomness and within sampling noise for MCR (tests/test_ray_train.py checks both).
@@ -28,7 +36,7 @@ from typing import Any
 from mcrlab.config import RunConfig
 
 __all__ = ["scaling_config", "worker_report", "worker_resume", "make_trainer", "fit_distributed",
-           "run_name"]
+           "run_name", "RayDataBatches", "streams_through_ray_data"]
 
 
 def run_name(sweep_id: str, trial_id: str) -> str:
@@ -100,8 +108,11 @@ def local_checkpoint_dir() -> str:
 def make_trainer(loop: Callable[[dict], None], loop_config: dict, *, name: str, storage_path: str | Path,
                  workers: int, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
                  metric: str = "val/acc", mode: str = "max", max_failures: int = 2,
-                 callbacks: Sequence[Any] = (), keep_checkpoints: int | None = 1):
-    """A TorchTrainer for ``loop`` (run on every worker) with checkpointing and failure handling."""
+                 callbacks: Sequence[Any] = (), keep_checkpoints: int | None = 1,
+                 datasets: dict[str, Any] | None = None):
+    """A TorchTrainer for ``loop`` (run on every worker) with checkpointing and failure handling.
+
+    ``datasets``: Ray Data datasets Ray Train splits over the workers (``get_dataset_shard(name)``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -110,6 +121,7 @@ def make_trainer(loop: Callable[[dict], None], loop_config: dict, *, name: str, 
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if gpus_per_worker > 0 else "gloo"),
         scaling_config=scaling_config(workers, cpus_per_worker, gpus_per_worker),
+        datasets=datasets,
         run_config=RunConfig(
             name=name,
             storage_path=str(Path(storage_path).resolve()),
@@ -122,13 +134,87 @@ def make_trainer(loop: Callable[[dict], None], loop_config: dict, *, name: str, 
     )
 
 
+class RayDataBatches:
+    """fit's ``train_batches`` from this worker's Ray Data shard (``ray.train.get_dataset_shard``).
+
+    Ray Train gives every worker ``rows // world`` rows (equal split). Each step takes this rank's
+    ``len(range(rank, batch_size, world))`` rows, as the in-memory path does; ``steps`` is what the
+    rank with the largest share of a batch can do, so every rank runs the same number of steps. The
+    order: Ray Data's local shuffle buffer, seeded per epoch from fit's generator and the rank.
+    """
+
+    def __init__(self, shard: Any, *, rows: int, batch_size: int, rank: int, world: int,
+                 modalities: list[str], shapes: list[tuple[int, ...]], num_classes: int, shuffle_rows: int):
+        self.shard, self.rank = shard, rank
+        self.modalities, self.shapes, self.num_classes = modalities, shapes, num_classes
+        self.local_batch = len(range(rank, batch_size, world))
+        per_rank = rows // world
+        largest = len(range(0, batch_size, world))
+        if per_rank < largest:
+            raise ValueError(f"train split: {rows} rows for {world} workers, fewer than one batch per worker")
+        self.steps = per_rank // largest
+        self.shuffle_rows = max(shuffle_rows, 4 * self.local_batch)
+
+    def epoch(self, generator):
+        import torch
+
+        from mcrlab.data.shards import table_features, table_labels
+
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        tables = self.shard.iter_batches(batch_size=self.local_batch, batch_format="pyarrow", drop_last=True,
+                                         local_shuffle_buffer_size=self.shuffle_rows,
+                                         local_shuffle_seed=seed + self.rank)
+        where = f"Ray Data shard of rank {self.rank}"
+        done = 0
+        for table in tables:
+            if done == self.steps:
+                break
+            xs = [torch.from_numpy(table_features(table, m, s, where))
+                  for m, s in zip(self.modalities, self.shapes, strict=True)]
+            yield xs, torch.from_numpy(table_labels(table, self.num_classes, where))
+            done += 1
+        if done < self.steps:
+            raise RuntimeError(f"{where}: {done} of {self.steps} batches (the split is not equal?)")
+
+
+def streams_through_ray_data(cfg: RunConfig) -> bool:
+    """True when ``cfg.data`` names a shard folder that ``data.loader`` streams (not a plug-in)."""
+    from mcrlab.data import AUTO_MEMORY_MIB, SPLITS, resolve_plugin
+
+    name = cfg.data.name
+    if cfg.data.loader == "memory" or name.startswith(("synthetic:", "mfeat:")) or name == "digits" \
+            or not Path(name).exists() or resolve_plugin(name) is not None:
+        return False
+    if cfg.data.loader == "stream":
+        return True
+    from mcrlab.data.stream import open_shards, split_bytes
+
+    ds = open_shards(name)
+    return sum(split_bytes(ds, s) for s in SPLITS) > AUTO_MEMORY_MIB * 2**20
+
+
 def _fit_loop(config: dict) -> None:
     """Worker loop of ``fit_distributed``: one fit, resumed from the run's latest checkpoint if any."""
+    import ray.train
+
     from mcrlab.engine.fit import fit
 
     cfg = RunConfig.from_dict(config["run"])
+    dataset = batches = None
+    if config.get("ray_data"):
+        from mcrlab.data.stream import open_shards
+
+        dataset = open_shards(cfg.data.name)  # footers only: val/test stream from the folder
+        ctx = ray.train.get_context()
+        train = dataset.splits["train"]
+        batches = RayDataBatches(ray.train.get_dataset_shard("train"), rows=len(train),
+                                 batch_size=cfg.train.batch_size, rank=ctx.get_world_rank(),
+                                 world=ctx.get_world_size(), modalities=dataset.modalities,
+                                 shapes=dataset.shapes, num_classes=dataset.num_classes,
+                                 shuffle_rows=max(1, int(cfg.data.shuffle_mib * 2**20) // train.row_bytes))
     with worker_resume() as resume_from:
-        fit(cfg, report=worker_report(), checkpoint_dir=local_checkpoint_dir(), resume_from=resume_from)
+        fit(cfg, report=worker_report(), checkpoint_dir=local_checkpoint_dir(), resume_from=resume_from,
+            dataset=dataset, train_batches=batches)
 
 
 def fit_distributed(cfg: RunConfig, *, workers: int = 2, cpus_per_worker: float = 1.0,
@@ -139,10 +225,18 @@ def fit_distributed(cfg: RunConfig, *, workers: int = 2, cpus_per_worker: float 
 
     ``result.metrics`` is the last epoch's report (with test/*), ``result.best_checkpoints`` the kept
     checkpoints (``keep_checkpoints`` None keeps every epoch's, with its metrics). Re-running with the
-    same ``name`` and ``storage_path`` continues from the latest one.
+    same ``name`` and ``storage_path`` continues from the latest one. A streamed shard folder is read
+    through Ray Data, each worker its own part (module docstring); leave CPUs free for its read tasks
+    (e.g. ``cpus_per_worker=0.5`` on a 2-CPU machine with 2 workers).
     """
-    trainer = make_trainer(_fit_loop, {"run": cfg.to_dict()}, name=name, storage_path=storage_path,
-                           workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                           metric=metric, mode=mode, max_failures=max_failures,
-                           keep_checkpoints=keep_checkpoints)
+    ray_data = workers > 1 and streams_through_ray_data(cfg)
+    datasets = None
+    if ray_data:
+        from mcrlab.data.ray_data import split_dataset
+
+        datasets = {"train": split_dataset(cfg.data.name, "train")}
+    trainer = make_trainer(_fit_loop, {"run": cfg.to_dict(), "ray_data": ray_data}, name=name,
+                           storage_path=storage_path, workers=workers, cpus_per_worker=cpus_per_worker,
+                           gpus_per_worker=gpus_per_worker, metric=metric, mode=mode, max_failures=max_failures,
+                           keep_checkpoints=keep_checkpoints, datasets=datasets)
     return trainer.fit()

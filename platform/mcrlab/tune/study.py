@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcrlab.config import RunConfig
+from mcrlab.engine.pretrain import init_lineage
 from mcrlab.tracking import TAG_PREFIX, lineage_tags
 from mcrlab.trials.plan import RunIdentity, Scaling, TrialPlan
 from mcrlab.tune.space import SearchSpace, trial_config
@@ -64,7 +65,8 @@ class StudyPlan(TrialPlan):
         cfg = cfgs[0]
         tags = lineage_tags("trial", sweep_id=self.sweep_id, study=self.dataset, trial_id=trial_id,
                             config_hash=cfg.hash(), dataset_fingerprint=self.fingerprint,
-                            backend="single-process" if self.space.scaling.workers == 1 else "data-parallel")
+                            backend="single-process" if self.space.scaling.workers == 1 else "data-parallel",
+                            **init_lineage(cfg, self.fingerprint))
         params = {**{k: v for k, v in cfg.flat().items() if k != "train.seed"},
                   "objective.seeds": [c.train.seed for c in cfgs]}
         return RunIdentity(name=f"trial-{trial_id}", tags=tags,
