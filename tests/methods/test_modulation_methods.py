@@ -5,7 +5,7 @@ import math
 import torch
 
 from mcrlab.config import ModelConfig
-from mcrlab.methods.agm import agm_coefficients, shapley_logits
+from mcrlab.methods.agm import shapley_logits
 from mcrlab.methods.mlb import mlb_coefficients
 from mcrlab.models import build_model
 
@@ -26,15 +26,6 @@ def test_shapley_is_efficient_for_mlp_fusion():
     phis = shapley_logits(net.fusion, out.z)
     empty = net.fusion([torch.zeros_like(z) for z in out.z])
     assert torch.allclose(torch.stack(phis).sum(0), out.fused - empty, atol=1e-10)
-
-
-def test_agm_coefficient_hand_computed():
-    s = torch.tensor([1.0, 2.0], dtype=torch.float64)
-    assert torch.allclose(agm_coefficients(s, s.clone(), alpha=0.7), torch.ones(2, dtype=torch.float64))
-    k = agm_coefficients(s, torch.zeros(2, dtype=torch.float64), alpha=0.5)
-    # r = exp(2 (s - 1.5)) = (e^-1, e^1), r* = 1 -> k = exp(0.5 (1 - r))
-    assert math.isclose(float(k[0]), math.exp(0.5 * (1 - math.exp(-1))), rel_tol=1e-12)
-    assert math.isclose(float(k[1]), math.exp(0.5 * (1 - math.e)), rel_tol=1e-12)
 
 
 def test_mlb_accelerates_the_lagging_and_slows_the_leading():
