@@ -20,12 +20,37 @@ def test_cosine_logits_are_bounded_and_scale_free():
     assert torch.allclose(a, b, atol=1e-5) and float(a.abs().max()) <= 10.0 + 1e-5
 
 
-def test_pmr_gammas_match_the_two_modality_coefficients():
-    # rho = s0 / s1 = 1.5 >= 1: beta (modality 0) = 0, lambda (modality 1) = clip(rho - 1) = 0.5
-    assert torch.allclose(pmr_gammas(torch.tensor([3.0, 2.0])), torch.tensor([0.0, 0.5]))
-    assert torch.allclose(pmr_gammas(torch.tensor([1.0, 4.0])), torch.tensor([1.0, 0.0]))  # clipped at 1
+def test_pmr_weights_are_the_reference_constant_alpha():
+    # reference: ratio_a_p = s_a / s_v > 1 -> beta (audio) = 0, lam (visual) = alpha; < 1 -> the reverse
+    for s0, s1, alpha in [(3.0, 2.0, 1.0), (1.0, 4.0, 0.7), (2.0, 2.0, 1.0), (2.9, 3.0, 2.5)]:
+        beta, lam = (0.0, alpha) if s0 / s1 > 1 else (alpha, 0.0) if s0 / s1 < 1 else (0.0, 0.0)
+        assert torch.allclose(pmr_gammas(torch.tensor([s0, s1]), alpha), torch.tensor([beta, lam]))
+    # the gap-scaled variant (an option, off by default) is not the reference's
+    assert torch.allclose(pmr_gammas(torch.tensor([3.0, 2.0]), 1.0, "gap"), torch.tensor([0.0, 0.5]))
     z, c = torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0], [0.0, 1.0]])
     assert torch.allclose(prototype_logits(z, c), torch.tensor([[-5.0, -1.0]]))
+
+
+def test_pmr_loss_is_fused_ce_plus_alpha_times_the_lagging_prototype_ce(tiny2):
+    from mcrlab.config import ModelConfig
+    from mcrlab.methods.base import StepContext
+    from mcrlab.methods.pmr import PMR, PMRParams
+    from mcrlab.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model(tiny2.dims, 3, ModelConfig(hidden=8, latent=4))
+    pmr = PMR(PMRParams(alpha=0.7), net, 3)
+    xs = [torch.as_tensor(x[:32]) for x in tiny2.splits["train"].x]
+    y = torch.as_tensor(tiny2.splits["train"].y[:32])
+    pmr.protos = [torch.randn(3, 4) for _ in range(2)]
+    ctx = StepContext(epoch=0, step=0, global_step=0, epochs=1, steps_per_epoch=1, generator=torch.Generator(),
+                      device=torch.device("cpu"))
+    res = pmr.training_step(net, xs, y, ctx)
+    sims = [prototype_logits(z, c) for z, c in zip(res.out.z, pmr.protos, strict=True)]
+    s = [float(F.softmax(sm, 1).gather(1, y[:, None]).sum()) for sm in sims]
+    lag = 0 if s[0] < s[1] else 1
+    expected = F.cross_entropy(res.out.fused, y) + 0.7 * F.cross_entropy(sims[lag], y)  # no entropy term
+    assert math.isclose(float(res.loss), float(expected), rel_tol=1e-6)
 
 
 def test_reconboost_schedule_and_reconcilement_weight():
