@@ -41,9 +41,10 @@ def test_owm_projector_blocks_the_stored_direction():
     x = torch.tensor([3.0, 4.0, 0.0], dtype=torch.float64)
     P = owm_update(torch.eye(3, dtype=torch.float64), x, alpha=1e-6)
     assert float((P @ x).norm()) < 1e-5  # a gradient G P no longer moves H along x
-    assert torch.allclose(P @ torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64),
-                          torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
-    w = entropy_weights([torch.tensor([[9.0, 0.0]]), torch.tensor([[0.0, 0.0]])])
+    e3 = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    assert torch.allclose(P @ e3, float(P[2, 2]) * e3) and float(P[2, 2]) > 0  # other directions kept
+    assert math.isclose(float(torch.linalg.matrix_norm(P)), 1.0, rel_tol=1e-12)  # Frobenius-normalised
+    w = entropy_weights([torch.tensor([[9.0, 0.0]]), torch.tensor([[0.0, 0.0]])], per_sample=True)
     assert float(w[0, 0]) > float(w[1, 0]) and torch.allclose(w.sum(0), torch.ones(1))
 
 
