@@ -138,7 +138,8 @@ class RunConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: the configuration must be a mapping of sections, got "
                               f"{type(raw).__name__}")
-        from mcrlab.methods.base import check_method_config, with_method_train_defaults  # late: methods import config
+        # late import: the methods import this module
+        from mcrlab.methods.base import check_method_config, with_method_train_defaults
 
         raw = with_method_train_defaults(raw)  # the method's reference train.* defaults, where not given
         unknown = sorted(set(raw) - set(cls.SECTIONS) - {"method"})

@@ -15,11 +15,18 @@ from mcrlab.models import build_model
 
 
 def test_mslr_strategies():
-    assert mslr_multipliers("keep", [2.0, 0.5], 3, 10, None, 1.0, 4.0) == [2.0, 0.5]
-    sm = mslr_multipliers("smooth", [4.0, 1.0], 5, 11, None, 1.0, 4.0)
+    assert mslr_multipliers("keep", [2.0, 0.5], 3, 10) == [2.0, 0.5]
+    sm = mslr_multipliers("smooth", [4.0, 1.0], 5, 11)
     assert math.isclose(sm[0], 2.0) and sm[1] == 1.0  # half way: 4 ** 0.5
-    dyn = mslr_multipliers("dynamic", [1.0, 1.0], 0, 10, [0.9, 0.3], 1.0, 2.5)
-    assert dyn == [1.0, 2.5]  # the lagging modality gets (0.9 / 0.3) = 3, capped at 2.5
+
+
+def test_mslr_dynamic_rule_is_the_reference():
+    # reference: after 5 remembered epochs, ratio_m = acc_m(now) / mean(acc_m of the 5 epochs before)
+    hist = [[0.5, 0.2], [0.6, 0.3], [0.7, 0.3], [0.8, 0.4], [0.8, 0.4]]
+    assert mslr_multipliers("dynamic", [0.9, 1.1], 5, 30, hist, memory=5) == [0.9, 1.1]  # memory not full
+    hist.append([0.8, 0.6])
+    r = mslr_multipliers("dynamic", [0.9, 1.1], 6, 30, hist, memory=5)
+    assert r == pytest.approx([0.9 * 0.8 / 0.68, 1.1 * 0.6 / 0.32])
 
 
 def test_mslr_sets_the_players_learning_rates():

@@ -86,6 +86,13 @@ class Method:
         if self.max_modalities is not None and n_mod > self.max_modalities:
             raise ConfigError(f"method.name: '{self.name}' is defined for at most "
                               f"{self.max_modalities} modalities, the dataset has {n_mod}")
+        if self.fusions is not None:
+            from mcrlab.models.fusion import LateFusion
+
+            fusion = "late" if isinstance(model.fusion, LateFusion) else "mlp"
+            if fusion not in self.fusions:
+                raise ConfigError(f"model.fusion: method '{self.name}' needs model.fusion="
+                                  f"{' or '.join(self.fusions)} ({self.fusion_reason}); got '{fusion}'")
 
     # ---- hooks -------------------------------------------------------------------------------
     def extra_modules(self) -> nn.Module | None:

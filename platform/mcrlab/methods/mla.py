@@ -8,8 +8,8 @@ optimiser step (so encoder m and H learn from modality m; the next modality sees
 modification (the reference's GSPlugin, OWM-style): one projector P (d, d), shared by all modalities and
 updated before each modality step from that modality's mean batch feature r (d,):
   k = P r,  P <- P - k k^T / (alpha_t + r^T k),  P <- P / ||P||_F,  G_H <- G_H P^T,
-with alpha_t = 0.1 ** (step / steps_per_epoch + 1); the very first modality step of training neither updates
-nor applies P (as the reference). Prediction (the reference's dynamic fusion): per evaluated batch, modality
+with alpha_t = owm_alpha * 0.1 ** (step / steps_per_epoch + 1) (reference: owm_alpha = 1.0); the very first
+modality step of training neither updates nor applies P (as the reference). Prediction (the reference's dynamic fusion): per evaluated batch, modality
 m's entropy e_m = -sum_{i,c} q_m log q_m with q_m = softmax of H(z_m) over the batch axis (as the reference
 computes it), weights w_m = softmax_m(-e_m), logits = sum_m w_m H(z_m).
 
@@ -44,9 +44,9 @@ def owm_update(P: torch.Tensor, r: torch.Tensor, alpha: float) -> torch.Tensor:
     return P / torch.linalg.matrix_norm(P)
 
 
-def owm_alpha(step: int, steps_per_epoch: int) -> float:
-    """alpha_t = 0.1 ** (step / steps_per_epoch + 1) (the reference's schedule within each epoch)."""
-    return 0.1 ** (step / steps_per_epoch + 1)
+def owm_alpha(step: int, steps_per_epoch: int, scale: float = 1.0) -> float:
+    """alpha_t = scale * 0.1 ** (step / steps_per_epoch + 1) (the reference's schedule, scale 1.0)."""
+    return scale * 0.1 ** (step / steps_per_epoch + 1)
 
 
 def batch_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -74,6 +74,8 @@ def _allreduce(params: list[nn.Parameter]) -> None:
 
 @dataclass
 class MLAParams:
+    owm_alpha: float = opt(1.0, "scale of the projector regulariser alpha_t = owm_alpha * 0.1 ** (step / steps "
+                                "+ 1) (reference 1.0)", gt=0.0)
     fusion: str = opt("entropy", "test-time fusion of the shared head's outputs: entropy (reference, batch "
                                  "level), entropy_sample, mean", choices=("entropy", "entropy_sample", "mean"))
     projection: bool = opt(True, "project the shared head's weight gradient (the paper; the released code's "
@@ -101,7 +103,7 @@ class MLA(Method):
     def _modify(self, r: torch.Tensor, ctx: StepContext) -> None:
         """Update P with modality feature r, then project H's weight gradient (skipped on the first update)."""
         if self.updates > 0 and self.params.projection:
-            self.P = owm_update(self.P, r, owm_alpha(ctx.step, ctx.steps_per_epoch))
+            self.P = owm_update(self.P, r, owm_alpha(ctx.step, ctx.steps_per_epoch, self.params.owm_alpha))
             g = self.head.weight.grad
             if g is not None:
                 self.head.weight.grad = (g.double() @ self.P.T.to(g.device)).to(g.dtype)
