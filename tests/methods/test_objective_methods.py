@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -47,7 +48,7 @@ def test_pmr_loss_is_fused_ce_plus_alpha_times_the_lagging_prototype_ce(tiny2):
                       device=torch.device("cpu"))
     res = pmr.training_step(net, xs, y, ctx)
     sims = [prototype_logits(z, c) for z, c in zip(res.out.z, pmr.protos, strict=True)]
-    s = [float(F.softmax(sm, 1).gather(1, y[:, None]).sum()) for sm in sims]
+    s = [float(F.softmax(sm.detach(), 1).gather(1, y[:, None]).sum()) for sm in sims]
     lag = 0 if s[0] < s[1] else 1
     expected = F.cross_entropy(res.out.fused, y) + 0.7 * F.cross_entropy(sims[lag], y)  # no entropy term
     assert math.isclose(float(res.loss), float(expected), rel_tol=1e-6)
@@ -65,13 +66,35 @@ def test_reconboost_schedule_and_reconcilement_weight():
 
 
 def test_blend_weights_hand_computed():
+    # the reference's default (delta = False): G = L^V, O = L^V - L^T (1e-4 if negative), w = |G / O^2| / Z
+    vn, tn = torch.tensor([0.8, 0.9, 0.5]), torch.tensor([0.6, 0.5, 0.7])
+    w = blend_weights(vn, tn, floor=1e-4)
+    raw = torch.tensor([0.8 / 0.2 ** 2, 0.9 / 0.4 ** 2, 0.5 / 1e-4 ** 2])
+    assert torch.allclose(w, raw / raw.sum(), atol=1e-6)
+    # the delta form: G = L^V(n+s) - L^V(n), O = gap(n+s) - gap(n), absolute values
     vp, tp = torch.tensor([1.0, 1.0]), torch.tensor([0.9, 0.9])
     vn, tn = torch.tensor([0.8, 0.9]), torch.tensor([0.6, 0.5])
-    # dG = (0.2, 0.1); dO = (0.2 - 0.1, 0.4 - 0.1) = (0.1, 0.3); raw = (20, 1.111..)
-    w = blend_weights(vp, tp, vn, tn)
-    raw = torch.tensor([0.2 / 0.01, 0.1 / 0.09])
-    assert torch.allclose(w, raw / raw.sum(), atol=1e-6)
-    assert blend_weights(vn, tn, vp, tp) is None  # no head generalised better: keep old weights
+    raw = torch.tensor([0.2 / 0.1 ** 2, 0.1 / 0.3 ** 2])
+    assert torch.allclose(blend_weights(vn, tn, vp, tp, floor=1e-4), raw / raw.sum(), atol=1e-6)
+    w = blend_weights(vp, tp, vn, tn)  # no head generalised better: still every weight > 0 (never stuck at 0)
+    assert bool((w > 0).all()) and math.isclose(float(w.sum()), 1.0, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gradient_blending_keeps_every_weight_inside_0_1(tiny2, seed):
+    from mcrlab.config import RunConfig
+    from mcrlab.train import fit
+
+    cfg = RunConfig.from_dict({"method": {"name": "gradient_blending"}, "model": {"hidden": 16, "latent": 8},
+                               "train": {"epochs": 6, "batch_size": 16, "device": "cpu", "probe_epochs": 0,
+                                         "eval_perms": 1, "seed": seed}})
+    reports = []
+    fit(cfg, lambda m, c: reports.append(dict(m)), dataset=tiny2)
+    for r in reports:
+        w = [r[f"coef/gblend/{k}"] for k in ("fused", "0", "1")]
+        assert all(0 < x < 1 for x in w), (r["epoch"], w)
+        assert math.isclose(sum(w), 1.0, rel_tol=1e-6)
+        assert w[0] > 1e-3, (r["epoch"], w)  # the fused head stays in use
 
 
 def test_ensemble_sum_and_standardisation():
