@@ -83,3 +83,27 @@ def test_dnr_purity_and_soft_reinit():
     meth.on_epoch_start(1, StepContext(1, 0, 0, 2, 1, torch.Generator(), torch.device("cpu")))
     for p, p0 in zip(net.encoders[0].parameters(), init, strict=True):
         assert torch.allclose(p, p0 + 0.75)  # 0.25 * init + 0.75 * (init + 1)
+
+
+def test_dnr_reports_an_epoch_after_relearning(tiny2):
+    from mcrlab.config import RunConfig
+    from mcrlab.train import fit
+
+    def run(select_after: bool) -> tuple[float, list[dict]]:
+        # lambda huge: the re-initialisation after epoch 5 (0-based) resets the encoders almost to init,
+        # so the one epoch of re-learning (epoch 6) scores below the epochs before it
+        cfg = RunConfig.from_dict({
+            "method": {"name": "dnr", "reinit_every": 5, "move_lambda": 1e6, "max_samples": 96,
+                       "select_after_relearn": select_after},
+            "model": {"hidden": 16, "latent": 8},
+            "train": {"epochs": 7, "batch_size": 16, "device": "cpu", "probe_epochs": 0, "eval_perms": 1,
+                      "lr": 0.2, "seed": 0}})
+        reports: list[dict] = []
+        out = fit(cfg, lambda m, c: reports.append(dict(m)), dataset=tiny2)
+        return out["val/best_acc"], reports
+
+    best, reports = run(True)
+    assert any(k.startswith("coef/dnr/w/") for k in reports[5])  # the diagnosis ran after epoch 5
+    assert best == reports[6]["val/acc"]  # only the epoch after re-learning could be selected
+    best_ref, reports_ref = run(False)  # the reference's rule picks an earlier, pre-re-learning epoch here
+    assert best_ref == max(r["val/acc"] for r in reports_ref) > reports_ref[6]["val/acc"]

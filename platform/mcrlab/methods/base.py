@@ -129,6 +129,11 @@ class Method:
         """Logits used for evaluation, (B, C). Default: the fused head."""
         return out.fused
 
+    def selectable(self, epoch: int) -> bool:
+        """May epoch ``epoch`` (0-based) be the run's best epoch (model selection on val/acc)? Default: yes.
+        D&R says no before its first re-initialisation, so that its reported numbers are D&R's."""
+        return True
+
     def trainable_modalities(self) -> list[int] | None:
         """Modalities whose players are trained (None = all)."""
         return None
