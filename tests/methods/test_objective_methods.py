@@ -58,11 +58,37 @@ def test_reconboost_schedule_and_reconcilement_weight():
     assert [reconboost_stage(e, 1, 2) for e in range(5)] == [0, -1, 1, -1, 0]
     logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     y = torch.tensor([0, 0])
-    certain = torch.tensor([[50.0, 0.0], [50.0, 0.0]])  # the others already fit every sample
-    assert float(boosting_loss(logits, certain, y, 1.0, 1.0)) < 1e-12
-    unsure = torch.zeros(2, 2)  # p_-m(y) = 1/2: half weight
-    assert math.isclose(float(boosting_loss(logits, unsure, y, 1.0, 1.0)),
-                        0.5 * float(F.cross_entropy(logits, y)), rel_tol=1e-6)
+    target = F.one_hot(y, 2).float()
+    for others, w1, w2 in [(torch.tensor([[50.0, 0.0], [50.0, 0.0]]), 1.0, 1.0), (torch.zeros(2, 2), 5.0, 1.0),
+                           (torch.tensor([[0.3, -0.2], [1.0, 2.0]]), 5.0, 1.0)]:
+        # the reference: -w1 mean_c(t log p) + w2 mean_c(t softmax(others) log p), averaged over the batch
+        ref = (-w1 * (target * logits.log_softmax(1)).mean(-1)
+               + w2 * (target * others.softmax(1) * logits.log_softmax(1)).mean(-1)).mean()
+        assert math.isclose(float(boosting_loss(logits, others, y, w1, w2)), float(ref), rel_tol=1e-6, abs_tol=1e-9)
+
+
+def test_reconboost_shares_one_head_and_learns_its_boost_rate(tiny2):
+    from mcrlab.config import ModelConfig
+    from mcrlab.methods.base import StepContext
+    from mcrlab.methods.reconboost import ReconBoost, ReconBoostParams
+    from mcrlab.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model(tiny2.dims, 3, ModelConfig(hidden=8, latent=4))
+    rb = ReconBoost(ReconBoostParams(), net, 3)
+    assert len(rb.learners.heads) == 1 and rb.params.w1 == 5.0
+    xs = [torch.as_tensor(x[:16]) for x in tiny2.splits["train"].x]
+    y = torch.as_tensor(tiny2.splits["train"].y[:16])
+    ctx = StepContext(epoch=1, step=0, global_step=0, epochs=2, steps_per_epoch=1, generator=torch.Generator(),
+                      device=torch.device("cpu"))  # epoch 1: rectification
+    rb.training_step(net, xs, y, ctx).loss.backward()
+    assert rb.learners.boost_rate.grad is not None and float(rb.learners.boost_rate.grad.abs()) > 0
+    ctx.epoch = 0  # boosting modality 0: encoder 1 gets no gradient
+    net.zero_grad()
+    rb.learners.zero_grad()
+    rb.training_step(net, xs, y, ctx).loss.backward()
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in net.encoders[1].parameters())
+    assert all(p.grad is not None for p in net.encoders[0].parameters())
 
 
 def test_blend_weights_hand_computed():
