@@ -24,6 +24,7 @@ SETTINGS: dict[str, tuple[dict, str | None]] = {
     "joint": ({}, None),
     "multiloss": ({}, None),
     "ogm_ge": ({"alpha": 0.8}, "coef/ogm/"),
+    "opm": ({"start_epoch": 0, "p_exe": 1.0}, "coef/opm/"),
     "agm": ({}, "coef/agm/"),
     "mlb": ({}, "coef/mlb/"),
     "greedy": ({"alpha": 0.01, "window": 2}, "coef/greedy/"),

@@ -16,6 +16,7 @@ from mcrlab.methods.mmcosine import MMCosine
 from mcrlab.methods.mmpareto import MMPareto
 from mcrlab.methods.mslr import MSLR
 from mcrlab.methods.ogm_ge import OGMGE
+from mcrlab.methods.opm import OPM
 from mcrlab.methods.pmr import PMR
 from mcrlab.methods.reconboost import ReconBoost
 from mcrlab.methods.simple import Joint, MultiLoss, Unimodal
@@ -28,6 +29,7 @@ REGISTRY: dict[str, type[Method]] = {
     "multiloss": MultiLoss,
     # gradient modulation
     "ogm_ge": OGMGE,
+    "opm": OPM,
     "agm": AGM,
     "mlb": MLB,
     "greedy": Greedy,

@@ -88,7 +88,7 @@ class ReconBoost(Method):
         stage = reconboost_stage(ctx.epoch, p.stage_epochs, M)
         logits = self.learners.logits(out.z)
         rho = self.learners.boost_rate
-        logs = {"coef/reconboost/stage": float(stage), "coef/reconboost/boost_rate": float(rho)}
+        logs = {"coef/reconboost/stage": float(stage), "coef/reconboost/boost_rate": float(rho.detach())}
         if stage < 0:
             loss = F.cross_entropy(rho * torch.stack(logits).sum(0), y)
             logs["loss/rectify"] = loss.item()
