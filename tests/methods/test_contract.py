@@ -32,6 +32,7 @@ SETTINGS: dict[str, tuple[dict, str | None]] = {
     "mmcosine": ({}, "train/coef/mmcosine/"),
     "pmr": ({}, "coef/pmr/"),
     "gradient_blending": ({}, "coef/gblend/"),
+    "remix": ({"warmup": 1}, "coef/remix/"),
     "mslr": ({"strategy": "dynamic"}, "coef/mslr/"),
     "reconboost": ({"stage_epochs": 1}, "coef/reconboost/"),
     "mla": ({}, "coef/mla/"),

@@ -19,6 +19,7 @@ from mcrlab.methods.ogm_ge import OGMGE
 from mcrlab.methods.opm import OPM
 from mcrlab.methods.pmr import PMR
 from mcrlab.methods.reconboost import ReconBoost
+from mcrlab.methods.remix import Remix
 from mcrlab.methods.simple import Joint, MultiLoss, Unimodal
 
 REGISTRY: dict[str, type[Method]] = {
@@ -38,6 +39,7 @@ REGISTRY: dict[str, type[Method]] = {
     "mmcosine": MMCosine,
     "pmr": PMR,
     "gradient_blending": GradientBlending,
+    "remix": Remix,
     # learning rates, alternating training, re-initialisation
     "mslr": MSLR,
     "reconboost": ReconBoost,
