@@ -9,7 +9,7 @@ accuracy of the weak modality's frozen encoder (the honest measure of under-trai
 analytic ceilings (``dataset.meta``). By default every method runs with its reference optimiser (its
 ``Method.defaults``, e.g. SGD with momentum 0.9 for OGM-GE/AGM/PMR/MMPareto/D&R) at ``--lr`` for Adam and
 ``--sgd-lr`` for SGD with momentum 0.9 (the usual 10x: Adam's step does not scale with the gradient, SGD's
-does; SGD with another momentum m gets the same effective step, sgd_lr * 0.1 / (1 - m)); ``--optimizer``
+does; SGD with another momentum m gets the same effective step lr / (1 - m), i.e. sgd_lr * (1 - m) / 0.1); ``--optimizer``
 forces one optimiser for all. Prints a Markdown table and, unless --smoke, writes it into the output file
 between the lines ``<!-- evidence:begin -->`` and ``<!-- evidence:end -->`` (the whole file if it has none).
 """
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             cfg = RunConfig.from_dict({"data": data_cfg, "method": method, "train": {**train, "seed": seed}})
             # SGD at the same effective step lr / (1 - momentum) as momentum 0.9 (Greedy's reference: lr 0.1, m 0)
-            lr = args.sgd_lr * 0.1 / (1 - cfg.train.momentum) if cfg.train.optimizer == "sgd" else args.lr
+            lr = args.sgd_lr * (1 - cfg.train.momentum) / 0.1 if cfg.train.optimizer == "sgd" else args.lr
             cfg = cfg.replace({"train.lr": lr})
             t = cfg.train
             opt_used = f"{t.optimizer} {t.lr:g}" + (f", m {t.momentum:g}" if t.optimizer == "sgd" else "") + \

@@ -74,3 +74,11 @@ def test_mlp_fusion_is_refused_with_one_message():
             RunConfig.from_dict({"method": {"name": name}, "model": {"fusion": "mlp"}})
         with pytest.raises(ConfigError, match="needs model.fusion=late"):  # also when switched to later
             RunConfig.from_dict({"model": {"fusion": "mlp"}}).replace([f"method.name={name}"])
+
+
+def test_cli_refuses_mlp_fusion_with_exit_2(capsys):
+    from mcrlab.cli import main
+
+    assert main(["train", "method.name=mslr", "model.fusion=mlp"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.fusion: method 'mslr' needs model.fusion=late" in err[0]
