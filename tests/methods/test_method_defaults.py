@@ -52,3 +52,25 @@ def test_defaults_are_valid_train_keys(name):
     for key in REGISTRY[name].defaults:
         assert key.startswith("train.")
     RunConfig.from_dict({"method": {"name": name}})  # validates the values
+
+
+def test_ablation_arms_and_their_tuning_use_each_methods_defaults():
+    from mcrlab.ablation import parse_spec
+    from mcrlab.tune.space import trial_config
+
+    raw = {"name": "t", "base": {"method": {"name": "ensemble"}, "train": {"epochs": 2, "device": "cpu"}},
+           "arms": {"agm": {"method.name": "agm"}, "joint": {"method.name": "joint"},
+                    "agm_adam": {"method.name": "agm", "train.optimizer": "adam"}},
+           "datasets": ["synthetic:competition"], "seeds": [0],
+           "tune": {"num_samples": 2, "params": {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-2}}}}
+    spec = parse_spec(raw, "t.yaml")
+    cells = {c.arm: RunConfig.from_dict(c.config) for c in spec.cells}
+    assert _opt(cells["agm"]) == SGD and _opt(cells["joint"]) == ("adam", 0.9, 0.0)
+    assert cells["agm_adam"].train.optimizer == "adam"  # the arm's own setting wins
+    # the equal-budget tuning of the agm arm: its sweep base is the resolved arm config, so a trial keeps SGD
+    # while the lr is sampled
+    from mcrlab.tune.space import parse_space
+
+    space = parse_space(spec.tuning["agm"], "t.yaml: tune (arm agm)")
+    cfg = trial_config(space, "synthetic:competition", {"train.lr": 0.005}, 1000)
+    assert _opt(cfg) == SGD and cfg.train.lr == 0.005
