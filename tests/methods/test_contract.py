@@ -33,6 +33,7 @@ SETTINGS: dict[str, tuple[dict, str | None]] = {
     "pmr": ({}, "coef/pmr/"),
     "gradient_blending": ({}, "coef/gblend/"),
     "remix": ({"warmup": 1}, "coef/remix/"),
+    "cml": ({}, "coef/cml/"),
     "mslr": ({"strategy": "dynamic"}, "coef/mslr/"),
     "reconboost": ({"stage_epochs": 1}, "coef/reconboost/"),
     "mla": ({}, "coef/mla/"),

@@ -69,7 +69,7 @@ def test_mlp_fusion_is_refused_with_one_message():
 
     from mcrlab.config import ConfigError, RunConfig
 
-    for name in ("ogm_ge", "mslr", "opm", "mmcosine"):
+    for name in ("ogm_ge", "mslr", "opm", "mmcosine", "cml"):
         with pytest.raises(ConfigError, match="model.fusion: method '.*' needs model.fusion=late"):
             RunConfig.from_dict({"method": {"name": name}, "model": {"fusion": "mlp"}})
         with pytest.raises(ConfigError, match="needs model.fusion=late"):  # also when switched to later

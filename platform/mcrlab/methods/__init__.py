@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from mcrlab.methods.agm import AGM
 from mcrlab.methods.base import Method, NoParams, StepContext, StepResult
+from mcrlab.methods.cml import CML
 from mcrlab.methods.dnr import DnR
 from mcrlab.methods.ensemble import Ensemble
 from mcrlab.methods.gradient_blending import GradientBlending
@@ -39,6 +40,7 @@ REGISTRY: dict[str, type[Method]] = {
     "mmcosine": MMCosine,
     "pmr": PMR,
     "gradient_blending": GradientBlending,
+    "cml": CML,
     "remix": Remix,
     # learning rates, alternating training, re-initialisation
     "mslr": MSLR,
