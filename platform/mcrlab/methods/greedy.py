@@ -95,6 +95,7 @@ class Greedy(Method):
         self.avg_n = 0
         self.bypass, self.main = [0.0, 0.0], [0.0, 0.0]
         self.curation, self.caring, self.curation_step, self.speed = False, 0, 0, 0.0
+        self.curating = False  # whether the last training step re-balanced
         self._steps, self._curated, self._cared = 0, 0, [0, 0]
 
     def extra_modules(self) -> nn.Module:
