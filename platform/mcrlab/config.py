@@ -196,6 +196,10 @@ class RunConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: the configuration must be a mapping of sections, got "
                               f"{type(raw).__name__}")
+        # late import: the methods import this module
+        from mcrlab.methods.base import check_method_config, with_method_train_defaults
+
+        raw = with_method_train_defaults(raw)  # the method's reference train.* defaults, where not given
         unknown = sorted(set(raw) - set(cls.SECTIONS) - {"method"})
         if unknown:
             raise ConfigError(f"{source}: unknown section '{unknown[0]}' "
@@ -204,7 +208,9 @@ class RunConfig:
         for name, section_cls in cls.SECTIONS.items():
             built[name] = build_dataclass(section_cls, raw.get(name), source, name)
         built["method"] = _build_method(raw.get("method"), source)
-        return cls(**built)
+        cfg = cls(**built)
+        check_method_config(cfg, source)  # e.g. a method defined only for model.fusion=late
+        return cfg
 
     def to_dict(self) -> dict:
         return {"data": dataclass_to_dict(self.data), "model": dataclass_to_dict(self.model),
@@ -225,6 +231,10 @@ class RunConfig:
         items = parse_overrides(overrides) if isinstance(overrides, list) else list(overrides.items())
         # a method switch goes first, so that method.* keys given with it are not dropped by it
         items.sort(key=lambda kv: kv[0] != "method.name")
+        if items and items[0][0] == "method.name":  # train.* keys still at the old method's defaults follow the new
+            from mcrlab.methods.base import switch_method_train_defaults
+
+            switch_method_train_defaults(raw["train"], self.method.name, items[0][1], {k for k, _ in items})
         for key, value in items:
             apply_override(raw, key, value, source)
         return RunConfig.from_dict(raw, source)

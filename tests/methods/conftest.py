@@ -29,3 +29,4 @@ def tiny2() -> MultimodalDataset:
 @pytest.fixture(scope="session")
 def tiny3() -> MultimodalDataset:
     return tiny_dataset(3)
+

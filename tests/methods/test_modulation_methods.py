@@ -5,7 +5,7 @@ import math
 import torch
 
 from mcrlab.config import ModelConfig
-from mcrlab.methods.agm import agm_coefficients, shapley_logits
+from mcrlab.methods.agm import shapley_logits
 from mcrlab.methods.mlb import mlb_coefficients
 from mcrlab.models import build_model
 
@@ -28,18 +28,34 @@ def test_shapley_is_efficient_for_mlp_fusion():
     assert torch.allclose(torch.stack(phis).sum(0), out.fused - empty, atol=1e-10)
 
 
-def test_agm_coefficient_hand_computed():
-    s = torch.tensor([1.0, 2.0], dtype=torch.float64)
-    assert torch.allclose(agm_coefficients(s, s.clone(), alpha=0.7), torch.ones(2, dtype=torch.float64))
-    k = agm_coefficients(s, torch.zeros(2, dtype=torch.float64), alpha=0.5)
-    # r = exp(2 (s - 1.5)) = (e^-1, e^1), r* = 1 -> k = exp(0.5 (1 - r))
-    assert math.isclose(float(k[0]), math.exp(0.5 * (1 - math.exp(-1))), rel_tol=1e-12)
-    assert math.isclose(float(k[1]), math.exp(0.5 * (1 - math.e)), rel_tol=1e-12)
-
-
 def test_mlb_accelerates_the_lagging_and_slows_the_leading():
     k = mlb_coefficients(torch.tensor([4.0, 2.0], dtype=torch.float64), alpha=1.5, beta_max=3.0)
     # leader: r = 0.5, k = 1 + tanh(-0.75); lagger: r = 2, k = 1 + 2 tanh(1.5)
     assert math.isclose(float(k[0]), 1 + math.tanh(-0.75), rel_tol=1e-12)
     assert math.isclose(float(k[1]), 1 + 2 * math.tanh(1.5), rel_tol=1e-12)
     assert torch.allclose(mlb_coefficients(torch.tensor([2.0, 2.0]), 1.5, 3.0), torch.ones(2))
+
+
+def test_mlb_scales_the_encoder_and_its_fusion_weights(tiny2):
+    from mcrlab.config import ModelConfig
+    from mcrlab.methods.base import StepContext
+    from mcrlab.methods.mlb import MLB, MLBParams
+
+    torch.manual_seed(0)
+    net = build_model(tiny2.dims, 3, ModelConfig(hidden=8, latent=4))
+    mlb = MLB(MLBParams(), net, 3)
+    assert mlb.params.alpha == 0.8
+    xs = [torch.as_tensor(x[:32]) for x in tiny2.splits["train"].x]
+    y = torch.as_tensor(tiny2.splits["train"].y[:32])
+    ctx = StepContext(0, 0, 0, 1, 1, torch.Generator(), torch.device("cpu"))
+    mlb.training_step(net, xs, y, ctx).loss.backward()
+    before = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    mlb.after_backward(net, ctx)
+    k = mlb.coef
+    for n, p in net.named_parameters():
+        if p.grad is None:
+            continue
+        if n.startswith(("encoders.", "fusion.proj.")):
+            assert torch.allclose(p.grad, float(k[int(n.split(".")[-2 if n.startswith("fusion") else 1])]) * before[n]), n
+        else:
+            assert torch.equal(p.grad, before[n]), n

@@ -365,7 +365,7 @@ def fit(cfg: RunConfig, report: Report | None = None, *, checkpoint_dir: str | N
             _set_player_lr(opt, t.lr, mult)
         metrics.update({f"lr/{n}": t.lr * mult[m] for m, n in enumerate(names)})
 
-        if val["val/acc"] > best_val:
+        if val["val/acc"] > best_val and method.selectable(epoch):
             best_val, bad_epochs = val["val/acc"], 0
             # the method's state too: predict may use it (MLA's shared head, ensemble scales, MMCosine's W)
             best_state = copy.deepcopy({"model": model.state_dict(), "method": method.state_dict()})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from mcrlab.methods.agm import AGM
 from mcrlab.methods.base import Method, NoParams, StepContext, StepResult
+from mcrlab.methods.cml import CML
 from mcrlab.methods.dnr import DnR
 from mcrlab.methods.ensemble import Ensemble
 from mcrlab.methods.gradient_blending import GradientBlending
@@ -16,8 +17,10 @@ from mcrlab.methods.mmcosine import MMCosine
 from mcrlab.methods.mmpareto import MMPareto
 from mcrlab.methods.mslr import MSLR
 from mcrlab.methods.ogm_ge import OGMGE
+from mcrlab.methods.opm import OPM
 from mcrlab.methods.pmr import PMR
 from mcrlab.methods.reconboost import ReconBoost
+from mcrlab.methods.remix import Remix
 from mcrlab.methods.simple import Joint, MultiLoss, Unimodal
 
 REGISTRY: dict[str, type[Method]] = {
@@ -28,6 +31,7 @@ REGISTRY: dict[str, type[Method]] = {
     "multiloss": MultiLoss,
     # gradient modulation
     "ogm_ge": OGMGE,
+    "opm": OPM,
     "agm": AGM,
     "mlb": MLB,
     "greedy": Greedy,
@@ -36,6 +40,8 @@ REGISTRY: dict[str, type[Method]] = {
     "mmcosine": MMCosine,
     "pmr": PMR,
     "gradient_blending": GradientBlending,
+    "cml": CML,
+    "remix": Remix,
     # learning rates, alternating training, re-initialisation
     "mslr": MSLR,
     "reconboost": ReconBoost,

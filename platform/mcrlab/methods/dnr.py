@@ -1,11 +1,19 @@
-"""D&R: Diagnosing and Re-learning for balanced multimodal learning (Wei, Li & Hu, ECCV 2024).
+"""D&R: Diagnosing and Re-learning for balanced multimodal learning (Wei, Li & Hu, ECCV 2024). Reference:
+github.com/GeWu-Lab/Diagnosing_Relearning_ECCV2024 @025085e, code/ours.py, code/script/ours.sh.
 
 Diagnosis: the learning state of modality m is read from the separability of its uni-modal representation:
 k-means (k = C) on min-max scaled latents, scored by cluster purity against the labels, on the training and
 the validation split. The gap |purity_train - purity_val| grows as a modality is over-trained (memorising
 rather than generalising). Re-learning: encoder m is softly re-initialised,
   theta_m <- w_m theta_m^init + (1 - w_m) theta_m,   w_m = tanh(lambda * |purity_train - purity_val|),
-every `reinit_every` epochs (after epoch > 0), at most `max_reinits` times. Loss: fused CE only.
+after every epoch e > 0 with e % reinit_every == 0, at most ``max_reinits`` times. Loss: fused CE only.
+
+Reference defaults: lambda 3, re-initialisation every 20 epochs of 90, 3 times (``reinit_every = -1`` scales
+that to the run: every round(2/9 of train.epochs) epochs), SGD momentum 0.9, weight decay 1e-4
+(``defaults``; its StepLR(30, 0.1) is not set). Model selection (``select_after_relearn``, on): only epochs
+after the first re-initialisation can be the best epoch. The reference selects over all epochs of a 90-epoch
+run, where its best epoch falls after re-learning; on short budgets the best epoch otherwise comes before
+the first re-initialisation and D&R reports joint training's numbers. Off = the reference's rule.
 
 Choices: training latents are the ones produced by the epoch's own training batches (no extra pass), both
 splits subsampled to at most `max_samples` rows; k-means uses scikit-learn with random_state=0, n_init=3. The
@@ -22,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mcrlab.config import opt
+from mcrlab.config import ConfigError, opt
 from mcrlab.methods.base import Method, StepContext, StepResult
 from mcrlab.models.net import MultimodalNet
 
@@ -52,21 +60,34 @@ def reinit_weight(gap: float, lam: float) -> float:
 
 @dataclass
 class DnRParams:
-    move_lambda: float = opt(3.0, "lambda in w = tanh(lambda * |purity gap|)", ge=0.0)
-    reinit_every: int = opt(5, "diagnose and re-initialise every this many epochs", ge=1)
-    max_reinits: int = opt(10, "most re-initialisations per run", ge=0)
+    move_lambda: float = opt(3.0, "lambda in w = tanh(lambda * |purity gap|) (reference 3)", ge=0.0)
+    reinit_every: int = opt(-1, "diagnose and re-initialise every this many epochs (-1 = round(2/9 of "
+                                "train.epochs), the reference's 20 of 90)", ge=-1)
+    max_reinits: int = opt(3, "most re-initialisations per run (reference 3)", ge=0)
     max_samples: int = opt(2000, "latents per split used for k-means", ge=10)
+    select_after_relearn: bool = opt(True, "only epochs after the first re-initialisation can be the best "
+                                           "epoch (false = the reference: any epoch)")
+
+    def __post_init__(self) -> None:
+        if self.reinit_every == 0:
+            raise ConfigError("reinit_every: must be -1 (scaled to the run) or >= 1")
+
+    def every(self, epochs: int) -> int:
+        return self.reinit_every if self.reinit_every > 0 else max(1, round(epochs * 20 / 90))
 
 
 class DnR(Method):
     name = "dnr"
     Params = DnRParams
+    defaults = {"train.optimizer": "sgd", "train.momentum": 0.9, "train.weight_decay": 1e-4}
 
     def __init__(self, params: DnRParams, model: MultimodalNet, num_classes: int):
         super().__init__(params, model, num_classes)
         self.init = [{k: v.detach().clone() for k, v in enc.state_dict().items()} for enc in model.encoders]
         self.pending: list[float] | None = None
         self.reinits = 0
+        self.applied = 0  # re-initialisations applied so far
+        self.epochs = 0
         self._train: list[list[torch.Tensor]] = [[] for _ in model.encoders]
         self._ytrain: list[torch.Tensor] = []
         self._rows = 0
@@ -79,6 +100,8 @@ class DnR(Method):
                     for k, p in enc.named_parameters():
                         p.mul_(1 - w).add_(w * init[k].to(p.device, p.dtype))
             self.pending = None
+            self.applied += 1
+        self.epochs = ctx.epochs
         self._train = [[] for _ in self.model.encoders]
         self._ytrain, self._rows, self._val = [], 0, None
         return {}
@@ -99,7 +122,7 @@ class DnR(Method):
 
     def on_epoch_end(self, epoch: int, diagnostics: dict[str, float]) -> dict[str, float]:
         p = self.params
-        due = epoch > 0 and epoch % p.reinit_every == 0 and self.reinits < p.max_reinits
+        due = epoch > 0 and epoch % p.every(self.epochs) == 0 and self.reinits < p.max_reinits
         if not due or self._val is None or not self._ytrain:
             return {}
         n = p.max_samples
@@ -117,9 +140,18 @@ class DnR(Method):
         self.reinits += 1
         return logs
 
+    def selectable(self, epoch: int) -> bool:
+        p = self.params
+        if not p.select_after_relearn or self.applied > 0:
+            return True
+        # no re-initialisation will take effect in this run: every epoch counts
+        return p.max_reinits == 0 or p.every(self.epochs) >= self.epochs - 1
+
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "init": self.init, "pending": self.pending, "reinits": self.reinits}
+        return {**super().state_dict(), "init": self.init, "pending": self.pending, "reinits": self.reinits,
+                "applied": self.applied}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.init, self.pending, self.reinits = state["init"], state["pending"], int(state["reinits"])
+        self.applied = int(state["applied"])

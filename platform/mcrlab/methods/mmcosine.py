@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mcrlab.config import ConfigError, opt
+from mcrlab.config import opt
 from mcrlab.methods.base import Method, StepContext
-from mcrlab.models.fusion import LateFusion
-from mcrlab.models.net import ForwardOutput, MultimodalNet
+from mcrlab.models.net import ForwardOutput
 
 
 def cosine_logits(z: list[torch.Tensor], weights: list[torch.Tensor], scale: float) -> list[torch.Tensor]:
@@ -34,11 +33,8 @@ class MMCosineParams:
 class MMCosine(Method):
     name = "mmcosine"
     Params = MMCosineParams
-
-    def __init__(self, params: MMCosineParams, model: MultimodalNet, num_classes: int):
-        super().__init__(params, model, num_classes)
-        if not isinstance(model.fusion, LateFusion):
-            raise ConfigError("model.fusion: mmcosine normalises the late-fusion weights W_m; set model.fusion=late")
+    fusions = ("late",)  # refused at config time otherwise
+    fusion_reason = "it normalises the late-fusion weights W_m"
 
     def _logits(self, out: ForwardOutput) -> list[torch.Tensor]:
         return cosine_logits(out.z, [p.weight for p in self.model.fusion.proj], self.params.scale)

@@ -59,6 +59,8 @@ def _flat(grads: tuple, params: list) -> torch.Tensor:
 class MMPareto(Method):
     name = "mmpareto"
     Params = MMParetoParams
+    # reference: code/MMPareto.py, optim.SGD(lr, momentum=0.9, weight_decay=1e-4) (its StepLR(30, 0.1) is not set)
+    defaults = {"train.optimizer": "sgd", "train.momentum": 0.9, "train.weight_decay": 1e-4}
 
     def training_step(self, model, xs, y, ctx: StepContext) -> StepResult:
         out = model(xs)

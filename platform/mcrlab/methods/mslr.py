@@ -1,16 +1,19 @@
 """MSLR: Modality-Specific Learning Rates for additive late fusion (Yao & Mihalcea, Findings of ACL 2022).
+Reference for the dynamic rule: the MSLR baseline of github.com/lihong2303/AGM @5a65542, run/CREMAD_main.py
+(the paper has no public code of its own).
 
 The model is trained with the fused CE only; what changes is each player's learning rate
 lr_m = lr_group_m * r_m (lr_group_m is the player's lr set by the loop, i.e. train.lr * train.player_lr[m]).
 Three strategies, as in the paper:
   keep:    r_m = mult_m for the whole run (mult = the ratios of the best unimodal learning rates);
   smooth:  r_m(e) = mult_m ** (1 - e / (E - 1)), a geometric move from the unimodal rates to the shared one;
-  dynamic: r_m = mult_m * clip((max_j a_j / a_m) ** gamma, 1, max_boost), where a_m is modality m's training
-           accuracy of its own logits (W_m z_m + b/M; heads h_m for non-additive fusion) over the previous
-           epoch: a modality that lags gets a larger step.
-The paper's dynamic rule adapts rates from per-modality performance each epoch; its exact update is not
-reproduced here: the formula above is our choice (documented, searchable via gamma and max_boost). The
-accuracies are measured on the training batches already seen, so no extra pass over data is needed.
+  dynamic: r_m = mult_m * a_m(e) / mean(a_m(e-W), ..., a_m(e-1)), with a_m modality m's validation accuracy
+           of its own logits W_m z_m + b/M after epoch e and W = ``memory`` (5, as the reference); during the
+           first W epochs r_m = mult_m. A modality whose accuracy still rises steps larger, one that has
+           plateaued steps smaller.
+The reference applies r_m as a gradient multiplier under SGD, which for SGD is the same as scaling the lr;
+here the player's lr is scaled (with Adam a gradient multiplier would cancel). The per-modality logits exist
+only for the additive late-fusion head: with model.fusion=mlp the config is refused.
 """
 
 from __future__ import annotations
@@ -18,35 +21,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from mcrlab.config import ConfigError, opt
-from mcrlab.methods.base import Method, StepContext, StepResult
-from mcrlab.methods.modulation import modality_logits
-from mcrlab.models.fusion import LateFusion
+from mcrlab.methods.base import Method, StepContext
 from mcrlab.models.net import MultimodalNet
 
 
-def mslr_multipliers(strategy: str, mult: list[float], epoch: int, epochs: int, acc: list[float] | None,
-                     gamma: float, max_boost: float) -> list[float]:
-    """r_m for one epoch (see the module docstring); acc None (no statistics yet) means no dynamic boost."""
+def mslr_multipliers(strategy: str, mult: list[float], epoch: int, epochs: int,
+                     history: list[list[float]] | None = None, memory: int = 5) -> list[float]:
+    """r_m for one epoch (see the module docstring). ``history``: per-modality validation accuracies of the
+    epochs so far, oldest first (dynamic only); fewer than memory + 1 epochs means no dynamic change yet."""
     if strategy == "keep":
         return list(mult)
     if strategy == "smooth":
         frac = 1.0 - epoch / max(epochs - 1, 1)
         return [r ** frac for r in mult]
-    if acc is None:
+    if not history or len(history) <= memory:
         return list(mult)
-    top = max(acc)
-    return [r * min(max((top / max(a, 1e-6)) ** gamma, 1.0), max_boost) for r, a in zip(mult, acc, strict=True)]
+    last, window = history[-1], history[-1 - memory:-1]
+    out = []
+    for m, r in enumerate(mult):
+        mean = sum(h[m] for h in window) / memory
+        out.append(r * last[m] / mean if mean > 0 else r)
+    return out
 
 
 @dataclass
 class MSLRParams:
     strategy: str = opt("dynamic", "learning-rate strategy", choices=("keep", "smooth", "dynamic"))
     mult: list = opt([], "per-modality lr multipliers (the unimodal best-lr ratios; empty = all 1)")
-    gamma: float = opt(1.0, "dynamic: exponent on the accuracy ratio", ge=0.0)
-    max_boost: float = opt(4.0, "dynamic: largest boost of a lagging modality's lr", ge=1.0)
+    memory: int = opt(5, "dynamic: epochs in the accuracy memory (reference 5)", ge=1)
 
     def __post_init__(self) -> None:
         if any(isinstance(r, bool) or not isinstance(r, (int, float)) or r <= 0 for r in self.mult):
@@ -56,6 +60,9 @@ class MSLRParams:
 class MSLR(Method):
     name = "mslr"
     Params = MSLRParams
+    defaults = {"train.optimizer": "sgd", "train.momentum": 0.9, "train.weight_decay": 1e-4}
+    fusions = ("late",)
+    fusion_reason = "it scores each modality with its own logits W_m z_m + b/M"
 
     def __init__(self, params: MSLRParams, model: MultimodalNet, num_classes: int):
         super().__init__(params, model, num_classes)
@@ -64,41 +71,35 @@ class MSLR(Method):
             raise ConfigError(f"method.mult: expected {M} multipliers (one per modality), got {len(params.mult)}")
         self.mult = [float(r) for r in params.mult] or [1.0] * M
         self.base_lr: dict[int, float] = {}
-        self.acc: list[float] | None = None
+        self.history: list[list[float]] = []
         self.rates = list(self.mult)
-        self._correct, self._n = torch.zeros(M), 0
 
     def on_epoch_start(self, epoch: int, ctx: StepContext) -> dict[str, float]:
         p = self.params
-        self.rates = mslr_multipliers(p.strategy, self.mult, epoch, ctx.epochs, self.acc, p.gamma, p.max_boost)
+        self.rates = mslr_multipliers(p.strategy, self.mult, epoch, ctx.epochs, self.history, p.memory)
         if ctx.optimizer is not None:
             for g in ctx.optimizer.param_groups:
                 m = g.get("player", -1)
                 if m >= 0:
                     self.base_lr.setdefault(m, g["lr"])
                     g["lr"] = self.base_lr[m] * self.rates[m]
-        self._correct.zero_()
-        self._n = 0
         return {f"coef/mslr/{m}": r for m, r in enumerate(self.rates)}
 
-    def training_step(self, model, xs, y, ctx: StepContext) -> StepResult:
-        out = model(xs)
-        loss = F.cross_entropy(out.fused, y)
+    def on_validation(self, z: list[torch.Tensor], y: torch.Tensor) -> None:
         with torch.no_grad():
-            bias = model.fusion.bias if isinstance(model.fusion, LateFusion) else None
-            for m, lg in enumerate(modality_logits(out, bias)):
-                self._correct[m] += (lg.argmax(1) == y).sum().item()
-            self._n += len(y)
-        return StepResult(loss=loss, out=out, logs={"loss/fused": loss.item()})
+            fusion = self.model.fusion
+            M = len(z)
+            acc = [float(((fusion.proj[m](zm) + fusion.bias / M).argmax(1) == y).float().mean())
+                   for m, zm in enumerate(z)]
+        self.history = [*self.history, acc][-(self.params.memory + 1):]
 
     def on_epoch_end(self, epoch: int, diagnostics: dict[str, float]) -> dict[str, float]:
-        self.acc = (self._correct / max(self._n, 1)).tolist()
-        return {f"acc/mslr/{m}": a for m, a in enumerate(self.acc)}
+        return {f"acc/mslr/{m}": a for m, a in enumerate(self.history[-1])} if self.history else {}
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "base_lr": dict(self.base_lr), "acc": self.acc}
+        return {**super().state_dict(), "base_lr": dict(self.base_lr), "history": [list(h) for h in self.history]}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.base_lr = {int(k): float(v) for k, v in state["base_lr"].items()}
-        self.acc = None if state["acc"] is None else [float(a) for a in state["acc"]]
+        self.history = [[float(a) for a in h] for h in state["history"]]

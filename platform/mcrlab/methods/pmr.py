@@ -1,18 +1,23 @@
-"""PMR: Prototypical Modal Rebalance (Fan et al., CVPR 2023, "PMR: prototypical modal rebalance for
-multimodal learning").
+"""PMR: Prototypical Modal Rebalance (Fan, Xu, Wei, Hu & Wang, CVPR 2023, "PMR: prototypical modal rebalance
+for multimodal learning"). Reference: github.com/fanyunfeng-bit/Modal-Imbalance-PMR @3615e48,
+main_Prototype_grad.py.
 
 Class prototypes c_m^k (mean latent of class k for modality m) define a non-parametric classifier
-p_m(k | z) = softmax_k(-||z_m - c_m^k||). With s_m = sum_i p_m(y_i | z_i) (prototype confidence):
-  gamma_m = clip(mean_{j != m} s_j / s_m - 1, 0, 1)       (> 0 only for lagging modalities)
-  L = CE(g(z), y) + alpha * sum_m gamma_m * CE(-dist_m, y)  - mu * sum_m omega_m * H(p_m)
-The prototype CE (PCE) pulls a lagging modality's features towards its class prototypes, speeding it up; the
-entropy term (PER, only during the first norm_epochs epochs of modulation) raises the prediction entropy of
-the leading modality (omega_m = max_j gamma_j for the modality with the largest s_m, else 0), slowing it.
-For M = 2, gamma reproduces the paper's two coefficients (beta and lambda) exactly.
+p_m(k | z) = softmax_k(-||z_m - c_m^k||). With s_m = sum_i p_m(y_i | z_i) (prototype confidence) and
+rho_m = s_m / mean_{j != m} s_j:
+  L = CE(g(z), y) + sum_m gamma_m * CE(-dist_m, y),   gamma_m = alpha if rho_m < 1 else 0
+(reference, two modalities: beta = alpha for audio when s_a / s_v < 1, lam = alpha for visual when > 1).
+The prototype CE (PCE) pulls a lagging modality's features towards its class prototypes, speeding it up.
 
-Choices: prototypes are recomputed each epoch from the latents of the previous epoch's training batches and
-smoothed with momentum (new = (1 - momentum) * mean + momentum * old), instead of an extra pass over 10% of
-the training set; in the first epoch each batch's own class means (detached) serve as prototypes.
+Options off by default (not in the reference): ``weighting=gap`` scales alpha by clip(1/rho_m - 1, 0, 1);
+``mu > 0`` adds the paper's entropy regulariser (PER) on the leading modality during the first
+``norm_epochs`` epochs of modulation, - mu * max_m gamma_m * H(p_lead). Reference defaults: alpha 1.0,
+prototype momentum 0.2 (new = (1 - momentum) * mean + momentum * old), SGD momentum 0.9, weight decay 1e-4.
+The reference modulates in epochs 0..100 of 150 (``end_epoch``; -1 here = to the end).
+
+Deviation, documented: prototypes are recomputed each epoch from the latents of the previous epoch's training
+batches, instead of an extra pass over 10% of the data; in the first epoch each batch's own class means
+(detached) serve as prototypes.
 """
 
 from __future__ import annotations
@@ -40,19 +45,25 @@ def prototype_logits(z: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     return -torch.cdist(z, protos.to(z.dtype))
 
 
-def pmr_gammas(scores: torch.Tensor) -> torch.Tensor:
-    """gamma_m = clip(mean_{j != m} s_j / s_m - 1, 0, 1): (M,) -> (M,)."""
+def pmr_gammas(scores: torch.Tensor, alpha: float, weighting: str = "constant") -> torch.Tensor:
+    """Weights of the prototype CE: (M,) scores -> (M,). ``constant`` (reference): alpha for every modality with
+    s_m < mean_{j != m} s_j, else 0; ``gap``: alpha * clip(mean_{j != m} s_j / s_m - 1, 0, 1)."""
     M = scores.numel()
     others = (scores.sum() - scores) / (M - 1)
-    return (others / scores.clamp_min(1e-12) - 1).clamp(0.0, 1.0)
+    if weighting == "constant":
+        return torch.where(scores < others, torch.full_like(scores, alpha), torch.zeros_like(scores))
+    return alpha * (others / scores.clamp_min(1e-12) - 1).clamp(0.0, 1.0)
 
 
 @dataclass
 class PMRParams:
-    alpha: float = opt(1.0, "weight of the prototype CE of lagging modalities", ge=0.0)
-    mu: float = opt(0.01, "weight of the entropy regulariser (PER) on the leading modality", ge=0.0)
-    norm_epochs: int = opt(10, "epochs (from start_epoch) with the entropy regulariser", ge=0)
-    momentum: float = opt(0.5, "momentum of the prototype update", ge=0.0, le=1.0)
+    alpha: float = opt(1.0, "weight of the prototype CE of lagging modalities (reference 1.0)", ge=0.0)
+    weighting: str = opt("constant", "constant alpha for lagging modalities (reference) or gap-scaled",
+                         choices=("constant", "gap"))
+    mu: float = opt(0.0, "weight of the entropy regulariser (PER) on the leading modality (0 = off, as the "
+                         "reference code)", ge=0.0)
+    norm_epochs: int = opt(10, "epochs (from start_epoch) with the entropy regulariser when mu > 0", ge=0)
+    momentum: float = opt(0.2, "momentum of the prototype update (reference momentum_coef 0.2)", ge=0.0, le=1.0)
     start_epoch: int = opt(0, "first epoch (0-based) with rebalancing", ge=0)
     end_epoch: int = opt(-1, "last epoch with rebalancing (-1 = to the end)", ge=-1)
 
@@ -64,6 +75,7 @@ class PMRParams:
 class PMR(Method):
     name = "pmr"
     Params = PMRParams
+    defaults = {"train.optimizer": "sgd", "train.momentum": 0.9, "train.weight_decay": 1e-4}
 
     def __init__(self, params: PMRParams, model: MultimodalNet, num_classes: int):
         super().__init__(params, model, num_classes)
@@ -108,10 +120,10 @@ class PMR(Method):
             sims = [prototype_logits(z, pr) for z, pr in zip(out.z, protos, strict=True)]
             with torch.no_grad():
                 scores = torch.stack([F.softmax(sm, 1).gather(1, y[:, None]).sum() for sm in sims]).cpu()
-            gam = pmr_gammas(scores)
+            gam = pmr_gammas(scores, p.alpha, p.weighting)
             for m, sm in enumerate(sims):
                 if gam[m] > 0:
-                    loss = loss + p.alpha * float(gam[m]) * F.cross_entropy(sm, y)
+                    loss = loss + float(gam[m]) * F.cross_entropy(sm, y)
             if ctx.epoch < p.start_epoch + p.norm_epochs and p.mu > 0:
                 lead = int(scores.argmax())
                 probs = F.softmax(sims[lead], 1)
