@@ -196,8 +196,9 @@ class RunConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: the configuration must be a mapping of sections, got "
                               f"{type(raw).__name__}")
-        # late import: the methods import this module
-        from mcrlab.methods.base import check_method_config, with_method_train_defaults
+        # the method registry's hooks, by name (the methods import this module)
+        check_method_config = _registry("mcrlab.methods.defaults:check_method_config")
+        with_method_train_defaults = _registry("mcrlab.methods.defaults:with_method_train_defaults")
 
         raw = with_method_train_defaults(raw)  # the method's reference train.* defaults, where not given
         unknown = sorted(set(raw) - set(cls.SECTIONS) - {"method"})
@@ -232,8 +233,7 @@ class RunConfig:
         # a method switch goes first, so that method.* keys given with it are not dropped by it
         items.sort(key=lambda kv: kv[0] != "method.name")
         if items and items[0][0] == "method.name":  # train.* keys still at the old method's defaults follow the new
-            from mcrlab.methods.base import switch_method_train_defaults
-
+            switch_method_train_defaults = _registry("mcrlab.methods.defaults:switch_method_train_defaults")
             switch_method_train_defaults(raw["train"], self.method.name, items[0][1], {k for k, _ in items})
         for key, value in items:
             apply_override(raw, key, value, source)

@@ -15,7 +15,7 @@ def imbalanced(n_train: int = 256, seed: int = 0) -> MultimodalDataset:
 
 def drive(method, model, data: MultimodalDataset, optimizer, epochs: int, batch_size: int = 32, seed: int = 0,
           on_step=None, on_epoch=None) -> None:
-    """The hooks in the order ``mcrlab.train.fit`` calls them (no evaluation, no checkpoints), so a test can look
+    """The hooks in the order ``mcrlab.engine.fit.fit`` calls them (no evaluation, no checkpoints), so a test can look
     at the method's state after every step: ``on_step(epoch, step)`` after optimizer.step, ``on_epoch(epoch)``
     after ``on_epoch_end``."""
     import torch

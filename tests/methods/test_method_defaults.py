@@ -55,7 +55,7 @@ def test_defaults_are_valid_train_keys(name):
 
 
 def test_ablation_arms_and_their_tuning_use_each_methods_defaults():
-    from mcrlab.ablation import parse_spec
+    from mcrlab.ablate.spec import parse_spec
     from mcrlab.tune.space import trial_config
 
     raw = {"name": "t", "base": {"method": {"name": "ensemble"}, "train": {"epochs": 2, "device": "cpu"}},

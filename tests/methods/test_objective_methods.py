@@ -109,7 +109,7 @@ def test_blend_weights_hand_computed():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_gradient_blending_keeps_every_weight_inside_0_1(tiny2, seed):
     from mcrlab.config import RunConfig
-    from mcrlab.train import fit
+    from mcrlab.engine.fit import fit
 
     cfg = RunConfig.from_dict({"method": {"name": "gradient_blending"}, "model": {"hidden": 16, "latent": 8},
                                "train": {"epochs": 6, "batch_size": 16, "device": "cpu", "probe_epochs": 0,

@@ -87,7 +87,7 @@ def test_dnr_purity_and_soft_reinit():
 
 def test_dnr_reports_an_epoch_after_relearning(tiny2):
     from mcrlab.config import RunConfig
-    from mcrlab.train import fit
+    from mcrlab.engine.fit import fit
 
     def run(select_after: bool) -> tuple[float, list[dict]]:
         # lambda huge: the re-initialisation after epoch 5 (0-based) resets the encoders almost to init,

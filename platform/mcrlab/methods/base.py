@@ -23,8 +23,7 @@ from torch import nn
 from mcrlab.config import ConfigError, opt
 from mcrlab.models.net import ForwardOutput, MultimodalNet
 
-__all__ = ["Method", "NoParams", "StepContext", "StepResult", "HeadsParams", "with_method_train_defaults",
-           "switch_method_train_defaults", "check_method_config"]
+__all__ = ["Method", "NoParams", "StepContext", "StepResult", "HeadsParams"]
 
 
 @dataclass
@@ -147,61 +146,3 @@ class Method:
         extra = self.extra_modules()
         if extra is not None and state.get("extra") is not None:
             extra.load_state_dict(state["extra"])
-
-
-# ---- per-method defaults and config checks (called by mcrlab.config while a RunConfig is built) -------------
-
-def _method_class(name: Any) -> type[Method] | None:
-    from mcrlab.methods import REGISTRY  # late import: the registry imports this module
-
-    return REGISTRY.get(name) if isinstance(name, str) else None
-
-
-def _train_key(key: str) -> str:
-    if not key.startswith("train."):
-        raise ValueError(f"Method.defaults: only train.* keys are supported, got {key!r}")
-    return key.split(".", 1)[1]
-
-
-def with_method_train_defaults(raw: dict) -> dict:
-    """``raw`` (a nested config dict) with the chosen method's ``defaults`` filled into ``raw["train"]`` for
-    every key the user did not give. Returns a new dict; ``raw`` is not changed. Unknown methods and
-    malformed sections are left alone (the builder reports them)."""
-    method = raw.get("method")
-    cls = _method_class(method.get("name", "mcr") if isinstance(method, dict) else None)
-    train = raw.get("train")
-    if cls is None or not cls.defaults or not (train is None or isinstance(train, dict)):
-        return raw
-    train = dict(train or {})
-    for key, value in cls.defaults.items():
-        train.setdefault(_train_key(key), value)
-    return {**raw, "train": train}
-
-
-def switch_method_train_defaults(train: dict, old: Any, new: Any, given: set[str]) -> None:
-    """On a method switch inside ``RunConfig.replace``: every ``train`` key (of the fully resolved old config)
-    that still holds the old method's default - the old method's own ``defaults`` entry or the global field
-    default - and is not among the overrides ``given`` (dotted keys) is dropped, so that building the new
-    config fills it with the new method's default. A value equal to the old default counts as not set."""
-    import dataclasses
-
-    from mcrlab.config import TrainConfig
-
-    old_cls, new_cls = _method_class(old), _method_class(new)
-    if old == new or new_cls is None:
-        return
-    base = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    old_defaults = {_train_key(k): v for k, v in (old_cls.defaults if old_cls else {}).items()}
-    for key in {*old_defaults, *(_train_key(k) for k in new_cls.defaults)}:
-        if f"train.{key}" in given or key not in train:
-            continue
-        if train[key] == old_defaults.get(key, base.get(key)):
-            del train[key]
-
-
-def check_method_config(cfg: Any, source: str) -> None:
-    """Refuse a method/model combination the method is not defined for (ConfigError, one line)."""
-    cls = _method_class(cfg.method.name)
-    if cls is not None and cls.fusions is not None and cfg.model.fusion not in cls.fusions:
-        raise ConfigError(f"{source}: model.fusion: method '{cls.name}' needs model.fusion="
-                          f"{' or '.join(cls.fusions)} ({cls.fusion_reason}); got '{cfg.model.fusion}'")
