@@ -225,6 +225,15 @@ def _fingerprints(spec: AblationSpec, cells: list[Cell]) -> dict[str, str]:
 def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_path: str | Path = "runs",
                  verbose: int = 0) -> AblationOutcome:
     """Run the missing cells of ``spec`` (all of them on a fresh ablation) and close the MLflow runs."""
+    from mcrlab.trials.storage import FolderLock, private_dir
+
+    # one driver per ablation: a second one (e.g. two --resume at once) stops here, before MLflow or Ray
+    with FolderLock(private_dir(Path(storage_path).resolve() / "ablations" / spec.ablation_id), "ablation"):
+        return _run_ablation(spec, uri, resume=resume, storage_path=storage_path, verbose=verbose)
+
+
+def _run_ablation(spec: AblationSpec, uri: str, *, resume: bool, storage_path: str | Path,
+                  verbose: int) -> AblationOutcome:
     import ray
     from ray import tune
 
@@ -275,7 +284,9 @@ def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_
     if todo:
         impl = _MlflowCells(tracker, exp_id, spec, cells, arm_runs, fingerprints)
         if not ray.is_initialized():
-            ray.init(configure_logging=False, log_to_driver=verbose > 0)
+            from mcrlab.cluster import ray_init_private  # the token Ray may create is kept 0600
+
+            ray_init_private(configure_logging=False, log_to_driver=verbose > 0)
         cells_payload = [{"arm": c.arm, "dataset": c.dataset, "seed": c.seed, "config": c.config}
                          for c in cells]
         tuner = tune.Tuner(

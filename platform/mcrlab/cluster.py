@@ -32,7 +32,7 @@ from pathlib import Path
 
 from mcrlab.config import ConfigError
 
-__all__ = ["ClusterError", "LocalCluster", "Service", "start", "stop", "load", "status", "discover_token",
+__all__ = ["protect_token_files", "ray_init_private", "ClusterError", "LocalCluster", "Service", "start", "stop", "load", "status", "discover_token",
            "TokenSource", "auth_headers", "free_port", "DEFAULT_STATE_DIR"]
 
 DEFAULT_STATE_DIR = "runs/cluster"
@@ -125,6 +125,45 @@ def _write_token(path: Path) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
+
+
+def protect_token_files(home: str | os.PathLike | None = None) -> list[str]:
+    """Make the Ray token files of this user 0600 (and ``~/.ray`` 0700); returns the paths it fixed.
+
+    Ray >= 2.59 turns token auth on for a local ``ray.init()`` and writes ``~/.ray/auth_token`` with a
+    plain ``open(..., "w")``: mode 0644 under the usual umask, so every local user could read the token.
+    Called after each ``ray.init``; files of other users are left alone (they are not ours to change).
+    """
+    fixed = []
+    default = Path(home if home is not None else Path.home()) / ".ray" / TOKEN_FILE
+    candidates = [default, default.parent]
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        candidates.append(Path(os.environ["RAY_AUTH_TOKEN_PATH"]))
+    for path in candidates:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if st.st_uid != os.getuid() or path.is_symlink():
+            continue
+        want = 0o700 if path.is_dir() else 0o600
+        if st.st_mode & 0o777 & ~want:
+            os.chmod(path, want)
+            fixed.append(str(path))
+    return fixed
+
+
+def ray_init_private(**kwargs: object) -> None:
+    """``ray.init(**kwargs)`` with a 077 umask (a local Ray's session files, and the token Ray may create,
+    are the user's only), then ``protect_token_files`` for a token created or left readable before."""
+    import ray
+
+    old = os.umask(0o077)
+    try:
+        ray.init(**kwargs)
+    finally:
+        os.umask(old)
+        protect_token_files()
 
 
 def auth_headers(token_path: str | None) -> dict[str, str]:
@@ -234,6 +273,7 @@ def start(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *, num_cpus: int | N
     """
     sdir = Path(state_dir).resolve()
     sdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(sdir, 0o700)  # it holds the cluster's token and its MLflow store
     running = load(sdir)
     if running is not None and any(_alive(s.pid) for s in running.services):
         raise ConfigError(f"{sdir / STATE_FILE}: a local cluster is already running at {running.address}; "
@@ -278,6 +318,7 @@ def start(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *, num_cpus: int | N
         if isinstance(err, ClusterError):
             raise ClusterError(f"{err}\n(Ray's own logs kept in {ray_tmp}/*/session_latest/logs)") from None
         raise
+    protect_token_files()  # a `ray` client run meanwhile may have left ~/.ray/auth_token readable
     return cluster
 
 

@@ -36,11 +36,46 @@ __all__ = [
     "parse_overrides",
     "apply_override",
     "load_config",
+    "check_name",
+    "short",
 ]
 
 
 class ConfigError(ValueError):
     """A mistake in user input. ``str(err)`` is the one-line message shown to the user (exit code 2)."""
+
+
+MAX_NAME = 100  # names become folder names (plus a timestamp); far below every filesystem's 255
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: every message quotes user values through this, so a
+    huge (or alias-expanded) value never floods the terminal. Large containers are not fully rendered."""
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > limit:
+        kind = type(value).__name__
+        return f"<{kind} of {len(value)} items>"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a value that cannot even be shown
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_name(value: Any, where: str) -> str:
+    """A user-given name that becomes a path component (space, sweep, ablation, arm, experiment names):
+    a non-empty printable string of at most ``MAX_NAME`` characters, with no path separator, no ``..``
+    and no leading dot. Raises ConfigError naming ``where``."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected a non-empty name, got {short(value)}")
+    if len(value) > MAX_NAME:
+        raise ConfigError(f"{where}: a name is at most {MAX_NAME} characters, got {len(value)}")
+    if not value.isprintable():
+        raise ConfigError(f"{where}: {short(value)} holds a control or non-printable character")
+    if "/" in value or "\\" in value:
+        raise ConfigError(f"{where}: {short(value)} may not hold a path separator (/ or \\)")
+    if value.startswith(".") or ".." in value:
+        raise ConfigError(f"{where}: {short(value)} may not start with a dot or hold '..'")
+    return value
 
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, ge: float | None = None,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcrlab.config import ConfigError
+from mcrlab.config import ConfigError, check_name
 from mcrlab.tracking import (
     DEFAULT_RUN_FOLDER,
     TAG_PREFIX,
@@ -33,6 +33,7 @@ from mcrlab.tracking import (
     lineage_tags,
     resolve_tracking_uri,
 )
+from mcrlab.trials.storage import MANIFEST, FolderLock, check_private, private_dir, sign_tree, verify_tree
 from mcrlab.tune.backends import NAMESPACE, RungBoard, TrialSpec, max_iterations, pick_backend
 from mcrlab.tune.space import SearchSpace, compile_space, make_sampler, trial_config
 
@@ -158,25 +159,49 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
-    if resume:
-        sweep_id = resume if isinstance(resume, str) else _latest_sweep(sweeps, space.name)
-        if sweep_id is None or not (sweeps / sweep_id / "sweep.json").is_file():
-            raise ConfigError(f"--resume: no sweep of space '{space.name}' under {sweeps}")
-        meta = json.loads((sweeps / sweep_id / "sweep.json").read_text())
-    else:
-        sweep_id = _new_sweep_id(space)
-        while (sweeps / sweep_id).exists():
-            time.sleep(1.0)
+    # private from here on: Tune's files (which restore unpickles) are created 0600 in 0700 folders,
+    # including those of a local Ray started below (its processes inherit the mask)
+    old_umask = os.umask(0o077)
+    lock = None
+    try:
+        sweeps = private_dir(sweeps)
+        if resume:
+            if isinstance(resume, str):
+                check_name(resume, "--resume")  # a sweep id, never a path
+            sweep_id = resume if isinstance(resume, str) else _latest_sweep(sweeps, space.name)
+            if sweep_id is None or not (sweeps / sweep_id / "sweep.json").is_file():
+                raise ConfigError(f"--resume: no sweep of space '{space.name}' under {sweeps}")
+            sweep_dir = sweeps / sweep_id
+            check_private(sweep_dir, sweep_dir / "ray")  # before the lock file is created in it
+            lock = FolderLock(sweep_dir, "sweep").acquire()
+            meta = json.loads((sweep_dir / "sweep.json").read_text(encoding="utf-8"))
+        else:
             sweep_id = _new_sweep_id(space)
-        meta = {"sweep_id": sweep_id, "space_name": space.name, "space_source": space.source,
-                "tracking_uri": uri, "studies": {}}
-    sweep_dir = sweeps / sweep_id
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+            while (sweeps / sweep_id).exists():
+                time.sleep(1.0)
+                sweep_id = _new_sweep_id(space)
+            meta = {"sweep_id": sweep_id, "space_name": space.name, "space_source": space.source,
+                    "tracking_uri": uri, "studies": {}}
+            sweep_dir = private_dir(sweeps / sweep_id)
+            lock = FolderLock(sweep_dir, "sweep").acquire()
+        return _run_locked(space, meta, sweep_id=sweep_id, sweep_dir=sweep_dir, uri=uri, run_folder=run_folder,
+                           address=address, smoke=smoke, resume=resume, callbacks=callbacks, progress=progress)
+    finally:
+        if lock is not None:
+            lock.release()
+        os.umask(old_umask)
 
+
+def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Path, uri: str, run_folder: Path,
+                address: str | None, smoke: bool, resume: bool | str, callbacks: list | None,
+                progress: bool) -> SweepResult:
+    """``run_sweep`` once the sweep folder is chosen, checked and locked."""
     import ray
 
+    from mcrlab.cluster import ray_init_private
+
     if not ray.is_initialized():
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
+        ray_init_private(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
     backend = pick_backend(space)
     concurrency = max_concurrent(backend.trial_resources(), ray.cluster_resources(),
                                  space.scaling.max_concurrent)
@@ -248,12 +273,14 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from mcrlab.trials.signer import StateSigner
     from mcrlab.tune.recorder import ProgressPrinter, TrialRecorder
     from mcrlab.tune.searcher import ResumableOptunaSearch
 
     slug = study_slug(dataset)
     ray_dir = sweep_dir / "ray"
     exp_path = ray_dir / slug
+    manifest = sweep_dir / MANIFEST
     fingerprint = _fingerprint(space, dataset)
     study_tags = lineage_tags("study", sweep_id=sweep_id, study=dataset, dataset_fingerprint=fingerprint)
     study_run = tracker.start_run(exp_id, f"study-{slug}", tags=study_tags, parent_run_id=sweep_run,
@@ -288,7 +315,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                                          study_name=study_name, storage=optuna.storages.RDBStorage(optuna_storage))
         recorder = TrialRecorder(spec, uri=uri, run_folder=str(run_folder), experiment_id=exp_id,
                                  study_run_id=study_run, dataset_fingerprint=fingerprint)
-        cbs = [recorder, *([ProgressPrinter(dataset, space.metric, space.mode)] if progress else []), *callbacks]
+        cbs = [StateSigner(str(ray_dir), str(manifest)), recorder, *([ProgressPrinter(dataset, space.metric, space.mode)] if progress else []), *callbacks]
         return tune.Tuner(
             trainable,
             # reuse_actors: Ray 2.60's default (False) starts a fresh Python process for every trial, which
@@ -312,6 +339,9 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
 
     restored = resume and tune.Tuner.can_restore(str(exp_path))
     if restored:
+        # Tune's restore unpickles this folder's state: it must be ours, private and signed by our key
+        check_private(sweep_dir, ray_dir)
+        verify_tree(ray_dir, manifest, under=exp_path)
         tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
@@ -326,6 +356,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
             # study up with a new experiment on the same Optuna study (its history is kept).
             grids.append(new_tuner(f"{slug}-topup-{int(time.time())}", missing, None).fit())
     finally:
+        sign_tree(ray_dir, manifest)  # the last word: what Tune wrote after the callback's last step
         if board_actor is not None:
             ray.kill(board_actor)
     if restored:
