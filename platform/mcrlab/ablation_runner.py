@@ -29,7 +29,7 @@ from typing import Any
 
 from mcrlab.ablation import AblationSpec, Cell
 from mcrlab.config import ConfigError, RunConfig
-from mcrlab.tracking import Tracker, lineage_tags
+from mcrlab.tracking import Tracker, lineage_tags, tag_filter
 
 __all__ = ["AblationOutcome", "run_ablation", "finished_cells", "cell_trainable", "ablation_run_id"]
 
@@ -128,7 +128,7 @@ def ablation_run_id(tracker: Tracker, experiment_id: str, ablation_id: str) -> s
 def finished_cells(tracker: Tracker, experiment_id: str, ablation_id: str) -> dict[tuple, list]:
     """``{(arm, dataset, seed): [run, ...]}`` of every cell run of this ablation (any status)."""
     runs = tracker.client.search_runs(
-        [experiment_id], filter_string=f"tags.`{K}kind` = 'cell' and tags.`{K}ablation_id` = '{ablation_id}'",
+        [experiment_id], filter_string=tag_filter({f"{K}kind": "cell", f"{K}ablation_id": ablation_id}),
         max_results=50000)
     out: dict[tuple, list] = {}
     for r in runs:
@@ -228,17 +228,17 @@ def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_
     from mcrlab.trials.storage import FolderLock, private_dir
 
     # one driver per ablation: a second one (e.g. two --resume at once) stops here, before MLflow or Ray
+    # load the datasets before the store is touched: a bad data.name fails here, nothing started or written
+    fingerprints = _fingerprints(spec, spec.cells)
     with FolderLock(private_dir(Path(storage_path).resolve() / "ablations" / spec.ablation_id), "ablation"):
-        return _run_ablation(spec, uri, resume=resume, storage_path=storage_path, verbose=verbose)
+        return _run_ablation(spec, uri, fingerprints, resume=resume, storage_path=storage_path, verbose=verbose)
 
 
-def _run_ablation(spec: AblationSpec, uri: str, *, resume: bool, storage_path: str | Path,
+def _run_ablation(spec: AblationSpec, uri: str, fingerprints: dict, *, resume: bool, storage_path: str | Path,
                   verbose: int) -> AblationOutcome:
     import ray
     from ray import tune
 
-    # load the datasets before the store is touched: a bad data.name fails here, nothing started or written
-    fingerprints = _fingerprints(spec, spec.cells)
     tracker = Tracker(uri)
     exp_id = tracker.experiment(spec.experiment)
     abl_id = spec.ablation_id

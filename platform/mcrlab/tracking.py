@@ -32,11 +32,36 @@ __all__ = [
     "Tracker",
     "find_runs",
     "log_nested_run",
+    "filter_value",
+    "tag_filter",
 ]
 
 DEFAULT_RUN_FOLDER = "runs"
 TAG_PREFIX = "mcrlab."
 PARENT_TAG = "mlflow.parentRunId"
+
+
+def filter_value(value: Any) -> str:
+    """``value`` as a string literal of an MLflow filter (``tags.x = <literal>``).
+
+    MLflow's filter grammar has no escape sequences: a value holding ``'`` must be written in double
+    quotes and one holding ``"`` in single quotes; a value holding both cannot be expressed at all and
+    raises ConfigError (dataset paths and names are checked with this before anything starts).
+    """
+    text = str(value)
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text:
+        return f'"{text}"'
+    from mcrlab.config import short
+
+    raise ConfigError(f"{short(text)} holds both ' and \", which an MLflow search filter cannot express; "
+                      "rename it")
+
+
+def tag_filter(tags: dict[str, Any]) -> str:
+    """``tags.`k` = 'v' and ...`` with every value quoted by ``filter_value``."""
+    return " and ".join(f"tags.`{k}` = {filter_value(v)}" for k, v in tags.items())
 
 
 def resolve_tracking_uri(uri: str | None = None, run_folder: str | Path = DEFAULT_RUN_FOLDER) -> str:
@@ -167,7 +192,7 @@ class Tracker:
 
     def find_run(self, experiment_id: str, tags: dict[str, str]) -> str | None:
         """Id of the (first) run carrying all ``tags``, or None: makes creation idempotent."""
-        flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        flt = tag_filter(tags)
         runs = self.client.search_runs([experiment_id], filter_string=flt, max_results=2)
         return runs[0].info.run_id if runs else None
 
@@ -269,12 +294,12 @@ def find_runs(uri: str, experiment: str | None = None, *, kind: str | None = Non
             return []
         exp_ids = [exp.experiment_id]
     clauses = [filter_string] if filter_string else []
-    if kind is not None:
-        clauses.append(f"tags.`{TAG_PREFIX}kind` = '{kind}'")
+    wanted = {f"{TAG_PREFIX}kind": kind} if kind is not None else {}
     if parent_run_id is not None:
-        clauses.append(f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
-    for k, v in (tags or {}).items():
-        clauses.append(f"tags.`{TAG_PREFIX}{k}` = '{v}'")
+        wanted[PARENT_TAG] = parent_run_id
+    wanted.update({f"{TAG_PREFIX}{k}": v for k, v in (tags or {}).items()})
+    if wanted:
+        clauses.append(tag_filter(wanted))
     runs = client.search_runs(exp_ids, filter_string=" and ".join(clauses), max_results=max_results)
     return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
              "experiment_id": r.info.experiment_id, "params": dict(r.data.params),
