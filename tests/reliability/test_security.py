@@ -45,10 +45,16 @@ def test_sources_are_scanned():
 
 
 def test_yaml_is_only_safe_loaded():
+    import yaml
+
+    from mcrlab.config import StrictLoader
+
     unsafe = _calls(r"yaml\.(load|load_all|unsafe_load|unsafe_load_all|full_load|full_load_all)\(|"
                     r"yaml\.(Unsafe|Full)?Loader\b|Loader=")
-    assert unsafe == [], unsafe
-    assert _calls(r"yaml\.safe_load\("), "expected safe_load to be used"
+    # the one yaml.load call passes the strict loader, a SafeLoader (no Python tags, no code)
+    assert [h for h in unsafe if "Loader=StrictLoader" not in h[2]] == [], unsafe
+    assert issubclass(StrictLoader, yaml.SafeLoader) and not issubclass(StrictLoader, yaml.FullLoader)
+    assert _calls(r"yaml\.safe_load\(|Loader=StrictLoader"), "expected safe loading to be used"
 
 
 def test_torch_load_always_weights_only_and_no_raw_pickle():

@@ -93,6 +93,33 @@ def read_csv_folder(src: Path) -> Arrays:
     return features, label, split, extras
 
 
+MAX_CLASSES = 10_000  # a label above this is a mistake (a raw id, a float column), not a class
+
+
+def validate_arrays(features: dict[str, np.ndarray], label: np.ndarray, source: str) -> None:
+    """Refuse what would import silently wrong: 0 rows, a width-0 or complex or non-numeric feature,
+    labels that are not small non-negative integers or that hold fewer than two classes."""
+    label = np.asarray(label)
+    if label.ndim != 1 or label.dtype == bool or not np.issubdtype(label.dtype, np.integer):
+        raise ConfigError(f"{source}: key 'label': expected a 1-D array of integers, got {label.dtype} "
+                          f"with shape {label.shape}")
+    if len(label) == 0:
+        raise ConfigError(f"{source}: key 'label': no rows (an empty dataset)")
+    lo, hi = int(label.min()), int(label.max())
+    if hi >= MAX_CLASSES:  # negative labels are reported by write_shards, with their row
+        raise ConfigError(f"{source}: key 'label': label {hi} is not a class index (labels are 0..C-1, "
+                          f"C at most {MAX_CLASSES})")
+    if len(np.unique(label)) < 2:
+        raise ConfigError(f"{source}: key 'label': only one class ({lo}); need at least 2 classes")
+    for m, x in features.items():
+        x = np.asarray(x)
+        if np.iscomplexobj(x) or x.dtype == bool or not np.issubdtype(x.dtype, np.number):
+            raise ConfigError(f"{source}: key '{m}': expected real numbers, got {x.dtype}")
+        if x.ndim != 2 or x.shape[1] == 0:
+            raise ConfigError(f"{source}: key '{m}': expected a 2-D float array (rows, width >= 1), "
+                              f"got shape {x.shape}")
+
+
 def import_features(src: str | Path, dest: str | Path, *, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
                     seed: int = 0, num_classes: int | None = None, overwrite: bool = False) -> list[Path]:
     """Convert ``src`` (.npz file or CSV folder) into shards under ``dest``; returns the files written."""
@@ -106,6 +133,7 @@ def import_features(src: str | Path, dest: str | Path, *, rows_per_shard: int = 
     else:
         raise ConfigError(f"{p}: unsupported source (expected a .npz file or a folder of CSV files)")
     label = np.asarray(label)
+    validate_arrays(features, label, str(p))
     if split is None:
         if label.ndim != 1 or not np.issubdtype(label.dtype, np.integer):
             raise ConfigError(f"{p}: key 'label': expected a 1-D array of integers, got {label.dtype} "
