@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_RUN_FOLDER",
     "resolve_tracking_uri",
     "check_tracking",
+    "check_tracking_uri",
     "artifact_location",
     "git_commit",
     "lineage_tags",
@@ -72,7 +73,8 @@ def resolve_tracking_uri(uri: str | None = None, run_folder: str | Path = DEFAUL
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        if (uri.startswith("sqlite:///") and not uri.startswith("sqlite:////")
+                and uri[len("sqlite:///"):].strip() and not uri[len("sqlite:///"):].startswith(":memory:")):
             # sqlite:///relative.db -> make it absolute (same reason as above)
             uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
         return uri
@@ -89,10 +91,59 @@ def artifact_location(uri: str, run_folder: str | Path = DEFAULT_RUN_FOLDER) -> 
     return None
 
 
+TRACKING_WHERE = "tracking URI (--tracking-uri / MLFLOW_TRACKING_URI)"
+SUPPORTED = "sqlite:///<absolute path>/mlflow.db or an MLflow server http(s)://host[:port]"
+
+
+def check_tracking_uri(uri: str) -> None:
+    """The URI's form only, with no side effect (nothing created, nothing contacted): a SQLite file by
+    absolute path, or an MLflow server by host. Everything else is one ConfigError line."""
+    from mcrlab.config import cut
+
+    where = TRACKING_WHERE
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if not uri.isprintable() or len(uri) > 2048:
+        raise ConfigError(f"{where}: not a URI ({cut(repr(uri))})")
+    if uri.strip().lower().startswith("databricks"):
+        raise ConfigError(f"{where}: '{cut(uri)}': Databricks tracking is not supported by mcrlab (runs are "
+                          f"found again by tag filters on {SUPPORTED})")
+    if scheme == "sqlite":
+        if not uri.startswith("sqlite:///"):
+            raise ConfigError(f"{where}: '{cut(uri)}' is not a SQLite file URI; write {SUPPORTED}")
+        path = uri[len("sqlite:///"):]
+        if not path or path.startswith(":memory:") or "?" in path:
+            raise ConfigError(f"{where}: '{cut(uri)}' names no database file (an in-memory store loses every "
+                              f"run); write {SUPPORTED}")
+        if not Path(path).is_absolute():
+            raise ConfigError(f"{where}: '{cut(uri)}': the database path must be absolute")
+        if Path(path).is_dir():
+            raise ConfigError(f"{where}: '{cut(uri)}' is a folder, not a database file")
+    elif scheme in ("http", "https"):
+        if not parsed.hostname:
+            raise ConfigError(f"{where}: '{cut(uri)}' has no host; write {SUPPORTED}")
+        if parsed.username or parsed.password:
+            raise ConfigError(f"{where}: credentials in the URI end up in logs and process lists; put them in "
+                              "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD instead")
+        try:
+            parsed.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            raise ConfigError(f"{where}: '{cut(uri)}' has an invalid port") from None
+    elif scheme in ("", "file"):
+        raise ConfigError(f"{where}: '{cut(uri)}' is a file store, which MLflow >= 3.13 refuses; "
+                          "use sqlite:///<absolute path>/mlflow.db or an http(s) server")
+    else:
+        raise ConfigError(f"{where}: unsupported scheme '{cut(scheme, 20)}' in '{cut(uri)}'; write {SUPPORTED}")
+
+
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast (seconds, not minutes of retries) with a ConfigError when the store is unusable."""
-    scheme = urlparse(uri).scheme
-    where = "tracking URI (--tracking-uri / MLFLOW_TRACKING_URI)"
+    """Fail fast (seconds, not minutes of retries) with a ConfigError when the store is unusable.
+
+    The form first (``check_tracking_uri``), then: a server must answer /health; a SQLite file's folder
+    is created if missing and must be writable."""
+    check_tracking_uri(uri)
+    scheme = urlparse(uri).scheme.lower()
+    where = TRACKING_WHERE
     if scheme in ("http", "https"):
         import requests
 
@@ -104,16 +155,13 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
         if resp.status_code >= 400:
             raise ConfigError(f"{where}: MLflow server {uri} answered HTTP {resp.status_code} on /health")
     elif scheme == "sqlite":
-        db = Path(uri.split("sqlite:///", 1)[-1])
+        db = Path(uri[len("sqlite:///"):])
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ConfigError(f"{where}: cannot create {db.parent}: {err.strerror}") from None
         if not os.access(db.parent, os.W_OK):
             raise ConfigError(f"{where}: {db.parent} is not writable")
-    elif scheme in ("", "file"):
-        raise ConfigError(f"{where}: '{uri}' is a file store, which MLflow >= 3.13 refuses; "
-                          "use sqlite:///<absolute path>/mlflow.db or an http(s) server")
 
 
 @functools.lru_cache(maxsize=1)

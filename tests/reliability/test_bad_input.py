@@ -296,3 +296,46 @@ def test_an_alias_bomb_is_refused_before_it_expands():
     # the same shape, small enough, loads and shares its nodes
     small = load_yaml_text("a: &a [1, 2]\nb: [*a, *a]\n", "ok.yaml")
     assert small == {"a": [1, 2], "b": [[1, 2], [1, 2]]}
+
+
+# --------------------------------------------------------------------------------------------------
+# metric names and tracking URIs, checked before anything starts
+
+
+def test_reported_metrics_are_what_fit_reports():
+    """``check``'s list of metric names against a real (tiny) fit: a metric renamed in training, or one
+    the list invents, fails here."""
+    from mcrlab.data import load_dataset
+    from mcrlab.train import fit
+    from mcrlab.tune.check import present_info_types, reported_metrics
+
+    cfg = RunConfig.from_dict({"data": {"n_train": 64}, "model": {"hidden": 4, "latent": 2, "depth": 1},
+                               "train": {"epochs": 1, "batch_size": 32, "probe_epochs": 2, "eval_perms": 1,
+                                         "device": "cpu"}})
+    data = load_dataset(cfg.data)
+    final = fit(cfg)
+    got = {k for k in final if k.startswith(("val/", "test/"))} | ({"train/loss"} & set(final))
+    assert present_info_types(data), "the synthetic preset has information types: the test needs them"
+    assert got == reported_metrics(list(data.modalities), present_info_types(data), probes=True)
+    without = reported_metrics(list(data.modalities), [], probes=False)
+    assert not any(k.startswith(("test/probe/", "test/acc_type/")) for k in without)
+
+
+@pytest.mark.parametrize("uri,fragment", [
+    ("sqlite://x", "not a SQLite file URI"), ("sqlite:///:memory:", "names no database file"),
+    ("databricks", "not supported"), ("databricks://profile", "not supported"),
+    ("postgresql://u@db/mlflow", "unsupported scheme 'postgresql'"), ("./mlruns", "file store"),
+    ("http:///mlflow", "has no host"), ("http://user:secret@127.0.0.1:5000", "credentials in the URI"),
+    ("http://127.0.0.1:99999", "invalid port"),
+])
+def test_unsupported_tracking_uris_are_refused_before_anything_starts(uri, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    space = CORPUS.parent.parent.parent / "search_spaces" / "default.yaml"
+    for argv in (["sweep", str(space), "--smoke", "--tracking-uri", uri, "--storage", str(tmp_path / "runs")],
+                 ["check", str(space), "-n", "0", "--tracking-uri", uri]):
+        code, err = _cli(argv)
+        assert code == 2 and fragment in err and "Traceback" not in err, err
+        assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+        assert "secret" not in err
+    assert list(tmp_path.iterdir()) == [], "something was created (sqlite://x used to create 'sqlite:/')"

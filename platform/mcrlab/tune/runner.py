@@ -29,6 +29,7 @@ from mcrlab.tracking import (
     TAG_PREFIX,
     Tracker,
     check_tracking,
+    check_tracking_uri,
     find_runs,
     lineage_tags,
     resolve_tracking_uri,
@@ -127,12 +128,6 @@ def _latest_sweep(sweeps: Path, name: str) -> str | None:
     return max(found)[1] if found else None
 
 
-def _fingerprint(space: SearchSpace, dataset: str) -> str:
-    from mcrlab.data import load_dataset
-
-    return load_dataset(trial_config(space, dataset, {}, space.objective.seed).data).fingerprint()
-
-
 def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: str | None = None,
               tracking_uri: str | None = None, smoke: bool = False, resume: bool | str = False,
               storage_path: str | Path | None = None, callbacks: list | None = None,
@@ -148,10 +143,15 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
         if num_samples < 1:
             raise ConfigError("--num-samples: must be >= 1")
         space = _with_samples(space, num_samples)
+    from mcrlab.tune.check import preflight
+
     run_folder = Path(storage_path or DEFAULT_RUN_FOLDER).expanduser().resolve()
+    uri = resolve_tracking_uri(tracking_uri, run_folder)
+    check_tracking_uri(uri)  # its form; nothing created or contacted yet
+    # every dataset loads and reports the metric: a typo fails now, not after every trial has trained
+    fingerprints = preflight(space)
     check_storage(run_folder)  # an unusable run folder fails here, before the store or Ray are touched
     sweeps = run_folder / "sweeps"
-    uri = resolve_tracking_uri(tracking_uri, run_folder)
     check_tracking(uri)  # before anything starts: an unreachable server fails in seconds
     if uri.startswith(("http://", "https://")):
         # during the sweep the recorder rides out outages itself (queue + retry): MLflow's own retries
@@ -185,7 +185,8 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
             sweep_dir = private_dir(sweeps / sweep_id)
             lock = FolderLock(sweep_dir, "sweep").acquire()
         return _run_locked(space, meta, sweep_id=sweep_id, sweep_dir=sweep_dir, uri=uri, run_folder=run_folder,
-                           address=address, smoke=smoke, resume=resume, callbacks=callbacks, progress=progress)
+                           address=address, smoke=smoke, resume=resume, callbacks=callbacks, progress=progress,
+                           fingerprints=fingerprints)
     finally:
         if lock is not None:
             lock.release()
@@ -194,7 +195,7 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
 
 def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Path, uri: str, run_folder: Path,
                 address: str | None, smoke: bool, resume: bool | str, callbacks: list | None,
-                progress: bool) -> SweepResult:
+                progress: bool, fingerprints: dict[str, str]) -> SweepResult:
     """``run_sweep`` once the sweep folder is chosen, checked and locked."""
     import ray
 
@@ -233,7 +234,8 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
             study = _run_study(space, dataset, backend=backend, sweep_id=sweep_id, sweep_dir=sweep_dir,
                                tracker=tracker, exp_id=exp_id, sweep_run=sweep_run, uri=uri,
                                run_folder=run_folder, optuna_storage=optuna_storage, concurrency=concurrency,
-                               resume=bool(resume), callbacks=callbacks or [], progress=progress)
+                               resume=bool(resume), callbacks=callbacks or [], progress=progress,
+                               fingerprint=fingerprints[dataset])
             result.studies[dataset] = study
             meta["studies"][dataset] = {"done": True, "best_trial": study.best_trial_id,
                                         "best_objective": study.best_objective}
@@ -267,7 +269,7 @@ def _write_meta(sweep_dir: Path, meta: dict) -> None:
 
 def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, sweep_dir: Path, tracker: Tracker,
                exp_id: str, sweep_run: str, uri: str, run_folder: Path, optuna_storage: str,
-               concurrency: int, resume: bool, callbacks: list, progress: bool) -> StudyResult:
+               concurrency: int, resume: bool, callbacks: list, progress: bool, fingerprint: str) -> StudyResult:
     import optuna
     import ray
     from ray import tune
@@ -281,7 +283,6 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
     ray_dir = sweep_dir / "ray"
     exp_path = ray_dir / slug
     manifest = sweep_dir / MANIFEST
-    fingerprint = _fingerprint(space, dataset)
     study_tags = lineage_tags("study", sweep_id=sweep_id, study=dataset, dataset_fingerprint=fingerprint)
     study_run = tracker.start_run(exp_id, f"study-{slug}", tags=study_tags, parent_run_id=sweep_run,
                                   key_tags=tuple(f"{TAG_PREFIX}{k}" for k in ("kind", "sweep_id", "study")),
