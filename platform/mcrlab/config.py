@@ -59,6 +59,7 @@ MAX_STRING = 4096  # any string value (paths included)
 MAX_LIST = 1024  # any list value
 INT_RANGE = (-(2**31), 2**31 - 1)  # integers without declared bounds stay inside int32
 SEED_MAX = 2**32 - 1  # numpy, torch and Optuna seeds
+NAME_MAX = 255  # bytes in one path component (Linux, macOS)
 MAX_MULTIPLIER = 1e6  # per-player lr multipliers and the adaptive band
 
 
@@ -122,6 +123,13 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.num_modalities == 1:
             raise ConfigError("num_modalities: must be 0 (preset default) or >= 2")
+        if not self.name.startswith(("synthetic:", "mfeat:")):  # a path: within the file system's limits
+            too_long = [p for p in Path(self.name).parts if len(p.encode("utf-8", "surrogatepass")) > NAME_MAX]
+            if too_long:
+                raise ConfigError(f"name: the path part {short(too_long[0], 40)} is longer than {NAME_MAX} bytes, "
+                                  "the file-system limit for one name")
+            if "\0" in self.name:
+                raise ConfigError("name: a path may not hold a NUL character")
 
 
 @dataclass
