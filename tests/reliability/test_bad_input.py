@@ -339,3 +339,32 @@ def test_unsupported_tracking_uris_are_refused_before_anything_starts(uri, fragm
         assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
         assert "secret" not in err
     assert list(tmp_path.iterdir()) == [], "something was created (sqlite://x used to create 'sqlite:/')"
+
+
+ABLATION_KEYS = [("resources", k) for k in ("workers", "cpus", "gpus", "max_concurrent")]
+ABLATION_KEYS += [("arms", "b"), ("seeds", None), ("base", "train.lr")]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(ABLATION_KEYS), value=UNIVERSALLY_BAD)
+def test_any_ablation_key_with_a_bad_value_is_exit_2_one_line(tmp_path, key, value):
+    section, name = key
+    raw = {"name": "fuzz", "experiment": "fuzz", "base": {"data": {"n_train": 64}, "train": {"epochs": 1}},
+           "arms": {"b": {"train.lr": 0.01}}, "seeds": [0]}
+    if section == "resources":
+        raw["resources"] = {name: value}
+        expect = f"resources.{name}"
+    elif section == "arms":
+        raw["arms"]["b"] = {"method.lambda_m": value}
+        expect = "lambda_m"
+    elif section == "seeds":
+        raw["seeds"] = [0, value]
+        expect = "seed"
+    else:
+        raw["base"]["train"]["lr"] = value
+        expect = "train.lr"
+    path = tmp_path / "fuzz_ablation.yaml"
+    path.write_text(yaml.safe_dump(raw, width=10**6))
+    code, err = _cli(["ablate", str(path), "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    _assert_one_line(code, err, path, expect)
+    assert not (tmp_path / "m.db").exists()

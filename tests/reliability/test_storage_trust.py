@@ -105,6 +105,13 @@ def test_manifest_refuses_edited_planted_and_unsigned_files(tmp_path):
     with pytest.raises(TrustError, match="tuner.pkl does not match its signature"):
         verify_tree(tree, manifest)
     (tree / "exp" / "tuner.pkl").write_bytes(b"good")
+    planted = tree / "exp" / "trial_1" / "checkpoint_000001" / "_dict_checkpoint.pkl"
+    planted.parent.mkdir()
+    planted.write_bytes(b"planted")  # never signed (signing skips checkpoints), always verified
+    sign_tree(tree, manifest)
+    with pytest.raises(TrustError, match="_dict_checkpoint.pkl is not in the manifest"):
+        verify_tree(tree, manifest)
+    planted.unlink()
     (tree / "exp" / "searcher-state-x.pkl").write_bytes(b"planted")
     with pytest.raises(TrustError, match="searcher-state-x.pkl is not in the manifest"):
         verify_tree(tree, manifest)

@@ -179,13 +179,18 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _signed_files(tree: Path) -> list[tuple[str, Path]]:
+def _signed_files(tree: Path, into_checkpoints: bool = True) -> list[tuple[str, Path]]:
+    """``[(relative path, path)]`` of the files restore may read. Signing skips trial checkpoint folders
+    (``checkpoint_*``: thousands of them in a long sweep, walked five times a second, and they hold no
+    pickle of ours); verification walks them too, so a pickle planted there is refused."""
     out = []
     if not tree.is_dir():
         return out
     for dirpath, dirnames, filenames in os.walk(tree):
         if Path(dirpath) == tree and "train" in dirnames:
             dirnames.remove("train")
+        if not into_checkpoints:
+            dirnames[:] = [d for d in dirnames if not d.startswith("checkpoint_")]
         for name in filenames:
             p = Path(dirpath, name)
             rel = p.relative_to(tree)
@@ -217,7 +222,7 @@ def sign_tree(tree: str | Path, manifest: str | Path, cache: dict | None = None)
     old = _read_manifest(manifest).get("files", {})
     files: dict[str, list[str]] = {}
     cache = {} if cache is None else cache
-    for rel, p in _signed_files(tree):
+    for rel, p in _signed_files(tree, into_checkpoints=False):
         try:
             st = p.stat()
             hit = cache.get(rel)
@@ -230,6 +235,8 @@ def sign_tree(tree: str | Path, manifest: str | Path, cache: dict | None = None)
             continue
         previous = [m for m in old.get(rel, []) if isinstance(m, str) and m != mac]
         files[rel] = [mac, *previous][:KEEP_VERSIONS]
+    if files == old and manifest.exists():
+        return len(files)  # nothing changed: no write (the callback calls this five times a second)
     body = json.dumps({"version": 1, "files": files}, indent=1, sort_keys=True)
     tmp = manifest.with_name(f".{manifest.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
