@@ -9,6 +9,7 @@ config folder each time, never stored in the sweep folder.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -26,6 +27,7 @@ class StateSigner(Callback):
         self.tree, self.manifest = tree, manifest
         self._cache: dict = {}
         self._last = 0.0
+        self._warned = False
 
     def __getstate__(self) -> dict:
         return {"tree": self.tree, "manifest": self.manifest}
@@ -35,7 +37,14 @@ class StateSigner(Callback):
 
     def sign(self) -> int:
         self._last = time.monotonic()
-        return sign_tree(self.tree, self.manifest, self._cache)
+        try:
+            return sign_tree(self.tree, self.manifest, self._cache)
+        except OSError as err:  # e.g. a full disk: training goes on; the runner signs again after fit
+            if not self._warned:
+                print(f"mcrlab: cannot update {self.manifest} ({err.strerror or err}); a resume of this "
+                      "sweep may be refused", file=sys.stderr, flush=True)
+                self._warned = True
+            return 0
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if time.monotonic() - self._last >= SIGN_EVERY_S:
