@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -357,7 +358,11 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
             # study up with a new experiment on the same Optuna study (its history is kept).
             grids.append(new_tuner(f"{slug}-topup-{int(time.time())}", missing, None).fit())
     finally:
-        sign_tree(ray_dir, manifest)  # the last word: what Tune wrote after the callback's last step
+        try:  # the last word: what Tune wrote after the callback's last step
+            sign_tree(ray_dir, manifest)
+        except OSError as err:  # never hide the study's own outcome (a full disk shows there too)
+            print(f"mcrlab: cannot update {manifest} ({err.strerror or err}); a resume of this sweep may be "
+                  "refused", file=sys.stderr, flush=True)
         if board_actor is not None:
             ray.kill(board_actor)
     if restored:
