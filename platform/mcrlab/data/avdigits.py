@@ -219,8 +219,7 @@ def degrade_images(rng: np.random.Generator, x: np.ndarray, noise: float, occlus
     if side > 0:
         for i in range(n):
             x[i, r0[i]:r0[i] + side, c0[i]:c0[i] + side] = 0.0
-    if noise > 0:
-        x = np.clip(x + noise * rng.standard_normal(x.shape), 0.0, 1.0)
+    x = np.clip(x + noise * rng.standard_normal(x.shape), 0.0, 1.0)
     return x.astype(np.float32)
 
 
@@ -420,24 +419,29 @@ def _balanced_labels(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.permutation(np.arange(n) % 10)
 
 
-def _make_split(rng: np.random.Generator, n: int, pool: tuple[np.ndarray, np.ndarray], voices: list[str],
+def _make_split(ss: np.random.SeedSequence, n: int, pool: tuple[np.ndarray, np.ndarray], voices: list[str],
                 clips: ClipCache, cfg: AVDigitsConfig) -> dict[str, np.ndarray]:
-    """One split: labels, images (n, 1, 28, 28), raw log-mels (n, T, F), voice and MNIST index per row."""
+    """One split: labels, images (n, 1, 28, 28), raw log-mels (n, T, F), voice and MNIST index per row.
+
+    Three streams: the pairing (labels, images, voice/speed/pitch), the image degradation and the audio
+    placement + noise, so changing one modality's knob leaves the other modality unchanged.
+    """
+    pair, img_rng, aud_rng = (np.random.default_rng(c) for c in ss.spawn(3))
     px, py = pool
-    y = _balanced_labels(rng, n)
+    y = _balanced_labels(pair, n)
     img_idx = np.empty(n, dtype=np.int64)
     for c in range(10):
         rows = np.flatnonzero(y == c)
-        img_idx[rows] = rng.choice(np.flatnonzero(py == c), size=len(rows), replace=False)
-    images = degrade_images(rng, px[img_idx].astype(np.float32) / 255.0, cfg.image_noise, cfg.occlusion)
-    voice = np.asarray(voices, dtype=object)[rng.integers(0, len(voices), size=n)]
-    speed = np.asarray(SPEEDS)[rng.integers(0, len(SPEEDS), size=n)]
-    pitch = np.asarray(PITCHES)[rng.integers(0, len(PITCHES), size=n)]
+        img_idx[rows] = pair.choice(np.flatnonzero(py == c), size=len(rows), replace=False)
+    voice = np.asarray(voices, dtype=object)[pair.integers(0, len(voices), size=n)]
+    speed = np.asarray(SPEEDS)[pair.integers(0, len(SPEEDS), size=n)]
+    pitch = np.asarray(PITCHES)[pair.integers(0, len(PITCHES), size=n)]
+    images = degrade_images(img_rng, px[img_idx].astype(np.float32) / 255.0, cfg.image_noise, cfg.occlusion)
     mels = np.empty((n, *AUDIO_SHAPE), dtype=np.float64)
     for i in range(n):
         pcm = clips.get(WORDS[y[i]], voice[i], int(speed[i]), int(pitch[i]))
         speech_power = float(np.mean((pcm.astype(np.float64) / 32768.0) ** 2))
-        mels[i] = log_mel(add_noise(rng, fit_window(rng, pcm), speech_power, cfg.snr_db))
+        mels[i] = log_mel(add_noise(aud_rng, fit_window(aud_rng, pcm), speech_power, cfg.snr_db))
     return {"label": y, "image": images[:, None], "audio": mels, "voice": voice.astype(str),
             "speed": speed, "pitch": pitch, "mnist_index": img_idx}
 
@@ -494,7 +498,7 @@ def build_avdigits(out_dir: str | Path, cfg: AVDigitsConfig, *, overwrite: bool 
     parts = {}
     for s, ss in zip(SPLITS, streams[1:], strict=True):
         log(f"{s}: {cfg.sizes()[s]} samples")
-        parts[s] = _make_split(np.random.default_rng(ss), cfg.sizes()[s], pools[s], voices[s], clips, cfg)
+        parts[s] = _make_split(ss, cfg.sizes()[s], pools[s], voices[s], clips, cfg)
     mu, sd = float(parts["train"]["audio"].mean()), float(parts["train"]["audio"].std())
     cat = {k: np.concatenate([parts[s][k] for s in SPLITS]) for k in parts["train"]}
     split = np.concatenate([np.full(len(parts[s]["label"]), s, dtype=object) for s in SPLITS])
