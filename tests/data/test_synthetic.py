@@ -72,7 +72,7 @@ def test_shapes_splits_and_types(name):
         assert sp.y.dtype == np.int64 and set(np.unique(sp.y)) <= {0, 1}
         assert sp.info_type.dtype == np.int64 and sp.info_type.min() >= 0 and sp.info_type.max() < M + 2
     c = d.meta["ceilings"]
-    assert set(c) == {"best_unimodal", "late_fusion", "full_fusion"}
+    assert set(c) == {"best_unimodal", "ensemble", "late_fusion", "full_fusion"}
     assert set(d.meta["unimodal_ceilings"]) == set(d.modalities)
     json.dumps(d.meta, allow_nan=False)  # metadata is plain, strict JSON (goes to MLflow as-is)
 
