@@ -159,8 +159,8 @@ PRESETS: dict[str, SyntheticPreset] = {
         description="modalities dependent given the label: a redundant bit (strong m0, weak m1) plus an "
                     "interaction channel whose parity across modalities is the label; the unimodal ensemble "
                     "and late fusion fall short, a non-additive (mlp) fusion reaches the Bayes rule",
-        modalities=(ModalitySpec(dim=16, bit_acc=0.85, xor_acc=0.95),
-                    ModalitySpec(dim=16, bit_acc=0.75, xor_acc=0.95)),
+        modalities=(ModalitySpec(dim=8, bit_acc=0.85, xor_acc=0.97),
+                    ModalitySpec(dim=8, bit_acc=0.75, xor_acc=0.97)),
         p_unique=(0.0, 0.0), p_redundant=1.0, p_synergy=0.0, n_train=2000,
         suggested=(("model.fusion", "mlp"),)),
     "competition": SyntheticPreset(
