@@ -532,3 +532,34 @@ def read_tensors(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray]], di
         out[s] = {m: x.reshape(len(x), *manifest["shapes"][m]) for m, x in zip(ds.modalities, sp.x, strict=True)}
         out[s]["label"] = sp.y
     return out, manifest
+
+
+def tensor_encoder(in_shape: tuple[int, ...], shape: list | tuple, encoder: str = "cnn", **args: object):
+    """Encoder plug-in for the flattened storage: reshapes (B, prod(shape)) -> (B, *shape), then the
+    registry's ``encoder`` (e.g. cnn for image [1, 28, 28], conv1d for audio [32, 40]) with ``args``.
+
+    Until the N-D shard format lands, this lets conv encoders train on ``data.name=<avdigits folder>``:
+    ``model.encoders=[mcrlab.data.avdigits:tensor_encoder, mcrlab.data.avdigits:tensor_encoder]
+    model.encoders_args=[{shape: [1, 28, 28], encoder: cnn}, {shape: [32, 40], encoder: conv1d}]``.
+    """
+    import torch
+    from torch import nn
+
+    from mcrlab.models.registry import build_encoder
+
+    shape = tuple(int(s) for s in shape)
+    if int(np.prod(in_shape)) != int(np.prod(shape)):
+        raise ConfigError(f"model.encoders_args: shape {list(shape)} holds {int(np.prod(shape))} values, "
+                          f"but the modality has {int(np.prod(in_shape))}")
+    inner = build_encoder(encoder, shape, dict(args), {}, f"tensor_encoder({encoder})")
+
+    class Reshaped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+            self.out_dim = inner.out_dim
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x.reshape(x.shape[0], *shape))
+
+    return Reshaped()
