@@ -307,3 +307,38 @@ def test_the_espeak_ng_binary_route_reads_its_wav_output(cache, tmp_path, monkey
     assert pcm.dtype == np.int16 and len(pcm) == 8000
     meta = av.build_avdigits(tmp_path / "out", av.AVDigitsConfig(n_train=10, n_test=10), cache_dir=cache)
     assert meta["espeak"]["route"] == "espeak-ng binary" and meta["clips_synthesised"] > 0
+
+
+def test_tensor_encoder_reshapes_for_the_registry_encoders():
+    import torch
+
+    from mcrlab.config import ModelConfig
+    from mcrlab.models import build_model
+
+    enc = "mcrlab.data.avdigits:tensor_encoder"
+    cfg = ModelConfig(encoders=[enc, enc], encoders_args=[
+        {"shape": [1, 28, 28], "encoder": "cnn", "hidden": 4, "depth": 2, "latent": 8},
+        {"shape": [32, 40], "encoder": "conv1d", "hidden": 4, "depth": 1, "latent": 8}])
+    model = build_model([784, 1280], 10, cfg)
+    assert type(model.encoders[0].inner).__name__ == "CNNEncoder"
+    assert type(model.encoders[1].inner).__name__ == "Conv1dEncoder"
+    out = model([torch.randn(3, 784), torch.randn(3, 1280)])
+    assert out.fused.shape == (3, 10) and out.z[0].shape == (3, 8)
+    bad = ModelConfig(encoders=[enc, enc], encoders_args=[{"shape": [1, 28, 27]}, {"shape": [32, 40]}])
+    with pytest.raises(ConfigError, match="holds 756 values, but the modality has 784"):
+        build_model([784, 1280], 10, bad)
+
+
+@needs_sources
+def test_fit_trains_conv_encoders_on_the_smoke_build(smoke):
+    from mcrlab.config import load_config
+    from mcrlab.engine.fit import fit
+
+    enc = "mcrlab.data.avdigits:tensor_encoder"
+    cfg = load_config(None, [
+        f"data.name={smoke}", "train.device=cpu", "train.epochs=1", "train.probe_epochs=0", "method.name=joint",
+        f"model.encoders=[{enc}, {enc}]",
+        "model.encoders_args=[{shape: [1, 28, 28], encoder: cnn, hidden: 4, depth: 2, latent: 8}, "
+        "{shape: [32, 40], encoder: conv1d, hidden: 4, depth: 1, latent: 8}]"])
+    metrics = fit(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and np.isfinite(metrics["train/loss"])
