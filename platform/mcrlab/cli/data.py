@@ -184,8 +184,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--n-train", type=_int_at_least(10), default=2000, help="training samples (default 2000)")
     build.add_argument("--n-val", type=_int_at_least(0), default=0, help="validation samples (0 = --n-test)")
     build.add_argument("--n-test", type=_int_at_least(10), default=1000, help="test samples (default 1000)")
-    build.add_argument("--snr-db", type=float, default=-6.0,
-                       help="audio: speech-to-noise ratio in dB, lower is harder (default -6)")
+    build.add_argument("--snr-db", type=float, default=-12.0,
+                       help="audio: speech-to-noise ratio in dB, lower is harder (default -12)")
     build.add_argument("--image-noise", type=float, default=0.0,
                        help="image: std of additive Gaussian pixel noise, pixels in [0, 1] (default 0)")
     build.add_argument("--occlusion", type=float, default=0.0,
