@@ -46,6 +46,7 @@ import shutil
 import subprocess
 import tempfile
 import wave
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -114,7 +115,7 @@ def _load_cached(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return None
 
 
@@ -194,7 +195,8 @@ def load_mnist(cache_dir: Path | None = None) -> dict[str, tuple[np.ndarray, np.
     """
     cache = (cache_dir or default_cache_dir()) / f"mnist-{MNIST_SHA256[:12]}.npz"
     hit = _load_cached(cache)
-    if hit is None:
+    keys = {f"{n}_{a}" for n in ("train", "valid", "test") for a in ("x", "y")}
+    if hit is None or set(hit) != keys:
         path = _mnist_file()
         raw = path.read_bytes()
         if hashlib.sha256(raw).hexdigest() != MNIST_SHA256:
@@ -332,7 +334,7 @@ class ClipCache:
     def get(self, word: str, voice: str, speed: int, pitch: int) -> np.ndarray:
         path = self.folder / f"{word}_{voice}_{speed}_{pitch}.npz"
         hit = _load_cached(path)
-        if hit is not None:
+        if hit is not None and "pcm" in hit and hit["pcm"].dtype == np.int16 and len(hit["pcm"]):
             return hit["pcm"]
         pcm = self.synth.speak(word, voice, speed, pitch)
         if len(pcm) == 0:

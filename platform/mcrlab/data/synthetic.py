@@ -16,6 +16,14 @@ Seeding: ``np.random.SeedSequence(seed)`` spawns independent streams for the rot
 so changing ``n_train`` leaves val and test unchanged. The analytic ceilings (``dataset.meta["ceilings"]``)
 come from ``mcrlab.data.ceilings`` and depend only on the preset, not on the seed.
 
+Interaction channels (``xor_acc`` > 0 on >= 2 modalities): each such modality carries one more linear
+coordinate with a bit c_m, and the parity of all c_m is y on every sample, so the modalities depend on
+each other given y and summing unimodal logits (the ensemble) is not the Bayes rule (preset
+``interaction``; ceilings in ceilings.py). Presets without channels draw exactly what they always drew.
+
+User-defined presets: ``synthetic:path/to/preset.yaml`` reads a ``SyntheticPreset`` from YAML
+(``parse_preset`` lists the keys); errors are one line naming the file and the key.
+
 With ``num_modalities`` M different from a preset's own, the modality specs and the unique-type
 probabilities cycle over the preset's lists; the unique probabilities are rescaled to keep their total.
 """
