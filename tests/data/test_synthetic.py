@@ -482,3 +482,13 @@ def test_the_shipped_example_preset_loads_and_has_interaction_headroom():
     c = d.meta["ceilings"]
     assert d.dims == [16, 16, 8] and d.meta["params"]["p_redundant"] == pytest.approx(0.7)
     assert c["full_fusion"] - c["ensemble"] > 0.03
+
+
+def test_check_data_name_validates_a_preset_file_before_anything_starts(tmp_path):
+    from mcrlab.data import check_data_name
+
+    f = tmp_path / "bad.yaml"
+    f.write_text("modalities:\n  - {dim: 4}\n  - {dim: 4, bit_acc: 0.2}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: key 'modalities\[1\].bit_acc'"):
+        check_data_name(f"synthetic:{f}")
+    check_data_name("synthetic:interaction")  # built-in names are checked when loaded, as before
