@@ -70,13 +70,14 @@ def test_resume_through_the_cli_refuses_a_changed_lr_with_exit_2(tmp_path, capsy
     from mcrlab.cli import main
 
     ck = str(tmp_path / "ck")
-    base = ["train", "data.n_train=64", "train.probe_epochs=0", "train.device=cpu", "--quiet", "--checkpoint-dir", ck]
-    assert main([*base, "train.epochs=1"]) == 0
+    base = ["train", "data.n_train=64", "train.probe_epochs=0", "train.device=cpu"]
+    opts = ["--quiet", "--checkpoint-dir", ck]
+    assert main([*base, "train.epochs=1", *opts]) == 0
     capsys.readouterr()
-    assert main([*base, "train.epochs=2", "train.lr=0.05", "--resume"]) == 2
+    assert main([*base, "train.epochs=2", "train.lr=0.05", *opts, "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.lr=0.001" in err[0] and "train.lr=0.05" in err[0]
-    assert main([*base, "train.epochs=2", "--resume"]) == 0  # more epochs of the same run: allowed
+    assert main([*base, "train.epochs=2", *opts, "--resume"]) == 0  # more epochs of the same run: allowed
 
 
 def test_player_learning_rates_and_adaptive_mode():
