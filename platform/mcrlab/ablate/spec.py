@@ -45,6 +45,7 @@ from typing import Any
 import yaml
 
 from mcrlab.config import ConfigError, RunConfig, build_dataclass, check_name, cut, opt, read_yaml, short
+from mcrlab.trials.resources import check_gpu_share
 
 __all__ = ["Arm", "Cell", "AblationSpec", "Resources", "SmokeSpec", "load_spec", "parse_spec", "mcr_standard",
            "GENERATORS", "TOP_LEVEL_KEYS", "BASE_ARM", "config_from_run"]
@@ -62,6 +63,9 @@ class Resources:
     cpus: float = opt(1.0, "CPUs per worker", gt=0.0)
     gpus: float = opt(0.0, "GPUs per worker (fractions share a GPU in single-process cells)", ge=0.0)
     max_concurrent: int = opt(0, "cells running at once (0 = as many as resources allow)", ge=0)
+
+    def __post_init__(self) -> None:
+        check_gpu_share(self.workers, self.gpus, "gpus")
 
 
 @dataclass

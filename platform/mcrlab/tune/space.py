@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mcrlab.config import SEED_MAX, ConfigError, RunConfig, build_dataclass, check_name, opt, read_yaml, short
+from mcrlab.trials.resources import check_gpu_share
 from mcrlab.tune.params import Param, apply_values, check_paths, parse_params, same_value, set_path
 
 if TYPE_CHECKING:
@@ -110,6 +111,9 @@ class Scaling:
     gpus_per_worker: float = opt(0.0, "GPUs per worker", ge=0.0, le=64.0)
     max_concurrent: int = opt(0, "trials at once (0 = as many as the cluster's resources allow)", ge=0,
                               le=100_000)
+
+    def __post_init__(self) -> None:
+        check_gpu_share(self.workers, self.gpus_per_worker)
 
 
 @dataclass(frozen=True)
