@@ -216,14 +216,16 @@ def _run_cells(plan: CellPlan, todo: list[int], tracker: Tracker, exp_id: str, s
     from ray import tune
 
     from mcrlab.trials.backends import pick_backend
-    from mcrlab.trials.recorder import ProgressPrinter, TrialRecorder
+    from mcrlab.trials.display import LiveDisplay
+    from mcrlab.trials.recorder import TrialRecorder
     from mcrlab.trials.resources import max_concurrent
 
     backend = pick_backend(plan.scaling)
     concurrency = max_concurrent(backend.trial_resources(), ray.cluster_resources(), plan.scaling.max_concurrent,
                                  where="resources")
     recorder = TrialRecorder(plan, uri=tracker.uri, run_folder=str(storage), experiment_id=exp_id)
-    callbacks = [recorder, *([ProgressPrinter(plan.ablation_id, plan)] if verbose == 0 else []), *extra_callbacks]
+    display = LiveDisplay(plan.ablation_id, plan, total=len(todo), concurrency=concurrency, noun="cells")
+    callbacks = [recorder, display, *extra_callbacks]
     tuner = tune.Tuner(
         backend.trainable(plan), param_space={"cell": tune.grid_search(todo)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True,

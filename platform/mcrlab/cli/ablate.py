@@ -44,7 +44,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from mcrlab.ablate.runner import describe, dumps, run_ablation
     from mcrlab.ablate.spec import load_spec
     from mcrlab.tracking import check_tracking, resolve_tracking_uri
+    from mcrlab.trials.display import quiet_libraries
 
+    quiet_libraries(verbose=args.verbose > 0)
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking(uri)
     spec = load_spec(args.spec, smoke=args.smoke, tracking_uri=uri)
@@ -78,7 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="validate the spec, print the grid, run nothing")
     p.add_argument("--out", help="also write the report here (default: a temporary folder)")
     p.add_argument("--test", choices=("t", "wilcoxon"), default="t", help="paired test (default: t)")
-    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray Tune verbosity")
+    p.add_argument("--verbose", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2), metavar="LEVEL",
+                   help="also show Ray Tune's tables (LEVEL 1, or 2 for every result), MLflow's and Optuna's "
+                        "logs; default: only mcrlab's live display")
     p.set_defaults(func=cmd_ablate)
 
     c = sub.add_parser(

@@ -28,18 +28,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="continue the newest sweep of this space (or the one named): finished trials are "
                         "kept, unfinished ones continue from their last checkpoint")
     p.add_argument("--storage", default=None, metavar="PATH", help="run folder (default ./runs)")
+    p.add_argument("--verbose", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2), metavar="LEVEL",
+                   help="also show Ray Tune's tables (LEVEL 1, or 2 for every result), MLflow's and Optuna's "
+                        "logs; default: only mcrlab's live display")
     p.set_defaults(func=sweep_command)
 
 
 def sweep_command(args: argparse.Namespace) -> int:
+    from mcrlab.trials.display import quiet_libraries
     from mcrlab.tune.runner import run_sweep
     from mcrlab.tune.space import load_space
 
     space = load_space(args.space)  # ConfigError -> exit 2 before anything starts
+    quiet_libraries(verbose=args.verbose > 0)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     result = run_sweep(space, num_samples=args.num_samples, address=args.address or os.environ.get("RAY_ADDRESS"),
                        tracking_uri=args.tracking_uri, smoke=args.smoke, resume=args.resume_sweep,
-                       storage_path=args.storage)
+                       storage_path=args.storage, verbose=args.verbose)
     print_summary(result)
     return 0
 

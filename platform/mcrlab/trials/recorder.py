@@ -1,4 +1,4 @@
-"""Driver-side Tune callbacks: MLflow trial runs (the one writer) and a compact progress table.
+"""Driver-side Tune callback: MLflow trial runs (the one writer); the live display is ``trials.display``.
 
 ``TrialRecorder`` turns each Tune trial into an MLflow run as its plan says (``TrialPlan.identity``: name,
 lineage tags, parent, params, artifacts - a sweep trial under its study run, an ablation cell under its
@@ -21,6 +21,7 @@ from typing import Any
 
 from mcrlab.tracking import TAG_PREFIX, Tracker
 from mcrlab.trials.backends import NONFINITE
+from mcrlab.trials.display import LiveDisplay
 from mcrlab.trials.plan import TrialPlan
 
 __all__ = ["TrialRecorder", "ProgressPrinter", "fail_fast_on_outages"]
@@ -228,65 +229,9 @@ class TrialRecorder(Callback):
         return run_id
 
 
-class ProgressPrinter(Callback):
-    """A compact live table: one line per finished trial, a status line at most every few seconds."""
-
-    def __init__(self, study: str, plan: TrialPlan, stream: Any = None, every_s: float = 5.0):
-        self.study, self.plan = study, plan
-        self.metric, self.mode = plan.metric, plan.mode
-        self.every_s = every_s
-        self._stream = stream
-        self._last_print = 0.0
-        self._header = False
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_stream"] = None
-        return state
-
-    def _out(self, line: str) -> None:
-        print(line, file=self._stream or sys.stdout, flush=True)
-
-    def _best(self, trials: list) -> str:
-        sign = 1.0 if self.mode == "max" else -1.0
-        done = [(t.last_result.get("objective"), t.trial_id) for t in trials
-                if t.last_result and isinstance(t.last_result.get("objective"), (int, float))]
-        if not done:
-            return "-"
-        value, tid = max(done, key=lambda d: sign * d[0])
-        return f"{value:.4f} ({tid})"
-
-    def _counts(self, trials: list) -> str:
-        counts: dict[str, int] = {}
-        for t in trials:
-            counts[t.status] = counts.get(t.status, 0) + 1
-        return " ".join(f"{k.lower()}={v}" for k, v in sorted(counts.items()))
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        now = time.monotonic()
-        if now - self._last_print < self.every_s:
-            return
-        self._last_print = now
-        self._out(f"[{self.study}] {self._counts(trials)} | {trial.trial_id} it {result.get('trial_iteration')} "
-                  f"{self.metric}={result.get(self.metric, float('nan')):.4f} | best objective {self._best(trials)}")
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if not self._header:
-            self._out(f"[{self.study}] {'trial':<14} {'iters':>5} {'objective':>10}  params")
-            self._header = True
-        r = trial.last_result or {}
-        params = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in sorted(trial.config.items()))
-        self._out(f"[{self.study}] {self._name(trial):<14} {r.get('trial_iteration', 0):>5} "
-                  f"{r.get('objective', float('nan')):>10.4f}  {params}")
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._out(f"[{self.study}] {self._name(trial):<14} ERROR (see {getattr(trial, 'error_file', None)})")
-
-    def _name(self, trial: Any) -> str:
-        try:
-            return self.plan.label(trial.trial_id, dict(trial.config))
-        except Exception:  # noqa: BLE001 - a name for a progress line is never worth a failure
-            return str(trial.trial_id)
+# the live display replaced the progress table; the old name stays importable for Tuner states pickled by
+# an older version (Tuner.restore unpickles callbacks by their class path)
+ProgressPrinter = LiveDisplay
 
 
 def _last_error_line(error_file: str) -> str:
@@ -298,7 +243,3 @@ def _last_error_line(error_file: str) -> str:
         return ""
     found = [ln for ln in lines if ": " in ln and ln.split(":", 1)[0].replace(".", "").isidentifier()]
     return (found[-1] if found else lines[-1] if lines else "")[:500]
-
-
-def _short(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)

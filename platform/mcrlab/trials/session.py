@@ -69,27 +69,38 @@ def _patient_raylet_wait(wait_s: float) -> Iterator[None]:
 
 
 def start_ray(address: str | None = None, *, verbose: bool = False, tries: int = 3, wait_s: float = 180.0,
-              **init_kwargs: Any) -> None:
+              **init_kwargs: Any) -> str | None:
     """Join ``address`` or start a local Ray (patiently, retried ``tries`` times); no-op if already up.
 
     ``verbose`` forwards worker logs to the driver. Extra ``init_kwargs`` go to ``ray.init`` (for example
-    ``num_cpus`` in benchmarks).
+    ``num_cpus`` in benchmarks). Returns the Ray dashboard's URL when this call started or joined Ray and
+    the cluster has a dashboard (also printed on stderr), else None.
     """
     import ray
 
     if ray.is_initialized():
-        return
+        return None
     kwargs = {"namespace": NAMESPACE, "log_to_driver": verbose, "configure_logging": False, **init_kwargs}
     if address is not None:
-        ray.init(address=address, **kwargs)
-        return
+        return _announce(ray.init(address=address, **kwargs))
     for attempt in range(tries):
         try:
             with _patient_raylet_wait(wait_s):
-                ray.init(**kwargs)
-            return
+                context = ray.init(**kwargs)
+            return _announce(context)
         except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception for the start-up timeout
             if attempt == tries - 1 or STARTUP_TIMEOUT_TEXT not in str(err):
                 raise
             print(f"mcrlab: Ray start-up timed out ({attempt + 1}/{tries}); retrying", file=sys.stderr)
             ray.shutdown()
+    return None
+
+
+def _announce(context: Any) -> str | None:
+    """The dashboard URL of a ``ray.init`` context (``http://`` added), printed once; None without one."""
+    url = str(getattr(context, "dashboard_url", "") or "")
+    if not url:
+        return None
+    url = url if url.startswith(("http://", "https://")) else f"http://{url}"
+    print(f"mcrlab: Ray dashboard: {url}", file=sys.stderr, flush=True)
+    return url

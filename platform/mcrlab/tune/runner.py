@@ -125,11 +125,12 @@ def _fingerprint(space: SearchSpace, dataset: str) -> str:
 def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: str | None = None,
               tracking_uri: str | None = None, smoke: bool = False, resume: bool | str = False,
               storage_path: str | Path | None = None, callbacks: list | None = None,
-              progress: bool = True) -> SweepResult:
+              progress: bool = True, verbose: int = 0) -> SweepResult:
     """Run (or, with ``resume``, continue) a sweep; returns the best configuration per dataset.
 
     ``resume=True`` continues the newest sweep of this space under the run folder, a string names the
     sweep id. ``storage_path`` is the run folder (default ./runs). Extra Tune ``callbacks`` are for tests.
+    ``verbose`` is Ray Tune's own verbosity (0: only the live display).
     """
     if smoke:
         space = space.smoked()
@@ -193,7 +194,8 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
             study = _run_study(space, dataset, backend=backend, sweep_id=sweep_id, sweep_dir=sweep_dir,
                                tracker=tracker, exp_id=exp_id, sweep_run=sweep_run, uri=uri,
                                run_folder=run_folder, optuna_storage=optuna_storage, concurrency=concurrency,
-                               resume=bool(resume), callbacks=callbacks or [], progress=progress)
+                               resume=bool(resume), callbacks=callbacks or [], progress=progress,
+                               verbose=verbose)
             result.studies[dataset] = study
             meta["studies"][dataset] = {"done": True, "best_trial": study.best_trial_id,
                                         "best_objective": study.best_objective}
@@ -227,13 +229,15 @@ def _write_meta(sweep_dir: Path, meta: dict) -> None:
 
 def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, sweep_dir: Path, tracker: Tracker,
                exp_id: str, sweep_run: str, uri: str, run_folder: Path, optuna_storage: str,
-               concurrency: int, resume: bool, callbacks: list, progress: bool) -> StudyResult:
+               concurrency: int, resume: bool, callbacks: list, progress: bool,
+               verbose: int = 0) -> StudyResult:
     import optuna
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from mcrlab.trials.recorder import ProgressPrinter, TrialRecorder
+    from mcrlab.trials.display import LiveDisplay
+    from mcrlab.trials.recorder import TrialRecorder
     from mcrlab.tune.searcher import ResumableOptunaSearch
 
     slug = study_slug(dataset)
@@ -273,7 +277,8 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                                          points_to_evaluate=points or None, sampler=make_sampler(space),
                                          study_name=study_name, storage=optuna.storages.RDBStorage(optuna_storage))
         recorder = TrialRecorder(plan, uri=uri, run_folder=str(run_folder), experiment_id=exp_id)
-        cbs = [recorder, *([ProgressPrinter(dataset, plan)] if progress else []), *callbacks]
+        display = LiveDisplay(dataset, plan, total=num_samples, concurrency=concurrency)
+        cbs = [recorder, *([display] if progress else []), *callbacks]
         return tune.Tuner(
             trainable,
             # reuse_actors: Ray 2.60's default (False) starts a fresh Python process for every trial, which
@@ -282,7 +287,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
                                         max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(ray_dir), callbacks=cbs, verbose=0,
+                name=name, storage_path=str(ray_dir), callbacks=cbs, verbose=verbose,
                 # a trial whose process dies (lost worker, OOM kill, node loss) restarts from its last
                 # checkpoint; a NaN/inf trial is not retried (the recorder sees its flag first)
                 failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
