@@ -143,6 +143,11 @@ def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_
     fail_fast_on_outages(uri)
     tracker = Tracker(uri)
     exp_id = tracker.experiment(spec.experiment)
+    from mcrlab.trials.conventions import describe_experiment
+
+    describe_experiment(tracker.client, exp_id, spec.description or (
+        f"Ablation '{spec.ablation_id}' ({spec.path}): {len(spec.arms)} arms x {len(spec.datasets)} datasets x "
+        f"{len(spec.seeds)} seeds; metric {spec.metric}."))
     abl_id = spec.ablation_id
     existing = ablation_run_id(tracker, exp_id, abl_id)
     if existing and not resume:

@@ -12,6 +12,7 @@ data and build their MLflow client lazily.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -52,11 +53,15 @@ except ImportError:  # pragma: no cover - ray is a dependency; keep the module i
 
 
 class TrialRecorder(Callback):
-    def __init__(self, plan: TrialPlan, *, uri: str, run_folder: str, experiment_id: str):
+    def __init__(self, plan: TrialPlan, *, uri: str, run_folder: str, experiment_id: str,
+                 optuna: tuple[str, str] | None = None):
         self.plan = plan
+        self.optuna = optuna  # (storage URL, study name) of a sweep's study: trials and runs are cross-linked
         self.uri, self.run_folder = uri, run_folder
         self.experiment_id = experiment_id
         self._tracker: Tracker | None = None
+        self._study: Any = None
+        self._datasets: dict[str, Any] = {}  # data config (JSON) -> loaded dataset, for log_input
         self.run_ids: dict[str, str] = {}
         self.last_step: dict[str, int] = {}
         self.best: dict[str, tuple[float, str]] = {}  # trial id -> (metric value, checkpoint path)
@@ -67,12 +72,16 @@ class TrialRecorder(Callback):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_tracker"] = None
+        state["_study"] = None
+        state["_datasets"] = {}
         state["pending"] = []  # live Trial objects; a resumed sweep re-reads what it needs from Tune
         return state
 
     def __setstate__(self, state: dict) -> None:
         # recorders pickled by an older version (Tuner.restore of an older sweep) lack the newer fields
-        self.__dict__.update({"reasons": {}, "pending": [], "_last_try": 0.0, **state})
+        self.__dict__.update({"reasons": {}, "pending": [], "_last_try": 0.0, "optuna": None, **state})
+        self._study = None
+        self._datasets = {}
 
     @property
     def tracker(self) -> Tracker:
@@ -222,11 +231,64 @@ class TrialRecorder(Callback):
             self.tracker.log_params(run_id, ident.params)
             for name, obj in ident.artifacts.items():
                 self.tracker.log_dict(run_id, obj, name)
+            self._log_input(run_id, dict(trial.config))
             self.last_step[tid] = -1
         else:
             self.last_step[tid] = self.tracker.last_step(run_id, "objective")
         self.run_ids[tid] = run_id
+        self._link_optuna(tid, run_id)
         return run_id
+
+    def _log_input(self, run_id: str, point: dict) -> None:
+        """The trial's training dataset as the run's MLflow dataset input (name, fingerprint, schema).
+
+        Datasets are loaded once per data config on the driver (it loaded them for the fingerprints already);
+        one that cannot be loaded here is skipped - the trial itself reports the real error.
+        """
+        import json
+
+        from mcrlab.trials.conventions import log_dataset
+
+        try:
+            data = self.plan.configs(point)[0].data
+            key = json.dumps(dataclasses.asdict(data), sort_keys=True, default=str)
+            if key not in self._datasets:
+                from mcrlab.data import load_dataset
+
+                self._datasets[key] = load_dataset(data)
+            dataset = self._datasets[key]
+        except Exception:  # noqa: BLE001 - see above
+            return
+        log_dataset(self.tracker.client, run_id, dataset)
+
+    def _link_optuna(self, trial_id: str, run_id: str) -> None:
+        """Tag the run with its Optuna trial number and give the Optuna trial the run id (user attr).
+
+        The searcher marked the Optuna trial with the Tune trial id when it suggested it; a link that cannot
+        be made (no study, the trial already closed) is skipped: it is a convenience, never a failure.
+        """
+        if not self.optuna:
+            return
+        from mcrlab.tune.searcher import MLFLOW_RUN_ATTR, TUNE_TRIAL_ATTR
+
+        try:
+            import optuna
+
+            if self._study is None:
+                storage, name = self.optuna
+                self._study = optuna.load_study(study_name=name, storage=storage)
+            found = [t for t in self._study.get_trials(deepcopy=False)
+                     if t.user_attrs.get(TUNE_TRIAL_ATTR) == trial_id]
+        except Exception:  # noqa: BLE001 - see above
+            return
+        if not found:
+            return
+        ot = found[-1]
+        self.tracker.set_tags(run_id, {f"{TAG_PREFIX}optuna_trial": ot.number,
+                                       f"{TAG_PREFIX}optuna_study": self.optuna[1]})
+        if ot.user_attrs.get(MLFLOW_RUN_ATTR) != run_id and not ot.state.is_finished():
+            with contextlib.suppress(Exception):
+                optuna.trial.Trial(self._study, ot._trial_id).set_user_attr(MLFLOW_RUN_ATTR, run_id)
 
 
 # the live display replaced the progress table; the old name stays importable for Tuner states pickled by

@@ -170,6 +170,11 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
     tracker = Tracker(uri, run_folder)
     experiment = f"sweep/{sweep_id}"
     exp_id = tracker.experiment(experiment)
+    from mcrlab.trials.conventions import describe_experiment
+
+    describe_experiment(tracker.client, exp_id, space.description or (
+        f"Sweep of search space '{space.name}' ({space.source}): {space.sampler.name} sampler, {space.num_samples} "
+        f"trials per dataset on {', '.join(space.datasets)}; objective {space.metric} ({space.mode})."))
     sweep_tags = lineage_tags("sweep", sweep_id=sweep_id, space=space.name)
     sweep_run = tracker.start_run(exp_id, sweep_id, tags=sweep_tags,
                                   key_tags=(f"{TAG_PREFIX}kind", f"{TAG_PREFIX}sweep_id"),
@@ -275,8 +280,10 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
         # the study is loaded if it exists (a top-up after a resume continues the same study)
         searcher = ResumableOptunaSearch(space=DefineByRun(space), metric="objective", mode=space.mode,
                                          points_to_evaluate=points or None, sampler=make_sampler(space),
-                                         study_name=study_name, storage=optuna.storages.RDBStorage(optuna_storage))
-        recorder = TrialRecorder(plan, uri=uri, run_folder=str(run_folder), experiment_id=exp_id)
+                                         study_name=study_name, storage=optuna.storages.RDBStorage(optuna_storage),
+                                         metric_name=space.metric, max_iterations=max_t)
+        recorder = TrialRecorder(plan, uri=uri, run_folder=str(run_folder), experiment_id=exp_id,
+                                 optuna=(optuna_storage, study_name))
         display = LiveDisplay(dataset, plan, total=num_samples, concurrency=concurrency)
         cbs = [recorder, *([display] if progress else []), *callbacks]
         return tune.Tuner(
