@@ -107,3 +107,21 @@ def test_dashboard_url_is_printed_when_ray_has_one(capsys):
     assert "Ray dashboard: http://127.0.0.1:8265" in capsys.readouterr().err
     assert _announce(SimpleNamespace(dashboard_url="")) is None  # no dashboard (ray without [default])
     assert capsys.readouterr().err == ""
+
+
+def test_an_errored_cell_is_marked_with_its_reason(ray_local, tmp_path, mlflow_uri, clean_env, capfd):
+    # lr 10 with undamped momentum blows the MLP up within a few epochs (tests/reliability/test_ablation_faults.py)
+    spec = {"name": "display-nan", "experiment": "abl-display-nan",
+            "base": {"data": {"name": "synthetic:competition", "n_train": 128},
+                     "model": {"hidden": 32, "latent": 16, "depth": 2, "fusion": "mlp"}, "method": {"name": "joint"},
+                     "train": {"epochs": 4, "batch_size": 32, "probe_epochs": 0, "eval_perms": 1, "device": "cpu",
+                               "optimizer": "sgd", "momentum": 0.0, "lr": 0.01}},
+            "arms": {"diverges": {"train.lr": 10.0, "train.momentum": 1.0}},
+            "datasets": ["synthetic:competition"], "seeds": [0]}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    clean_env.chdir(tmp_path)
+    assert main(["ablate", str(path), "--tracking-uri", mlflow_uri]) == 1  # a failed cell: exit 1
+    out = "".join(capfd.readouterr())
+    assert re.search(r"\[display-nan\] [12]/2 diverges/synthetic:competition/s0  ERROR  NonFiniteLoss", out), out
+    assert "cells 2/2 done, 1 errored" in out

@@ -187,7 +187,7 @@ class LiveDisplay(Callback):
         eta = eta_seconds(self._durations, c["total"] - c["done"], self.concurrency)
         best = f"{self._best[0]:.4f} ({self._best[1]})" if self._best else "-"
         marks = "".join([f", {c['pruned']} pruned" if c["pruned"] else "",
-                         f", {c['errors']} errors" if c["errors"] else ""])
+                         f", {c['errors']} errored" if c["errors"] else ""])
         return (f"[{self.study}] {self.noun} {c['done']}/{c['total']} done{marks}, {c['running']} running | "
                 f"best {best} | elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}")
 
@@ -237,8 +237,11 @@ class LiveDisplay(Callback):
         if outcome != "error":
             self._offer(value, label)
         if outcome == "error":
-            reason = r.get("error_reason") or getattr(trial, "error_file", None) or ""
-            line = f"{label}  ERROR  {reason}"
+            from mcrlab.trials.recorder import _last_error_line
+
+            error_file = str(getattr(trial, "error_file", "") or "")
+            reason = r.get("error_reason") or _last_error_line(error_file) or error_file
+            line = f"{label}  ERROR  {reason}".rstrip()
         else:
             params = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in sorted(trial.config.items())
                               if k != "cell")
