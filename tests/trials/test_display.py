@@ -19,8 +19,9 @@ from mcrlab.trials.display import eta_seconds, format_duration, quiet_libraries
 
 NOISE = ("View run", "View experiment", "tensorboard --logdir", "Configuration for experiment",
          "View detailed results here", "Creating initial MLflow database tables", "finished with value",
-         "Trial status", "Context impl SQLiteImpl")
-QUIET_ENV = ("RAY_AIR_NEW_OUTPUT", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "MLFLOW_LOGGING_LEVEL")
+         "A new study created", "Trial status", "Context impl SQLiteImpl", "Downloading artifacts")
+QUIET_ENV = ("RAY_AIR_NEW_OUTPUT", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "MLFLOW_LOGGING_LEVEL",
+             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
 
 
 @pytest.fixture

@@ -25,7 +25,8 @@ BASE = {"data": {"n_train": 128}, "model": {"hidden": 8, "latent": 4, "depth": 1
 
 def test_asha_sweep_report_and_links(ray_local, tmp_path, mlflow_uri, capsys, monkeypatch):
     monkeypatch.setenv("MCRLAB_PLAIN_PROGRESS", "1")
-    for name in ("RAY_AIR_NEW_OUTPUT", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "MLFLOW_LOGGING_LEVEL"):
+    for name in ("RAY_AIR_NEW_OUTPUT", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "MLFLOW_LOGGING_LEVEL",
+                 "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"):
         monkeypatch.delenv(name, raising=False)
     space = {"name": "rep", "datasets": ["synthetic:competition"], "base": BASE, "metric": "val/acc",
              "mode": "max", "sampler": {"name": "random", "seed": 1}, "num_samples": 4,

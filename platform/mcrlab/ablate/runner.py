@@ -273,8 +273,10 @@ def _tuned_cells(spec: AblationSpec, tracker: Tracker, arm_runs: dict[str, str],
                 with tempfile.TemporaryDirectory() as tmp:
                     best = json.loads(Path(tracker.client.download_artifacts(run_id, "tuned.json", tmp)).read_text())
             else:
-                result = run_sweep(parse_space(space_raw, f"{spec.path}: tune (arm {arm.name})"),
-                                   tracking_uri=uri, storage_path=storage, progress=False)
+                space = parse_space(space_raw, f"{spec.path}: tune (arm {arm.name})")
+                print(f"mcrlab ablate: tuning arm {arm.name}: {space.num_samples} trials per dataset "
+                      f"({', '.join(space.datasets)})", flush=True)
+                result = run_sweep(space, tracking_uri=uri, storage_path=storage)
                 best = {d: st.best_config for d, st in result.studies.items()}
                 tracker.log_dict(run_id, best, "tuned.json")
                 tracker.set_tags(run_id, {f"{K}tune_sweep_id": result.sweep_id,

@@ -46,7 +46,8 @@ def quiet_libraries(verbose: bool = False) -> None:
     - ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=1``: MLflow prints "View run ... / View experiment ..." on
       stdout whenever a run on a tracking server ends (every trial).
     - the ``mlflow``/``alembic`` loggers at WARNING: "Creating initial MLflow database tables..." and the
-      migration lines of a new SQLite store; ``optuna`` at WARNING: "Trial N finished with value ...".
+      migration lines of a new SQLite store; ``optuna`` at WARNING: "Trial N finished with value ...";
+      ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false``: a progress bar per downloaded artifact (reports).
     Explicit user settings of the environment variables win.
     """
     if verbose:
@@ -54,6 +55,7 @@ def quiet_libraries(verbose: bool = False) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow configures its loggers
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts: 100%|..."
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     with contextlib.suppress(ImportError):
