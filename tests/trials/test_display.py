@@ -97,6 +97,18 @@ def test_ablation_output_names_cells_and_counts_them(ray_local, tmp_path, mlflow
         for seed in (0, 1):
             assert re.search(rf"\[tiny-display\] [1-4]/4 {arm}/synthetic:competition/s{seed} ", out), out
     assert "cells 4/4 done" in out and "cell 0" not in out
+    # MLflow's own fields on the cell runs: the dataset input and the experiment's description
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("abl-display")
+    assert "Ablation 'tiny-display'" in exp.tags["mlflow.note.content"]
+    cells = client.search_runs([exp.experiment_id], "tags.`mcrlab.kind` = 'cell'")
+    assert len(cells) == 4
+    for run in cells:
+        (inp,) = run.inputs.dataset_inputs
+        assert inp.dataset.name == "synthetic:competition"
+        assert run.data.tags["mcrlab.dataset_fingerprint"].startswith(inp.dataset.digest)
 
 
 def test_dashboard_url_is_printed_when_ray_has_one(capsys):

@@ -264,10 +264,12 @@ class LiveDisplay(Callback):
             print(line, file=self.stream, flush=True)
 
     def _refresh(self, trials: list) -> None:
-        if self._rich_on():
-            self._rich_update(trials)
-            return
         now = time.monotonic()
+        if self._rich_on():
+            if self._live is None or now - self._last_print >= 0.5:  # Tune's loop spins fast; rich redraws at 2/s
+                self._last_print = now
+                self._rich_update(trials)
+            return
         if now - self._last_print < self.every_s:
             return
         self._last_print = now
