@@ -91,3 +91,6 @@ def test_asha_sweep_report_and_links(ray_local, tmp_path, mlflow_uri, capsys, mo
     assert main(["report", str(tmp_path / "nope"), "--storage", str(runs_dir)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "neither a sweep folder" in err
+    # compare refuses a sweep (its trials are not seeds of arms) and points at the report
+    assert main(["compare", "--run", meta["mlflow_run_id"], "--tracking-uri", mlflow_uri]) == 2
+    assert f"use: mcrlab report {meta['sweep_id']}" in capsys.readouterr().err

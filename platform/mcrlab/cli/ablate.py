@@ -29,6 +29,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
             tags = Tracker(uri).client.get_run(args.run).data.tags
         except Exception:  # reported below by collect_runs with a clear message
             tags = {}
+        if tags.get("mcrlab.kind") in ("sweep", "study"):
+            # a sweep's trials are different configurations, not seeds of arms: comparing them as arms would
+            # average unrelated points; the sweep's own analysis is the report
+            sweep = tags.get("mcrlab.sweep_id", "SWEEP_ID")
+            raise ConfigError(f"--run {args.run}: a sweep run (its trials are different configurations, not seeds "
+                              f"of arms); use: mcrlab report {sweep}")
         log_to = args.run if tags.get("mcrlab.kind") == "ablation" and not args.no_log else None
     rep, files = compare(uri, experiment=args.experiment, run_id=args.run, filter_string=args.filter or "",
                          formats=[args.format], out=args.out, base=args.base, test=args.test,
@@ -93,7 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "Refuses when arms do not share the same seeds.")
     src = c.add_argument_group("which runs (one or more)")
     src.add_argument("--experiment", help="MLflow experiment name")
-    src.add_argument("--run", help="a root run id (ablation or sweep): all runs nested under it")
+    src.add_argument("--run", help="a root run id (an ablation): all runs nested under it (a sweep: mcrlab report)")
     src.add_argument("--filter", help="an MLflow filter string, e.g. \"tags.`mcrlab.ablation_id` = 'x'\"")
     c.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or runs/mlflow.db)")
     c.add_argument("--format", choices=("md", "csv", "tex"), default="md", help="table format printed/written")
