@@ -138,3 +138,20 @@ def test_an_errored_cell_is_marked_with_its_reason(ray_local, tmp_path, mlflow_u
     out = "".join(capfd.readouterr())
     assert re.search(r"\[display-nan\] [12]/2 diverges/synthetic:competition/s0  ERROR  NonFiniteLoss", out), out
     assert "cells 2/2 done, 1 errored" in out
+
+
+def test_rich_only_on_a_terminal_and_never_in_a_job_driver(monkeypatch):
+    import io
+
+    from mcrlab.trials.display import use_rich
+
+    monkeypatch.delenv("MCRLAB_PLAIN_PROGRESS", raising=False)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    leader, follower = os.openpty()  # a real terminal device
+    with open(follower, "w") as tty:
+        assert use_rich(tty)
+        monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray sets for a `ray job submit` driver
+        assert not use_rich(tty)
+    os.close(leader)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    assert not use_rich(io.StringIO())  # a pipe or log file

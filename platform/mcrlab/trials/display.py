@@ -89,7 +89,8 @@ def eta_seconds(durations: list[float], left: int, concurrency: int) -> float | 
 
 def use_rich(stream: Any) -> bool:
     """A rich live panel only on an interactive terminal (never in CI logs, pipes or job drivers)."""
-    if os.environ.get("MCRLAB_PLAIN_PROGRESS") or os.environ.get("RAY_JOB_ID"):
+    # a `ray job submit` driver: its output is a log file, whatever the submitter's terminal is
+    if os.environ.get("MCRLAB_PLAIN_PROGRESS") or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         return False
     return bool(getattr(stream, "isatty", lambda: False)())
 
