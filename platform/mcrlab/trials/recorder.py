@@ -269,7 +269,7 @@ class TrialRecorder(Callback):
         """
         if not self.optuna:
             return
-        from mcrlab.tune.searcher import MLFLOW_RUN_ATTR, TUNE_TRIAL_ATTR
+        from mcrlab.trials.conventions import MLFLOW_RUN_ATTR, TUNE_TRIAL_ATTR
 
         try:
             import optuna

@@ -24,10 +24,10 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from mcrlab.trials.conventions import MLFLOW_RUN_ATTR, TUNE_TRIAL_ATTR
+
 __all__ = ["ResumableOptunaSearch", "TUNE_TRIAL_ATTR", "MLFLOW_RUN_ATTR"]
 
-TUNE_TRIAL_ATTR = "tune_trial_id"
-MLFLOW_RUN_ATTR = "mlflow_run_id"
 logger = logging.getLogger(__name__)
 
 
