@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mcrlab.config import ConfigError, RunConfig, field_docs, load_config, read_yaml
@@ -99,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dataset = load_dataset(cfg.data)
     except ConfigError as err:
         raise ConfigError(f"{args.config or '<override>'}: {err}") from None
-    report = None if args.quiet else _EpochPrinter(cfg.train.epochs)
+    report: Callable[[dict, str | None], None] | None = None if args.quiet else _EpochPrinter(cfg.train.epochs)
     tracking = None
     if args.track:
         from mcrlab.cli.track import TrainTracking
