@@ -91,6 +91,17 @@ def test_asha_sweep_report_and_links(ray_local, tmp_path, mlflow_uri, capsys, mo
     assert main(["report", str(tmp_path / "nope"), "--storage", str(runs_dir)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "neither a sweep folder" in err
+    # sweep -> ablation in one command: the best trial's run as the ablation's base (dry run: nothing trains)
+    spec = tmp_path / "abl.yaml"
+    spec.write_text(yaml.safe_dump({"name": "from-sweep", "experiment": "abl-from-sweep",
+                                    "arms": {"no_game": {"method.lambda_m": 0.0}},
+                                    "datasets": ["synthetic:competition"], "seeds": [0]}))
+    assert main(["ablate", str(spec), "--base-run", f"best-of:{meta['sweep_id']}", "--dry-run",
+                 "--tracking-uri", mlflow_uri]) == 0
+    assert json.loads(capsys.readouterr().out)["base_run"] == best["run_id"]
+    assert main(["ablate", str(spec), "--base-run", "best-of:no-such-sweep", "--dry-run",
+                 "--tracking-uri", mlflow_uri]) == 2
+    assert "no study of sweep 'no-such-sweep'" in capsys.readouterr().err
     # compare refuses a sweep (its trials are not seeds of arms) and points at the report
     assert main(["compare", "--run", meta["mlflow_run_id"], "--tracking-uri", mlflow_uri]) == 2
     assert f"use: mcrlab report {meta['sweep_id']}" in capsys.readouterr().err

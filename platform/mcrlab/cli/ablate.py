@@ -46,16 +46,52 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+BEST_OF = "best-of:"
+
+
+def resolve_base_run(value: str, uri: str) -> str:
+    """``--base-run``: an MLflow run id as is, or ``best-of:SWEEP_ID[/DATASET]`` -> the run of that sweep's best
+    trial (of its one study, or of the study of DATASET)."""
+    from mcrlab.tracking import find_runs
+
+    if not value.startswith(BEST_OF):
+        return value
+    sweep, _, dataset = value[len(BEST_OF):].partition("/")
+    studies = [r for r in find_runs(uri, kind="study", tags={"sweep_id": sweep})
+               if not dataset or r["tags"].get("mcrlab.study") == dataset]
+    names = sorted(r["tags"].get("mcrlab.study", "?") for r in studies)
+    if not studies:
+        raise ConfigError(f"--base-run {value}: no study of sweep '{sweep}'" + (f" on '{dataset}'" if dataset else "")
+                          + f" in {uri}")
+    if len(studies) > 1:
+        raise ConfigError(f"--base-run {value}: sweep '{sweep}' has {len(studies)} studies; name one: "
+                          + ", ".join(f"{BEST_OF}{sweep}/{n}" for n in names))
+    study = studies[0]["tags"]
+    best = study.get("mcrlab.best_trial_id")
+    runs = find_runs(uri, kind="trial", tags={"sweep_id": sweep, "study": study.get("mcrlab.study"),
+                                               "trial_id": best}) if best else []
+    if not runs:
+        raise ConfigError(f"--base-run {value}: the study of '{study.get('mcrlab.study')}' has no finished best trial")
+    return runs[0]["run_id"]
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
     from mcrlab.ablate.runner import describe, dumps, run_ablation
-    from mcrlab.ablate.spec import load_spec
+    from mcrlab.ablate.spec import load_spec, parse_spec
+    from mcrlab.config import read_yaml
     from mcrlab.tracking import check_tracking, resolve_tracking_uri
     from mcrlab.trials.display import quiet_libraries
 
     quiet_libraries(verbose=args.verbose > 0)
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking(uri)
-    spec = load_spec(args.spec, smoke=args.smoke, tracking_uri=uri)
+    if args.base_run:  # the spec's base replaced by a run's config (a sweep's best trial): its lineage parent
+        raw = read_yaml(args.spec)
+        if isinstance(raw, dict):
+            raw = {k: v for k, v in raw.items() if k != "base"} | {"base_run": resolve_base_run(args.base_run, uri)}
+        spec = parse_spec(raw, args.spec, smoke=args.smoke, tracking_uri=uri)
+    else:
+        spec = load_spec(args.spec, smoke=args.smoke, tracking_uri=uri)
     if args.dry_run:
         print(dumps(describe(spec)))
         return 0
@@ -83,6 +119,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="run only the missing or failed cells of this ablation")
     p.add_argument("--smoke", action="store_true", help="the spec's smoke variant (seconds)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or runs/mlflow.db)")
+    p.add_argument("--base-run", metavar="RUN_ID|best-of:SWEEP_ID[/DATASET]",
+                   help="use this MLflow run's config as the base instead of the spec's (a sweep's best trial: "
+                        "best-of:SWEEP_ID); the run becomes the lineage parent of every cell")
     p.add_argument("--dry-run", action="store_true", help="validate the spec, print the grid, run nothing")
     p.add_argument("--out", help="also write the report here (default: a temporary folder)")
     p.add_argument("--test", choices=("t", "wilcoxon"), default="t", help="paired test (default: t)")
