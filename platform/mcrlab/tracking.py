@@ -178,9 +178,30 @@ def git_commit() -> str:
         return "unknown"
 
 
+def source_tags() -> dict[str, str]:
+    """MLflow's standard system tags, filled as MLflow's own fluent API would: the Source column (the
+    command), the git commit (without ``-dirty``: MLflow links it) and the user."""
+    import getpass
+    import sys
+
+    argv = sys.argv or [""]
+    prog = Path(argv[0]).name
+    name = f"mcrlab {argv[1]}" if prog in ("mcrlab", "__main__.py", "app.py") and len(argv) > 1 else prog
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name (some containers): MLflow's fallback too
+        user = "unknown"
+    out = {"mlflow.source.name": name or "mcrlab", "mlflow.source.type": "LOCAL", "mlflow.user": user}
+    commit = git_commit().removesuffix("-dirty")
+    if commit != "unknown":
+        out["mlflow.source.git.commit"] = commit
+    return out
+
+
 def lineage_tags(kind: str, **tags: Any) -> dict[str, str]:
-    """``{"mcrlab.kind": kind, "mcrlab.<key>": str(value), "mcrlab.git_commit": ...}``; None dropped."""
-    out = {f"{TAG_PREFIX}kind": kind, f"{TAG_PREFIX}git_commit": git_commit()}
+    """``{"mcrlab.kind": kind, "mcrlab.<key>": str(value), "mcrlab.git_commit": ...}`` and MLflow's standard
+    source tags (``source_tags``); None dropped."""
+    out = {**source_tags(), f"{TAG_PREFIX}kind": kind, f"{TAG_PREFIX}git_commit": git_commit()}
     out.update({f"{TAG_PREFIX}{k}": str(v) for k, v in tags.items() if v is not None})
     return out
 

@@ -101,41 +101,52 @@ def protect_token_files(home: str | os.PathLike | None = None) -> list[str]:
     return fixed
 
 
-def ray_init_private(**kwargs: Any) -> None:
+def ray_init_private(**kwargs: Any) -> Any:
     """``ray.init(**kwargs)`` with a 077 umask (a local Ray's session files, and the token Ray may create,
     are the user's only), then ``protect_token_files`` for a token created or left readable before."""
     import ray
 
     old = os.umask(0o077)
     try:
-        ray.init(**kwargs)
+        return ray.init(**kwargs)
     finally:
         os.umask(old)
         protect_token_files()
 
 
 def start_ray(address: str | None = None, *, verbose: bool = False, tries: int = 3, wait_s: float = 180.0,
-              **init_kwargs: Any) -> None:
+              **init_kwargs: Any) -> str | None:
     """Join ``address`` or start a local Ray (patiently, retried ``tries`` times); no-op if already up.
 
     ``verbose`` forwards worker logs to the driver. Extra ``init_kwargs`` go to ``ray.init`` (for example
-    ``num_cpus`` in benchmarks).
+    ``num_cpus`` in benchmarks). Returns the Ray dashboard's URL when this call started or joined Ray and
+    the cluster has a dashboard (also printed on stderr), else None.
     """
     import ray
 
     if ray.is_initialized():
-        return
+        return None
     kwargs = {"namespace": NAMESPACE, "log_to_driver": verbose, "configure_logging": False, **init_kwargs}
     if address is not None:
-        ray_init_private(address=address, **kwargs)
-        return
+        return _announce(ray_init_private(address=address, **kwargs))
     for attempt in range(tries):
         try:
             with _patient_raylet_wait(wait_s):
-                ray_init_private(**kwargs)
-            return
+                context = ray_init_private(**kwargs)
+            return _announce(context)
         except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception for the start-up timeout
             if attempt == tries - 1 or STARTUP_TIMEOUT_TEXT not in str(err):
                 raise
             print(f"mcrlab: Ray start-up timed out ({attempt + 1}/{tries}); retrying", file=sys.stderr)
             ray.shutdown()
+    return None
+
+
+def _announce(context: Any) -> str | None:
+    """The dashboard URL of a ``ray.init`` context (``http://`` added), printed once; None without one."""
+    url = str(getattr(context, "dashboard_url", "") or "")
+    if not url:
+        return None
+    url = url if url.startswith(("http://", "https://")) else f"http://{url}"
+    print(f"mcrlab: Ray dashboard: {url}", file=sys.stderr, flush=True)
+    return url

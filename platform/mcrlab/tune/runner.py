@@ -111,11 +111,12 @@ def _latest_sweep(sweeps: Path, name: str) -> str | None:
 def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: str | None = None,
               tracking_uri: str | None = None, smoke: bool = False, resume: bool | str = False,
               storage_path: str | Path | None = None, callbacks: list | None = None,
-              progress: bool = True) -> SweepResult:
+              progress: bool = True, verbose: int = 0) -> SweepResult:
     """Run (or, with ``resume``, continue) a sweep; returns the best configuration per dataset.
 
     ``resume=True`` continues the newest sweep of this space under the run folder, a string names the
     sweep id. ``storage_path`` is the run folder (default ./runs). Extra Tune ``callbacks`` are for tests.
+    ``verbose`` is Ray Tune's own verbosity (0: only the live display).
     """
     if smoke:
         space = space.smoked()
@@ -162,7 +163,7 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
             lock = FolderLock(sweep_dir, "sweep").acquire()
         return _run_locked(space, meta, sweep_id=sweep_id, sweep_dir=sweep_dir, uri=uri, run_folder=run_folder,
                            address=address, smoke=smoke, resume=resume, callbacks=callbacks, progress=progress,
-                           fingerprints=fingerprints)
+                           fingerprints=fingerprints, verbose=verbose)
     finally:
         if lock is not None:
             lock.release()
@@ -171,7 +172,7 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
 
 def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Path, uri: str, run_folder: Path,
                 address: str | None, smoke: bool, resume: bool | str, callbacks: list | None,
-                progress: bool, fingerprints: dict[str, str]) -> SweepResult:
+                progress: bool, fingerprints: dict[str, str], verbose: int = 0) -> SweepResult:
     """``run_sweep`` once the sweep folder is chosen, checked and locked."""
     import ray
 
@@ -183,6 +184,11 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
     tracker = Tracker(uri, run_folder)
     experiment = f"sweep/{sweep_id}"
     exp_id = tracker.experiment(experiment)
+    from mcrlab.trials.conventions import describe_experiment
+
+    describe_experiment(tracker.client, exp_id, space.description or (
+        f"Sweep of search space '{space.name}' ({space.source}): {space.sampler.name} sampler, {space.num_samples} "
+        f"trials per dataset on {', '.join(space.datasets)}; objective {space.metric} ({space.mode})."))
     sweep_tags = lineage_tags("sweep", sweep_id=sweep_id, space=space.name)
     sweep_run = tracker.start_run(exp_id, sweep_id, tags=sweep_tags,
                                   key_tags=(f"{TAG_PREFIX}kind", f"{TAG_PREFIX}sweep_id"),
@@ -208,7 +214,7 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
                                tracker=tracker, exp_id=exp_id, sweep_run=sweep_run, uri=uri,
                                run_folder=run_folder, optuna_storage=optuna_storage, concurrency=concurrency,
                                resume=bool(resume), callbacks=callbacks or [], progress=progress,
-                               fingerprint=fingerprints[dataset])
+                               fingerprint=fingerprints[dataset], verbose=verbose)
             result.studies[dataset] = study
             meta["studies"][dataset] = {"done": True, "best_trial": study.best_trial_id,
                                         "best_objective": study.best_objective}
@@ -242,13 +248,15 @@ def _write_meta(sweep_dir: Path, meta: dict) -> None:
 
 def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, sweep_dir: Path, tracker: Tracker,
                exp_id: str, sweep_run: str, uri: str, run_folder: Path, optuna_storage: str,
-               concurrency: int, resume: bool, callbacks: list, progress: bool, fingerprint: str) -> StudyResult:
+               concurrency: int, resume: bool, callbacks: list, progress: bool, fingerprint: str,
+               verbose: int = 0) -> StudyResult:
     import optuna
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from mcrlab.trials.recorder import ProgressPrinter, TrialRecorder
+    from mcrlab.trials.display import LiveDisplay
+    from mcrlab.trials.recorder import TrialRecorder
     from mcrlab.trials.signer import StateSigner
     from mcrlab.tune.searcher import ResumableOptunaSearch
 
@@ -287,10 +295,12 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
         # the study is loaded if it exists (a top-up after a resume continues the same study)
         searcher = ResumableOptunaSearch(space=compile_space(space), metric="objective", mode=space.mode,
                                          points_to_evaluate=points or None, sampler=make_sampler(space),
-                                         study_name=study_name, storage=optuna.storages.RDBStorage(optuna_storage))
-        recorder = TrialRecorder(plan, uri=uri, run_folder=str(run_folder), experiment_id=exp_id)
-        cbs = [StateSigner(str(ray_dir), str(manifest)), recorder,
-               *([ProgressPrinter(dataset, plan)] if progress else []), *callbacks]
+                                         study_name=study_name, storage=optuna.storages.RDBStorage(optuna_storage),
+                                         metric_name=space.metric, max_iterations=max_t)
+        recorder = TrialRecorder(plan, uri=uri, run_folder=str(run_folder), experiment_id=exp_id,
+                                 optuna=(optuna_storage, study_name))
+        display = LiveDisplay(dataset, plan, total=num_samples, concurrency=concurrency)
+        cbs = [StateSigner(str(ray_dir), str(manifest)), recorder, *([display] if progress else []), *callbacks]
         return tune.Tuner(
             trainable,
             # reuse_actors: Ray 2.60's default (False) starts a fresh Python process for every trial, which
@@ -299,7 +309,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
                                         max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(ray_dir), callbacks=cbs, verbose=0,
+                name=name, storage_path=str(ray_dir), callbacks=cbs, verbose=verbose,
                 # a trial whose process dies (lost worker, OOM kill, node loss) restarts from its last
                 # checkpoint; a NaN/inf trial is not retried (the recorder sees its flag first)
                 failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
