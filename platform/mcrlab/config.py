@@ -17,9 +17,11 @@ import hashlib
 import importlib
 import json
 import math
+import os
 import stat
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ __all__ = [
     "opt",
     "build_dataclass",
     "dataclass_to_dict",
+    "field_default",
     "parse_overrides",
     "apply_override",
     "load_config",
@@ -431,7 +434,7 @@ def build_dataclass(cls: type, raw: Any, source: str, section: str) -> Any:
         f = fields[key]
         where = f"{source}: {section}.{key}"
         value = _check_value(hints[key], value, where)
-        meta = f.metadata or {}
+        meta: Mapping[str, Any] = f.metadata or {}
         if meta.get("choices") is not None and value not in meta["choices"]:
             raise ConfigError(f"{where}: {short(value)} is not one of {', '.join(map(str, meta['choices']))}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -464,14 +467,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """The default of a dataclass field: its ``default``, else a fresh ``default_factory()``."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"field '{f.name}' has no default")
+
+
 def field_docs(cls: type) -> list[tuple[str, Any, str]]:
     """``[(name, default, help)]`` for ``--help`` listings."""
     out = []
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        out.append((f.name, default, (f.metadata or {}).get("help", "")))
+        out.append((f.name, field_default(f), f.metadata.get("help", "")))
     return out
 
 
@@ -600,7 +611,7 @@ def load_yaml_text(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: nested too deeply") from None
 
 
-def read_yaml(path: str | Path) -> Any:
+def read_yaml(path: str | os.PathLike[str]) -> Any:
     """Read a YAML file as UTF-8 text (at most ``MAX_YAML_BYTES``) and load it with ``StrictLoader``.
 
     A missing, unreadable, non-regular, oversized or non-UTF-8 file, a syntax error, a duplicate key or an

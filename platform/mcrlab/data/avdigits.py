@@ -50,6 +50,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +102,8 @@ def _save_atomic(path: Path, **arrays: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+            # numpy's stub types **kwds against its keyword-only allow_pickle: bool; the keys are array names
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -502,7 +504,7 @@ def build_avdigits(out_dir: str | Path, cfg: AVDigitsConfig, *, overwrite: bool 
     cat = {k: np.concatenate([parts[s][k] for s in SPLITS]) for k in parts["train"]}
     split = np.concatenate([np.full(len(parts[s]["label"]), s, dtype=object) for s in SPLITS])
     arrays = {"image": cat["image"].astype(np.float32), "audio": ((cat["audio"] - mu) / sd).astype(np.float32)}
-    meta = {"name": "avdigits", "config": asdict(cfg), "sizes": cfg.sizes(), "classes": list(WORDS),
+    meta: dict[str, Any] = {"name": "avdigits", "config": asdict(cfg), "sizes": cfg.sizes(), "classes": list(WORDS),
             "audio_norm": {"mean": mu, "std": sd}, "voices": voices, "speeds": list(SPEEDS),
             "pitches": list(PITCHES), "espeak": {"route": synth.route, "version": synth.version},
             "mnist_sha256": MNIST_SHA256, "licences": LICENCES,

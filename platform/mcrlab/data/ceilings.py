@@ -342,7 +342,8 @@ def compute_ceilings(signals: tuple[str, ...], bit_accs: tuple[float, ...], p_un
     qs = np.linspace(0, 1, LATE_BINS + 1)[1:-1]
     edges = [np.quantile(lam_fit[:, m], qs) for m in range(M)]
     xqs = np.linspace(0, 1, LATE_XOR_BINS + 1)[1:-1]
-    xedges = [np.quantile(c_fit[:, j], xqs) for j in range(len(chan))] if chan else []
+    # draw() returns channel LLRs exactly when some modality has a channel
+    xedges = [np.quantile(c_fit[:, j], xqs) for j in range(len(chan))] if c_fit is not None else []
     K = LATE_BINS * (LATE_XOR_BINS if chan else 1)
     bins_fit = bin_index(lam_fit, c_fit)
     gain = 2.0 * posterior(lam_fit, c_fit) - 1.0

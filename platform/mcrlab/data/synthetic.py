@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -309,14 +310,19 @@ _PRESET_KEYS = ("description", "modalities", "p_unique", "p_redundant", "p_syner
                 "n_test", "rotate", "suggested")
 
 
-def _typed(where: str, key: str, value: object, kind: type) -> object:
+_T = TypeVar("_T")
+
+
+def _typed(where: str, key: str, value: object, kind: type[_T]) -> _T:
     """``value`` as ``kind`` (an int is a fine float; bools are neither), else a one-line ConfigError."""
     ok = (isinstance(value, kind) and not isinstance(value, bool)) or (
         kind is float and isinstance(value, int) and not isinstance(value, bool)) or (
         kind is bool and isinstance(value, bool))
     if not ok:
         raise ConfigError(f"{where}: key '{key}': expected {kind.__name__}, got {value!r}")
-    return float(value) if kind is float else value
+    if kind is float and isinstance(value, (int, float)):  # always so once ok holds for a float
+        return cast(_T, float(value))
+    return cast(_T, value)  # ok: value is a kind
 
 
 def _rekey(where: str, prefix: str, err: ConfigError) -> ConfigError:
@@ -343,7 +349,7 @@ def parse_preset(raw: object, where: str) -> SyntheticPreset:
     for i, m in enumerate(mods):
         if not isinstance(m, dict):
             raise ConfigError(f"{where}: key 'modalities[{i}]': expected a mapping, got {m!r}")
-        kw = {}
+        kw: dict[str, Any] = {}
         for key, value in m.items():
             if key not in _SPEC_KEYS:
                 raise ConfigError(f"{where}: key 'modalities[{i}].{key}': unknown (allowed: "

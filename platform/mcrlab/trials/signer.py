@@ -33,7 +33,7 @@ class StateSigner(Callback):
         return {"tree": self.tree, "manifest": self.manifest}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["tree"], state["manifest"])
+        StateSigner.__init__(self, state["tree"], state["manifest"])
 
     def sign(self) -> int:
         self._last = time.monotonic()

@@ -183,7 +183,7 @@ def _signed_files(tree: Path, into_checkpoints: bool = True) -> list[tuple[str, 
     """``[(relative path, path)]`` of the files restore may read. Signing skips trial checkpoint folders
     (``checkpoint_*``: thousands of them in a long sweep, walked five times a second, and they hold no
     pickle of ours); verification walks them too, so a pickle planted there is refused."""
-    out = []
+    out: list[tuple[str, Path]] = []
     if not tree.is_dir():
         return out
     for dirpath, dirnames, filenames in os.walk(tree):

@@ -20,7 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from mcrlab.config import ConfigError, RunConfig, build_dataclass, cut, short
+from mcrlab.config import ConfigError, RunConfig, build_dataclass, cut, field_default, short
 
 __all__ = ["Param", "parse_params", "check_paths", "set_path", "apply_values", "same_value"]
 
@@ -74,6 +74,7 @@ class Param:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (self.kind == "int" and
                                                                       not isinstance(v, int)):
             return False
+        assert self.low is not None and self.high is not None  # a float/int range always has both ends
         return self.low <= v <= self.high
 
     def describe(self) -> str:
@@ -89,6 +90,7 @@ class Param:
             return [("choice", c) for c in self.choices]
         if self.kind == "fixed":
             return [("fixed value", self.value)]
+        assert self.low is not None and self.high is not None  # a float/int range always has both ends
         if self.kind == "float":  # as Optuna will suggest them: floats, even when written 1 and 8
             return [("low", float(self.low)), ("high", float(self.high))]
         return [("low", self.low), ("high", self.high)]
@@ -231,7 +233,7 @@ def _section_cls(section: str, method: str) -> type:
 
 def _default_list(section: str, key: str, method: str) -> list:
     f = {f.name: f for f in dataclasses.fields(_section_cls(section, method))}[key]
-    return list(f.default_factory() if f.default is dataclasses.MISSING else f.default)  # type: ignore[misc]
+    return list(field_default(f))
 
 
 def check_paths(params: tuple[Param, ...], base: dict, source: str) -> None:
@@ -281,7 +283,9 @@ def _check_one(p: Param, methods: list[str], base: dict, paths: set[str], source
     from mcrlab.methods import REGISTRY
 
     where = f"{source}: params.{p.name}"
-    section, key, index = PATH_RE.match(p.path).groups()
+    match = PATH_RE.match(p.path)
+    assert match is not None  # parse_params accepts only names whose path matches PATH_RE
+    section, key, index = match.groups()
     if index is not None and f"{section}.{key}" in paths:
         raise ConfigError(f"{where}: the whole list {section}.{key} is a parameter too; keep one")
     for m in methods if p.path != "method.name" else [methods[0]]:
@@ -295,11 +299,11 @@ def _check_one(p: Param, methods: list[str], base: dict, paths: set[str], source
                               f"(its parameters: {', '.join(names) or 'none'}){hint}")
         if section != "method" and key not in names:
             raise ConfigError(f"{where}: '{key}' is not a key of {section} (known: {', '.join(names)})")
-        hint = typing.get_type_hints(cls)[key] if key in names else None
-        if p.kind == "float" and index is None and hint is int:
+        key_type = typing.get_type_hints(cls)[key] if key in names else None
+        if p.kind == "float" and index is None and key_type is int:
             raise ConfigError(f"{where}: {section}.{key} is an integer; use type: int")
         if index is not None:
-            if hint is not list and typing.get_origin(hint) is not list:
+            if key_type is not list and typing.get_origin(key_type) is not list:
                 raise ConfigError(f"{where}: {section}.{key} is not a list; an index applies only to lists")
             current = _current_list(base, section, key, m)
             missing = [j for j in range(len(current), int(index)) if f"{section}.{key}.{j}" not in paths]

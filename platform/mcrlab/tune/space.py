@@ -23,7 +23,7 @@ import copy
 import math
 import statistics
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -284,10 +284,11 @@ def _datasets(raw: Any, base: dict, source: str) -> tuple[str, ...]:
     from mcrlab import data
 
     check = getattr(data, "check_data_name", None)
+    presets: Collection[str] | None
     try:  # a typo in a synthetic preset is the commonest dataset mistake: catch it before any trial
-        from mcrlab.data.synthetic import PRESETS
+        from mcrlab.data.synthetic import PRESETS as presets
     except ImportError:
-        PRESETS = None
+        presets = None
     for i, name in enumerate(raw):
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{source}: datasets[{i}]: expected a dataset name, got {short(name)}")
@@ -295,9 +296,9 @@ def _datasets(raw: Any, base: dict, source: str) -> tuple[str, ...]:
             raise ConfigError(f"{source}: datasets[{i}]: '{name}' is listed twice")
         _filterable(name, f"{source}: datasets[{i}]")
         preset = name.split(":", 1)[1] if name.startswith("synthetic:") else None
-        if PRESETS is not None and preset is not None and preset not in PRESETS:
+        if presets is not None and preset is not None and preset not in presets:
             raise ConfigError(f"{source}: datasets[{i}]: unknown synthetic preset '{preset}' "
-                              f"(known: {', '.join(PRESETS)})")
+                              f"(known: {', '.join(presets)})")
         if check is not None:
             try:
                 check(name)
