@@ -203,6 +203,7 @@ def plot_modalities(rep: Report, dataset: str, path: Path) -> Path | None:
 def modalities_figure(rep: Report, dataset: str) -> plt.Figure | None:
     """The accuracy panels share one y-range; one arm legend (colours) outside on the right, the D_m panel's
     line styles (modalities) in a legend below it."""
+    assert rep.tidy is not None, "a report built from a tidy table"
     df = rep.tidy[rep.tidy["dataset"] == dataset]
     arms = [a for a in _arms(rep) if a in set(df["arm"].astype(str))]
     colors = _colors(_arms(rep))

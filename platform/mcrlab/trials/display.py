@@ -31,7 +31,7 @@ from mcrlab.trials.plan import TrialPlan
 try:
     from ray.tune import Callback
 except ImportError:  # pragma: no cover - ray is a dependency; keep the module importable for docs
-    Callback = object  # type: ignore[misc,assignment]
+    Callback = object
 
 __all__ = ["LiveDisplay", "quiet_libraries", "format_duration", "eta_seconds", "use_rich"]
 
