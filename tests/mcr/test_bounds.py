@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mcrlab.mcr import CLUB, CEBDecoder, CLUBNet, ceb_mse, club_bound, contrastive_loss
+from tests.mcr.reference import contrastive_reference
 
 
 def _contrastive_loop(embs: list[torch.Tensor], y: torch.Tensor, tau: float, bound: str) -> torch.Tensor:
@@ -61,6 +62,28 @@ def test_contrastive_gradcheck(bound):
     proj = torch.randn(2, 3, generator=g, dtype=torch.float64)
     y = torch.tensor([0, 1, 1, 0])
     assert torch.autograd.gradcheck(lambda a, b: contrastive_loss([a, b @ proj], y, 0.5, bound), (a, b))
+
+
+@pytest.mark.parametrize("bound", ["supcon", "infonce"])
+@pytest.mark.parametrize("M", [2, 3])
+def test_fused_contrastive_node_equals_the_autograd_reference(bound, M):
+    """Value and gradients of the one-node bound (hand-written backward) against plain autograd ops,
+    with a label that has no positive in one modality set (supcon) and a zero-norm row (clamped norm)."""
+    g = torch.Generator().manual_seed(10 + M)
+    y = torch.tensor([0, 1, 0, 2, 1, 0, 3])
+    embs = [(torch.randn(7, 4, generator=g, dtype=torch.float64) * 2).requires_grad_() for _ in range(M)]
+    got = contrastive_loss(embs, y, 0.3, bound, num_classes=5)
+    want = contrastive_reference(embs, y, 0.3, bound)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    w = torch.tensor(1.7, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(got * w, embs), torch.autograd.grad(want * w, embs), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    zero = [torch.zeros(1, 4, dtype=torch.float64, requires_grad=True)]
+    embs2 = [torch.cat([zero[0], embs[0][1:]])] + embs[1:]
+    assert torch.autograd.gradcheck(lambda *t: contrastive_loss(list(t), y, 0.3, bound), tuple(embs))
+    a = torch.autograd.grad(contrastive_loss(embs2, y, 0.3, bound), zero)[0]
+    b = torch.autograd.grad(contrastive_reference(embs2, y, 0.3, bound), zero)[0]
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=0)  # 1 / eps-sized: relative
 
 
 def test_ceb_mse_value_gradients_and_gradcheck():
