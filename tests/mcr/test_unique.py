@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mcrlab.config import ModelConfig
-from mcrlab.mcr import draw_perturbation, unique_from_perturbation, unique_information
+from mcrlab.mcr import draw_permutations, draw_perturbation, unique_from_perturbation, unique_information
 from mcrlab.models.net import ForwardOutput, MultimodalNet
 from tests.mcr.reference import random_batch, tiny_net, unique_loop
 
@@ -95,3 +95,34 @@ def test_copy_task_trained_model_has_d1_much_larger_than_d2():
         d = unique_information(model, out, num_perms=8, generator=torch.Generator().manual_seed(0))
     assert d[0] > 0.2  # nats; JSD <= ln 2
     assert d[0] > 20 * d[1]
+
+
+@pytest.mark.parametrize("chunk", [1, 1 << 17])
+def test_permuted_relu_linear_equals_the_plain_head_rerun(monkeypatch, chunk):
+    """The MLP head's fused re-run (chunks of permutations, rebuilt in backward) against the plain ops:
+    values, gradients to every input, gradcheck; chunk = 1 element forces one permutation per chunk."""
+    from mcrlab.mcr import unique as unique_mod
+
+    monkeypatch.setattr(unique_mod, "_CHUNK_ELEMS", chunk)
+    g = torch.Generator().manual_seed(3)
+    rest, contrib = (torch.randn(3, 5, 4, generator=g, dtype=torch.float64).requires_grad_() for _ in range(2))
+    w = torch.randn(2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, generator=g, dtype=torch.float64, requires_grad=True)
+    perms = draw_permutations(3, 5, g)
+    args = (rest, contrib, w, b)
+
+    def fused(r, c, w, b):
+        return unique_mod.permuted_relu_linear(r, c, perms, w, b)
+
+    def plain(r, c, w, b):
+        return torch.relu(r.unsqueeze(1) + c[:, perms]) @ w.T + b
+
+    got, want = fused(*args), plain(*args)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    up = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    for a, c in zip(torch.autograd.grad((got * up).sum(), args), torch.autograd.grad((want * up).sum(), args),
+                    strict=True):
+        torch.testing.assert_close(a, c, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(fused, args)
+    assert torch.autograd.gradcheck(lambda r, c, w: unique_mod.permuted_relu_linear(r, c, perms, w, None),
+                                    args[:3])

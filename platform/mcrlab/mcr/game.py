@@ -37,7 +37,13 @@ from torch.func import functional_call
 from mcrlab.mcr.divergence import divergence as _divergence
 from mcrlab.mcr.divergence import mean_divergence, permuted_mean_divergence
 from mcrlab.mcr.perturb import Perturbation, permute_rows
-from mcrlab.mcr.unique import can_use_fast_path, fusion_weight, split_head
+from mcrlab.mcr.unique import (
+    can_use_fast_path,
+    fusion_weight,
+    permuted_relu_linear,
+    relu_linear_tail,
+    split_head,
+)
 from mcrlab.models.net import ForwardOutput
 
 __all__ = ["STRATEGY_K", "coefficients", "game_term", "game_term_reference"]
@@ -96,10 +102,12 @@ def _game_divergences_fast(out: ForwardOutput, fusion: nn.Module, pert: Perturba
 
 def _additive_divergences(U: torch.Tensor, Fd: torch.Tensor, zs: list[torch.Tensor],
                           weights: list[torch.Tensor | None], tail, pert: Perturbation, k: float,
-                          divergence: str, reference_grad: str) -> torch.Tensor:
+                          divergence: str, reference_grad: str,
+                          last: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
     """D_j (M,) when the head is tail(sum_m u_m + b): U (M, B, K) stacked u_m, Fd (B, K) = sum + b detached.
 
-    Late fusion: u_m = l_m, K = C, no tail. MLP head: u_m = W1_m z_m (hidden, K = H), tail = the rest.
+    Late fusion: u_m = l_m, K = C, no tail. MLP head: u_m = W1_m z_m (hidden, K = H), tail = the rest;
+    ``last`` = (weight, bias) of the tail when it is ReLU -> Linear (one fused node for all permutations).
     """
     M = U.shape[0]
     c = coefficients(M, k, dtype=U.dtype, device=U.device)
@@ -115,6 +123,8 @@ def _additive_divergences(U: torch.Tensor, Fd: torch.Tensor, zs: list[torch.Tens
     # q_j = (F_j' - u_j) + perturbed u_j.
     if pert.kind == "permute" and tail is None:
         return permuted_mean_divergence(P, Fj - U, U, pert.perms, divergence)
+    if pert.kind == "permute" and last is not None:
+        return mean_divergence(tail(P), permuted_relu_linear(Fj - U, U, pert.perms, *last), divergence)
     if pert.kind == "permute":
         pq = permute_rows(U, pert.perms)  # (M, S, B, K)
     else:
@@ -141,8 +151,10 @@ def _game_divergences_general(out: ForwardOutput, fusion: nn.Module, pert: Pertu
         tail_params = {n: p.detach() for n, p in tail.named_parameters()}
         U = torch.stack([z @ w.T for z, w in zip(zs, ws, strict=True)])  # (M, B, H)
         Fd = (U.sum(0) + b).detach()
+        lin = relu_linear_tail(tail)
+        last = None if lin is None else (lin.weight.detach(), None if lin.bias is None else lin.bias.detach())
         return _additive_divergences(U, Fd, zs, ws, lambda x: functional_call(tail, tail_params, (x,)),
-                                     pert, k, divergence, reference_grad)
+                                     pert, k, divergence, reference_grad, last)
     head = _detached_head(fusion)
     S = pert.size
     c = coefficients(M, k, dtype=zs[0].dtype, device=zs[0].device)
