@@ -9,6 +9,7 @@ import torch
 
 from mcrlab.mcr import divergence, draw_permutations, draw_perturbation
 from mcrlab.mcr.divergence import inverse_permutations, mean_divergence, permuted_mean_divergence
+from mcrlab.mcr.perturb import device_generator
 from tests.mcr.reference import div_reference
 
 
@@ -59,6 +60,17 @@ def test_permutations_are_permutations_and_seeded():
     again = draw_permutations(16, 10, torch.Generator().manual_seed(3))
     assert torch.equal(perms, again)
     assert len({tuple(r.tolist()) for r in perms}) > 1  # not the same permutation repeated
+
+
+def test_permutations_are_uniform():
+    """All 3! permutations of a batch of 3 come out equally often (chi-square, 5 dof, p ~ 1e-4 cut-off)."""
+    perms = draw_permutations(6000, 3, torch.Generator().manual_seed(11))
+    counts = torch.unique(perms, dim=0, return_counts=True)[1]
+    assert counts.numel() == 6
+    chi2 = ((counts.double() - 1000.0) ** 2 / 1000.0).sum()
+    assert chi2 < 25.0
+    g = torch.Generator().manual_seed(0)
+    assert device_generator(g, torch.device("cpu")) is g  # no re-seeding on the generator's own device
 
 
 def test_noise_and_zero_perturbations():
