@@ -100,6 +100,7 @@ class TrainConfig:
     probe_epochs: int = opt(100, "full-batch L-BFGS-free steps of the linear probe per encoder (0 = off)", ge=0)
     patience: int = opt(0, "early stopping on val/acc after this many epochs without gain (0 = off)", ge=0)
     checkpoint_every: int = opt(1, "save a checkpoint every N epochs (when a checkpoint dir is given)", ge=1)
+    compile: bool = opt(False, "torch.compile the model's training forward (opt-in; first steps compile)")
 
     def __post_init__(self) -> None:
         if any((not isinstance(r, (int, float)) or isinstance(r, bool) or r <= 0) for r in self.player_lr):
