@@ -132,6 +132,11 @@ def test_club_bound_matches_loop_and_trains_only_what_it_should():
     assert gn[0] is None and gn[1] is None and any(g is not None and g.abs().sum() > 0 for g in gn[2:])
     assert torch.autograd.gradcheck(lambda a, b: club_bound(net, a, b, y)[0],
                                     (za.detach().requires_grad_(), zb.detach().requires_grad_()))
+    # q's training signal: the Gaussian negative log-likelihood of the positive pairs (less log 2 pi / 2)
+    mu, logvar = net(za, y)
+    want = torch.stack([0.5 * (((zb[i] - mu[i]) ** 2) / logvar[i].exp() + logvar[i]).sum()
+                        for i in range(len(y))]).mean()
+    torch.testing.assert_close(nll, want, rtol=0, atol=1e-12)
 
 
 def test_club_separates_dependent_from_independent_pairs():
