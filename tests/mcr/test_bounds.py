@@ -86,6 +86,33 @@ def test_fused_contrastive_node_equals_the_autograd_reference(bound, M):
     torch.testing.assert_close(a, b, rtol=1e-12, atol=0)  # 1 / eps-sized: relative
 
 
+def test_contrastive_defaults_one_modality_and_validation():
+    g = torch.Generator().manual_seed(3)
+    y = torch.tensor([0, 1, 0, 2])  # label 2: no positive within one modality
+    embs = [torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(2)]
+    assert torch.equal(contrastive_loss(embs, y), contrastive_loss(embs, y, 0.5, "supcon"))
+    one = [embs[0]]  # anchors without positives are left out of the mean
+    torch.testing.assert_close(contrastive_loss(one, y, 0.5, "supcon"), contrastive_reference(one, y, 0.5),
+                               rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="unknown shared bound 'simclr'"):
+        contrastive_loss(embs, y, 0.5, "simclr")
+
+
+def test_contrastive_low_precision_and_small_temperature():
+    """bf16 embeddings are computed in float32; a tiny temperature in float32 stays finite and exact for an
+    anchor whose every similarity is far below the batch's largest one (row-wise, not global, max)."""
+    x = torch.tensor([[1.0, 0.0], [0.3, 1.0]])
+    embs = [x, torch.stack([x[0], -x[0]])]  # anchor (1, 1) = -x0: similarities -1 / tau at best
+    y = torch.tensor([0, 1])
+    got = contrastive_loss(embs, y, 0.005, "supcon")
+    want = contrastive_reference([e.double() for e in embs], y, 0.005, "supcon")
+    assert torch.isfinite(got) and got.item() == pytest.approx(want.item(), rel=1e-5)
+    b16 = contrastive_loss([e.bfloat16() for e in embs], y, 0.5)
+    assert b16.dtype == torch.float32
+    ref = contrastive_reference([e.bfloat16().double() for e in embs], y, 0.5)
+    assert b16.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
 def test_ceb_mse_value_gradients_and_gradcheck():
     torch.manual_seed(0)
     dec = CEBDecoder(3, 4, 5).double()

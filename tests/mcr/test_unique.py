@@ -7,12 +7,14 @@ import torch
 
 from mcrlab.config import ModelConfig
 from mcrlab.mcr import (
+    can_use_fast_path,
     draw_permutations,
     draw_perturbation,
     fast_perturbed_logits,
     unique_from_perturbation,
     unique_information,
 )
+from mcrlab.mcr.unique import fusion_weight
 from mcrlab.models.net import ForwardOutput, MultimodalNet
 from tests.mcr.reference import perturbed_latent_row, random_batch, tiny_net, unique_loop
 
@@ -165,3 +167,30 @@ def test_perturbed_latents_keep_the_latent_dtype():
     assert pert.latent(z, 0).dtype == torch.bfloat16
     w = torch.randn(3, 4).bfloat16()
     assert pert.contribution(z @ w.T, 0, z, w).dtype == torch.bfloat16
+
+
+def test_unique_defaults_paths_and_fast_path_conditions():
+    model = tiny_net("late")
+    xs, _ = random_batch(batch=16)
+    out = model(xs)
+    gen = torch.Generator
+    # documented defaults: S = 8 permutations, jsd, path auto
+    default = unique_information(model, out, generator=gen().manual_seed(5))
+    explicit = unique_information(model, out, num_perms=8, divergence="jsd", perturbation="permute",
+                                  path="auto", generator=gen().manual_seed(5))
+    assert torch.equal(default, explicit)
+    pert = draw_perturbation("permute", 3, out.z, gen().manual_seed(1))
+    assert torch.equal(unique_from_perturbation(out, model.fusion, pert),
+                       unique_from_perturbation(out, model.fusion, pert, divergence="jsd"))
+    # "fast" is refused where there are no per-modality contributions; "general" is always possible
+    mlp = tiny_net("mlp")
+    out_mlp = mlp(xs)
+    with pytest.raises(ValueError, match="fast path needs late fusion"):
+        unique_from_perturbation(out_mlp, mlp.fusion, pert, path="fast")
+    # the fast path needs contributions AND an additive head; noise also needs the weights W_m
+    assert can_use_fast_path(out, model.fusion, "noise") and can_use_fast_path(out, model.fusion, "permute")
+    assert not can_use_fast_path(out, mlp.fusion, "permute")
+    bare = torch.nn.Module()
+    bare.additive = True  # additive, but no W_m to push noise through
+    assert can_use_fast_path(out, bare, "permute") and not can_use_fast_path(out, bare, "noise")
+    assert fusion_weight(bare, 0) is None and fusion_weight(model.fusion, 1) is model.fusion.proj[1].weight

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mcrlab.mcr.divergence import inverse_permutations
+
 __all__ = ["PERTURBATIONS", "Perturbation", "device_generator", "draw_permutations", "draw_perturbation",
            "permute_rows"]
 
@@ -72,8 +74,7 @@ class _PermuteRows(torch.autograd.Function):
         (perms,) = ctx.saved_tensors
         S, B = perms.shape
         # d x[k] = sum_s grad[s, inv_s(k)]; flat row index of (s, inv_s(k)) is s * B + inv_s(k)
-        src = torch.arange(B, device=perms.device) + torch.arange(S, device=perms.device).unsqueeze(1) * B
-        inv = torch.empty_like(perms).scatter_(1, perms, src)  # inverse permutations, as flat row indices
+        inv = inverse_permutations(perms, flat=True)
         rows = grad.flatten(-3, -2).index_select(-2, inv.reshape(-1))
         return rows.unflatten(-2, (S, B)).sum(-3), None
 
