@@ -158,6 +158,16 @@ def test_fused_jsd_is_finite_for_extreme_logits_in_float32():
     assert torch.isfinite(p.grad).all() and torch.isfinite(q.grad).all()
 
 
+def test_half_precision_logits_are_upcast():
+    g = torch.Generator().manual_seed(4)
+    p, q = torch.randn(2, 5, 3, generator=g), torch.randn(2, 4, 5, 3, generator=g)
+    for fn in (lambda a, b: divergence(a.unsqueeze(1), b), lambda a, b: mean_divergence(a, b)):
+        low = fn(p.bfloat16(), q.bfloat16())
+        assert low.dtype == torch.float32
+        torch.testing.assert_close(low, fn(p.bfloat16().double(), q.bfloat16().double()).float(),
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_inverse_permutations():
     perms = draw_permutations(6, 9, torch.Generator().manual_seed(2))
     inv = inverse_permutations(perms)

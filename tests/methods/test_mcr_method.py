@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tests.helpers_data import toy_dataset
 from tests.mcr.reference import contrastive_reference, random_batch, tiny_net
 
-from mcrlab.config import ModelConfig, RunConfig, load_config
+from mcrlab.config import ConfigError, ModelConfig, RunConfig, load_config
 from mcrlab.mcr import draw_perturbation, game_term_reference
 from mcrlab.methods import REGISTRY, StepContext
 from mcrlab.methods.mcr import MCRParams, regulariser_schedule
@@ -307,3 +307,31 @@ def test_adaptive_multipliers_band_edges():
     assert adaptive_multipliers([2.0, 1.0], [0.0, 0.0], band, 1.0) == [2.0, 1.0]
     # rate 0 switches the update off
     assert adaptive_multipliers([1.0, 1.0], [0.4, 0.0], band, 0.0) == [1.0, 1.0]
+
+
+def test_params_window_extras_and_inactive_logs():
+    assert MCRParams(start_epoch=2, end_epoch=2).end_epoch == 2  # a one-epoch window is valid
+    with pytest.raises(ConfigError, match="end_epoch: must be -1 or >= start_epoch"):
+        MCRParams(start_epoch=3, end_epoch=2)
+    # one step per epoch: the warm-up reaches (epoch - start + 1) / warmup at the end of each epoch
+    p = MCRParams(warmup_epochs=2)
+    assert regulariser_schedule(p, 0, 0, 1) == (True, 0.5) and regulariser_schedule(p, 1, 0, 1) == (True, 1.0)
+    # no auxiliary networks unless their term is on
+    _, plain, _, _ = _setup(lambda_c=0.0)
+    assert plain.extra_modules() is None and plain.num_classes == 3
+    _, shared, _, _ = _setup(lambda_c=0.1)
+    assert set(shared.extra_modules()) == {"shared"}
+    # outside the window: effective lambda_M 0 in the logs
+    model, method, xs, y = _setup(start_epoch=1)
+    logs = _floats(method.training_step(model, xs, y, _ctx(epoch=0)).logs)
+    assert logs["mcr/active"] == 0.0 and logs["mcr/lambda_m"] == 0.0
+
+
+@pytest.mark.parametrize("divergence", ["kl", "mse"])
+def test_lambda_zero_measures_d_with_the_configured_divergence(divergence):
+    model, method, xs, y = _setup(divergence=divergence, lambda_c=0.0)
+    with_game = _floats(method.training_step(model, xs, y, _ctx(seed=2)).logs)
+    method.params.lambda_m = 0.0
+    without = _floats(method.training_step(model, xs, y, _ctx(seed=2)).logs)
+    assert without["mcr/D/0"] == pytest.approx(with_game["mcr/D/0"], rel=1e-6)
+    assert without["mcr/D/1"] == pytest.approx(with_game["mcr/D/1"], rel=1e-6)
