@@ -75,14 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "mutation", help="work folder (kept)")
     ap.add_argument("--max-children", type=int, default=2, help="parallel test processes")
     ap.add_argument("--report-only", action="store_true", help="summarise the last run without testing")
+    ap.add_argument("--retest-survivors", action="store_true",
+                    help="re-run only the mutants that survived the last run (after adding tests)")
     args = ap.parse_args(argv)
     if shutil.which("mutmut", path=str(Path(sys.executable).parent)) is None:
         print("mutation: mutmut is not installed in this environment (pip install -e '.[dev]')", file=sys.stderr)
         return 2
     args.work.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
+        names: list[str] = []
+        last = args.work / "mutation-summary.json"
+        if args.retest_survivors and last.is_file():
+            names = json.loads(last.read_text())["survived"]
         prepare(args.work)
-        run = mutmut(args.work, "run", "--max-children", str(args.max_children))
+        run = mutmut(args.work, "run", "--max-children", str(args.max_children), *names)
         if run.returncode != 0:
             print(run.stdout[-3000:], run.stderr[-3000:], sep="\n", file=sys.stderr)
             return 1
