@@ -73,12 +73,6 @@ def _detached_head(fusion: nn.Module):
     return lambda zs: functional_call(fusion, params, (zs,))
 
 
-def _scaled(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """x's value with its gradient scaled by c: x.detach() + c * (x - x.detach())."""
-    xd = x.detach()
-    return xd + c * (x - xd)
-
-
 def game_term(out: ForwardOutput, fusion: nn.Module, pert: Perturbation, *, lambda_m: float, k: float,
               divergence: str = "jsd", reference_grad: str = "same", path: str = "auto"
               ) -> tuple[torch.Tensor, torch.Tensor]:
