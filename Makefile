@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: run test test-fast lint bench clean
+.PHONY: run test test-fast lint bench mutation clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) jobs/bench_step.py
+
+# mutmut over mcr/ and methods/mcr.py with their tests (resumable; ~1 h on 2 cores): score and survivors
+mutation: $(VENV)/.installed
+	$(PY) jobs/mutation.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

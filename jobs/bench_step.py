@@ -8,14 +8,19 @@ pass, then the fusion head re-run once per permutation and modality in a Python 
 device, thread setting and fusion head (late, mlp): median milliseconds and the ratio to joint.
 
 Steps of all methods are interleaved round-robin so that load changes on a shared machine hit them
-alike; wall-clock and (CPU) process-time medians are both recorded. Target: MCR <= 1.10 x joint on CPU
-at B = 256.
+alike; wall-clock and (CPU) process-time medians are both recorded. Each ratio is the median over rounds
+of (variant step / joint step of the same round), with its spread (the 25th-75th percentile of those
+per-round ratios), so that a burst of load on a shared machine widens the spread instead of moving the
+figure. Targets (issue 15, bench MLPs, CPU, B = 256): MCR <= 1.35x at S = 8 and <= 1.45x at S = 32,
+game term only <= 1.20x, MLP fusion head <= 2.0x at S = 32.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import statistics
 import time
 
@@ -102,12 +107,31 @@ def bench(device: torch.device, fusion: str, batch: int, steps: int, warmup: int
             if i >= warmup:
                 times[name].append(t)
     out = {}
-    base_w = statistics.median(t[0] for t in times["joint"])
-    base_c = statistics.median(t[1] for t in times["joint"])
+    base = times["joint"]
     for name, ts in times.items():
         w, c = statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)
-        out[name] = {"wall_ms": w, "cpu_ms": c, "ratio_wall": w / base_w, "ratio_cpu": c / base_c}
+        rw = [t[0] / b[0] for t, b in zip(ts, base, strict=True)]  # per-round ratios: same load
+        rc = [t[1] / b[1] if b[1] > 0 else math.nan for t, b in zip(ts, base, strict=True)]
+        out[name] = {"wall_ms": w, "cpu_ms": c, "ratio_wall": statistics.median(rw),
+                     "ratio_cpu": statistics.median(rc), **_spread("ratio_wall", rw), **_spread("ratio_cpu", rc)}
     return out
+
+
+def _spread(key: str, xs: list[float]) -> dict[str, float]:
+    """25th and 75th percentiles of per-round ratios (the spread printed next to each median)."""
+    if len(xs) < 2:
+        return {f"{key}_p25": xs[0], f"{key}_p75": xs[0]}
+    q = statistics.quantiles(xs, n=4)
+    return {f"{key}_p25": q[0], f"{key}_p75": q[2]}
+
+
+def print_table(label: str, res: dict[str, dict[str, float]]) -> None:
+    print(f"\n{label}")
+    print(f"  {'method':<22}{'wall ms':>9}{'x joint':>9}{'[p25, p75]':>15}{'cpu ms':>9}{'x joint':>9}{'[p25, p75]':>15}")
+    for name, r in res.items():
+        print(f"  {name:<22}{r['wall_ms']:>9.2f}{r['ratio_wall']:>9.2f}"
+              f"   [{r['ratio_wall_p25']:.2f}, {r['ratio_wall_p75']:.2f}]"
+              f"{r['cpu_ms']:>9.2f}{r['ratio_cpu']:>9.2f}   [{r['ratio_cpu_p25']:.2f}, {r['ratio_cpu_p75']:.2f}]")
 
 
 def main() -> int:
@@ -140,17 +164,14 @@ def main() -> int:
                 res = bench(torch.device(dev), fusion, args.batch, args.steps, args.warmup, width, S_list)
                 label = f"{dev} threads={n} fusion={fusion} B={args.batch}" if dev == "cpu" else \
                     f"{dev} ({torch.cuda.get_device_name()}) fusion={fusion} B={args.batch}"
-                print(f"\n{label}")
-                print(f"  {'method':<22}{'wall ms':>10}{'x joint':>9}{'cpu ms':>10}{'x joint':>9}")
-                for name, r in res.items():
-                    print(f"  {name:<22}{r['wall_ms']:>10.2f}{r['ratio_wall']:>9.2f}"
-                          f"{r['cpu_ms']:>10.2f}{r['ratio_cpu']:>9.2f}")
+                print_table(label, res)
                 results.append({"device": dev, "threads": n, "fusion": fusion, "batch": args.batch,
                                 "width": width, "in_dims": IN_DIMS, "classes": NUM_CLASSES, "results": res})
     torch.set_num_threads(default_threads)
+    print(f"\nload average (1, 5, 15 min): {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "runs": results}, f, indent=1)
+            json.dump({"torch": torch.__version__, "load_average": os.getloadavg(), "runs": results}, f, indent=1)
     return 0
 
 

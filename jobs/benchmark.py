@@ -6,9 +6,13 @@
 
 Figures (``figures`` in the JSON; the CPU ones always, ``*_cuda_*`` only when CUDA is present):
 
-  mcr_over_joint_step_{late,mlp}_s{8,32}          MCR step time / joint step time, CPU, B=256 (wall clock;
-  mcr_over_joint_step_{late,mlp}_s{8,32}_cputime  and process time, robust to a loaded machine), measured
-                                                  by jobs/bench_step.py's ``bench`` (target <= 1.10)
+  mcr_over_joint_step_{late,mlp}_s{8,32}          MCR step time / joint step time, CPU, B=256, bench MLPs
+  mcr_over_joint_step_{late,mlp}_s{8,32}_cputime  (wall clock; and process time, steadier on a loaded machine),
+                                                  median of per-round ratios, interleaved, by jobs/bench_step.py's
+                                                  ``bench`` (targets: late <= 1.35 at S=8, <= 1.45 at S=32; mlp
+                                                  <= 2.0 at S=32); spread (p25, p75) in raw
+  mcr_game_only_over_joint_step_{late,mlp}_s{8,32}[_cputime]   the same with the game term only (lambda_C = 0;
+                                                  target <= 1.20)
   mcr_over_joint_step_cuda_{late,mlp}_s{8,32}     the same on CUDA, MLP model (bench_step.bench)
   mcr_over_joint_step_cuda_resnet_{late,mlp}_s{8,32}   two ResNet-18-like conv encoders (spectrogram
                                                   1x128x128, frame 3x112x112), bf16 autocast, B=256
@@ -50,7 +54,8 @@ S_LIST = [8, 32]
 FUSIONS = ("late", "mlp")
 # every run reports these (CPU); the *_cuda_* figures come in addition when CUDA is present
 STABLE_FIGURES = (
-    *(f"mcr_over_joint_step_{f}_s{s}{t}" for f in FUSIONS for s in S_LIST for t in ("", "_cputime")),
+    *(f"mcr{g}_over_joint_step_{f}_s{s}{t}" for g in ("", "_game_only") for f in FUSIONS for s in S_LIST
+      for t in ("", "_cputime")),
     "platform_over_bare_throughput", "platform_over_bare_throughput_no_eval",
     "platform_over_bare_throughput_cputime", "platform_over_bare_throughput_no_eval_cputime", "fit_eval_share",
     "sweep_overhead_s_per_trial_single", "sweep_overhead_s_per_trial_dp", "dp_startup_s", "dp_scaling_2w_over_1w")
@@ -83,10 +88,12 @@ def step_ratios(smoke: bool, device: str) -> tuple[dict, dict]:
     for fusion in FUSIONS:
         res = bench_step.bench(torch.device(device), fusion, batch, steps, warmup, width, S_LIST)
         raw[f"{device}_{fusion}"] = res
+        bench_step.print_table(f"{device} fusion={fusion} B={batch}", res)
         for s in S_LIST:
-            figures[f"mcr_over_joint_step{tag}_{fusion}_s{s}"] = res[f"mcr_S{s}"]["ratio_wall"]
-            if device == "cpu":
-                figures[f"mcr_over_joint_step_{fusion}_s{s}_cputime"] = res[f"mcr_S{s}"]["ratio_cpu"]
+            for g, variant in (("", f"mcr_S{s}"), ("_game_only", f"mcr_game_only_S{s}")):
+                figures[f"mcr{g}_over_joint_step{tag}_{fusion}_s{s}"] = res[variant]["ratio_wall"]
+                if device == "cpu":
+                    figures[f"mcr{g}_over_joint_step_{fusion}_s{s}_cputime"] = res[variant]["ratio_cpu"]
     return figures, raw
 
 
@@ -397,7 +404,7 @@ def machine() -> dict:
             "load_average": list(os.getloadavg())}
 
 
-_PART_PREFIXES = {"step": ("mcr_over",), "throughput": ("platform", "fit_"), "ray": ("sweep", "dp_")}
+_PART_PREFIXES = {"step": ("mcr_over", "mcr_game_only_over"), "throughput": ("platform", "fit_"), "ray": ("sweep", "dp_")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from mcrlab.cli.app import build_parser
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "jobs" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 TOP = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")} - {"runs"}
-GENERATED = ("runs/",)  # written by the commands the docs show
+GENERATED = ("runs/", "build/")  # written by the commands the docs show (build/: make mutation)
 # named in order to say it must not exist ("a platform/__init__.py would shadow the standard library's module")
 ABSENT_ON_PURPOSE = {"platform/__init__.py"}
 

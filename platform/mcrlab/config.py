@@ -228,6 +228,7 @@ class TrainConfig:
                           le=100_000)
     checkpoint_every: int = opt(1, "save a checkpoint every N epochs (when a checkpoint dir is given)", ge=1,
                                   le=100_000)
+    compile: bool = opt(False, "torch.compile the model's training forward (opt-in; first steps compile)")
 
     def __post_init__(self) -> None:
         if len(self.player_lr) > 64:

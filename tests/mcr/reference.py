@@ -57,3 +57,19 @@ def unique_loop(model: MultimodalNet, out: ForwardOutput, pert: Perturbation, ki
             rows.append(div_reference(out.fused, model.fusion(zs), kind).mean())
         ds.append(torch.stack(rows).mean())
     return torch.stack(ds)
+
+
+def contrastive_reference(embeddings: list[torch.Tensor], labels: torch.Tensor, temperature: float = 0.5,
+                          bound: str = "supcon") -> torch.Tensor:
+    """NT-Xent with plain autograd ops (the package's implementation before the fused node): scalar."""
+    M, B = len(embeddings), labels.shape[0]
+    e = torch.nn.functional.normalize(torch.cat(embeddings), dim=-1)
+    sim = e @ e.T / temperature  # (N, N)
+    eye = torch.eye(M * B, dtype=torch.bool)
+    lse = torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1)
+    group = labels.repeat(M) if bound == "supcon" else torch.arange(B).repeat(M)
+    pos = (group.unsqueeze(0) == group.unsqueeze(1)) & ~eye  # (N, N)
+    n_pos = pos.sum(1)
+    pos_mean = (sim * pos).sum(1) / n_pos.clamp(min=1)
+    has = n_pos > 0
+    return (lse - pos_mean)[has].mean()

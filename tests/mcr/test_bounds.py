@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mcrlab.mcr import CLUB, CEBDecoder, CLUBNet, ceb_mse, club_bound, contrastive_loss
+from tests.mcr.reference import contrastive_reference
 
 
 def _contrastive_loop(embs: list[torch.Tensor], y: torch.Tensor, tau: float, bound: str) -> torch.Tensor:
@@ -63,6 +64,55 @@ def test_contrastive_gradcheck(bound):
     assert torch.autograd.gradcheck(lambda a, b: contrastive_loss([a, b @ proj], y, 0.5, bound), (a, b))
 
 
+@pytest.mark.parametrize("bound", ["supcon", "infonce"])
+@pytest.mark.parametrize("M", [2, 3])
+def test_fused_contrastive_node_equals_the_autograd_reference(bound, M):
+    """Value and gradients of the one-node bound (hand-written backward) against plain autograd ops,
+    with a label that has no positive in one modality set (supcon) and a zero-norm row (clamped norm)."""
+    g = torch.Generator().manual_seed(10 + M)
+    y = torch.tensor([0, 1, 0, 2, 1, 0, 3])
+    embs = [(torch.randn(7, 4, generator=g, dtype=torch.float64) * 2).requires_grad_() for _ in range(M)]
+    got = contrastive_loss(embs, y, 0.3, bound, num_classes=5)
+    want = contrastive_reference(embs, y, 0.3, bound)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    w = torch.tensor(1.7, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(got * w, embs), torch.autograd.grad(want * w, embs), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    zero = [torch.zeros(1, 4, dtype=torch.float64, requires_grad=True)]
+    embs2 = [torch.cat([zero[0], embs[0][1:]])] + embs[1:]
+    assert torch.autograd.gradcheck(lambda *t: contrastive_loss(list(t), y, 0.3, bound), tuple(embs))
+    a = torch.autograd.grad(contrastive_loss(embs2, y, 0.3, bound), zero)[0]
+    b = torch.autograd.grad(contrastive_reference(embs2, y, 0.3, bound), zero)[0]
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=0)  # 1 / eps-sized: relative
+
+
+def test_contrastive_defaults_one_modality_and_validation():
+    g = torch.Generator().manual_seed(3)
+    y = torch.tensor([0, 1, 0, 2])  # label 2: no positive within one modality
+    embs = [torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(2)]
+    assert torch.equal(contrastive_loss(embs, y), contrastive_loss(embs, y, 0.5, "supcon"))
+    one = [embs[0]]  # anchors without positives are left out of the mean
+    torch.testing.assert_close(contrastive_loss(one, y, 0.5, "supcon"), contrastive_reference(one, y, 0.5),
+                               rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="unknown shared bound 'simclr'"):
+        contrastive_loss(embs, y, 0.5, "simclr")
+
+
+def test_contrastive_low_precision_and_small_temperature():
+    """bf16 embeddings are computed in float32; a tiny temperature in float32 stays finite and exact for an
+    anchor whose every similarity is far below the batch's largest one (row-wise, not global, max)."""
+    x = torch.tensor([[1.0, 0.0], [0.3, 1.0]])
+    embs = [x, torch.stack([x[0], -x[0]])]  # anchor (1, 1) = -x0: similarities -1 / tau at best
+    y = torch.tensor([0, 1])
+    got = contrastive_loss(embs, y, 0.005, "supcon")
+    want = contrastive_reference([e.double() for e in embs], y, 0.005, "supcon")
+    assert torch.isfinite(got) and got.item() == pytest.approx(want.item(), rel=1e-5)
+    b16 = contrastive_loss([e.bfloat16() for e in embs], y, 0.5)
+    assert b16.dtype == torch.float32
+    ref = contrastive_reference([e.bfloat16().double() for e in embs], y, 0.5)
+    assert b16.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
 def test_ceb_mse_value_gradients_and_gradcheck():
     torch.manual_seed(0)
     dec = CEBDecoder(3, 4, 5).double()
@@ -109,6 +159,11 @@ def test_club_bound_matches_loop_and_trains_only_what_it_should():
     assert gn[0] is None and gn[1] is None and any(g is not None and g.abs().sum() > 0 for g in gn[2:])
     assert torch.autograd.gradcheck(lambda a, b: club_bound(net, a, b, y)[0],
                                     (za.detach().requires_grad_(), zb.detach().requires_grad_()))
+    # q's training signal: the Gaussian negative log-likelihood of the positive pairs (less log 2 pi / 2)
+    mu, logvar = net(za, y)
+    want = torch.stack([0.5 * (((zb[i] - mu[i]) ** 2) / logvar[i].exp() + logvar[i]).sum()
+                        for i in range(len(y))]).mean()
+    torch.testing.assert_close(nll, want, rtol=0, atol=1e-12)
 
 
 def test_club_separates_dependent_from_independent_pairs():

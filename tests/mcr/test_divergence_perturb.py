@@ -9,6 +9,7 @@ import torch
 
 from mcrlab.mcr import divergence, draw_permutations, draw_perturbation
 from mcrlab.mcr.divergence import inverse_permutations, mean_divergence, permuted_mean_divergence
+from mcrlab.mcr.perturb import device_generator
 from tests.mcr.reference import div_reference
 
 
@@ -61,6 +62,42 @@ def test_permutations_are_permutations_and_seeded():
     assert len({tuple(r.tolist()) for r in perms}) > 1  # not the same permutation repeated
 
 
+def test_cpu_permutations_are_fisher_yates_shuffles_of_the_generator():
+    """On the CPU the S permutations are S ``torch.randperm`` draws from the run's generator, in order
+    (the documented scheme: exact uniform, no sort), and the device defaults to the generator's."""
+    perms = draw_permutations(5, 7, torch.Generator().manual_seed(8))
+    g = torch.Generator().manual_seed(8)
+    assert torch.equal(perms, torch.stack([torch.randperm(7, generator=g) for _ in range(5)]))
+    assert perms.device == torch.device("cpu")
+    assert torch.equal(draw_permutations(5, 7, torch.Generator().manual_seed(8), "cpu"), perms)
+
+
+def test_defaults_are_the_documented_ones():
+    g = torch.Generator().manual_seed(5)
+    p, q = torch.randn(2, 4, 3, generator=g, dtype=torch.float64), torch.randn(2, 2, 4, 3, generator=g,
+                                                                               dtype=torch.float64)
+    perms = draw_permutations(2, 4, g)
+    assert torch.equal(divergence(p, q), divergence(p, q, "jsd"))
+    assert torch.equal(mean_divergence(p, q), mean_divergence(p, q, "jsd"))
+    assert torch.equal(permuted_mean_divergence(p, p, q[:, 0], perms),
+                       permuted_mean_divergence(p, p, q[:, 0], perms, "jsd"))
+    for fn in (lambda: divergence(p, q, "js"), lambda: mean_divergence(p, q, "js"),
+               lambda: permuted_mean_divergence(p, p, q[:, 0], perms, "js")):
+        with pytest.raises(ValueError, match="unknown divergence 'js'"):
+            fn()
+
+
+def test_permutations_are_uniform():
+    """All 3! permutations of a batch of 3 come out equally often (chi-square, 5 dof, p ~ 1e-4 cut-off)."""
+    perms = draw_permutations(6000, 3, torch.Generator().manual_seed(11))
+    counts = torch.unique(perms, dim=0, return_counts=True)[1]
+    assert counts.numel() == 6
+    chi2 = ((counts.double() - 1000.0) ** 2 / 1000.0).sum()
+    assert chi2 < 25.0
+    g = torch.Generator().manual_seed(0)
+    assert device_generator(g, torch.device("cpu")) is g  # no re-seeding on the generator's own device
+
+
 def test_noise_and_zero_perturbations():
     g = torch.Generator().manual_seed(0)
     z = torch.randn(200, 3, dtype=torch.float64, generator=g) * torch.tensor([1.0, 5.0, 0.0], dtype=torch.float64)
@@ -77,8 +114,12 @@ def test_noise_and_zero_perturbations():
     assert zero.size == 1 and (zero.latent(z, 0) == 0).all()
     w = torch.randn(4, 3, dtype=torch.float64, generator=g)
     torch.testing.assert_close(pert.contribution(z @ w.T, 0, z, w), zn @ w.T, rtol=0, atol=1e-10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown perturbation 'shuffle'"):
         draw_perturbation("shuffle", 2, [z], g)
+    with pytest.raises(ValueError, match="needs z and the fusion weight"):
+        pert.contribution(z @ w.T, 0, None, w)
+    with pytest.raises(ValueError, match="needs z and the fusion weight"):
+        pert.contribution(z @ w.T, 0, z, None)
 
 
 @pytest.mark.parametrize("kind", ["jsd", "kl", "mse"])
@@ -117,8 +158,20 @@ def test_fused_jsd_is_finite_for_extreme_logits_in_float32():
     assert torch.isfinite(p.grad).all() and torch.isfinite(q.grad).all()
 
 
+def test_half_precision_logits_are_upcast():
+    g = torch.Generator().manual_seed(4)
+    p, q = torch.randn(2, 5, 3, generator=g), torch.randn(2, 4, 5, 3, generator=g)
+    for fn in (lambda a, b: divergence(a.unsqueeze(1), b), lambda a, b: mean_divergence(a, b)):
+        low = fn(p.bfloat16(), q.bfloat16())
+        assert low.dtype == torch.float32
+        torch.testing.assert_close(low, fn(p.bfloat16().double(), q.bfloat16().double()).float(),
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_inverse_permutations():
     perms = draw_permutations(6, 9, torch.Generator().manual_seed(2))
     inv = inverse_permutations(perms)
     assert torch.equal(inv, perms.argsort(dim=1))
+    flat = inverse_permutations(perms, flat=True)  # row indices into the flattened (S * B) axis
+    assert torch.equal(flat, inv + 9 * torch.arange(6).unsqueeze(1))
     assert torch.equal(torch.gather(perms, 1, inv), torch.arange(9).expand(6, 9))

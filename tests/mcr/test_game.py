@@ -43,8 +43,9 @@ def test_fast_game_equals_literal_reference(fusion, in_dims, k, ref, pert_kind, 
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
     M = len(in_dims)
     assert d.shape == (M,) and not d.requires_grad
-    # the value is the definition's: -lambda (1 + k(M-1)) sum_j D_j
-    torch.testing.assert_close(fast.detach(), -0.3 * (1 + k * (M - 1)) * d.sum(), rtol=0, atol=1e-12)
+    # the value is the definition's: -lambda (1 + k(M-1)) sum_j D_j; collaborative: the spec's -lambda sum_j D_j
+    scale = 1.0 if k == 1.0 else 1 + k * (M - 1)
+    torch.testing.assert_close(fast.detach(), -0.3 * scale * d.sum(), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("k", STRATEGIES)
@@ -186,3 +187,22 @@ def test_coefficients():
     c = coefficients(3, -1.0)
     assert torch.equal(c, torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1]]))
     assert list(itertools.chain(*coefficients(2, 0.0).tolist())) == [1.0, 0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("k", STRATEGIES)
+@pytest.mark.parametrize("pert_kind", ["permute", "noise", "zero"])
+def test_split_head_with_another_tail_equals_reference(k, pert_kind):
+    """An MLP head whose tail is not ReLU -> Linear (Tanh here) takes the generic tail path of the split
+    head (perturbed hidden contributions, tail re-run): still the reference's value and gradients."""
+    model = tiny_net("mlp", (4, 3, 2))
+    model.fusion.net[1] = torch.nn.Tanh()
+    xs, _ = random_batch((4, 3, 2))
+    out = model(xs)
+    pert = draw_perturbation(pert_kind, 3, out.z, torch.Generator().manual_seed(4))
+    kw = dict(lambda_m=0.3, k=k)
+    fast, _ = game_term(out, model.fusion, pert, **kw)
+    slow = game_term_reference(out, model.fusion, pert, **kw)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
+    params = list(model.parameters())
+    for a, b in zip(_grads(fast, params), _grads(slow, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)

@@ -6,8 +6,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from tests.helpers_data import toy_dataset
+from tests.mcr.reference import contrastive_reference, random_batch, tiny_net
 
-from mcrlab.config import ModelConfig, RunConfig
+from mcrlab.config import ConfigError, ModelConfig, RunConfig, load_config
+from mcrlab.engine.fit import _optimizer, _param_groups, _set_player_lr, adaptive_multipliers, fit
+from mcrlab.mcr import draw_perturbation, game_term_reference
 from mcrlab.methods import REGISTRY, StepContext
 from mcrlab.methods.mcr import MCRParams, regulariser_schedule
 from mcrlab.models.net import MultimodalNet
@@ -21,6 +26,11 @@ def _setup(fusion: str = "late", **params):
     xs = [torch.randn(16, 5, generator=g), torch.randn(16, 3, generator=g)]
     y = torch.randint(0, 3, (16,), generator=g)
     return model, method, xs, y
+
+
+def _floats(logs: dict) -> dict[str, float]:
+    """The step's logs (0-d tensors and floats) as host floats, as the training loop reads them."""
+    return {k: float(v) for k, v in logs.items()}
 
 
 def _ctx(epoch=0, step=0, epochs=10, steps=4, seed=0):
@@ -44,7 +54,7 @@ def test_one_training_step_through_the_hooks(fusion, extra):
     res.loss.backward()
     method.after_backward(model, ctx)
     opt.step()
-    logs = res.logs
+    logs = _floats(res.logs)
     for key in ["loss/fused", "loss/head/0", "loss/head/1", "loss/game", "loss/shared", "mcr/D/0", "mcr/D/1",
                 "mcr/lambda_m", "mcr/active"]:
         assert key in logs and math.isfinite(logs[key]), key
@@ -63,9 +73,9 @@ def test_one_training_step_through_the_hooks(fusion, extra):
 
 def test_step_is_deterministic_given_the_generator():
     model, method, xs, y = _setup()
-    a = method.training_step(model, xs, y, _ctx(seed=3)).logs
-    b = method.training_step(model, xs, y, _ctx(seed=3)).logs
-    c = method.training_step(model, xs, y, _ctx(seed=4)).logs
+    a = _floats(method.training_step(model, xs, y, _ctx(seed=3)).logs)
+    b = _floats(method.training_step(model, xs, y, _ctx(seed=3)).logs)
+    c = _floats(method.training_step(model, xs, y, _ctx(seed=4)).logs)
     assert a == b and a["mcr/D/0"] != c["mcr/D/0"]
 
 
@@ -74,7 +84,7 @@ def test_game_term_scales_with_the_schedule():
     model, method, xs, y = _setup(**params)
     games = {}
     for epoch, step in [(0, 0), (1, 3), (2, 0), (2, 3), (3, 1), (4, 0), (5, 3), (6, 0)]:
-        logs = method.training_step(model, xs, y, _ctx(epoch, step, seed=7)).logs
+        logs = _floats(method.training_step(model, xs, y, _ctx(epoch, step, seed=7)).logs)
         games[(epoch, step)] = logs
     for key in [(0, 0), (1, 3), (6, 0)]:  # outside the window: no regulariser at all
         assert games[key]["mcr/active"] == 0.0 and "loss/game" not in games[key]
@@ -94,7 +104,7 @@ def test_schedule_defaults_and_lambda_zero_still_logs_d():
     assert regulariser_schedule(p, 0, 0, 10) == (True, 1.0)
     assert regulariser_schedule(p, 99, 0, 10) == (True, 1.0)
     model, method, xs, y = _setup(lambda_m=0.0)
-    logs = method.training_step(model, xs, y, _ctx()).logs
+    logs = _floats(method.training_step(model, xs, y, _ctx()).logs)
     assert logs["loss/game"] == 0.0 and logs["mcr/D/0"] > 0
 
 
@@ -102,3 +112,226 @@ def test_config_keys_reach_the_method():
     cfg = RunConfig.from_dict({"method": {"name": "mcr", "lambda_m": 0.05, "strategy": "collaborative",
                                           "num_perms": 8, "decoder_hidden": 16}})
     assert cfg.method.params.lambda_m == 0.05 and cfg.method.params.decoder_hidden == 16
+
+
+@pytest.mark.slow  # the first torch.compile in a process builds its C++ kernels (~1 min on 2 cores)
+@pytest.mark.parametrize("fusion", ["late", "mlp"])
+def test_compiled_step_gives_the_eager_loss_and_gradients(fusion):
+    """train.compile's path: the same step with the model's forward under torch.compile (CPU)."""
+    model, method, xs, y = _setup(fusion, num_perms=4)
+    params = list(model.parameters()) + list(method.extra_modules().parameters())
+    eager = method.training_step(model, xs, y, _ctx(seed=5))
+    g_eager = torch.autograd.grad(eager.loss, params)
+    compiled = method.training_step(torch.compile(model), xs, y, _ctx(seed=5))
+    g_comp = torch.autograd.grad(compiled.loss, params)
+    torch.testing.assert_close(compiled.loss, eager.loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_comp, g_eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert _floats(compiled.logs) == pytest.approx(_floats(eager.logs), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_fit_with_train_compile_matches_eager():
+    runs = []
+    for flag in ("false", "true"):
+        cfg = load_config(None, ["train.epochs=1", "train.batch_size=32", "train.probe_epochs=0",
+                                 "method.num_perms=4", f"train.compile={flag}"])
+        runs.append(fit(cfg, dataset=toy_dataset()))
+    assert runs[1]["train/loss"] == pytest.approx(runs[0]["train/loss"], rel=1e-5)
+    assert runs[1]["val/acc"] == pytest.approx(runs[0]["val/acc"], abs=1e-6)
+
+
+
+# ---- tests that kill the mutants (issue 17 item 4): the plug-in's total loss against the reference ----
+
+K_OF = {"greedy": -1.0, "independent": 0.0, "collaborative": 1.0}  # written out, not imported
+
+
+def _double_mcr(fusion: str, in_dims: tuple[int, ...], **params):
+    model = tiny_net(fusion, in_dims, seed=4)
+    method = REGISTRY["mcr"](MCRParams(shared_dim=4, **params), model, 3)
+    if method.extra_modules() is not None:
+        method.extra_modules().double()
+    xs, y = random_batch(in_dims, batch=8, seed=6)
+    return model, method, xs, y
+
+
+def _all_params(model, method) -> list[torch.Tensor]:
+    extra = method.extra_modules()
+    return list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
+
+
+def _reference_total(model, method, xs, y, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """L = CE(fused) + w_uni sum CE(heads) + R_game (literal reference) + lambda_C L_shared (autograd
+    reference), with the same perturbation draw as the plug-in's; -> (loss, R_game)."""
+    p = method.params
+    out = model(xs)
+    loss = F.cross_entropy(out.fused, y) + p.w_uni * sum(F.cross_entropy(h, y) for h in out.heads)
+    pert = draw_perturbation(p.perturbation, p.num_perms, out.z, torch.Generator().manual_seed(seed))
+    r = game_term_reference(out, model.fusion, pert, lambda_m=p.lambda_m, k=K_OF[p.strategy],
+                            divergence=p.divergence, reference_grad=p.reference_grad)
+    loss = loss + r
+    if p.lambda_c > 0:
+        shared = contrastive_reference(method.extra_modules()["shared"](out.z), y, p.temperature, p.shared_bound)
+        loss = loss + p.lambda_c * shared
+    return loss, r
+
+
+def _plugin_total(model, method, xs, y, seed: int):
+    res = method.training_step(model, xs, y, _ctx(seed=seed))
+    return res.loss, _floats(res.logs)
+
+
+OPTIONS = [dict(), dict(divergence="kl"), dict(divergence="mse", reference_grad="full"),
+           dict(perturbation="noise"), dict(perturbation="zero", shared_bound="infonce")]
+
+
+@pytest.mark.parametrize("in_dims", [(4, 3), (4, 3, 2)])
+@pytest.mark.parametrize("fusion", ["late", "mlp"])
+@pytest.mark.parametrize("strategy", list(K_OF))
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_total_loss_gradients_equal_the_reference(in_dims, fusion, strategy, opts):
+    """Every parameter's gradient of the plug-in's total loss equals the reference's: catches a detached or
+    dropped game term (greedy M=2 has game VALUE 0), swapped strategies, options that never reach the maths."""
+    model, method, xs, y = _double_mcr(fusion, in_dims, strategy=strategy, lambda_m=0.5, num_perms=3,
+                                       lambda_c=0.2, **opts)
+    params = _all_params(model, method)
+    got, logs = _plugin_total(model, method, xs, y, seed=9)
+    want, r = _reference_total(model, method, xs, y, seed=9)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    assert logs["loss/game"] == pytest.approx(r.item(), abs=1e-10)
+    for a, b in zip(torch.autograd.grad(got, params), torch.autograd.grad(want, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_greedy_two_players_game_has_zero_value_but_moves_the_encoders():
+    """loss + r_game.detach() would log and add the same value (0 for greedy, M=2): only gradients tell."""
+    model, method, xs, y = _double_mcr("late", (4, 3), strategy="greedy", lambda_m=0.5, lambda_c=0.0,
+                                       num_perms=4)
+    with_game, logs = _plugin_total(model, method, xs, y, seed=2)
+    assert logs["loss/game"] == pytest.approx(0.0, abs=1e-12)
+    method.params.lambda_m = 0.0
+    without, _ = _plugin_total(model, method, xs, y, seed=2)
+    enc = list(model.encoders.parameters())
+    diff = [(a - b).abs().max() for a, b in zip(torch.autograd.grad(with_game, enc),
+                                                torch.autograd.grad(without, enc), strict=True)]
+    assert max(diff) > 1e-6
+
+
+@pytest.mark.parametrize("M", [2, 3])
+def test_logged_game_term_is_the_added_term_and_the_spec_value(M):
+    """loss(lambda) - loss(lambda = 0) == logged loss/game; collaborative's value is -lambda sum_j D_j and
+    independent's too, greedy's -lambda (2 - M) sum_j D_j."""
+    in_dims = (4, 3, 2)[:M]
+    for strategy, scale in [("collaborative", 1.0), ("independent", 1.0), ("greedy", 2.0 - M)]:
+        model, method, xs, y = _double_mcr("late", in_dims, strategy=strategy, lambda_m=0.5, lambda_c=0.0)
+        total, logs = _plugin_total(model, method, xs, y, seed=3)
+        method.params.lambda_m = 0.0
+        base, _ = _plugin_total(model, method, xs, y, seed=3)
+        added = (total - base).item()
+        assert logs["loss/game"] == pytest.approx(added, abs=1e-12)
+        d_sum = sum(logs[f"mcr/D/{m}"] for m in range(M))
+        assert added == pytest.approx(-0.5 * scale * d_sum, abs=1e-12)
+
+
+def _grads_of(model, method, xs, y, seed=1) -> torch.Tensor:
+    loss, _ = _plugin_total(model, method, xs, y, seed)
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
+
+
+@pytest.mark.parametrize("option,values", [("strategy", ["greedy", "independent", "collaborative"]),
+                                           ("reference_grad", ["same", "full"]),
+                                           ("divergence", ["jsd", "kl", "mse"]),
+                                           ("perturbation", ["permute", "noise", "zero"])])
+def test_each_option_changes_the_computed_gradient(option, values):
+    grads = []
+    for v in values:
+        model, method, xs, y = _double_mcr("late", (4, 3), lambda_m=0.5, lambda_c=0.0, **{option: v})
+        grads.append(_grads_of(model, method, xs, y))
+    for i in range(len(values)):
+        for j in range(i + 1, len(values)):
+            assert (grads[i] - grads[j]).abs().max() > 1e-8, (values[i], values[j])
+
+
+@pytest.mark.parametrize("option,values", [("divergence", ["jsd", "kl", "mse"]),
+                                           ("perturbation", ["permute", "noise", "zero"])])
+def test_each_option_changes_the_logged_unique_information(option, values):
+    ds = []
+    for v in values:
+        model, method, xs, y = _double_mcr("late", (4, 3), lambda_c=0.0, **{option: v})
+        ds.append(_plugin_total(model, method, xs, y, seed=1)[1]["mcr/D/0"])
+    assert len({round(d, 12) for d in ds}) == len(values)
+
+
+def test_player_groups_hold_exactly_each_players_parameters():
+    """Group m = encoder m + unimodal head m + W_m (late fusion); the bias and extras in the base group."""
+    model, method, _, _ = _double_mcr("late", (4, 3, 2), lambda_c=0.1)
+    groups = _param_groups(model, method, 0.1, [1.0, 2.0, 3.0])
+    ids = [{id(p) for p in g["params"]} for g in groups]
+    for m in range(3):
+        want = {id(p) for mod in (model.encoders[m], model.heads[m]) for p in mod.parameters()}
+        want.add(id(model.fusion.proj[m].weight))
+        assert ids[m] == want and groups[m]["player"] == m
+    assert groups[3]["player"] == -1 and id(model.fusion.bias) in ids[3]
+    assert {id(p) for p in method.extra_modules().parameters()} <= ids[3]
+    assert sum(len(i) for i in ids) == len(set().union(*ids))  # no parameter in two groups
+
+
+@pytest.mark.parametrize("fusion", ["late", "mlp"])
+def test_each_player_moves_by_its_own_learning_rate(fusion):
+    """The actual parameter update of a plain SGD step with unit gradients is lr * r_m per player (and lr
+    for the rest), after construction and after ``_set_player_lr`` (the adaptive mode's path)."""
+    model, method, _, _ = _double_mcr(fusion, (4, 3, 2), lambda_c=0.1)
+    cfg = load_config(None, ["train.optimizer=sgd", "train.momentum=0", "train.weight_decay=0"])
+    lr = 0.1
+    opt = _optimizer(cfg, _param_groups(model, method, lr, [2.0, 0.5, 3.0]))
+    player = {id(p): m for m in range(3) for mod in model.player_modules(m) for p in mod.parameters()}
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for mult in ([2.0, 0.5, 3.0], [0.25, 4.0, 1.0]):
+        _set_player_lr(opt, lr, mult)
+        before = [p.detach().clone() for p in params]
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        for p, b in zip(params, before, strict=True):
+            step = lr * (mult[player[id(p)]] if id(p) in player else 1.0)
+            torch.testing.assert_close(b - p.detach(), torch.full_like(b, step), rtol=1e-12, atol=1e-12)
+
+
+def test_adaptive_multipliers_band_edges():
+    band = [0.2, 5.0]
+    # no influence at all: the top of the band (the limit of (mean / D_m) as D_m -> 0)
+    assert adaptive_multipliers([1.0, 1.0], [0.4, 0.0], band, 1.0) == pytest.approx([0.5, 5.0])
+    assert adaptive_multipliers([2.0, 1.0], [0.4, 1e-13], band, 1.0)[1] == 5.0
+    # nobody has influence: nothing to balance
+    assert adaptive_multipliers([2.0, 1.0], [0.0, 0.0], band, 1.0) == [2.0, 1.0]
+    # rate 0 switches the update off
+    assert adaptive_multipliers([1.0, 1.0], [0.4, 0.0], band, 0.0) == [1.0, 1.0]
+
+
+def test_params_window_extras_and_inactive_logs():
+    assert MCRParams(start_epoch=2, end_epoch=2).end_epoch == 2  # a one-epoch window is valid
+    with pytest.raises(ConfigError, match="end_epoch: must be -1 or >= start_epoch"):
+        MCRParams(start_epoch=3, end_epoch=2)
+    # one step per epoch: the warm-up reaches (epoch - start + 1) / warmup at the end of each epoch
+    p = MCRParams(warmup_epochs=2)
+    assert regulariser_schedule(p, 0, 0, 1) == (True, 0.5) and regulariser_schedule(p, 1, 0, 1) == (True, 1.0)
+    # no auxiliary networks unless their term is on
+    _, plain, _, _ = _setup(lambda_c=0.0)
+    assert plain.extra_modules() is None and plain.num_classes == 3
+    _, shared, _, _ = _setup(lambda_c=0.1)
+    assert set(shared.extra_modules()) == {"shared"}
+    # outside the window: effective lambda_M 0 in the logs
+    model, method, xs, y = _setup(start_epoch=1)
+    logs = _floats(method.training_step(model, xs, y, _ctx(epoch=0)).logs)
+    assert logs["mcr/active"] == 0.0 and logs["mcr/lambda_m"] == 0.0
+
+
+@pytest.mark.parametrize("divergence", ["kl", "mse"])
+def test_lambda_zero_measures_d_with_the_configured_divergence(divergence):
+    model, method, xs, y = _setup(divergence=divergence, lambda_c=0.0)
+    with_game = _floats(method.training_step(model, xs, y, _ctx(seed=2)).logs)
+    method.params.lambda_m = 0.0
+    without = _floats(method.training_step(model, xs, y, _ctx(seed=2)).logs)
+    assert without["mcr/D/0"] == pytest.approx(with_game["mcr/D/0"], rel=1e-6)
+    assert without["mcr/D/1"] == pytest.approx(with_game["mcr/D/1"], rel=1e-6)

@@ -181,13 +181,35 @@ def adaptive_multipliers(base: list[float], d: list[float], band: list[float], r
     """Adaptive game-theoretic learning rates: the player with the smaller influence D_m steps larger.
 
     r_m = base_m * clip((mean(D) / D_m) ** rate, lo, hi). Stateless per epoch, so it cannot drift.
+    A player with no influence (D_m <= 1e-12) while others have some gets the top of the band (the limit
+    of the formula); when no player has any (mean <= 1e-12) there is nothing to balance: r_m = base_m.
     """
     mean = sum(d) / len(d)
     out = []
     for b, dm in zip(base, d):
-        ratio = (mean / dm) ** rate if dm > 1e-12 and mean > 1e-12 else 1.0
+        if mean <= 1e-12:
+            ratio = 1.0
+        elif dm <= 1e-12:
+            ratio = math.inf if rate > 0 else 1.0
+        else:
+            ratio = (mean / dm) ** rate
         out.append(b * min(max(ratio, band[0]), band[1]))
     return out
+
+
+def _read_epoch(losses: list[torch.Tensor], step_logs: dict, epoch: int) -> tuple[float, dict[str, float]]:
+    """The epoch's loss sum and last-step logs as host floats, in one device->host transfer; raises
+    NonFiniteLoss for the first non-finite step loss (the check deferred from the steps off the CPU)."""
+    keys = [k for k, v in step_logs.items() if isinstance(v, torch.Tensor)]
+    vals = torch.stack(losses).float()
+    if keys:
+        vals = torch.cat([vals, torch.stack([step_logs[k].float().reshape(()) for k in keys])])
+    host = vals.tolist()
+    step_losses = host[:len(losses)]
+    bad = next((i for i, v in enumerate(step_losses) if not math.isfinite(v)), None)
+    if bad is not None:
+        raise NonFiniteLoss(f"non-finite loss {step_losses[bad]} at epoch {epoch}, step {bad}")
+    return sum(step_losses), {**step_logs, **dict(zip(keys, host[len(losses):], strict=True))}
 
 
 def _allreduce_grads(params: list[torch.nn.Parameter]) -> None:
@@ -315,6 +337,8 @@ def fit(cfg: RunConfig, report: Report | None = None, *, checkpoint_dir: str | N
     base_mult = player_multipliers(cfg, M)
     mult = list(base_mult)
     opt = _optimizer(cfg, _param_groups(model, method, t.lr, mult))
+    # train.compile: the training forward runs compiled; evaluation and checkpoints use the module itself
+    step_model = torch.compile(model) if t.compile else model
     all_params = [p for g in opt.param_groups for p in g["params"]]
 
     batches = train_batches if train_batches is not None else _train_batches(data, cfg, device, rank, world)
@@ -348,15 +372,16 @@ def fit(cfg: RunConfig, report: Report | None = None, *, checkpoint_dir: str | N
         ctx = StepContext(epoch=epoch, step=0, global_step=global_step, epochs=t.epochs,
                           steps_per_epoch=steps_per_epoch, generator=method_gen, device=device, optimizer=opt)
         logs = method.on_epoch_start(epoch, ctx)
-        loss_sum, step_logs = 0.0, {}
+        losses, step_logs = [], {}
         for step, (xb, yb) in enumerate(batches.epoch(order_gen)):
             xb = [x.to(device, non_blocking=cuda) for x in xb]  # no-ops for the in-memory path
             yb = yb.to(device, non_blocking=cuda)
             ctx.step, ctx.global_step = step, global_step
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
-                res = method.training_step(model, xb, yb, ctx)
-            if not torch.isfinite(res.loss):
+                res = method.training_step(step_model, xb, yb, ctx)
+            # reading a CPU tensor is free; on an accelerator the check waits for the epoch's one read below
+            if device.type == "cpu" and not torch.isfinite(res.loss):
                 raise NonFiniteLoss(f"non-finite loss {res.loss.item()} at epoch {epoch}, step {step}")
             if not res.backward_done:
                 res.loss.backward()
@@ -366,8 +391,9 @@ def fit(cfg: RunConfig, report: Report | None = None, *, checkpoint_dir: str | N
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(all_params, t.grad_clip)
             opt.step()
-            loss_sum += res.loss.item()
+            losses.append(res.loss.detach())
             global_step += 1
+        loss_sum, step_logs = _read_epoch(losses, step_logs, epoch)
 
         if world > 1:  # BatchNorm statistics: equal on every rank before anyone evaluates or saves
             for module in (model, extra):

@@ -11,8 +11,9 @@ Public API:
 - ``divergence(p_logits, q_logits, kind)``: per-sample jsd | kl | mse from logits; ``mean_divergence``
   and ``permuted_mean_divergence``: the same averaged over (S, B) by one fused autograd node (hot path).
 - ``permute_rows``: x[..., pi_s(i), :] for all S permutations, with a gather-based backward.
+- ``permuted_relu_linear``: the MLP head's tail re-run over all S permutations as one chunked node.
 - ``game_term(out, fusion, pert, lambda_m=, k=, divergence=, reference_grad=) -> (R_game, D)`` and its
-  literal twin ``game_term_reference``; ``STRATEGY_K`` maps greedy/independent/collaborative to k.
+  literal twin ``game_term_reference``; ``value_scale`` (R_game / -lambda sum D); ``STRATEGY_K`` maps greedy/independent/collaborative to k.
 - ``contrastive_loss`` + ``SharedProjection``: supcon | infonce lower bound of shared information.
 - ``ceb_mse`` + ``CEBDecoder``, ``CLUB`` / ``club_bound``: upper bounds of task-irrelevant information.
 """
@@ -24,7 +25,7 @@ from mcrlab.mcr.divergence import (
     mean_divergence,
     permuted_mean_divergence,
 )
-from mcrlab.mcr.game import STRATEGY_K, coefficients, game_term, game_term_reference
+from mcrlab.mcr.game import STRATEGY_K, coefficients, game_term, game_term_reference, value_scale
 from mcrlab.mcr.irrelevant import CLUB, IRRELEVANT_BOUNDS, CEBDecoder, CLUBNet, ceb_mse, club_bound
 from mcrlab.mcr.perturb import PERTURBATIONS, Perturbation, draw_permutations, draw_perturbation, permute_rows
 from mcrlab.mcr.shared import SHARED_BOUNDS, SharedProjection, contrastive_loss
@@ -32,6 +33,7 @@ from mcrlab.mcr.unique import (
     can_use_fast_path,
     fast_perturbed_logits,
     head_perturbed_logits,
+    permuted_relu_linear,
     unique_from_perturbation,
     unique_information,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "unique_from_perturbation",
     "fast_perturbed_logits",
     "head_perturbed_logits",
+    "permuted_relu_linear",
     "can_use_fast_path",
     "Perturbation",
     "draw_perturbation",
@@ -55,6 +58,7 @@ __all__ = [
     "game_term",
     "game_term_reference",
     "coefficients",
+    "value_scale",
     "STRATEGY_K",
     "contrastive_loss",
     "SharedProjection",

@@ -85,30 +85,44 @@ def _check(kind: str) -> None:
 # The fused kernels work in a class-major layout, p (M, C, 1, B) and q (M, C, S, B): with few classes,
 # reductions over C then run as vectorised element-wise passes over S*B-long rows (2-4x faster on CPU
 # than reducing a short last axis). The JSD needs  a = log p - log m  and  b = log q - log m, computed
-# as a log-add-exp that cannot overflow and gives exactly 0 where p == q.
+# from a softplus that cannot overflow and gives exactly 0 where p == q.
 
 
 def _core_forward(kind: str, p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    """Per-m means over (S, B) of div(p, q): p (M, C, 1, B), q (M, C, S, B) -> (M,), and what backward needs.
+    ``q`` may be overwritten (callers pass a buffer of their own)."""
     S, B = q.shape[2], q.shape[3]
     if kind == "mse":
         diff = q - p
         return diff.square().sum(1).sum((1, 2)) / (diff.shape[1] * S * B), (diff,)
     logp = F.log_softmax(p, dim=1)
-    logq = F.log_softmax(q, dim=1)
-    pp, qq = logp.exp(), logq.exp()
+    pp = logp.exp()
     if kind == "kl":
+        logq = F.log_softmax(q, dim=1)
+        qq = logq.exp()
         w = logq.neg_().add_(logp)  # log p - log q
         return (pp * w).sum(1).sum((1, 2)) / (S * B), (pp, qq, w)
-    # log m = mx + t with mx = max(log p, log q), t = log1p(exp(-|log q - log p|)) - ln 2; one of
-    # (log p - mx), (log q - mx) is exactly 0 and the other is -|delta|, so their sum gives exp's argument.
-    mx = torch.maximum(logp, logq)
-    a = logp - mx  # (M, C, S, B) after broadcasting
-    b = logq.sub_(mx)
-    t = torch.exp(a + b).log1p_().sub_(_LN2)
-    a = a.sub_(t)  # log p - log m
-    b = b.sub_(t)  # log q - log m
-    val = torch.addcmul(pp * a, qq, b).sum(1).sum((1, 2)) * (0.5 / (S * B))
-    return val, (pp, qq, a, b)
+    # JSD, few passes over the (M, C, S, B) array. q's softmax from one exp; then, with d = log q - log p
+    # and e = log(1 + exp(-|d|)) in [0, ln 2]  (the log-add-exp's correction: log m = max(log p, log q) + e - ln 2)
+    #   a = log p - log m = ln 2 - e - max(d, 0),   b = log q - log m = ln 2 - e + min(d, 0)
+    # each exact for any logits (no b = a + d, which would cancel for large |d|), and exactly 0 where q == p.
+    # (log(1 + x) rather than log1p: ~3x faster on CPU; x <= 1, so the absolute error stays one ulp of 1.)
+    #   value = 1/2 sum_c (p a + q b);  the p side is summed over S first (p does not depend on s).
+    qmax = q.amax(1, keepdim=True)
+    logq = q.sub_(qmax)
+    qq = logq.exp()
+    se = qq.sum(1, keepdim=True)
+    qq.div_(se)
+    logq.sub_(se.log_())
+    d = logq.sub_(logp)  # overwrites log q: d = log q - log p
+    base = torch.rsub(d.abs().neg_().exp_().add_(1.0).log_(), _LN2)  # ln 2 - e
+    a = torch.sub(base, d.clamp_min(0.0))
+    b = d.clamp_max_(0.0).add_(base)  # overwrites d
+    a_sum = a.sum(2, keepdim=True)  # (M, C, 1, B)
+    t = qq * b  # q b per class: its class sum is KL(q || m) per row, reused in backward
+    r_q = t.sum(1, keepdim=True)  # (M, 1, S, B)
+    val = ((pp * a_sum).sum((1, 2, 3)) + r_q.sum((1, 2, 3))) * (0.5 / (S * B))
+    return val, (pp, qq, a_sum, t, r_q)
 
 
 def _core_backward(kind: str, saved: tuple, grad: torch.Tensor, S: int, B: int
@@ -123,8 +137,10 @@ def _core_backward(kind: str, saved: tuple, grad: torch.Tensor, S: int, B: int
         pp, qq, w = saved
         dq = (qq - pp) * g
         return _softmax_vjp(pp, w * g).sum(2, keepdim=True), dq
-    pp, qq, a, b = saved
-    return _softmax_vjp(pp, a * (0.5 * g)).sum(2, keepdim=True), _softmax_vjp(qq, b * (0.5 * g))
+    # dJSD/d(q logits) = 1/2 q (b - sum_c q b) = 1/2 (t - q r_q); the p side: 1/2 p (A - sum_c p A), A = sum_s a
+    pp, qq, a_sum, t, r_q = saved
+    dq = torch.addcmul(t, qq, r_q, value=-1.0).mul_(0.5 * g)
+    return _softmax_vjp(pp, a_sum * (0.5 * g)), dq
 
 
 def _softmax_vjp(prob: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -136,7 +152,7 @@ class _MeanDivergence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p_logits, q_logits, kind):
         pt = p_logits.transpose(1, 2).unsqueeze(2).contiguous()  # (M, C, 1, B)
-        qt = q_logits.permute(0, 3, 1, 2).contiguous()  # (M, C, S, B)
+        qt = q_logits.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)  # (M, C, S, B), own
         val, saved = _core_forward(kind, pt, qt)
         ctx.kind, ctx.sb = kind, qt.shape[2:]
         ctx.save_for_backward(*saved)

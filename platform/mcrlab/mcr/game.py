@@ -22,8 +22,10 @@ Fast form (``game_term``). Every D_j^(->m) has the same value D_j, so regroup by
 is -lambda_M * sum_j sum_m c_mj dD_j/d(branch m) with c_jj = 1, c_mj = k. One evaluation of each D_j on
 inputs  l_m' = l_m.detach() + c_mj (l_m - l_m.detach())  (value l_m, gradient scaled by c_mj) gives that
 gradient. With "full", the p side of D_j collects sum_m c_mj = 1 + k(M-1) times the full gradient. The
-value of R_game is -lambda_M (1 + k(M-1)) sum_j D_j (0 for greedy with M = 2); the fast form adds the
-missing multiple as a detached constant so that its value matches the definition too.
+value of R_game is -lambda_M (1 + k(M-1)) sum_j D_j (0 for greedy with M = 2), except for collaborative,
+whose sum over players is M copies of one undetached -lambda_M sum_j D_j (the same gradient): the spec
+reduces it to that single copy, so its value is -lambda_M sum_j D_j (``value_scale``). The fast form adds
+the missing multiple as a detached constant so that its value matches too.
 ``game_term_reference`` computes the definition literally (explicit loops over players, terms and
 permutations with explicit detaches); the tests check both agree in float64.
 """
@@ -37,12 +39,24 @@ from torch.func import functional_call
 from mcrlab.mcr.divergence import divergence as _divergence
 from mcrlab.mcr.divergence import mean_divergence, permuted_mean_divergence
 from mcrlab.mcr.perturb import Perturbation, permute_rows
-from mcrlab.mcr.unique import can_use_fast_path, fusion_weight, split_head
+from mcrlab.mcr.unique import (
+    can_use_fast_path,
+    fusion_weight,
+    permuted_relu_linear,
+    relu_linear_tail,
+    split_head,
+)
 from mcrlab.models.net import ForwardOutput
 
-__all__ = ["STRATEGY_K", "coefficients", "game_term", "game_term_reference"]
+__all__ = ["STRATEGY_K", "coefficients", "game_term", "game_term_reference", "value_scale"]
 
 STRATEGY_K = {"greedy": -1.0, "independent": 0.0, "collaborative": 1.0}
+
+
+def value_scale(num_modalities: int, k: float) -> float:
+    """R_game / (-lambda_M sum_j D_j): 1 + k(M-1), except 1 for collaborative (k = +1), which the spec
+    reduces to -lambda_M sum_j D_j with no detaching (M copies of it have the same gradient)."""
+    return 1.0 if k == 1.0 else 1.0 + k * (num_modalities - 1)
 
 
 def coefficients(num_modalities: int, k: float, *, dtype: torch.dtype = torch.float32,
@@ -57,12 +71,6 @@ def _detached_head(fusion: nn.Module):
     """The fusion head as a function with its parameters detached (they belong to no player)."""
     params = {n: p.detach() for n, p in fusion.named_parameters()}
     return lambda zs: functional_call(fusion, params, (zs,))
-
-
-def _scaled(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """x's value with its gradient scaled by c: x.detach() + c * (x - x.detach())."""
-    xd = x.detach()
-    return xd + c * (x - xd)
 
 
 def game_term(out: ForwardOutput, fusion: nn.Module, pert: Perturbation, *, lambda_m: float, k: float,
@@ -80,7 +88,8 @@ def game_term(out: ForwardOutput, fusion: nn.Module, pert: Perturbation, *, lamb
     else:
         D = _game_divergences_general(out, fusion, pert, k, divergence, reference_grad)
     Dd = D.detach()
-    r = -lambda_m * (D.sum() + k * (M - 1) * Dd.sum())
+    # D.sum()'s gradient is the game's; its value is scaled to the definition's by a detached constant
+    r = -lambda_m * (D.sum() + (value_scale(M, k) - 1.0) * Dd.sum())
     return r, Dd
 
 
@@ -96,10 +105,12 @@ def _game_divergences_fast(out: ForwardOutput, fusion: nn.Module, pert: Perturba
 
 def _additive_divergences(U: torch.Tensor, Fd: torch.Tensor, zs: list[torch.Tensor],
                           weights: list[torch.Tensor | None], tail, pert: Perturbation, k: float,
-                          divergence: str, reference_grad: str) -> torch.Tensor:
+                          divergence: str, reference_grad: str,
+                          last: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
     """D_j (M,) when the head is tail(sum_m u_m + b): U (M, B, K) stacked u_m, Fd (B, K) = sum + b detached.
 
-    Late fusion: u_m = l_m, K = C, no tail. MLP head: u_m = W1_m z_m (hidden, K = H), tail = the rest.
+    Late fusion: u_m = l_m, K = C, no tail. MLP head: u_m = W1_m z_m (hidden, K = H), tail = the rest;
+    ``last`` = (weight, bias) of the tail when it is ReLU -> Linear (one fused node for all permutations).
     """
     M = U.shape[0]
     c = coefficients(M, k, dtype=U.dtype, device=U.device)
@@ -115,6 +126,8 @@ def _additive_divergences(U: torch.Tensor, Fd: torch.Tensor, zs: list[torch.Tens
     # q_j = (F_j' - u_j) + perturbed u_j.
     if pert.kind == "permute" and tail is None:
         return permuted_mean_divergence(P, Fj - U, U, pert.perms, divergence)
+    if pert.kind == "permute" and last is not None:
+        return mean_divergence(tail(P), permuted_relu_linear(Fj - U, U, pert.perms, *last), divergence)
     if pert.kind == "permute":
         pq = permute_rows(U, pert.perms)  # (M, S, B, K)
     else:
@@ -141,8 +154,10 @@ def _game_divergences_general(out: ForwardOutput, fusion: nn.Module, pert: Pertu
         tail_params = {n: p.detach() for n, p in tail.named_parameters()}
         U = torch.stack([z @ w.T for z, w in zip(zs, ws, strict=True)])  # (M, B, H)
         Fd = (U.sum(0) + b).detach()
+        lin = relu_linear_tail(tail)
+        last = None if lin is None else (lin.weight.detach(), None if lin.bias is None else lin.bias.detach())
         return _additive_divergences(U, Fd, zs, ws, lambda x: functional_call(tail, tail_params, (x,)),
-                                     pert, k, divergence, reference_grad)
+                                     pert, k, divergence, reference_grad, last)
     head = _detached_head(fusion)
     S = pert.size
     c = coefficients(M, k, dtype=zs[0].dtype, device=zs[0].device)
@@ -207,7 +222,9 @@ def _reference_D(out: ForwardOutput, fusion: nn.Module, pert: Perturbation, j: i
 def game_term_reference(out: ForwardOutput, fusion: nn.Module, pert: Perturbation, *, lambda_m: float,
                         k: float, divergence: str = "jsd", reference_grad: str = "same",
                         path: str = "auto") -> torch.Tensor:
-    """R_game exactly as defined, term by term (slow; for tests and for reading)."""
+    """R_game exactly as defined, term by term (slow; for tests and for reading). For collaborative the
+    gradient is the definition's and the value the spec's reduced form, -lambda_M sum_j D_j (see the
+    module docstring)."""
     fast = can_use_fast_path(out, fusion, pert.kind) if path == "auto" else path == "fast"
     M = len(out.z)
     total = out.fused.new_zeros(())
@@ -215,4 +232,6 @@ def game_term_reference(out: ForwardOutput, fusion: nn.Module, pert: Perturbatio
         for j in range(M):  # term D_j^(->m) of player m's utility
             coef = 1.0 if j == m else k
             total = total + coef * _reference_D(out, fusion, pert, j, m, divergence, reference_grad, fast)
+    if k == 1.0:  # every D_j^(->m) has the value D_j: the sum is M sum_j D_j; keep one copy's value
+        total = total - (1.0 - 1.0 / M) * total.detach()
     return -lambda_m * total

@@ -16,7 +16,6 @@ bound. Positives:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["SHARED_BOUNDS", "SharedProjection", "contrastive_loss"]
@@ -39,7 +38,8 @@ def contrastive_loss(embeddings: list[torch.Tensor], labels: torch.Tensor, tempe
                      bound: str = "supcon", num_classes: int | None = None) -> torch.Tensor:
     """NT-Xent loss (scalar) over M x (B, D) embeddings (normalised here) and labels (B,).
 
-    Computed as  loss_a = lse_{c != a}(s_ac / tau) - mean_{p in P(a)} s_ap / tau,  where the positives'
+    Computed as  loss_a = lse_{c != a}(s_ac / tau) - mean_{p in P(a)} s_ap / tau  by one autograd node with a
+    hand-written backward (``_NTXent``); the positives'
     sum comes from per-class (supcon) or per-sample (infonce) sums of embeddings, so the only N x N work
     is the similarity matrix and its log-sum-exp. num_classes: labels' range (default: max + 1, a host sync).
     """
@@ -54,20 +54,63 @@ def contrastive_loss(embeddings: list[torch.Tensor], labels: torch.Tensor, tempe
 
 def _nt_xent(e: torch.Tensor, labels: torch.Tensor, M: int, temperature: float, bound: str,
              num_classes: int | None) -> torch.Tensor:
-    B = labels.shape[0]
-    e = F.normalize(e, dim=-1) * temperature ** -0.5  # (N, D); e_a . e_c = s_ac / tau
-    sim = e @ e.T  # (N, N); the matmul's backward needs only e, so the diagonal may be overwritten
-    sim.fill_diagonal_(float("-inf"))
-    lse = torch.logsumexp(sim, dim=1)  # (N,) over c != a
-    self_sim = (e * e).sum(-1)  # (N,) = 1 / tau up to rounding; removed from the positives' sums
     if bound == "supcon":
         K = int(labels.max()) + 1 if num_classes is None else num_classes
-        onehot = F.one_hot(labels.repeat(M), K).to(e.dtype)  # (N, K)
-        sums = (onehot.T @ e)[labels.repeat(M)]  # (N, D): sum of the anchor's class
-        n_pos = (onehot.sum(0)[labels.repeat(M)] - 1.0)  # (N,)
+        # one-hot by comparison: F.one_hot validates its input with a host sync on CUDA
+        onehot = (labels.unsqueeze(1) == torch.arange(K, device=labels.device)).to(e.dtype)  # (B, K)
     else:
-        sums = e.view(M, B, -1).sum(0).repeat(M, 1)  # (N, D): sum of the anchor's sample, all modalities
-        n_pos = e.new_full((M * B,), float(M - 1))
-    pos_mean = ((e * sums).sum(-1) - self_sim) / n_pos.clamp(min=1.0)
-    has = (n_pos > 0).to(e.dtype)  # anchors without positives are left out of the mean (no host sync)
-    return ((lse - pos_mean) * has).sum() / has.sum().clamp(min=1.0)
+        onehot = None  # instance groups: sample i of every modality
+    return _NTXent.apply(e, onehot, M, temperature ** -0.5)
+
+
+def _group_sums(x: torch.Tensor, onehot: torch.Tensor | None, M: int) -> torch.Tensor:
+    """For every row a of x (N = M*B, D): the sum of x over a's group (its class, or its sample): (N, D)."""
+    B = x.shape[0] // M
+    if onehot is None:
+        return x.view(M, B, -1).sum(0).repeat(M, 1)
+    per_class = onehot.T @ x.view(M, B, -1).sum(0)  # (K, D)
+    return (onehot @ per_class).repeat(M, 1)
+
+
+class _NTXent(torch.autograd.Function):
+    """The whole bound as one node: raw embeddings (N, D) -> scalar loss, with a hand-written backward.
+
+    e = x / |x| * tau^(-1/2) (so e_a . e_c = s_ac / tau), P = row-softmax of e e^T over c != a,
+    loss = sum_a w_a (lse_a - pos_a), w_a = [a has positives] / #anchors with positives.
+    Backward: dL/de = (A + A^T) e - (v * S + groupsum(v e) - 2 v e), A = w * P (rows), v = w / n_pos,
+    S = group sums of e; then through the normalisation: dx = (c / |x|) (de - u (u . de)), u = x / |x|.
+    """
+
+    @staticmethod
+    def forward(ctx, x, onehot, M, scale):
+        norm = x.norm(dim=1, keepdim=True).clamp_min(1e-12)  # F.normalize's eps
+        e = x * (scale / norm)
+        P = e @ e.T  # (N, N) similarities / tau, overwritten in place by the softmax over c != a
+        P.diagonal().fill_(float("-inf"))
+        rowmax = P.amax(1, keepdim=True)
+        P.sub_(rowmax).exp_()
+        se = P.sum(1, keepdim=True)
+        lse = (rowmax + se.log()).squeeze(1)  # (N,)
+        P.div_(se)
+        sums = _group_sums(e, onehot, M)  # (N, D), the anchor itself included
+        n_pos = (_group_sums(e.new_ones(e.shape[0], 1), onehot, M) - 1.0).squeeze(1)  # (N,)
+        self_sim = (e * e).sum(1)
+        pos = ((e * sums).sum(1) - self_sim) / n_pos.clamp(min=1.0)
+        has = (n_pos > 0).to(e.dtype)  # anchors without positives are left out of the mean (no host sync)
+        w = has / has.sum().clamp(min=1.0)
+        ctx.M, ctx.scale = M, scale
+        ctx.save_for_backward(x, norm, e, P, sums, w, w / n_pos.clamp(min=1.0), onehot)
+        return ((lse - pos) * w).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, norm, e, P, sums, w, v, onehot = ctx.saved_tensors
+        wg = (w * grad).unsqueeze(1)  # (N, 1)
+        # (A + A^T) e with A = diag(wg) P, without an N x N temporary: BLAS reads P^T in place
+        de = torch.addmm(wg * (P @ e), P.T, wg * e)
+        ve = e * (v * grad).unsqueeze(1)
+        de -= sums * (v * grad).unsqueeze(1) + _group_sums(ve, onehot, ctx.M) - 2.0 * ve
+        # rows whose norm was clamped (|x| <= eps) are a plain scaling: no projection
+        u = torch.where(x.norm(dim=1, keepdim=True) > 1e-12, x / norm, 0.0)
+        dx = (de - u * (u * de).sum(1, keepdim=True)) * (ctx.scale / norm)
+        return dx, None, None, None

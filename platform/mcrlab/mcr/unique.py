@@ -24,8 +24,9 @@ from mcrlab.mcr.perturb import Perturbation, draw_perturbation
 from mcrlab.models.fusion import MLPFusion
 from mcrlab.models.net import ForwardOutput
 
-__all__ = ["fast_perturbed_logits", "head_perturbed_logits", "split_head", "unique_from_perturbation",
-           "unique_information", "can_use_fast_path", "fusion_weight"]
+__all__ = ["fast_perturbed_logits", "head_perturbed_logits", "split_head", "relu_linear_tail",
+           "permuted_relu_linear", "unique_from_perturbation", "unique_information", "can_use_fast_path",
+           "fusion_weight"]
 
 
 def fusion_weight(fusion: nn.Module, m: int) -> torch.Tensor | None:
@@ -69,6 +70,81 @@ def split_head(fusion: nn.Module, dims: list[int]) -> tuple[list[torch.Tensor], 
     return list(first.weight.split(dims, dim=1)), first.bias, fusion.net[1:]
 
 
+def relu_linear_tail(tail: nn.Module) -> nn.Linear | None:
+    """The Linear of a head tail of the form ReLU -> Linear (``MLPFusion``'s), else None."""
+    if isinstance(tail, nn.Sequential) and len(tail) == 2 and isinstance(tail[0], nn.ReLU) \
+            and isinstance(tail[1], nn.Linear) and not tail[0].inplace:
+        return tail[1]
+    return None
+
+
+# elements of one (M, S_chunk, B, H) hidden block: small enough to stay in cache between the ops on it
+_CHUNK_ELEMS = 1 << 18
+
+
+def permuted_relu_linear(rest: torch.Tensor, contrib: torch.Tensor, perms: torch.Tensor,
+                         weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """relu(rest_i + contrib[pi_s(i)]) @ weight^T + bias for all S permutations, as one autograd node.
+
+    rest, contrib (M, B, H); perms (S, B); weight (C, H); bias (C,) or None -> (M, S, B, C).
+    The MLP head's re-run over every permutation: the (M, S, B, H) hidden activations are never held
+    whole; they are built, used and (in backward) rebuilt in cache-sized chunks of permutations, so the
+    cost is a few passes over chunks instead of ~10 passes over the full array. Equal to
+    ``tail(rest.unsqueeze(1) + contrib[:, perms])`` with tail = ReLU -> Linear(weight, bias).
+    """
+    return _PermutedReluLinear.apply(rest, contrib, perms, weight, bias)
+
+
+def _hidden(rest: torch.Tensor, contrib: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
+    """relu(rest_i + contrib[pi_s(i)]) for a chunk of permutations (s, B): -> (M * s * B, H)."""
+    M, B, H = contrib.shape
+    h = contrib.reshape(M * B, H).index_select(0, _flat_rows(perms, M, B)).view(M, -1, B, H)
+    return h.add_(rest.unsqueeze(1)).relu_().view(-1, H)
+
+
+def _flat_rows(perms: torch.Tensor, M: int, B: int) -> torch.Tensor:
+    """Row indices m * B + pi_s(i) into a flattened (M * B) axis, in (m, s, i) order: (M * s * B,).
+    (index_select along dim 0 of a 2-D tensor is the fast row-copy path; along dim 1 it is not.)"""
+    return (perms.reshape(1, -1) + torch.arange(M, device=perms.device).unsqueeze(1) * B).reshape(-1)
+
+
+class _PermutedReluLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rest, contrib, perms, weight, bias):
+        M, B, H = contrib.shape
+        S, C = perms.shape[0], weight.shape[0]
+        step = max(1, _CHUNK_ELEMS // (M * B * H))
+        out = []
+        for s0 in range(0, S, step):
+            h = _hidden(rest, contrib, perms[s0:s0 + step])
+            y = h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)
+            out.append(y.view(M, -1, B, C))
+        ctx.step, ctx.has_bias = step, bias is not None
+        ctx.save_for_backward(rest, contrib, perms, weight)
+        return torch.cat(out, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rest, contrib, perms, weight = ctx.saved_tensors
+        M, B, H = contrib.shape
+        S, C = perms.shape[0], weight.shape[0]
+        need_w = ctx.needs_input_grad[3]
+        d_rest, d_contrib = torch.zeros_like(rest), torch.zeros_like(contrib)
+        d_w = torch.zeros_like(weight) if need_w else None
+        for s0 in range(0, S, ctx.step):
+            idx = perms[s0:s0 + ctx.step]
+            h = _hidden(rest, contrib, idx)  # rebuilt: cheaper than keeping (M, S, B, H) alive
+            g = grad[:, s0:s0 + ctx.step].reshape(-1, C)
+            if need_w:
+                d_w.addmm_(g.T, h)
+            dh = torch.ops.aten.threshold_backward(g @ weight, h, 0.0).view(M, -1, B, H)
+            d_rest += dh.sum(1)
+            # contrib[k] reached row (s, i) with pi_s(i) = k
+            d_contrib.view(M * B, H).index_add_(0, _flat_rows(idx, M, B), dh.view(-1, H))
+        d_b = grad.sum((0, 1, 2)) if ctx.has_bias and ctx.needs_input_grad[4] else None
+        return d_rest, d_contrib, None, d_w, d_b
+
+
 def head_perturbed_logits(fusion: nn.Module, zs: list[torch.Tensor], m: int, pert: Perturbation
                           ) -> torch.Tensor:
     """q's logits for modality m by re-running only the head: zs M x (B, d_j) -> (S', B, C)."""
@@ -77,6 +153,10 @@ def head_perturbed_logits(fusion: nn.Module, zs: list[torch.Tensor], m: int, per
         ws, b, tail = split
         u = [z @ w.T for z, w in zip(zs, ws, strict=True)]  # M x (B, H)
         rest = sum(u) + b - u[m]
+        last = relu_linear_tail(tail)
+        if pert.kind == "permute" and last is not None:
+            return permuted_relu_linear(rest.unsqueeze(0), u[m].unsqueeze(0), pert.perms, last.weight,
+                                        last.bias)[0]
         return tail(rest.unsqueeze(0) + pert.contribution(u[m], m, zs[m], ws[m]))
     zm = pert.latent(zs[m], m)  # (S', B, d_m)
     lead = zm.shape[:-1]

@@ -12,8 +12,9 @@ so it is already > 0 on the first active step and reaches 1 at the end of the wa
 none of the three terms is computed (the loop still measures D_m at evaluation). When the effective
 lambda_M is 0 (lambda_m = 0, an ablation) D_m is still measured, without gradient, for the logs.
 
-Per-step logs: loss/fused, loss/head/<m>, loss/game, loss/shared, loss/irrelevant (and loss/club_nll
-for club), mcr/D/<m>, mcr/lambda_m (effective), mcr/active.
+Per-step logs: loss/fused, loss/head/<m>, loss/game (exactly the term added to the loss), loss/shared,
+loss/irrelevant (and loss/club_nll for club), mcr/D/<m> (detached 0-d tensors: the step never waits for the
+device), mcr/lambda_m (effective) and mcr/active (Python floats from the schedule).
 """
 
 from __future__ import annotations
@@ -141,7 +142,6 @@ class MCR(Method):
                     terms["loss/club_nll"] = nll
                 loss = loss + p.lambda_b * irr
                 terms["loss/irrelevant"] = irr
-        # one device->host transfer for every logged scalar
-        values = torch.stack([t.detach().float() for t in terms.values()]).tolist()
-        logs |= dict(zip(terms, values, strict=True))
+        # logged as detached 0-d tensors: no host sync inside the step (the loop reads them once per epoch)
+        logs |= {k: t.detach() for k, t in terms.items()}
         return loss, logs
