@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib
@@ -76,8 +75,7 @@ def plot_bars(rep: Report, metric: str, path: Path) -> Path:
                linewidth=[1.8 if a == rep.base else 0.5 for a in present])
         top = float(np.nanmax(means + err)) if len(means) else 1.0
         for i, a in enumerate(present):
-            p = t.loc[a, "p_holm"]
-            if not math.isnan(p) and p < 0.05:
+            if bool(t.loc[a, "significant"]):  # the report's rule: Holm p < 0.05 where reachable
                 ax.text(i, means[i] + err[i], "*", ha="center", va="bottom", fontsize=14)
         lo = float(np.nanmin(means - err)) if len(means) else 0.0
         span = max(top - lo, 1e-6)
