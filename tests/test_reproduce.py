@@ -258,3 +258,30 @@ def test_smoke_reproduce_end_to_end(ray_local, mlflow_uri, tmp_path, capsys):
     resumed = out.read_text()
     assert f"0 cells run now, {len(SMOKE_METHODS) * 2} reused" in resumed
     assert resumed[resumed.index(cut):] == text[text.index(cut):]
+
+
+def _tune_spec(tune: dict) -> dict:
+    return {"name": "t", "base": {"method": {"name": "ensemble"}, "train": {"epochs": 1}},
+            "arms": {"mcr": {"method.name": "mcr"}, "joint": {"method.name": "joint"}},
+            "datasets": ["synthetic:competition"], "seeds": [0, 1], "tune": tune}
+
+
+def test_budget_per_knob_and_per_arm_points_in_the_ablation_spec():
+    params = {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+              "method.lambda_m": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}
+    point = {"train.lr": 1e-3, "method.lambda_m": 0.01}
+    spec = parse_spec(_tune_spec({"num_samples_per_knob": 3, "params": params,
+                                  "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 5},
+                                  "arms": {"mcr": {"points_to_evaluate": [point]}}}), "s.yaml")
+    assert spec.tuning["mcr"]["num_samples"] == 6 and spec.tuning["joint"]["num_samples"] == 3
+    assert spec.tuning["mcr"]["sampler"]["n_startup_trials"] == 3 and spec.tuning["joint"]["sampler"][
+        "n_startup_trials"] == 1  # capped at half of each arm's budget
+    assert spec.tuning["mcr"]["points_to_evaluate"] == [point] and "points_to_evaluate" not in spec.tuning["joint"]
+    for tune, match in (
+            ({"num_samples_per_knob": 0, "params": params}, r"s.yaml: tune.num_samples_per_knob: must be an integer"),
+            ({"params": params, "arms": {"nope": {}}}, r"s.yaml: tune.arms.nope: no such arm"),
+            ({"params": params, "arms": {"mcr": {"num_samples": 3}}}, r"tune.arms.mcr: must be a mapping with keys"),
+            ({"params": params, "arms": {"joint": {"points_to_evaluate": [point]}}},
+             r"points_to_evaluate\[0\].method.lambda_m: not a parameter of this space")):
+        with pytest.raises(ConfigError, match=match):
+            parse_spec(_tune_spec(tune), "s.yaml")
