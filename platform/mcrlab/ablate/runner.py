@@ -32,7 +32,7 @@ from mcrlab.ablate.spec import AblationSpec, Cell
 from mcrlab.analysis.report import slug
 from mcrlab.config import ConfigError, RunConfig
 from mcrlab.engine.pretrain import init_lineage
-from mcrlab.tracking import TAG_PREFIX, Tracker, lineage_tags
+from mcrlab.tracking import TAG_PREFIX, Tracker, lineage_tags, tag_filter
 from mcrlab.trials.plan import RunIdentity, Scaling, TrialPlan
 
 __all__ = ["AblationOutcome", "CellPlan", "run_ablation", "finished_cells", "ablation_run_id"]
@@ -106,7 +106,7 @@ def ablation_run_id(tracker: Tracker, experiment_id: str, ablation_id: str) -> s
 def finished_cells(tracker: Tracker, experiment_id: str, ablation_id: str) -> dict[tuple, list]:
     """``{(arm, dataset, seed): [run, ...]}`` of every cell run of this ablation (any status)."""
     runs = tracker.client.search_runs(
-        [experiment_id], filter_string=f"tags.`{K}kind` = 'cell' and tags.`{K}ablation_id` = '{ablation_id}'",
+        [experiment_id], filter_string=tag_filter({f"{K}kind": "cell", f"{K}ablation_id": ablation_id}),
         max_results=50000)
     out: dict[tuple, list] = {}
     for r in runs:
@@ -137,8 +137,18 @@ def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_
     """Run the missing cells of ``spec`` (all of them on a fresh ablation) and close the MLflow runs.
 
     Extra Tune ``callbacks`` are for tests (fault injection)."""
+    from mcrlab.trials.storage import FolderLock, private_dir
+
     # load the datasets before the store is touched: a bad data.name fails here, nothing started or written
     fingerprints = _fingerprints(spec, spec.cells)
+    # one driver per ablation: a second one (e.g. two --resume at once) stops here, before MLflow or Ray
+    with FolderLock(private_dir(Path(storage_path).resolve() / "ablations" / spec.ablation_id), "ablation"):
+        return _run_ablation(spec, uri, fingerprints, resume=resume, storage_path=storage_path, verbose=verbose,
+                             callbacks=callbacks)
+
+
+def _run_ablation(spec: AblationSpec, uri: str, fingerprints: dict[str, str], *, resume: bool,
+                  storage_path: str | Path, verbose: int, callbacks: list | None) -> AblationOutcome:
     from mcrlab.trials.recorder import fail_fast_on_outages
 
     fail_fast_on_outages(uri)

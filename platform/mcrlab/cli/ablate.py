@@ -43,10 +43,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from mcrlab.ablate.runner import describe, dumps, run_ablation
     from mcrlab.ablate.spec import load_spec
-    from mcrlab.tracking import check_tracking, resolve_tracking_uri
+    from mcrlab.tracking import check_tracking, check_tracking_uri, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    check_tracking(uri)
+    (check_tracking_uri if args.dry_run else check_tracking)(uri)  # a dry run creates nothing
     spec = load_spec(args.spec, smoke=args.smoke, tracking_uri=uri)
     if args.dry_run:
         print(dumps(describe(spec)))

@@ -167,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mcrlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as other commands do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from mcrlab.config import ConfigError, RunConfig, build_dataclass
+from mcrlab.config import ConfigError, RunConfig, build_dataclass, cut, short
 
 __all__ = ["Param", "parse_params", "check_paths", "set_path", "apply_values", "same_value"]
 
@@ -34,6 +34,7 @@ KEYS = {"float": {"type", "low", "high", "log", "step", "when"},
 RESERVED = {"data.name": "list datasets under datasets:",
             "train.seed": "use objective.seeds / objective.seed"}
 _MISSING = object()
+MAX_INDEX = 63  # list elements (one per modality): an index is checked before any list is padded to it
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -79,7 +80,7 @@ class Param:
         if self.kind == "categorical":
             return f"choices {list(self.choices)}"
         if self.kind == "fixed":
-            return f"fixed value {self.value!r}"
+            return f"fixed value {short(self.value)}"
         return f"{'log ' if self.log else ''}range [{self.low}, {self.high}] ({self.kind})"
 
     def probes(self) -> list[tuple[str, Any]]:
@@ -103,18 +104,29 @@ def _number(spec: dict, key: str, where: str, integer: bool) -> Any:
                           f"and high)")
     v = spec[key]
     if integer and (isinstance(v, bool) or not isinstance(v, int)):
-        raise ConfigError(f"{where}.{key}: expected an integer, got {v!r}")
+        raise ConfigError(f"{where}.{key}: expected an integer, got {short(v)}")
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 2**53:
+        raise ConfigError(f"{where}.{key}: {short(v)} is too large (at most 2**53 in magnitude)")
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ConfigError(f"{where}.{key}: expected a finite number, got {v!r} "
+        raise ConfigError(f"{where}.{key}: expected a finite number, got {short(v)} "
                           f"(YAML reads 1e-3 as a string: write 1.0e-3)")
     return v
 
 
+def _index_ok(path: str, where: str) -> None:
+    m = PATH_RE.match(path)
+    index = m.group(3) if m else None
+    if index is not None and (len(index) > 3 or int(index) > MAX_INDEX):
+        raise ConfigError(f"{where}: list index {cut(index, 20)} is too large (at most {MAX_INDEX})")
+
+
 def _entry(name: Any, spec: Any, source: str, earlier: dict[str, Param]) -> Param:
-    where = f"{source}: params.{name}"
+    where = f"{source}: params.{cut(name)}"
     path, _, label = name.partition("@") if isinstance(name, str) else (name, "", "")
+    if isinstance(path, str) and PATH_RE.match(path):
+        _index_ok(path, where)
     if not isinstance(path, str) or not PATH_RE.match(path) or ("@" in name and not LABEL_RE.match(label)):
-        raise ConfigError(f"{source}: params.{name}: a parameter name is a config path like method.lambda_m "
+        raise ConfigError(f"{source}: params.{cut(name)}: a parameter name is a config path like method.lambda_m "
                           f"or train.player_lr.0 (sections: data, model, method, train), optionally "
                           f"followed by @label")
     if path == "method.name" and label:
@@ -123,10 +135,10 @@ def _entry(name: Any, spec: Any, source: str, earlier: dict[str, Param]) -> Para
         raise ConfigError(f"{where}: cannot be searched here, {RESERVED[path]}")
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping like {{type: float, low: .., high: ..}} or "
-                          f"{{fixed: value}}, got {spec!r}")
+                          f"{{fixed: value}}, got {short(spec)}")
     kind = "fixed" if "fixed" in spec else spec.get("type")
     if kind not in KINDS and kind != "fixed":
-        raise ConfigError(f"{where}.type: {'missing' if kind is None else f'unknown type {kind!r}'} "
+        raise ConfigError(f"{where}.type: {'missing' if kind is None else f'unknown type {short(kind)}'} "
                           f"(known: float, int, categorical, or {{fixed: value}})")
     if kind == "fixed" and spec.get("type", "fixed") != "fixed":
         raise ConfigError(f"{where}: has both type: {spec['type']} and fixed:; keep one")
@@ -140,13 +152,13 @@ def _entry(name: Any, spec: Any, source: str, earlier: dict[str, Param]) -> Para
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise ConfigError(f"{where}.choices: expected a non-empty list, got {choices!r}")
+            raise ConfigError(f"{where}.choices: expected a non-empty list, got {short(choices)}")
         for c in choices:
             if c is not None and not isinstance(c, (bool, int, float, str)):
-                raise ConfigError(f"{where}.choices: {c!r} is not a scalar (Optuna stores only "
+                raise ConfigError(f"{where}.choices: {short(c)} is not a scalar (Optuna stores only "
                                   f"null, bool, int, float, string choices)")
             if sum(same_value(c, d) for d in choices) > 1:
-                raise ConfigError(f"{where}.choices: {c!r} is listed twice")
+                raise ConfigError(f"{where}.choices: {short(c)} is listed twice")
         if path == "method.name" and when:
             raise ConfigError(f"{where}.when: method.name cannot be conditional")
         return Param(name, "categorical", choices=tuple(choices), when=when)
@@ -156,7 +168,7 @@ def _entry(name: Any, spec: Any, source: str, earlier: dict[str, Param]) -> Para
         raise ConfigError(f"{where}: low ({low}) must be <= high ({high})")
     log = spec.get("log", False)
     if not isinstance(log, bool):
-        raise ConfigError(f"{where}.log: expected true or false, got {log!r}")
+        raise ConfigError(f"{where}.log: expected true or false, got {short(log)}")
     if log and (low <= 0 or (integer and low < 1)):
         raise ConfigError(f"{where}.low: a log range needs low > 0{' (>= 1 for int)' if integer else ''}, "
                           f"got {low}")
@@ -173,7 +185,7 @@ def _when(raw: Any, where: str, earlier: dict[str, Param]) -> dict[str, tuple]:
         return {}
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{where}.when: expected a mapping {{earlier_param: value or [values]}}, "
-                          f"got {raw!r}")
+                          f"got {short(raw)}")
     out = {}
     for key, allowed in raw.items():
         parent = earlier.get(key)
@@ -187,7 +199,7 @@ def _when(raw: Any, where: str, earlier: dict[str, Param]) -> dict[str, tuple]:
             raise ConfigError(f"{where}.when.{key}: empty list of values, the condition could never hold")
         for a in allowed:
             if not parent.contains(a):
-                raise ConfigError(f"{where}.when.{key}: {a!r} is not one of its choices "
+                raise ConfigError(f"{where}.when.{key}: {short(a)} is not one of its choices "
                                   f"{list(parent.choices)}")
         out[key] = tuple(allowed)
     return out
@@ -197,7 +209,7 @@ def parse_params(raw: Any, source: str) -> tuple[Param, ...]:
     """Parse ``params:`` in file order; conditions may refer only to earlier categorical params."""
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{source}: params: expected a non-empty mapping of config path -> parameter, "
-                          f"got {raw!r}")
+                          f"got {short(raw)}")
     earlier: dict[str, Param] = {}
     for name, spec in raw.items():
         earlier[name] = _entry(name, spec, source, earlier)
@@ -233,7 +245,7 @@ def check_paths(params: tuple[Param, ...], base: dict, source: str) -> None:
     if mp is not None and mp.kind == "categorical":
         for c in mp.choices:
             if c not in REGISTRY:
-                raise ConfigError(f"{source}: params.method.name.choices: unknown method {c!r} "
+                raise ConfigError(f"{source}: params.method.name.choices: unknown method {short(c)} "
                                   f"(known: {', '.join(sorted(REGISTRY))})")
         extra = sorted(set(base.get("method") or {}) - {"name"})
         if extra:
@@ -303,7 +315,7 @@ def _check_one(p: Param, methods: list[str], base: dict, paths: set[str], source
                 set_path(raw, p.path, value, pad=True)
                 _build_section(raw, section, key, m)
             except ConfigError as err:
-                raise ConfigError(f"{where}: {label} {value!r} is rejected"
+                raise ConfigError(f"{where}: {label} {short(value)} is rejected"
                                   f"{f' for method {m}' if len(methods) > 1 else ''}: "
                                   f"{str(err).replace('<p>: ', '')}") from None
 
@@ -336,7 +348,8 @@ def set_path(raw: dict, path: str, value: Any, source: str = "<space>", pad: boo
     """
     m = PATH_RE.match(path) if isinstance(path, str) else None
     if m is None:
-        raise ConfigError(f"{source}: {path}: not a config path like train.epochs or train.player_lr.0")
+        raise ConfigError(f"{source}: {cut(path)}: not a config path like train.epochs or train.player_lr.0")
+    _index_ok(path, f"{source}: {path}")
     section, key, index = m.groups()
     sec = raw.setdefault(section, {})
     if not isinstance(sec, dict):
