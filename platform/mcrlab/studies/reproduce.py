@@ -159,10 +159,14 @@ def results_cells(uri: str, ablation_run_id: str):
     import pandas as pd
 
     from mcrlab.ablate.spec import BASE_ARM
-    from mcrlab.analysis.runs import collect_runs, tidy_from_runs
+    from mcrlab.analysis.runs import PARENT, collect_runs, tidy_from_runs
 
+    runs = collect_runs(uri, run_id=ablation_run_id)
+    parents = {r.data.tags.get(PARENT) for r in runs}  # containers (ablation, arm runs) hold no cell
     rows = []
-    for run in collect_runs(uri, run_id=ablation_run_id):
+    for run in runs:
+        if run.info.run_id in parents:
+            continue
         tidy, _ = tidy_from_runs([run], uri=uri, history=False)  # the report's own filters, run by run
         if tidy.empty:
             continue
@@ -261,8 +265,10 @@ def split_moves_with_seed(data_cfgs: list[dict]) -> bool:
 
 def _split_note(spec) -> str:
     """One line for the report: on which datasets the evaluation seeds resample the data split."""
-    if "data.seed" not in spec.seed_keys or len(spec.seeds) < 2:
+    if "data.seed" not in spec.seed_keys:
         return "fixed (data.seed is not a seed key): only the initialisation varies between seeds"
+    if len(spec.seeds) < 2:
+        return "one seed: nothing to compare"
     moved, fixed = [], []
     for dataset in spec.datasets:
         cfgs = [c.config["data"] for c in spec.cells if c.arm == spec.arms[0].name and c.dataset == dataset]
