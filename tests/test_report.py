@@ -121,3 +121,44 @@ def test_single_seed_and_single_dataset_degrade_gracefully(tmp_path):
     assert rep.ranks["test/acc"][1] is None  # Friedman needs >= 2 datasets
     write_report(rep, tmp_path, formats=["md"])
     assert "needs at least 2 datasets" in (tmp_path / "report.md").read_text()
+
+
+def test_power_columns_state_what_each_comparison_could_detect():
+    from mcrlab.analysis.stats import mdd_paired_t
+
+    tidy, _ = make_tidy()
+    table = metric_table(tidy, "test/acc", "base")
+    d = tidy[(tidy.metric == "test/acc") & (tidy.dataset == "digits")]
+    arm = d[d.arm == "no_game"].sort_values("seed")["value"].to_numpy()
+    base = d[d.arm == "base"].sort_values("seed")["value"].to_numpy()
+    row = table[(table.dataset == "digits") & (table.arm == "no_game")].iloc[0]
+    sd = np.std(arm - base, ddof=1)
+    assert row.sd_diff == pytest.approx(sd)
+    assert row.alpha_adj == pytest.approx(0.05 / 2)  # two arms against the base: Holm's first step
+    assert row.mdd == pytest.approx(mdd_paired_t(sd, 3, 0.05 / 2, 0.8))
+    assert table[table.arm == "base"]["mdd"].isna().all()
+    md = render(build_report(tidy), "md")
+    assert "| sd Δ | MDD |" in md and f"{row.mdd:.4f}" in md and "power 0.8" in md
+    csv = pd.read_csv(pd.io.common.StringIO(render(build_report(tidy), "csv")))
+    assert {"sd_diff", "alpha_adj", "mdd", "min_p", "can_reject", "significant"} <= set(csv.columns)
+
+
+def test_no_star_where_the_seeds_cannot_reach_significance():
+    # two seeds, identical differences of +0.0005: the t-test's p is ~0, yet no star (and MDD = inf)
+    rows = [("base", "x", s, "test/acc", v) for s, v in enumerate([0.5, 0.6])]
+    rows += [("arm", "x", s, "test/acc", v + 0.0005) for s, v in enumerate([0.5, 0.6])]
+    rep = build_report(pd.DataFrame(rows, columns=["arm", "dataset", "seed", "metric", "value"]), base="base")
+    r = rep.tables["test/acc"].set_index("arm").loc["arm"]
+    assert r.p_holm < 0.05 and not r.significant and np.isinf(r.mdd)
+    md = render(rep, "md")
+    assert "| x | arm | 2 |" in md and " *" not in md.split("## test/acc")[1] and "| ∞ |" in md
+    # the same with 3 seeds stars it: the rule is about the seeds, not the difference
+    rows3 = rows[:2] + [("base", "x", 2, "test/acc", 0.7)] + rows[2:] + [("arm", "x", 2, "test/acc", 0.7006)]
+    rep3 = build_report(pd.DataFrame(rows3, columns=["arm", "dataset", "seed", "metric", "value"]), base="base")
+    assert bool(rep3.tables["test/acc"].set_index("arm").loc["arm"].significant)
+    # Wilcoxon over 5 seeds can never reach 0.05 (exact min p = 0.0625): no star, MDD inf
+    five = [("base", "x", s, "test/acc", 0.5 + 0.01 * s) for s in range(5)]
+    five += [("arm", "x", s, "test/acc", 0.6 + 0.011 * s) for s in range(5)]
+    rw = build_report(pd.DataFrame(five, columns=["arm", "dataset", "seed", "metric", "value"]), base="base",
+                      test="wilcoxon").tables["test/acc"].set_index("arm").loc["arm"]
+    assert rw.min_p == pytest.approx(0.0625) and not rw.can_reject and not rw.significant

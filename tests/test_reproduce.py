@@ -15,7 +15,19 @@ from mcrlab.cli import main
 from mcrlab.config import ConfigError, read_yaml
 from mcrlab.data.synthetic import PRESETS
 from mcrlab.methods import REGISTRY
-from mcrlab.studies.reproduce import BASE_METHOD, mcr_verdicts, narrow_spec, render_results
+from mcrlab.methods.mcr import MCRParams
+from mcrlab.studies.reproduce import (
+    BASE_METHOD,
+    CELL_COLUMNS,
+    SMOKE_METHODS,
+    mcr_verdicts,
+    narrow_spec,
+    read_cells,
+    render_results,
+    report_from_cells,
+    split_moves_with_seed,
+    write_cells,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "search_spaces" / "reproduce.yaml"
@@ -33,13 +45,65 @@ def test_shipped_grid_covers_every_method_preset_and_two_mfeat_pairs():
     assert methods == set(REGISTRY)  # every method, the ensemble as the base arm
     assert {f"synthetic:{p}" for p in PRESETS} <= set(spec.datasets)
     assert len([d for d in spec.datasets if d.startswith("mfeat:")]) >= 2
-    assert spec.seeds == [0, 1, 2, 3, 4] and spec.metric == "test/acc"
-    # equal budget: every arm tunes (at least the lr) with the same number of trials
+    assert spec.seeds == list(range(10)) and spec.metric == "test/acc"
+    # every arm tunes (at least the lr) on the tuning seed, never an evaluation seed
     assert set(spec.tuning) == {a.name for a in spec.arms}
-    assert {s["num_samples"] for s in spec.tuning.values()} == {raw["tune"]["num_samples"]}
     assert all("train.lr" in s["params"] for s in spec.tuning.values())
     assert "method.lambda_m" in spec.tuning["mcr"]["params"] and "method.lambda_m" not in spec.tuning["joint"]["params"]
     assert all(s["objective"]["seed"] not in spec.seeds for s in spec.tuning.values())
+
+
+def test_shipped_grid_follows_the_papers_protocol():
+    raw = _raw()
+    spec = parse_spec(raw, str(SPEC))
+    cfg = {a.name: spec.base.replace(a.delta) for a in spec.arms}
+    # arms from scratch and from unimodal pre-training, pre-frozen (fusion head only) and pre-finetuned
+    inits = {a: (c.method.name, c.model.init) for a, c in cfg.items()}
+    assert inits["mcr"] == ("mcr", "scratch") and inits["mcr_pre"] == ("mcr", "unimodal")
+    assert inits["multiloss_pre"] == ("multiloss", "unimodal") and inits["pre_finetuned"] == ("joint", "unimodal")
+    assert inits["pre_frozen"] == ("joint", "unimodal_frozen") and inits["joint"] == ("joint", "scratch")
+    assert all(cfg[a].method.params.num_perms == 32 for a in ("mcr", "mcr_pre"))  # S = 32
+    # a budget that grows with the knobs, mostly not random start-up
+    for arm, space in spec.tuning.items():
+        knobs = len(space["params"])
+        assert space["num_samples"] == 4 * knobs, arm
+        assert space["sampler"]["n_startup_trials"] <= space["num_samples"] // 2, arm
+    assert spec.tuning["mcr"]["num_samples"] == 16 and spec.tuning["joint"]["num_samples"] == 4
+    # the paper's weights (MCRParams' defaults) are the first point of every MCR sweep; lambda_C up to 1
+    paper = {f"method.{k}": getattr(MCRParams(), k) for k in ("w_uni", "lambda_m", "lambda_c")}
+    for arm in ("mcr", "mcr_pre"):
+        first = spec.tuning[arm]["points_to_evaluate"][0]
+        assert {k: first[k] for k in paper} == paper and first["train.lr"] == spec.base.train.lr
+    assert spec.tuning["mcr"]["params"]["method.lambda_c"]["high"] == 1.0
+    # the best unimodal model: the modality is tuned on validation, every modality is tried
+    uni = spec.tuning["unimodal"]
+    choices = uni["params"]["method.modality"]["choices"]
+    assert sorted(p["method.modality"] for p in uni["points_to_evaluate"]) == sorted(choices) == [0, 1]
+    assert "method.modality" not in spec.tuning["base"]["params"]
+    # evaluation seeds resample the data; tuning runs on its own split (data.seed 1000)
+    assert spec.seed_keys == ["train.seed", "data.seed"]
+    assert all(c.config["data"]["seed"] == c.seed == c.config["train"]["seed"] for c in spec.cells)
+    assert all(s["base"]["data"]["seed"] == 1000 for s in spec.tuning.values())
+    # the smoke form keeps the protocol's arms, with both unimodal points inside its 2 trials
+    smoke = parse_spec(narrow_spec(raw, "r.yaml", methods=list(SMOKE_METHODS)), "r.yaml", smoke=True)
+    assert len(smoke.tuning["unimodal"]["points_to_evaluate"]) == 2 == smoke.tuning["unimodal"]["num_samples"]
+
+
+def test_evaluation_seeds_resample_the_split_on_every_dataset_kind(tmp_path):
+    import numpy as np
+
+    from mcrlab.data.shards import write_shards
+
+    for name in ("synthetic:competition", "digits", "mfeat:pix+fou"):
+        extra = {"n_train": 200} if name.startswith("synthetic") else {}
+        assert split_moves_with_seed([{"name": name, "seed": s, **extra} for s in (0, 1)]), name
+        assert not split_moves_with_seed([{"name": name, "seed": 3, **extra}] * 2), name  # same seed, same data
+    # a shard folder stores its split: data.seed cannot move it, and the report says so
+    rng = np.random.default_rng(0)
+    n = 60
+    write_shards(tmp_path / "sh", {"a": rng.normal(size=(n, 3)), "b": rng.normal(size=(n, 2))},
+                 np.arange(n) % 3, np.array(["train"] * 36 + ["val"] * 12 + ["test"] * 12))
+    assert not split_moves_with_seed([{"name": str(tmp_path / "sh"), "seed": s} for s in (0, 1)])
 
 
 def test_narrowing_keeps_the_base_drops_unused_knobs_and_renames():
@@ -47,7 +111,7 @@ def test_narrowing_keeps_the_base_drops_unused_knobs_and_renames():
     n = narrow_spec(raw, "r.yaml", methods=["mcr", "joint"], datasets=["synthetic:competition"], seeds=3,
                     budget=3, epochs=4)
     assert set(n["arms"]) == {"mcr", "joint"} and n["seeds"] == [0, 1, 2]
-    assert n["tune"]["num_samples"] == 3 and n["tune"]["sampler"]["n_startup_trials"] <= 3
+    assert n["tune"]["num_samples_per_knob"] == 3 and set(n["tune"]["arms"]) == {"mcr"}  # others' points leave
     assert "method.scale" not in n["tune"]["params"] and "method.lambda_m" in n["tune"]["params"]
     assert n["name"].startswith("reproduce-") and n["name"] != raw["name"]
     again = narrow_spec(raw, "r.yaml", methods=["mcr", "joint"], datasets=["synthetic:competition"], seeds=3,
@@ -58,6 +122,7 @@ def test_narrowing_keeps_the_base_drops_unused_knobs_and_renames():
     assert other["name"] != n["name"]
     spec = parse_spec(n, "r.yaml")
     assert len(spec.cells) == 3 * 1 * 3 and all(c.config["train"]["epochs"] == 4 for c in spec.cells)
+    assert spec.tuning["mcr"]["num_samples"] == 12 and spec.tuning["mcr"]["sampler"]["n_startup_trials"] <= 6
     assert narrow_spec(raw, "r.yaml") == raw  # nothing asked, nothing changed (the full run keeps its name)
     assert "tune" not in narrow_spec(raw, "r.yaml", budget=0)
 
@@ -106,6 +171,58 @@ def test_verdicts_say_where_mcr_wins_and_where_it_does_not():
     assert "`mcrlab reproduce --x`" in text and "cpuX, 2 cores" in text and "git commit: abc" in text
     assert "on 1 of 3 datasets (a); it does not on 2 (b, c)" in text
     assert "## Comparison report" in text and "Base arm: `ensemble`" in text
+    # power next to every verdict: MDD at 5 seeds and Holm's worst case over the 2 methods, sd of the diffs
+    from mcrlab.analysis.stats import mdd_paired_t
+
+    d = [0.80 - 0.70, 0.82 - 0.71, 0.81 - 0.72, 0.80 - 0.70, 0.83 - 0.71]
+    sd = float(pd.Series(d).std(ddof=1))
+    assert v["a"]["alpha_adj"] == pytest.approx(0.025) and v["a"]["sd_diff"] == pytest.approx(sd)
+    assert v["a"]["mdd"] == pytest.approx(mdd_paired_t(sd, 5, 0.025, 0.8))
+    assert "| MDD (power 0.8) | sd Δ | seeds | α / m |" in text
+    assert f"| a | 0.8120 | 0.7080 | +0.1040 | {v['a']['mdd']:.4f} | {sd:.4f} | 5 | 0.02500 |" in text
+
+
+def test_two_seeds_give_no_verdict_of_significance():
+    # the issue's case: +0.0005 on two seeds (identical differences: p ~ 0) is not "significant"
+    tidy = _tidy({("ensemble", "a"): [0.700, 0.710], ("mcr", "a"): [0.7005, 0.7105]})
+    rep = build_report(tidy, base=BASE_METHOD, rank_metrics=["test/acc"])
+    (v,) = mcr_verdicts(rep)
+    assert v["p_holm"] < 0.05 and v["verdict"] == "too few seeds to test (n = 2)" and math.isinf(v["mdd"])
+    text = render_results(rep, title="T", command="c", full_command="f", label="l", machine={}, meta={})
+    assert "| ∞ |" in text and "on 0 of 1 datasets" in text
+
+
+def _cells() -> pd.DataFrame:
+    rows = []
+    for ds, shift in (("synthetic:competition", 0.0), ("mfeat:pix+fou", 0.1)):
+        for arm, level in (("ensemble", 0.7), ("mcr", 0.72), ("joint", 0.69)):
+            for seed in range(4):
+                v = level + shift + 0.1 * (seed % 3) / 7 + 1e-17 * seed  # values whose repr is long
+                run = f"{arm}{ds}{seed}".encode().hex()[:32]
+                rows += [(arm, ds, seed, seed, "test/acc", v, run), (arm, ds, seed, seed, "test/f1", v - 0.1 / 3, run),
+                         (arm, ds, seed, seed, "test/probe/a", 0.5 + seed / 9, run)]
+    return pd.DataFrame(rows, columns=list(CELL_COLUMNS))
+
+
+def test_report_from_the_csv_alone_is_byte_identical(tmp_path, capsys):
+    cells = _cells()
+    kwargs = dict(title="T", command="c", full_command="f", label="l", machine={"cpu": "x"}, meta={"m": "1"})
+    direct = render_results(report_from_cells(cells), **kwargs)
+    path = write_cells(cells.sample(frac=1.0, random_state=0), tmp_path / "RESULTS_cells.csv")  # order is irrelevant
+    back = read_cells(path)
+    assert list(back.columns) == list(CELL_COLUMNS) and len(back) == len(cells)
+    assert render_results(report_from_cells(back), **kwargs) == direct
+    assert "| synthetic:competition | mcr |" in direct and "test/probe/a" in direct
+    # the command: the statistics sections of its output are those of the run's Markdown, byte for byte
+    out = tmp_path / "X.md"
+    assert main(["reproduce", "--from-csv", str(path), "--out", str(out)]) == 0
+    again = out.read_text()
+    cut = "## MCR against the ensemble"
+    assert again[again.index(cut):] == direct[direct.index(cut):] and "**Re-rendered**" in again
+    # a CSV without the provenance columns is refused, naming the file and what is missing
+    cells.drop(columns=["run_id"]).to_csv(tmp_path / "bad.csv", index=False)
+    assert main(["reproduce", "--from-csv", str(tmp_path / "bad.csv")]) == 2
+    assert "bad.csv: missing columns run_id" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -120,11 +237,51 @@ def test_smoke_reproduce_end_to_end(ray_local, mlflow_uri, tmp_path, capsys):
     assert "mcrlab reproduce --out" in text and "--smoke" in text
     assert "git commit:" in text and "cores" in text
     assert "| synthetic:competition |" in text and "Base arm: `ensemble`" in text
-    for arm in ("ensemble", "mcr", "joint"):
+    for arm in SMOKE_METHODS:
         assert f"| synthetic:competition | {arm} | 2 |" in text  # 2 seeds per method
+    assert "resampled by every seed (data.seed) on synthetic:competition" in text
+    assert "too few seeds to test (n = 2)" in text  # 2 seeds: no verdict of significance
     csv = pd.read_csv(tmp_path / "RESULTS_report" / "report.csv")
-    assert set(csv["arm"]) == {"ensemble", "mcr", "joint"}
+    assert set(csv["arm"]) == set(SMOKE_METHODS)
+    # every cell's values with their data seed and MLflow run id, and the report recomputed from them alone
+    cells = read_cells(tmp_path / "RESULTS_cells.csv")
+    acc = cells[cells.metric == "test/acc"]
+    assert len(acc) == len(SMOKE_METHODS) * 2 and (acc["seed"] == acc["data_seed"]).all()
+    assert acc["run_id"].nunique() == len(acc)
+    assert main(["reproduce", "--from-csv", str(tmp_path / "RESULTS_cells.csv"), "--out", str(tmp_path / "X.md")]) == 0
+    cut = "## MCR against the ensemble"
+    again = (tmp_path / "X.md").read_text()
+    assert again[again.index(cut):] == text[text.index(cut):]
     # the same command again with --resume reruns nothing and writes the same table
     assert main(["reproduce", "--smoke", "--tracking-uri", mlflow_uri, "--storage", str(tmp_path / "runs"),
                  "--out", str(out), "--resume"]) == 0
-    assert "0 cells run now, 6 reused" in out.read_text()
+    resumed = out.read_text()
+    assert f"0 cells run now, {len(SMOKE_METHODS) * 2} reused" in resumed
+    assert resumed[resumed.index(cut):] == text[text.index(cut):]
+
+
+def _tune_spec(tune: dict) -> dict:
+    return {"name": "t", "base": {"method": {"name": "ensemble"}, "train": {"epochs": 1}},
+            "arms": {"mcr": {"method.name": "mcr"}, "joint": {"method.name": "joint"}},
+            "datasets": ["synthetic:competition"], "seeds": [0, 1], "tune": tune}
+
+
+def test_budget_per_knob_and_per_arm_points_in_the_ablation_spec():
+    params = {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+              "method.lambda_m": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}
+    point = {"train.lr": 1e-3, "method.lambda_m": 0.01}
+    spec = parse_spec(_tune_spec({"num_samples_per_knob": 3, "params": params,
+                                  "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 5},
+                                  "arms": {"mcr": {"points_to_evaluate": [point]}}}), "s.yaml")
+    assert spec.tuning["mcr"]["num_samples"] == 6 and spec.tuning["joint"]["num_samples"] == 3
+    assert spec.tuning["mcr"]["sampler"]["n_startup_trials"] == 3 and spec.tuning["joint"]["sampler"][
+        "n_startup_trials"] == 1  # capped at half of each arm's budget
+    assert spec.tuning["mcr"]["points_to_evaluate"] == [point] and "points_to_evaluate" not in spec.tuning["joint"]
+    for tune, match in (
+            ({"num_samples_per_knob": 0, "params": params}, r"s.yaml: tune.num_samples_per_knob: must be an integer"),
+            ({"params": params, "arms": {"nope": {}}}, r"s.yaml: tune.arms.nope: no such arm"),
+            ({"params": params, "arms": {"mcr": {"num_samples": 3}}}, r"tune.arms.mcr: must be a mapping with keys"),
+            ({"params": params, "arms": {"joint": {"points_to_evaluate": [point]}}},
+             r"points_to_evaluate\[0\].method.lambda_m: not a parameter of this space")):
+        with pytest.raises(ConfigError, match=match):
+            parse_spec(_tune_spec(tune), "s.yaml")

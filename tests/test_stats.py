@@ -9,13 +9,18 @@ import pytest
 from scipy import stats as sps
 
 from mcrlab.analysis.stats import (
+    MIN_SEEDS_T,
     SeedMismatchError,
     average_ranks,
     compare_to_base,
     friedman,
     holm,
+    mdd_paired_t,
+    min_achievable_p,
     nemenyi_cd,
+    paired_power_t,
     paired_test,
+    power_of,
     summarize,
 )
 from mcrlab.config import ConfigError
@@ -132,3 +137,93 @@ def test_nemenyi_cd_against_demsar_table():
     # q_0.05 from Demsar (2006) table 5a: k=2 1.960, k=3 2.343, k=4 2.569, k=5 2.728
     for k, q in [(2, 1.960), (3, 2.343), (4, 2.569), (5, 2.728)]:
         assert nemenyi_cd(k, 10) == pytest.approx(q * math.sqrt(k * (k + 1) / 60), abs=2e-3)
+
+
+# --------------------------------------------------------------------------------------------------
+# power: minimal detectable difference
+
+
+def _power_by_integration(delta: float, sd: float, n: int, alpha: float) -> float:
+    """Reference oracle, independent of scipy's noncentral t: T = (Z + nc) / sqrt(V / df), V ~ chi2(df),
+    so P(|T| > c) = E_V[ P(Z > c sqrt(V/df) - nc) + P(Z < -c sqrt(V/df) - nc) ]."""
+    from scipy.integrate import quad
+
+    df = n - 1
+    c = sps.t.ppf(1 - alpha / 2, df)
+    nc = delta * math.sqrt(n) / sd
+
+    def f(v: float) -> float:
+        s = c * math.sqrt(v / df)
+        return (sps.norm.sf(s - nc) + sps.norm.cdf(-s - nc)) * sps.chi2.pdf(v, df)
+
+    return quad(f, 0, np.inf, limit=200, epsabs=1e-12)[0]
+
+
+def test_mdd_approximation_hand_computed():
+    # (t_{0.975,4} + t_{0.80,4}) * s_d / sqrt(5), quantiles from a t table: 2.7764451052, 0.9409645772
+    assert mdd_paired_t(0.01, 5, 0.05, 0.8, method="approx") == pytest.approx(
+        (2.7764451052 + 0.9409645772) * 0.01 / math.sqrt(5), rel=1e-9)
+    # it scales linearly in s_d and shrinks like 1/sqrt(n) (up to the quantiles)
+    assert mdd_paired_t(0.02, 5, method="approx") == pytest.approx(2 * mdd_paired_t(0.01, 5, method="approx"))
+
+
+@pytest.mark.parametrize("n, alpha", [(3, 0.05), (5, 0.05), (5, 0.05 / 16), (10, 0.05 / 18)])
+def test_exact_mdd_has_power_08_by_independent_integration(n, alpha):
+    mdd = mdd_paired_t(0.013, n, alpha, 0.8)
+    assert _power_by_integration(mdd, 0.013, n, alpha) == pytest.approx(0.8, abs=1e-6)
+    assert paired_power_t(mdd, 0.013, n, alpha) == pytest.approx(0.8, abs=1e-9)
+    # the exact value sits above the textbook approximation (which neglects the skew) and far above z
+    approx = mdd_paired_t(0.013, n, alpha, method="approx")
+    z = (sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(0.8)) * 0.013 / math.sqrt(n)
+    assert approx < mdd and z < approx
+
+
+def test_exact_mdd_against_monte_carlo_float64():
+    """Simulate the paired t-test at the MDD: 200k replications of n = 5 normal differences."""
+    rng = np.random.default_rng(7)
+    n, sd, reps = 5, 0.02, 200_000
+    for alpha in (0.05, 0.05 / 16):
+        mdd = mdd_paired_t(sd, n, alpha)
+        d = rng.normal(mdd, sd, size=(reps, n)).astype(np.float64)
+        t = d.mean(1) / (d.std(1, ddof=1) / math.sqrt(n))
+        rate = float((np.abs(t) > sps.t.ppf(1 - alpha / 2, n - 1)).mean())
+        se = math.sqrt(0.8 * 0.2 / reps)  # ~0.0009
+        assert abs(rate - 0.8) < 4 * se, (alpha, rate)
+        # the approximation's difference really has less power (about 0.79 at alpha 0.05): the test tells them apart
+        approx = mdd_paired_t(sd, n, alpha, method="approx")
+        d2 = rng.normal(approx, sd, size=(reps, n))
+        t2 = d2.mean(1) / (d2.std(1, ddof=1) / math.sqrt(n))
+        assert float((np.abs(t2) > sps.t.ppf(1 - alpha / 2, n - 1)).mean()) < 0.8 - 4 * se
+
+
+def test_mdd_degenerate_inputs():
+    assert math.isnan(mdd_paired_t(0.01, 1)) and math.isnan(mdd_paired_t(math.nan, 5))
+    assert mdd_paired_t(0.0, 5) == 0.0
+
+
+def test_minimum_achievable_p_matches_scipy_exact_wilcoxon():
+    for n in range(2, 9):
+        diffs = np.arange(1, n + 1) * 0.01  # all positive, distinct: the most extreme sample there is
+        assert min_achievable_p("wilcoxon", diffs) == pytest.approx(sps.wilcoxon(diffs).pvalue)
+        assert min_achievable_p("wilcoxon", diffs) == pytest.approx(2 / 2 ** n)
+    assert min_achievable_p("wilcoxon", [0.01, 0.0, 0.02, 0.03, 0.0, 0.04]) == 2 / 2 ** 4  # zeros dropped
+    assert min_achievable_p("t", [0.1, 0.2]) == 0.0 and math.isnan(min_achievable_p("t", [0.1]))
+
+
+def test_power_statement_uses_holm_worst_case_alpha_and_refuses_hopeless_tests():
+    d = [0.01, 0.03, 0.02, 0.015, 0.025]
+    one, sixteen = power_of(d, "t", m=1), power_of(d, "t", m=16)
+    assert sixteen.alpha_adj == pytest.approx(0.05 / 16) and one.alpha_adj == 0.05
+    assert sixteen.sd_diff == pytest.approx(np.std(d, ddof=1))
+    assert sixteen.mdd == pytest.approx(mdd_paired_t(np.std(d, ddof=1), 5, 0.05 / 16))
+    assert sixteen.mdd > one.mdd and one.can_reject and sixteen.can_reject
+    # two seeds: a t-test star is refused (the issue's +0.0005 on identical differences gives p ~ 0)
+    two = power_of([0.0005, 0.0005], "t")
+    assert paired_test({0: 0.5005, 1: 0.6005}, {0: 0.5, 1: 0.6}).p < 1e-10  # float noise in s_d
+    assert not two.can_reject and math.isinf(two.mdd) and MIN_SEEDS_T == 3
+    # Wilcoxon, 5 seeds: min p 0.0625 > 0.05, never significant; 6 seeds: 0.03125, but not under Holm m=2
+    assert not power_of(d, "wilcoxon").can_reject and math.isinf(power_of(d, "wilcoxon").mdd)
+    six = [*d, 0.018]
+    assert power_of(six, "wilcoxon", m=1).can_reject and not power_of(six, "wilcoxon", m=2).can_reject
+    w = power_of(six, "wilcoxon")
+    assert w.mdd == pytest.approx(mdd_paired_t(np.std(six, ddof=1), 6) * math.sqrt(math.pi / 3))

@@ -28,7 +28,11 @@ Equal tuning budget (optional): ``tune:`` holds a small search space in the swee
 ``sampler``, ``scheduler``). Before its seeds, every arm gets its own sweep (``mcrlab.tune.run_sweep``)
 with the same budget on each dataset, from the arm's own config; its best config per dataset is what
 the arm's cells run. Parameters an arm fixes itself (its delta) or does not have (``method.*`` keys of
-another method) are dropped from that arm's space. Tuning uses ``objective.seed`` 1000 by default, so
+another method) are dropped from that arm's space. With ``num_samples_per_knob: K`` instead of ``num_samples``, an arm's budget is K times the number of
+knobs it tunes (a four-knob method gets four times the trials of an lr-only one), and a sampler's
+``n_startup_trials`` is capped at half of each arm's budget so the model-based sampler is used at all.
+``arms: {arm: {points_to_evaluate: [...]}}`` gives one arm its own fixed first points (e.g. a paper's
+published weights), which count toward its budget. Tuning uses ``objective.seed`` 1000 by default, so
 that the tuning seeds are not the evaluation seeds (selection on the evaluation seeds would bias the
 comparison toward the arm that got lucky there).
 """
@@ -343,7 +347,9 @@ def make_cells(configs: dict[tuple[str, str], RunConfig], seeds: list[int], seed
     return cells
 
 
-TUNE_KEYS = ("params", "num_samples", "metric", "mode", "objective", "sampler", "scheduler", "points_to_evaluate")
+TUNE_KEYS = ("params", "num_samples", "metric", "mode", "objective", "sampler", "scheduler", "points_to_evaluate",
+             "num_samples_per_knob", "arms")
+TUNE_ARM_KEYS = ("points_to_evaluate",)
 
 
 def tuning_spaces(tune: Any, arm_cfgs: dict[str, RunConfig], deltas: dict[str, dict], datasets: list[str],
@@ -357,6 +363,17 @@ def tuning_spaces(tune: Any, arm_cfgs: dict[str, RunConfig], deltas: dict[str, d
     for key in tune:
         if key not in TUNE_KEYS:
             raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(TUNE_KEYS)})")
+    per_knob = tune.get("num_samples_per_knob")
+    if per_knob is not None and (not isinstance(per_knob, int) or isinstance(per_knob, bool) or per_knob < 1):
+        raise ConfigError(f"{where}.num_samples_per_knob: must be an integer >= 1, got {per_knob!r}")
+    per_arm = tune.get("arms") or {}
+    if not isinstance(per_arm, dict):
+        raise ConfigError(f"{where}.arms: must be a mapping of arm name -> {{points_to_evaluate: [...]}}")
+    for arm, extra in per_arm.items():
+        if arm not in arm_cfgs:
+            raise ConfigError(f"{where}.arms.{arm}: no such arm (arms: {', '.join(arm_cfgs)})")
+        if not isinstance(extra, dict) or set(extra) - set(TUNE_ARM_KEYS):
+            raise ConfigError(f"{where}.arms.{arm}: must be a mapping with keys among {', '.join(TUNE_ARM_KEYS)}")
     known = set().union(*(cfg.flat() for cfg in arm_cfgs.values()))
     for pname, pspec in tune["params"].items():
         path = pspec.get("path", pname) if isinstance(pspec, dict) else pname
@@ -375,14 +392,24 @@ def tuning_spaces(tune: Any, arm_cfgs: dict[str, RunConfig], deltas: dict[str, d
             params[pname] = pspec
         if not params:
             continue
+        knobs = sum(isinstance(q, dict) and q.get("type") in ("float", "int", "categorical") for q in params.values())
+        budget = per_knob * max(1, knobs) if per_knob is not None else tune.get("num_samples", 8)
         space = {"name": f"{ablation_id}-tune-{arm}", "datasets": datasets,
                  "metric": tune.get("metric", "val/acc"), "mode": tune.get("mode", "max"),
                  "objective": {"seeds": 1, "seed": 1000, **(tune.get("objective") or {})},
-                 "num_samples": min(2, tune.get("num_samples", 8)) if smoke else tune.get("num_samples", 8),
+                 "num_samples": min(2, budget) if smoke else budget,
                  "params": params, "smoke": {"num_samples": 2, "overrides": dict(overrides)}}
         for key in ("sampler", "scheduler", "points_to_evaluate"):
             if key in tune:
-                space[key] = tune[key]
+                space[key] = copy.deepcopy(tune[key])
+        space.update(copy.deepcopy(per_arm.get(arm, {})))  # the arm's own fixed points
+        if "points_to_evaluate" in space:  # the fixed points come first and count toward the budget
+            space["points_to_evaluate"] = space["points_to_evaluate"][:space["num_samples"]]
+        sampler = space.get("sampler")
+        if per_knob is not None and isinstance(sampler, dict) and "n_startup_trials" in sampler:
+            # a budget that scales with the knobs keeps at most half of it as random start-up trials
+            space["sampler"] = {**sampler, "n_startup_trials": min(sampler["n_startup_trials"],
+                                                                   max(1, space["num_samples"] // 2))}
         base_cfg = (cfg.replace(overrides) if overrides else cfg).to_dict()
         del base_cfg["data"]["name"], base_cfg["train"]["seed"]  # the sweep sets them (datasets, objective)
         space["base"] = base_cfg

@@ -68,14 +68,22 @@ def metric_table(df: pd.DataFrame, metric: str, base: str, test: str = "t") -> p
         arms = _arm_order(values, base)
         paired = stats.compare_to_base(values, base, test, label=f"{metric} on {dataset}: ") \
             if base in values else {}
+        family = sum(not math.isnan(r.p) for r in paired.values())  # Holm's m on this dataset
         for arm in arms:
             s = stats.summarize(list(values[arm].values()))
             r = paired.get(arm)
+            pw = None
+            if r is not None:
+                pw = stats.power_of(stats.paired_diffs(values[arm], values[base], arm), test, m=family)
             rows.append({"metric": metric, "dataset": dataset, "arm": arm, "n": s.n, "mean": s.mean,
                          "std": s.std, "ci_low": s.ci_low, "ci_high": s.ci_high,
                          "diff": r.diff if r else (0.0 if arm == base else math.nan),
                          "p": r.p if r else math.nan, "p_holm": r.p_holm if r else math.nan,
-                         "effect": r.effect if r else math.nan, "test": test if r else ""})
+                         "effect": r.effect if r else math.nan, "test": test if r else "",
+                         "sd_diff": pw.sd_diff if pw else math.nan, "alpha_adj": pw.alpha_adj if pw else math.nan,
+                         "mdd": pw.mdd if pw else math.nan, "min_p": pw.min_p if pw else math.nan,
+                         "can_reject": bool(pw.can_reject) if pw else False,
+                         "significant": bool(pw and pw.can_reject and r.p_holm < stats.ALPHA)})
     return pd.DataFrame(rows)
 
 
@@ -148,23 +156,33 @@ def _p(v: float) -> str:
     return "" if math.isnan(v) else ("<1e-4" if v < 1e-4 else f"{v:.4f}")
 
 
-def _rows(table: pd.DataFrame, pm: str) -> list[list[str]]:
+def mdd_text(v: float, inf: str = "∞") -> str:
+    """An MDD cell: blank when unknown, ``inf`` (never significant with these seeds), else 4 decimals."""
+    return "" if math.isnan(v) else inf if math.isinf(v) else f"{v:.4f}"
+
+
+def _rows(table: pd.DataFrame, pm: str, inf: str = "∞") -> list[list[str]]:
     out = []
     for r in table.itertuples():
-        sig = " *" if not math.isnan(r.p_holm) and r.p_holm < 0.05 else ""
+        sig = " *" if r.significant else ""
         ci = f"[{_f(r.ci_low)}, {_f(r.ci_high)}]" if not math.isnan(r.ci_low) else ""
         out.append([str(r.dataset), str(r.arm), str(r.n), f"{_f(r.mean)}{pm}{_f(r.std)}", ci,
-                    _f(r.diff, "+.4f"), _p(r.p), _p(r.p_holm) + sig, _f(r.effect, ".2f")])
+                    _f(r.diff, "+.4f"), _f(r.sd_diff), mdd_text(r.mdd, inf), _p(r.p), _p(r.p_holm) + sig,
+                    _f(r.effect, ".2f")])
     return out
 
 
-HEADER = ["dataset", "arm", "n", "mean ± std", "95% CI", "Δ base", "p", "p Holm", "d_z"]
+HEADER = ["dataset", "arm", "n", "mean ± std", "95% CI", "Δ base", "sd Δ", "MDD", "p", "p Holm", "d_z"]
 
 
 def render_markdown(rep: Report) -> str:
     lines = [f"# Comparison report\n\nBase arm: `{rep.base}`. Test: {_test_name(rep.test)} over matched "
-             "seeds, Holm-corrected over the arms of each metric and dataset (* = p Holm < 0.05); "
-             "d_z = mean difference / std of differences; 95% CI is the t-interval over seeds.\n"]
+             "seeds, Holm-corrected over the arms of each metric and dataset (* = p Holm < 0.05, "
+             "given only where the test can reach it with these seeds); d_z = mean difference / std of "
+             "differences; 95% CI is the t-interval over seeds. Power: sd Δ is the seed-to-seed std of the "
+             "paired differences; MDD is the smallest true difference the test detects with power 0.8 at "
+             f"the worst-case Holm alpha (0.05 / m, m = arms per dataset){_mdd_how(rep.test)}; "
+             "∞ = no difference can come out significant with these seeds.\n"]
     for metric, (ranks, fr) in rep.ranks.items():
         lines.append(f"## Ranks across datasets: {metric}\n")
         lines.append("| arm | average rank |\n|---|---|")
@@ -177,6 +195,13 @@ def render_markdown(rep: Report) -> str:
         lines += ["| " + " | ".join(row) + " |" for row in _rows(table, " ± ")]
         lines.append("")
     return "\n".join(lines)
+
+
+def _mdd_how(test: str) -> str:
+    if test == "wilcoxon":
+        return (" (the paired t-test's noncentral-t MDD times sqrt(pi/3), Wilcoxon's efficiency under normal "
+                "differences; no star below the exact minimum p 2/2^n)")
+    return f" (noncentral t, s_d taken as the true std; no star with fewer than {stats.MIN_SEEDS_T} seeds)"
 
 
 def _test_name(test: str) -> str:
@@ -201,14 +226,14 @@ def _tex(s: str) -> str:
 def render_latex(rep: Report) -> str:
     """One booktabs table per metric (needs \\usepackage{booktabs})."""
     out = [f"% mcrlab comparison report; base arm: {rep.base}; {_test_name(rep.test)}, Holm-corrected"]
-    head = ["dataset", "arm", "$n$", r"mean $\pm$ std", r"95\% CI", r"$\Delta$ base", "$p$",
-            "$p_{\\mathrm{Holm}}$", "$d_z$"]
+    head = ["dataset", "arm", "$n$", r"mean $\pm$ std", r"95\% CI", r"$\Delta$ base", r"$s_\Delta$", "MDD",
+            "$p$", "$p_{\\mathrm{Holm}}$", "$d_z$"]
     for metric, table in rep.tables.items():
         out += [r"\begin{table}[t]", r"\centering", f"\\caption{{{_tex(metric)} (base: {_tex(rep.base)})}}",
-                r"\begin{tabular}{llrlllrrr}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
-        for row in _rows(table, " $\\pm$ "):
+                r"\begin{tabular}{llrlllrrrrr}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
+        for row in _rows(table, " $\\pm$ ", inf="$\\infty$"):
             row[0], row[1] = _tex(row[0]), _tex(row[1])
-            row[6], row[7] = row[6].replace("<", "$<$"), row[7].replace("<", "$<$").replace(" *", "$^*$")
+            row[8], row[9] = row[8].replace("<", "$<$"), row[9].replace("<", "$<$").replace(" *", "$^*$")
             out.append(" & ".join(row) + r" \\")
         out += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     for metric, (ranks, fr) in rep.ranks.items():

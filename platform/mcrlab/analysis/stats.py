@@ -17,6 +17,20 @@ Choices, and why:
   with the tie correction (as ``scipy.stats.friedmanchisquare``), plus the Nemenyi critical difference
   ``CD = q_alpha / sqrt(2) * sqrt(k (k + 1) / (6 N))`` for the critical-difference plot (Demsar 2006).
 
+* Power, stated with every verdict: the minimal detectable difference (MDD) of a paired test at the
+  run's n seeds, the observed std of the paired differences s_d, the worst-case alpha of the
+  correction (Holm's first step: alpha / m for m arms in the family) and power 0.8. For the t-test
+  the exact MDD solves ``P(|T| > t_{1-a/2, n-1}) = power`` for T ~ noncentral t(n-1, delta sqrt(n) / s_d)
+  (``mdd_paired_t``); the textbook approximation ``(t_{1-a/2, n-1} + t_{power, n-1}) s_d / sqrt(n)``
+  is offered as ``method="approx"`` (it ignores the far tail and the noncentrality's skew, so it
+  sits slightly below the exact value for few seeds). It treats the observed s_d as the true one, so
+  it is itself an estimate with n-1 degrees of freedom.
+* No star where the test cannot reach significance: ``can_reject`` needs the minimum achievable p
+  below alpha / m (under Holm every adjusted p >= m * min_i p_i). Wilcoxon's exact minimum is
+  ``2 / 2**n`` over the non-zero differences; the t-test can reach any p from n = 2 on, but with one
+  degree of freedom p < 0.05 needs |t| > 12.7, which in practice happens only when two quantised
+  differences coincide (s_d ~ 0), so the t-test needs ``MIN_SEEDS_T`` = 3 seeds for a star.
+
 Mismatched seeds between an arm and the base raise ``ConfigError``: a paired test over unmatched
 seeds is meaningless, and silently dropping seeds would hide a failed or missing cell.
 """
@@ -40,15 +54,25 @@ __all__ = [
     "FriedmanResult",
     "summarize",
     "paired_test",
+    "paired_diffs",
     "holm",
     "compare_to_base",
     "average_ranks",
     "friedman",
     "nemenyi_cd",
     "TESTS",
+    "MIN_SEEDS_T",
+    "Power",
+    "paired_power_t",
+    "mdd_paired_t",
+    "min_achievable_p",
+    "power_of",
 ]
 
 TESTS = ("t", "wilcoxon")
+MIN_SEEDS_T = 3     # fewest seeds for which a paired t-test may star a difference (see the module docstring)
+POWER = 0.8         # the power every MDD is stated at
+ALPHA = 0.05
 
 
 class SeedMismatchError(ConfigError):
@@ -119,6 +143,12 @@ def _matched(arm: Mapping, base: Mapping, label: str) -> tuple[np.ndarray, np.nd
     seeds = sorted(a_seeds, key=str)
     return (np.array([arm[s] for s in seeds], dtype=np.float64),
             np.array([base[s] for s in seeds], dtype=np.float64))
+
+
+def paired_diffs(arm: Mapping, base: Mapping, label: str = "arm") -> np.ndarray:
+    """arm - base over matched seeds (sorted by seed), shape (n,); refuses mismatched seeds."""
+    a, b = _matched(arm, base, label)
+    return a - b
 
 
 def paired_test(arm: Mapping, base: Mapping, test: str = "t", label: str = "arm") -> PairedResult:
@@ -236,3 +266,105 @@ def friedman(scores: np.ndarray, higher_is_better: bool = True) -> FriedmanResul
     chi2 /= correction
     p = float(sps.chi2.sf(chi2, k - 1))
     return FriedmanResult(chi2, p, avg, n, nemenyi_cd(k, n))
+
+
+# --------------------------------------------------------------------------------------------------
+# power
+
+
+@dataclass(frozen=True)
+class Power:
+    """What a paired comparison could detect: MDD at ``power`` and ``alpha_adj`` with n seeds.
+
+    ``mdd`` is inf when the test cannot reach significance at all (``can_reject`` False) and nan when
+    s_d is unknown (n < 2)."""
+
+    n: int
+    sd_diff: float      # sample std (ddof=1) of the paired differences
+    alpha_adj: float    # the alpha the first (strictest) Holm step applies: alpha / m
+    power: float
+    mdd: float
+    min_p: float        # smallest p-value the test can give with these seeds
+    can_reject: bool    # min_p < alpha_adj and enough seeds for the test
+
+
+def paired_power_t(delta: float, sd: float, n: int, alpha: float) -> float:
+    """Two-sided power of the paired t-test for a true mean difference ``delta`` and std ``sd``.
+
+    T ~ noncentral t(n - 1, delta sqrt(n) / sd); power = P(T > c) + P(T < -c), c = t_{1-alpha/2, n-1}.
+    The far tail is computed as P(T' > c) with T' ~ noncentral t(n - 1, -nc) (the same number by
+    symmetry; scipy's cdf there returns nan once it underflows).
+    """
+    df = n - 1
+    c = float(sps.t.ppf(1.0 - alpha / 2.0, df))
+    nc = delta * math.sqrt(n) / sd
+    near, far = float(sps.nct.sf(c, df, abs(nc))), float(sps.nct.sf(c, df, -abs(nc)))
+    return near + (0.0 if math.isnan(far) else far)
+
+
+def mdd_paired_t(sd: float, n: int, alpha: float = ALPHA, power: float = POWER, method: str = "exact") -> float:
+    """Minimal detectable mean difference of a two-sided paired t-test with n pairs.
+
+    method="exact": the delta > 0 with ``paired_power_t(delta, sd, n, alpha) == power`` (noncentral t,
+    solved by Brent's method on the noncentrality). method="approx": (t_{1-a/2,n-1} + t_{power,n-1})
+    sd / sqrt(n). nan for n < 2 or an unknown sd; 0 when sd == 0 (every non-zero difference shows).
+    """
+    if method not in ("exact", "approx"):
+        raise ValueError(f"mdd_paired_t: method must be exact or approx, got {method!r}")
+    if n < 2 or not math.isfinite(sd) or sd < 0:
+        return math.nan
+    if sd == 0:
+        return 0.0
+    df = n - 1
+    se = sd / math.sqrt(n)
+    if method == "approx":
+        return (float(sps.t.ppf(1.0 - alpha / 2.0, df)) + float(sps.t.ppf(power, df))) * se
+
+    def gap(nc: float) -> float:
+        return paired_power_t(nc * se, sd, n, alpha) - power
+
+    hi = 1.0
+    while gap(hi) < 0:  # power grows with the noncentrality: bracket the root
+        hi *= 2.0
+    from scipy.optimize import brentq
+
+    return float(brentq(gap, 0.0, hi, xtol=1e-12, rtol=1e-12)) * se
+
+
+def min_achievable_p(test: str, diffs: Sequence[float]) -> float:
+    """The smallest two-sided p the paired test can give with these differences' sample size.
+
+    t: 0 for n >= 2 (|t| is unbounded), nan for n < 2. wilcoxon: the exact 2 / 2**n', n' = the number
+    of non-zero differences (zero_method="wilcox" drops zeros), capped at 1.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    if test == "t":
+        return 0.0 if d.size >= 2 else math.nan
+    if test == "wilcoxon":
+        nz = int(np.count_nonzero(d))
+        return 1.0 if nz == 0 else min(1.0, 2.0 / 2.0 ** nz)
+    raise ConfigError(f"test: {test!r} is not one of {', '.join(TESTS)}")
+
+
+def power_of(diffs: Sequence[float], test: str = "t", m: int = 1, alpha: float = ALPHA,
+             power: float = POWER) -> Power:
+    """Power statement for one arm-vs-base comparison: ``diffs`` (n,) paired differences, ``m`` the
+    size of its Holm family (worst case: the first step's alpha / m).
+
+    Wilcoxon's MDD is the t-test's times sqrt(pi / 3) (the inverse square root of its asymptotic
+    relative efficiency 3 / pi under normal differences): an approximation, stated as such.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    n = int(d.size)
+    alpha_adj = alpha / max(1, m)
+    sd = float(d.std(ddof=1)) if n >= 2 else math.nan
+    min_p = min_achievable_p(test, d)
+    enough = n >= MIN_SEEDS_T if test == "t" else n >= 2
+    can = bool(enough and not math.isnan(min_p) and min_p < alpha_adj)
+    if not can:
+        value = math.inf if n >= 2 else math.nan
+    else:
+        value = mdd_paired_t(sd, n, alpha_adj, power)
+        if test == "wilcoxon":
+            value *= math.sqrt(math.pi / 3.0)
+    return Power(n, sd, alpha_adj, power, value, min_p, can)

@@ -1,14 +1,22 @@
 """``mcrlab reproduce``: the paper's claim (MCR beats the ensemble and the other balancing methods), tested.
 
-The grid is the ablation spec ``search_spaces/reproduce.yaml``: the ensemble of unimodal models as the
-base arm, one arm per other method of ``mcrlab.methods.REGISTRY``, every synthetic preset and two mfeat
-view pairs, 5 seeds. Equal tuning budget: the ablation runner's ``tune:`` feature gives every method its
-own Optuna sweep of the same size per dataset (tuning seed 1000) before its evaluation seeds. Nothing new
-runs here: this module narrows the spec when asked (``--methods``, ``--datasets``, ``--seeds``,
-``--budget``, ``--epochs``), runs it with ``mcrlab.ablate.runner.run_ablation`` (resumable, tracked in
-MLflow), builds the comparison report of ``mcrlab.analysis.report`` with the ensemble as the base arm (paired
-tests vs the ensemble, Holm; average ranks and Friedman) and writes it as Markdown with the exact
-command, the machine, the date and the git commit.
+The grid is the ablation spec ``search_spaces/reproduce.yaml``, the paper's protocol: the ensemble of
+unimodal models as the base arm; one arm per other method of ``mcrlab.methods.REGISTRY`` from scratch;
+MCR, multi-loss and joint ("pre-finetuned") from unimodal pre-training (``model.init=unimodal``) and
+"pre-frozen" (``unimodal_frozen``, the fusion head alone); the unimodal arm tunes its modality, so it
+is the best unimodal model on validation. Every synthetic preset and two mfeat view pairs; 10 seeds,
+each setting ``train.seed`` and ``data.seed`` (the split is resampled; the report says where a dataset
+keeps a stored split). Tuning: the ablation runner's ``tune:`` feature gives every method its own Optuna
+sweep per dataset on the tuning split (data and objective seed 1000) before its evaluation seeds, 4
+trials per knob, at most half of them random start-up, MCR's starting from the paper's weights.
+
+Nothing new runs here: this module narrows the spec when asked (``--methods``, ``--datasets``,
+``--seeds``, ``--budget``, ``--epochs``), runs it with ``mcrlab.ablate.runner.run_ablation`` (resumable,
+tracked in MLflow), collects every cell's values with their MLflow run ids (``results_cells``), writes
+them as ``<out>_cells.csv`` beside the Markdown, and builds the comparison report of
+``mcrlab.analysis.report`` from that table alone (``report_from_cells``): paired tests vs the ensemble,
+Holm, the minimal detectable difference at the run's seeds, average ranks and Friedman. ``--from-csv``
+re-renders the same tables from the CSV without MLflow.
 
 A narrowed run gets its own ablation name (``reproduce-<hash of the narrowing>``), so its results never
 mix with the full run's, and running the same command again with ``--resume`` continues it.
@@ -33,13 +41,15 @@ from typing import Any
 
 from mcrlab.config import ConfigError, read_yaml
 
-__all__ = ["register", "narrow_spec", "results_tidy", "mcr_verdicts", "machine_info", "render_results",
-           "DEFAULT_SPEC", "BASE_METHOD"]
+__all__ = ["register", "narrow_spec", "results_tidy", "results_cells", "write_cells", "read_cells",
+           "report_from_cells", "mcr_verdicts", "machine_info", "render_results", "split_moves_with_seed",
+           "DEFAULT_SPEC", "BASE_METHOD", "CELL_COLUMNS"]
 
 DEFAULT_SPEC = "search_spaces/reproduce.yaml"
 BASE_METHOD = "ensemble"  # the spec's base arm: what every method is tested against
-SMOKE_METHODS = ("ensemble", "mcr", "joint")
+SMOKE_METHODS = ("ensemble", "mcr", "mcr_pre", "unimodal", "pre_frozen")
 REPORT_METRICS = ("test/acc", "test/f1")
+CELL_COLUMNS = ("arm", "dataset", "seed", "data_seed", "metric", "value", "run_id")
 
 
 def _spec_path(path: str) -> Path:
@@ -68,7 +78,8 @@ def narrow_spec(raw: dict, source: str, *, methods: list[str] | None = None, dat
     """The spec's raw mapping narrowed (or not); a narrowed spec is renamed ``<name>-<hash>``.
 
     methods: method names (arm names of the spec, plus the base arm's method ``ensemble``, always kept).
-    seeds: the first N seeds 0..N-1. budget: trials per method and dataset (0 = no tuning).
+    seeds: the first N seeds 0..N-1. budget: tuning trials per knob where the spec's ``tune`` has
+    ``num_samples_per_knob`` (the shipped spec), else per method and dataset; 0 = no tuning.
     """
     raw = copy.deepcopy(raw)
     arms = raw.get("arms") or {}
@@ -84,6 +95,8 @@ def narrow_spec(raw: dict, source: str, *, methods: list[str] | None = None, dat
         changes["methods"] = sorted({BASE_METHOD, *methods})
         if isinstance((raw.get("tune") or {}).get("params"), dict):
             raw["tune"] = {**raw["tune"], "params": _params_some_arm_has(raw, source)}
+        if isinstance((raw.get("tune") or {}).get("arms"), dict):  # fixed points of arms that left go too
+            raw["tune"]["arms"] = {a: v for a, v in raw["tune"]["arms"].items() if a in raw["arms"]}
     if datasets is not None:
         if not datasets:
             raise ConfigError(f"{source}: --datasets: empty list")
@@ -99,6 +112,8 @@ def narrow_spec(raw: dict, source: str, *, methods: list[str] | None = None, dat
             raise ConfigError(f"{source}: --budget: must be >= 0, got {budget}")
         if budget == 0:
             raw.pop("tune", None)
+        elif "tune" in raw and "num_samples_per_knob" in raw["tune"]:
+            raw["tune"] = {**raw["tune"], "num_samples_per_knob": budget}  # the spec caps the start-up trials
         elif "tune" in raw:
             raw["tune"] = {**raw["tune"], "num_samples": budget}
             sampler = raw["tune"].get("sampler")
@@ -136,8 +151,85 @@ def results_tidy(uri: str, ablation_run_id: str):
     return tidy
 
 
+def results_cells(uri: str, ablation_run_id: str):
+    """Every measured value of an ablation run with its provenance: one row per (cell, metric), columns
+    ``CELL_COLUMNS`` (arm, dataset, seed, data_seed, metric, value, run_id), sorted, the base arm named
+    ensemble. Its first five columns minus data_seed are exactly ``results_tidy``'s table: the report is
+    built from this table, so the CSV written from it recomputes the report (``report_from_cells``)."""
+    import pandas as pd
+
+    from mcrlab.ablate.spec import BASE_ARM
+    from mcrlab.analysis.runs import PARENT, collect_runs, tidy_from_runs
+
+    runs = collect_runs(uri, run_id=ablation_run_id)
+    parents = {r.data.tags.get(PARENT) for r in runs}  # containers (ablation, arm runs) hold no cell
+    rows = []
+    for run in runs:
+        if run.info.run_id in parents:
+            continue
+        tidy, _ = tidy_from_runs([run], uri=uri, history=False)  # the report's own filters, run by run
+        if tidy.empty:
+            continue
+        data_seed = run.data.params.get("data.seed", "")
+        tidy["data_seed"] = int(data_seed) if str(data_seed).lstrip("-").isdigit() else data_seed
+        tidy["run_id"] = run.info.run_id
+        rows.append(tidy)
+    if not rows:
+        return pd.DataFrame(columns=list(CELL_COLUMNS))
+    cells = pd.concat(rows, ignore_index=True)[list(CELL_COLUMNS)]
+    cells["arm"] = cells["arm"].replace({BASE_ARM: BASE_METHOD})
+    return _sorted_cells(cells)
+
+
+def _sorted_cells(cells):
+    return cells.sort_values(["dataset", "arm", "seed", "metric"], key=lambda c: c.astype(str),
+                             kind="stable").reset_index(drop=True)
+
+
+def write_cells(cells, path: str | Path) -> Path:
+    """The per-seed CSV (floats written as their shortest round-trip repr: reading it back is exact)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _sorted_cells(cells)[list(CELL_COLUMNS)].to_csv(path, index=False)
+    return path
+
+
+def read_cells(path: str | Path):
+    """A per-seed CSV written by ``write_cells``; a missing column or file is a ConfigError."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--from-csv: no such file {path}")
+    try:
+        cells = pd.read_csv(path, dtype={"arm": str, "dataset": str, "metric": str, "run_id": str})
+    except (ValueError, pd.errors.ParserError) as err:
+        raise ConfigError(f"--from-csv: {path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+    missing = [c for c in CELL_COLUMNS if c not in cells.columns]
+    if missing:
+        raise ConfigError(f"--from-csv: {path}: missing columns {', '.join(missing)} "
+                          f"(need {', '.join(CELL_COLUMNS)})")
+    if cells.empty:
+        raise ConfigError(f"--from-csv: {path}: no rows")
+    return cells
+
+
+def report_from_cells(cells):
+    """The comparison report of a per-seed table (from MLflow or from its CSV: the same statistics)."""
+    from mcrlab.analysis.report import build_report
+
+    tidy = _sorted_cells(cells)[["arm", "dataset", "seed", "metric", "value"]]
+    metrics = [m for m in dict.fromkeys(tidy["metric"]) if m in REPORT_METRICS or m.startswith("test/probe/")]
+    return build_report(tidy, base=BASE_METHOD, metrics=sorted(metrics, key=lambda m: (m not in REPORT_METRICS, m)),
+                        rank_metrics=["test/acc"])
+
+
 def mcr_verdicts(rep, metric: str = "test/acc") -> list[dict]:
-    """Per dataset: MCR's mean, the ensemble's, the difference, Holm p, MCR's rank among the methods."""
+    """Per dataset: MCR's mean, the ensemble's, the difference with its power statement (sd of the paired
+    differences, Holm's worst-case alpha, the MDD at power 0.8), Holm p, MCR's rank among the methods.
+
+    "significant" is the report's rule: Holm p < 0.05 and a test that can reach it with these seeds; where
+    it cannot (too few seeds), the verdict says so instead of calling the difference a tie or a trend."""
     table = rep.tables.get(metric)
     if table is None or "mcr" not in set(table["arm"]):
         return []
@@ -148,15 +240,42 @@ def mcr_verdicts(rep, metric: str = "test/acc") -> list[dict]:
             continue
         r = d[d["arm"] == "mcr"].iloc[0]
         rank = int((means > means["mcr"]).sum()) + 1
-        sig = not math.isnan(r.p_holm) and r.p_holm < 0.05
+        sig = bool(r.significant)
         verdict = ("MCR better, significant" if sig and r["diff"] > 0 else
                    "MCR worse, significant" if sig else
+                   f"too few seeds to test (n = {int(r.n)})" if not r.can_reject else
                    "MCR higher, not significant" if r["diff"] > 0 else
                    "tie" if r["diff"] == 0 else "MCR lower, not significant")
         out.append({"dataset": dataset, "mcr": float(means["mcr"]), "ensemble": float(means[BASE_METHOD]),
-                    "diff": float(r["diff"]), "p_holm": float(r.p_holm), "rank": rank, "methods": len(means),
-                    "best": str(means.idxmax()), "verdict": verdict})
+                    "diff": float(r["diff"]), "sd_diff": float(r.sd_diff), "mdd": float(r.mdd),
+                    "alpha_adj": float(r.alpha_adj), "n": int(r.n), "p_holm": float(r.p_holm), "rank": rank,
+                    "methods": len(means), "best": str(means.idxmax()), "verdict": verdict})
     return out
+
+
+def split_moves_with_seed(data_cfgs: list[dict]) -> bool:
+    """Whether these data sections (one dataset, different data.seed) give different data: the split
+    (and, for synthetic presets, the world) is resampled. A shard folder keeps its stored split."""
+    from mcrlab.config import RunConfig
+    from mcrlab.data import load_dataset
+
+    prints = {load_dataset(RunConfig.from_dict({"data": d}).data).fingerprint() for d in data_cfgs}
+    return len(prints) == len(data_cfgs)
+
+
+def _split_note(spec) -> str:
+    """One line for the report: on which datasets the evaluation seeds resample the data split."""
+    if "data.seed" not in spec.seed_keys:
+        return "fixed (data.seed is not a seed key): only the initialisation varies between seeds"
+    if len(spec.seeds) < 2:
+        return "one seed: nothing to compare"
+    moved, fixed = [], []
+    for dataset in spec.datasets:
+        cfgs = [c.config["data"] for c in spec.cells if c.arm == spec.arms[0].name and c.dataset == dataset]
+        (moved if split_moves_with_seed(cfgs[:2]) else fixed).append(dataset)
+    return (f"resampled by every seed (data.seed) on {', '.join(moved) or 'none'}"
+            + (f"; FIXED on {', '.join(fixed)} (the dataset stores its split: only the initialisation varies)"
+               if fixed else ""))
 
 
 def machine_info() -> dict[str, str]:
@@ -187,6 +306,10 @@ def _p(v: float) -> str:
     return "" if math.isnan(v) else ("<1e-4" if v < 1e-4 else f"{v:.4f}")
 
 
+def _f(v: float, spec: str = ".4f") -> str:
+    return "" if math.isnan(v) else format(v, spec)
+
+
 def render_results(rep, *, title: str, command: str, full_command: str, label: str, machine: dict,
                    meta: dict) -> str:
     """docs/RESULTS.md: provenance, the MCR-vs-ensemble verdicts, then the full comparison report."""
@@ -195,20 +318,31 @@ def render_results(rep, *, title: str, command: str, full_command: str, label: s
     lines = [f"# {title}", "", label, "", "## How this was produced", "",
              f"- command: `{command}`", f"- full run: `{full_command}`"]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
-    lines += [f"- machine: {machine.get('cpu')}, {machine.get('cores')} cores, GPU: {machine.get('gpu', '?')}; "
-              f"{machine.get('os')}; Python {machine.get('python')}, torch {machine.get('torch', '?')}",
-              "", "## MCR against the ensemble of unimodal models (test/acc)", ""]
+    if machine:
+        lines.append(f"- machine: {machine.get('cpu')}, {machine.get('cores')} cores, GPU: {machine.get('gpu', '?')}; "
+                     f"{machine.get('os')}; Python {machine.get('python')}, torch {machine.get('torch', '?')}")
+    lines += ["", "## MCR against the ensemble of unimodal models (test/acc)", ""]
     verdicts = mcr_verdicts(rep)
     if verdicts:
-        lines += ["| dataset | MCR | ensemble | Δ (MCR − ens.) | p Holm | MCR's rank | best method | verdict |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {v['dataset']} | {v['mcr']:.4f} | {v['ensemble']:.4f} | {v['diff']:+.4f} | {_p(v['p_holm'])} "
-                  f"| {v['rank']} of {v['methods']} | {v['best']} | {v['verdict']} |" for v in verdicts]
+        from mcrlab.analysis.report import mdd_text
+
+        lines += ["| dataset | MCR | ensemble | Δ (MCR − ens.) | MDD (power 0.8) | sd Δ | seeds | α / m | p Holm "
+                  "| MCR's rank | best method | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {v['dataset']} | {v['mcr']:.4f} | {v['ensemble']:.4f} | {v['diff']:+.4f} | "
+                  f"{mdd_text(v['mdd'])} | {_f(v['sd_diff'])} | {v['n']} | {_f(v['alpha_adj'], '.5f')} | "
+                  f"{_p(v['p_holm'])} | {v['rank']} of {v['methods']} | {v['best']} | {v['verdict']} |"
+                  for v in verdicts]
         wins = [v["dataset"] for v in verdicts if v["verdict"] == "MCR better, significant"]
         not_beat = [v["dataset"] for v in verdicts if v["verdict"] != "MCR better, significant"]
         lines += ["", f"MCR beats the ensemble significantly (paired t-test over seeds, Holm, p < 0.05) on "
                       f"{len(wins)} of {len(verdicts)} datasets" + (f" ({', '.join(wins)})" if wins else "") + "; "
                       f"it does not on {len(not_beat)}" + (f" ({', '.join(not_beat)})" if not_beat else "") + "."]
+        lines += ["", "Power: MDD is the smallest true mean difference that this many seeds detect with "
+                      "probability 0.8 at α / m (Holm's strictest step, m = methods compared with the ensemble "
+                      "on the dataset), given the observed seed-to-seed sd of the paired differences (sd Δ); "
+                      "a |Δ| below the MDD that is not significant is not evidence of no effect. "
+                      "∞: no difference can be significant with these seeds."]
     else:
         lines.append("(no MCR or ensemble results in this run)")
     body = render_markdown(rep).splitlines()
@@ -226,7 +360,33 @@ def _command_line(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+TITLE = "Results: MCR against the ensemble and the balancing baselines"
+
+
+def cmd_from_csv(args: argparse.Namespace) -> int:
+    """``--from-csv FILE``: the report again from the per-seed CSV alone (no MLflow, nothing runs)."""
+    cells = read_cells(args.from_csv)
+    rep = report_from_cells(cells)
+    src = _relative(Path(args.from_csv))
+    runs = cells["run_id"].nunique()
+    text = render_results(rep, title=TITLE, command=f"mcrlab reproduce --from-csv {src}",
+                          full_command="mcrlab reproduce", machine={},
+                          label=f"**Re-rendered** from the per-seed table `{src}` ({len(cells)} values of {runs} "
+                                "runs); the statistics below are recomputed from it alone.",
+                          meta={"cells": f"{src}"})
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"mcrlab reproduce: wrote {out}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    if args.from_csv:
+        return cmd_from_csv(args)
     from mcrlab.ablate.spec import parse_spec
     from mcrlab.tracking import check_tracking, git_commit, resolve_tracking_uri
 
@@ -241,22 +401,22 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                            budget=args.budget, epochs=args.epochs)
     uri = resolve_tracking_uri(args.tracking_uri)
     spec = parse_spec(narrowed, args.spec, smoke=args.smoke, tracking_uri=uri)
+    trials = {BASE_METHOD if a == spec.arms[0].name else a: t["num_samples"] for a, t in spec.tuning.items()}
     grid = {"ablation_id": spec.ablation_id, "methods": [BASE_METHOD] + [a.name for a in spec.arms[1:]],
-            "datasets": spec.datasets, "seeds": spec.seeds, "cells": len(spec.cells),
-            "tuning_trials_per_method_and_dataset": (spec.raw.get("tune") or {}).get("num_samples", 0)
-            if not args.smoke else min(2, (spec.raw.get("tune") or {}).get("num_samples", 0))}
+            "datasets": spec.datasets, "seeds": spec.seeds, "seed_keys": spec.seed_keys, "cells": len(spec.cells),
+            "tuning_trials_per_dataset": trials}
+    budget_text = (f"{min(trials.values())}-{max(trials.values())} tuning trials per method and dataset "
+                   "(4 per knob in the full run)") if trials else "no tuning"
     if args.dry_run:
         print(json.dumps(grid, indent=2))
         return 0
     check_tracking(uri)
     out = Path(args.out) if args.out else Path(args.storage) / spec.ablation_id / "RESULTS.md"
     print(f"mcrlab reproduce: {spec.ablation_id}: {len(grid['methods'])} methods x {len(spec.datasets)} datasets "
-          f"x {len(spec.seeds)} seeds = {len(spec.cells)} cells, tuning budget "
-          f"{grid['tuning_trials_per_method_and_dataset']} trials per method and dataset; tracking {uri}",
+          f"x {len(spec.seeds)} seeds = {len(spec.cells)} cells, {budget_text}; tracking {uri}",
           file=sys.stderr)
     from mcrlab.ablate.runner import run_ablation
     from mcrlab.analysis.files import write_report
-    from mcrlab.analysis.report import build_report
 
     machine = machine_info()
     t0, started = time.time(), dt.datetime.now(dt.timezone.utc)
@@ -271,15 +431,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"mcrlab reproduce: failed cells {outcome.failed}; rerun the same command with --resume",
               file=sys.stderr)
         return 1
-    tidy = results_tidy(uri, outcome.ablation_run_id)
-    metrics = [m for m in dict.fromkeys(tidy["metric"]) if m in REPORT_METRICS or m.startswith("test/probe/")]
-    rep = build_report(tidy, base=BASE_METHOD, metrics=sorted(metrics, key=lambda m: (m not in REPORT_METRICS, m)),
-                       rank_metrics=["test/acc"])
+    cells = results_cells(uri, outcome.ablation_run_id)
+    cells_path = write_cells(cells, out.parent / f"{out.stem}_cells.csv")
+    rep = report_from_cells(cells)
     write_report(rep, out.parent / f"{out.stem}_report", ("md", "csv"), plots=False)
     reduced = args.smoke or spec.ablation_id != raw.get("name")
     label = (("**Smoke run** (seconds; not evidence): " if args.smoke else "**Reduced run** of the full grid: ")
              + f"methods {', '.join(grid['methods'])}; datasets {', '.join(spec.datasets)}; seeds {spec.seeds}; "
-             f"tuning budget {grid['tuning_trials_per_method_and_dataset']} trials per method and dataset; "
+             f"{budget_text}; "
              f"{spec.cells[0].config['train']['epochs']} epochs.") if reduced else (
         "**Full run** of search_spaces/reproduce.yaml.")
     meta = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "git commit": git_commit(),
@@ -287,9 +446,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             "load average at the end (1, 5, 15 min)": machine_info().get("load_average", "?"),
             "MLflow": f"{uri}, experiment `{spec.experiment}`, ablation run `{outcome.ablation_run_id}`",
             "spec": f"{_relative(spec_path)}",
-            "per-arm tuned configs": "artifact `tuned.json` of each arm run"}
-    text = render_results(rep, title="Results: MCR against the ensemble and the balancing baselines",
-                          command=_command_line(args), full_command="mcrlab reproduce", label=label,
+            "per-arm tuned configs": "artifact `tuned.json` of each arm run",
+            "tuning trials per arm and dataset": ", ".join(
+                f"{a} {t['num_samples']}" for a, t in spec.tuning.items()) or "none",
+            "data split per seed": _split_note(spec),
+            "per-seed values": f"`{_relative(cells_path)}` (every cell: arm, dataset, seed, data seed, metric, "
+                               f"value, MLflow run id); `mcrlab reproduce --from-csv {_relative(cells_path)}` "
+                               "recomputes every table below from it"}
+    text = render_results(rep, title=TITLE, command=_command_line(args), full_command="mcrlab reproduce", label=label,
                           machine=machine, meta=meta)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
@@ -300,17 +464,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "reproduce", help="MCR vs the ensemble and every baseline, equally tuned, 5 seeds: writes RESULTS.md",
-        description="Run search_spaces/reproduce.yaml (every method x every synthetic preset and two mfeat view "
-                    "pairs x 5 seeds, each method tuned per dataset on an equal budget) through the ablation "
-                    "runner, then write the comparison report (paired tests vs the ensemble with Holm, average "
-                    "ranks, Friedman) as Markdown with the command, machine, date and git commit. The options "
-                    "narrow the grid; a narrowed run is labelled as such and tracked under its own name.")
+        "reproduce", help="MCR vs the ensemble and every baseline, the paper's protocol, 10 seeds: writes RESULTS.md",
+        description="Run search_spaces/reproduce.yaml (every method, from scratch and from unimodal pre-training, "
+                    "the best unimodal model, pre-frozen and pre-finetuned, x every synthetic preset and two mfeat "
+                    "view pairs x 10 seeds that also resample the data split, each method tuned per dataset with "
+                    "4 trials per knob, MCR from the paper's weights) through the ablation runner, then write the "
+                    "comparison report (paired tests vs the ensemble with Holm and the minimal detectable "
+                    "difference, average ranks, Friedman) as Markdown with the command, machine, date and git "
+                    "commit, and every per-seed value as a CSV beside it (--from-csv re-renders from it). The "
+                    "options narrow the grid; a narrowed run is labelled as such and tracked under its own name.")
     p.add_argument("--smoke", action="store_true",
                    help=f"the spec's smoke variant (1 dataset, 2 seeds, 1 epoch; methods {', '.join(SMOKE_METHODS)} "
                         "unless --methods): seconds")
-    p.add_argument("--seeds", type=int, help="evaluation seeds 0..N-1 (default: the spec's, 5)")
-    p.add_argument("--budget", type=int, help="tuning trials per method and dataset (default: the spec's; 0 = none)")
+    p.add_argument("--seeds", type=int, help="evaluation seeds 0..N-1 (default: the spec's, 10)")
+    p.add_argument("--budget", type=int, help="tuning trials per knob of each method and dataset, or per method and "
+                                              "dataset for a spec with tune.num_samples (default: the spec's; 0 = none)")
     p.add_argument("--methods", help="comma-separated methods (ensemble, the base, is always included)")
     p.add_argument("--datasets", help="comma-separated datasets, e.g. synthetic:competition,mfeat:pix+fou")
     p.add_argument("--epochs", type=int, help="training epochs of every run (tuning and evaluation)")
@@ -322,6 +490,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", dest="continue_run",
                    help="continue this (same-command) run: only missing cells run")
     p.add_argument("--dry-run", action="store_true", help="print the grid and exit; nothing runs")
+    p.add_argument("--from-csv", metavar="FILE",
+                   help="re-render the report from a per-seed CSV written by a run (RESULTS_cells.csv beside its "
+                        "Markdown) alone: no MLflow, nothing runs; with --out X.md, else to stdout")
     p.add_argument("--verbose", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2), metavar="LEVEL",
                    help="also show Ray Tune's tables (LEVEL 1 or 2), MLflow's and Optuna's logs")
     p.set_defaults(func=cmd_reproduce)
