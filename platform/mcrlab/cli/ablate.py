@@ -41,7 +41,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from mcrlab.ablate.runner import describe, dumps, run_ablation
+    from mcrlab.ablate.runner import check_cells, describe, dumps, run_ablation
     from mcrlab.ablate.spec import load_spec
     from mcrlab.tracking import check_tracking, resolve_tracking_uri
 
@@ -49,6 +49,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     check_tracking(uri)
     spec = load_spec(args.spec, smoke=args.smoke, tracking_uri=uri)
     if args.dry_run:
+        check_cells(spec, missing_ok=True)
         print(dumps(describe(spec)))
         return 0
     print(f"mcrlab ablate: {spec.ablation_id}: {len(spec.arms)} arms x {len(spec.datasets)} datasets x "

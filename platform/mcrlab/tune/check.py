@@ -23,12 +23,19 @@ def check_space(path: str, n: int = 5, smoke: bool = False, out: Any = None) -> 
     """
     import optuna
 
+    from mcrlab.engine.preflight import check_model_fits, dataset_layout
     from mcrlab.tune.space import load_space, make_sampler, sample_point, trial_config
 
     out = out or sys.stdout
     space = load_space(path)
     if smoke:
         space = space.smoked()
+    layouts = {}  # each point's model is built against its dataset's shapes (a folder not here is skipped)
+    for ds in space.datasets:
+        try:
+            layouts[ds] = dataset_layout(trial_config(space, ds, {}, space.objective.seed).data, missing_ok=True)
+        except ConfigError as err:
+            raise ConfigError(f"{space.source}: {err}") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if space.mode == "max" else "minimize",
                                 sampler=make_sampler(space))
@@ -45,6 +52,10 @@ def check_space(path: str, n: int = 5, smoke: bool = False, out: Any = None) -> 
     for p in space.params:
         cond = " when " + ", ".join(f"{k} in {list(v)}" for k, v in p.when.items()) if p.when else ""
         print(f"  {p.name}: {p.describe()}{cond}", file=out)
+    for ds, layout in layouts.items():
+        if layout is None:
+            print(f"  note: dataset '{ds}' is not on this machine: models not checked against its shapes",
+                  file=out)
     rows = []
     for i in range(n):
         _, point = sample_point(study, space)
@@ -52,6 +63,8 @@ def check_space(path: str, n: int = 5, smoke: bool = False, out: Any = None) -> 
         for ds in space.datasets:
             try:
                 cfg = trial_config(space, ds, point, obj.seed)
+                if layouts[ds] is not None:
+                    check_model_fits(cfg, layouts[ds])
             except ConfigError as err:
                 raise ConfigError(f"{space.source}: sampled point {i} {point} builds no valid config: "
                                   f"{err}") from None

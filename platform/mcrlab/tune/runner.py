@@ -111,6 +111,20 @@ def _fingerprint(space: SearchSpace, dataset: str) -> str:
     return load_dataset(trial_config(space, dataset, {}, space.objective.seed).data).fingerprint()
 
 
+def _check_models(space: SearchSpace) -> None:
+    """Build the base configuration's model against each dataset's shapes (ConfigError naming the key)."""
+    from mcrlab.engine.preflight import check_model_fits, dataset_layout
+
+    for dataset in space.datasets:
+        cfg = trial_config(space, dataset, {}, space.objective.seed)
+        try:
+            layout = dataset_layout(cfg.data)
+            if layout is not None:
+                check_model_fits(cfg, layout)
+        except ConfigError as err:
+            raise ConfigError(f"{space.source}: {err}") from None
+
+
 def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: str | None = None,
               tracking_uri: str | None = None, smoke: bool = False, resume: bool | str = False,
               storage_path: str | Path | None = None, callbacks: list | None = None,
@@ -132,6 +146,7 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
     uri = resolve_tracking_uri(tracking_uri, run_folder)
     check_tracking(uri)  # before anything starts: an unreachable server fails in seconds
     fail_fast_on_outages(uri)
+    _check_models(space)  # an encoder that cannot take the data fails here, before Ray or the store
 
     if resume:
         sweep_id = resume if isinstance(resume, str) else _latest_sweep(sweeps, space.name)
