@@ -4,7 +4,7 @@
   conv1d]``: exit 0, both encoders are convs, every per-modality metric is there;
 - bad input (a shape the encoder cannot take, a plug-in that does not import or returns something else
   than an encoder, three encoders for two modalities, a dataset plug-in that does not import) through
-  ``train``, ``check`` and ``ablate --dry-run``: exit 2, one line naming the key and the reason, nothing
+  ``train``, ``check``, ``sweep`` and ``ablate --dry-run``: exit 2, one line naming the key and the reason, nothing
   started (no Ray, no run folder, no output file);
 - slow, real Ray: an ASHA sweep and a 2-worker gloo data-parallel run with conv encoders, and a sweep whose
   encoder is ``myenc:build`` from a module in tmp_path. The module reaches the Ray workers through the
@@ -115,7 +115,7 @@ def _bad_files(work: Path, encoders: str, data: str) -> dict[str, Path]:
     return files
 
 
-@pytest.mark.parametrize("command", ["train", "check", "ablate"])
+@pytest.mark.parametrize("command", ["train", "check", "sweep", "ablate"])
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_encoder_or_data_is_one_line_naming_the_key_and_exit_2(case, command, imported, tmp_path,
                                                                    monkeypatch):
@@ -134,8 +134,8 @@ def test_bad_encoder_or_data_is_one_line_naming_the_key_and_exit_2(case, command
     if command == "train":
         argv = ["train", f"data.name={data}", f"model.encoders={encoders}", *TINY_TRAIN, "--json",
                 str(work / "out.json"), "--checkpoint-dir", str(work / "ckpt")]
-    elif command == "check":
-        argv = ["check", str(files["space"]), "-n", "2"]
+    elif command in ("check", "sweep"):
+        argv = [command, str(files["space"])] + (["-n", "2"] if command == "check" else [])
     else:
         argv = ["ablate", str(files["spec"]), "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
     code, out, err = _run(argv)
@@ -145,8 +145,7 @@ def test_bad_encoder_or_data_is_one_line_naming_the_key_and_exit_2(case, command
     assert len(lines) == 1 and "Traceback" not in err, err
     assert expect in lines[0], lines[0]
     if command != "train":  # the file that holds the mistake is named too
-        assert str(files["space" if command == "check" else "spec"]) in lines[0] or \
-            files["space" if command == "check" else "spec"].name in lines[0], lines[0]
+        assert files["spec" if command == "ablate" else "space"].name in lines[0], lines[0]
     # nothing started: no run folder, no output, no checkpoint (the ckpt folder may be probed, but is empty)
     after = set(os.listdir(work)) - before
     assert after <= {"ckpt", "__pycache__"}, after
@@ -306,3 +305,24 @@ def test_sweep_with_a_user_encoder_from_outside_the_package(ray_local, imported,
     assert failed["params"]["model.encoders"] == "['myenc:build', 'myenc:explode']"
     assert "user encoder exploded on purpose" in failed["tags"]["mcrlab.error_reason"]
     assert all("val/acc" in r["metrics"] for r in by_status["FINISHED"])
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_readme_sweep_runs_from_the_data_folder_with_relative_paths(imported, tmp_path):
+    """The README's flow as printed: ``PYTHONPATH=$PWD mcrlab sweep byo_space.yaml`` in the folder that holds
+    ``av`` (a relative data.name) and ``myenc.py``; the CLI starts its own local Ray. Trials used to move into
+    their trial folders, where ``av`` did not resolve: every trial failed."""
+    (tmp_path / "myenc.py").write_text(USER_ENCODER)
+    space = _space(Path("av"), {"encoders": ["cnn", "conv1d"]}, num_samples=2,
+                   params={"model.encoders.1": {"type": "categorical", "choices": ["conv1d", "myenc:build"]}},
+                   points_to_evaluate=[{"model.encoders.1": "conv1d"}, {"model.encoders.1": "myenc:build"}])
+    space["base"]["train"]["epochs"] = 2
+    (tmp_path / "byo_space.yaml").write_text(yaml.safe_dump(space))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI",
+                                                               "RAY_CHDIR_TO_TRIAL_DIR")}
+    env.update(PYTHONPATH=os.pathsep.join([str(ROOT / "platform"), str(tmp_path)]), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "mcrlab.cli", "sweep", "byo_space.yaml"], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "2 trials, 0 errors" in proc.stdout, proc.stdout

@@ -75,8 +75,14 @@ def start_ray(address: str | None = None, *, verbose: bool = False, tries: int =
     ``verbose`` forwards worker logs to the driver. Extra ``init_kwargs`` go to ``ray.init`` (for example
     ``num_cpus`` in benchmarks).
     """
+    import os
+
     import ray
 
+    # trials keep the working directory instead of moving into their trial folders, so relative paths (a
+    # shard folder as data.name) mean the same in a trial as on the driver; jobs/runtime_env.yaml does the
+    # same for submitted jobs. Tune passes this variable from the driver to every trial.
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     if ray.is_initialized():
         return
     kwargs = {"namespace": NAMESPACE, "log_to_driver": verbose, "configure_logging": False, **init_kwargs}

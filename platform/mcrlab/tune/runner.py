@@ -140,13 +140,13 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
         if num_samples < 1:
             raise ConfigError("--num-samples: must be >= 1")
         space = _with_samples(space, num_samples)
+    _check_models(space)  # an encoder that cannot take the data fails here: no run folder, store or Ray yet
     run_folder = Path(storage_path or DEFAULT_RUN_FOLDER).expanduser().resolve()
     check_storage(run_folder)  # an unusable run folder fails here, before the store or Ray are touched
     sweeps = run_folder / "sweeps"
     uri = resolve_tracking_uri(tracking_uri, run_folder)
     check_tracking(uri)  # before anything starts: an unreachable server fails in seconds
     fail_fast_on_outages(uri)
-    _check_models(space)  # an encoder that cannot take the data fails here, before Ray or the store
 
     if resume:
         sweep_id = resume if isinstance(resume, str) else _latest_sweep(sweeps, space.name)
