@@ -79,3 +79,14 @@ def test_smoke_run_reports_every_stable_figure(tmp_path):
     assert data["machine_start"]["cores"] == os.cpu_count() and data["smoke"] is True
     for name in stable:  # each figure is also printed, one per line
         assert name in proc.stdout
+
+
+def test_cli_start_up_benchmark_smoke_prints_every_command(tmp_path):
+    """jobs/bench_cli.py --smoke: one figure per command, all positive (no assertion on speed)."""
+    out = tmp_path / "cli.json"
+    subprocess.run([sys.executable, str(ROOT / "jobs" / "bench_cli.py"), "--smoke", "--json", str(out)],
+                   check=True, capture_output=True, timeout=300,
+                   env={**os.environ, "PYTHONPATH": str(ROOT / "platform")})
+    figures = json.loads(out.read_text())
+    assert {"mcrlab --help", "mcrlab sweep --help", "mcrlab train --help"} <= set(figures)
+    assert all(v > 0 for k, v in figures.items() if k.endswith("--help"))

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from mcrlab.cli import main
-from mcrlab.cli.cluster import RUNTIME_ENV, build_runtime_env, submit_command
+from mcrlab.cli.cluster import RUNTIME_ENV, submit_command
 from mcrlab.config import ConfigError
 from mcrlab.ops import cluster
 
@@ -82,8 +82,7 @@ def test_token_file_is_private_and_never_on_the_command_line(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     token = path.read_text()
     assert len(token) == 64
-    env = build_runtime_env(ROOT / RUNTIME_ENV, ROOT, "http://127.0.0.1:5000")
-    argv = submit_command("ray", "http://127.0.0.1:8265", "sid", env, "jobs/sweep.py", ["x.yaml"])
+    argv = submit_command("ray", "http://127.0.0.1:8265", "sid", tmp_path / "env.json", "jobs/sweep.py", ["x.yaml"])
     assert token not in " ".join(argv)
     assert argv[-3:] == ["python", "jobs/sweep.py", "x.yaml"] and argv[argv.index("--") - 1] != "--no-wait"
 
@@ -140,12 +139,21 @@ def test_submit_dry_run_prints_the_equivalent_ray_job_submit(tmp_path, monkeypat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "s3cr3t-token-value")
     monkeypatch.chdir(ROOT / "jobs")  # any directory of the checkout
+    monkeypatch.setenv("DB_URL", "postgres://u:hunter2@db/x")
     assert main(["submit", "sweep", "--address", "http://10.1.2.3:8265", "--dry-run", "--submission-id", "s1",
-                 "search_spaces/default.yaml", "--storage", "/mnt/shared/x", "--", "--smoke"]) == 0
+                 "--env", "DB_URL", "--env", "MODE=fast-9f2e", "search_spaces/default.yaml", "--storage",
+                 "/mnt/shared/x", "--", "--smoke"]) == 0
     argv = shlex.split(capsys.readouterr().out)
     assert argv[1:9] == ["job", "submit", "--address", "http://10.1.2.3:8265", "--submission-id", "s1",
-                         "--runtime-env-json", argv[8]]
-    env = json.loads(argv[8])
+                         "--runtime-env", argv[8]]
+    # the runtime env travels in a private file: no value of it is on the command line
+    env_file = Path(argv[8])
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    env = json.loads(env_file.read_text())
+    env_file.unlink()
+    assert env["env_vars"]["DB_URL"] == "postgres://u:hunter2@db/x" and env["env_vars"]["MODE"] == "fast-9f2e"
+    assert "hunter2" not in " ".join(argv) and "fast-9f2e" not in " ".join(argv)
+    assert "mlflow.example" not in " ".join(argv)
     assert env["working_dir"] == str(ROOT) and env["py_modules"] == [str(ROOT / "platform" / "mcrlab")]
     assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow.example:5000"
     assert argv[argv.index("--") + 1:] == ["python", "jobs/sweep.py", "search_spaces/default.yaml", "--storage",

@@ -43,7 +43,7 @@ BAD_OVERRIDES = [
     (["train.batch_size=true"], "train.batch_size: expected an integer"),
     (["train.optimizer=rmsprop"], "train.optimizer: 'rmsprop' is not one of"),
     (["train.device=tpu"], "train.device: 'tpu' is not one of"),
-    (["train.player_lr=[1, -2]"], "train.player_lr: every multiplier must be a number > 0"),
+    (["train.player_lr=[1, -2]"], "train.player_lr: every multiplier must be a finite number > 0"),
     (["train.adaptive_band=[2, 1]"], "train.adaptive_band"),
     (["train.adaptive_lr=maybe"], "train.adaptive_lr: expected true or false"),
     (["train.lrr=0.1"], "train.lrr: unknown key"),
@@ -101,3 +101,57 @@ def test_missing_file(tmp_path, capsys):
 def test_config_error_is_a_value_error():
     with pytest.raises(ConfigError):
         load_config(None, ["train.lr=0"])
+
+
+# --------------------------------------------------------------------------------------------------
+# the validation helpers by class (the corpus and the fuzz tests cover them through the CLI)
+
+
+def test_short_cuts_every_quoted_value_to_80_characters():
+    from mcrlab.config import short
+
+    assert short("abc") == "'abc'"
+    assert len(short("x" * 10_000)) == 80 and short("x" * 10_000).endswith("...")
+    assert short(list(range(10**5))) == "<list of 100000 items>"  # never rendered in full
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("key", ["method.lambda_m", "model.dropout", "train.grad_clip", "train.lr",
+                                 "train.momentum", "train.weight_decay", "train.adaptive_rate"])
+def test_non_finite_numbers_are_refused_everywhere(key, value):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=f"{key}: must be a finite number"):
+        RunConfig.from_dict({section: {name: value}}, "cfg.yaml")
+    with pytest.raises(ConfigError, match="finite"):
+        RunConfig.from_dict({"train": {"player_lr": [1.0, value]}}, "cfg.yaml")
+
+
+def test_integers_stay_inside_their_bounds():
+    RunConfig.from_dict({"train": {"seed": 2**32 - 1}, "data": {"seed": 2**32 - 1}})  # a 32-bit seed is fine
+    for raw, fragment in (({"train": {"seed": 2**32}}, "train.seed: must be <= 4294967295"),
+                          ({"model": {"hidden": 10**9}}, "model.hidden: must be <= 65536"),
+                          ({"method": {"name": "mcr", "shared_dim": 2**40}}, "outside the integer range"),
+                          ({"train": {"epochs": 10**7}}, "train.epochs: must be <= 100000")):
+        with pytest.raises(ConfigError, match=fragment):
+            RunConfig.from_dict(raw, "cfg.yaml")
+
+
+def test_strict_yaml_refuses_duplicates_and_bombs_but_keeps_merge_keys():
+    from mcrlab.config import load_yaml_text
+
+    assert load_yaml_text("a: &d {x: 1, y: 2}\nb: {<<: *d, y: 3}\n", "f") == {"a": {"x": 1, "y": 2},
+                                                                           "b": {"x": 1, "y": 3}}
+    with pytest.raises(ConfigError, match="f: duplicate key 'y' \\(line 2\\)"):
+        load_yaml_text("y: 1\ny: 2\n", "f")
+    with pytest.raises(ConfigError, match="duplicate key 1"):
+        load_yaml_text("{1: a, 1: b}", "f")
+    bomb = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcd", "bcde"))
+    with pytest.raises(ConfigError, match="expands to more than 100000 values"):
+        load_yaml_text(bomb, "f")
+    assert len(load_yaml_text(bomb.rsplit("\n", 2)[0], "f")["d"]) == 10  # 10^4 values: fine
+
+
+def test_an_override_list_index_is_not_a_config_key():
+    with pytest.raises(ConfigError, match="the key must look like section.key"):
+        RunConfig().replace(["train.player_lr.100000000=1.0"])

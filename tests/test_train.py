@@ -54,6 +54,32 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
     assert resumed == full
 
 
+@pytest.mark.parametrize("changed", ["train.lr=0.01", "data.seed=3", "method.name=joint", "train.seed=1"])
+def test_resume_with_another_configuration_is_refused(tmp_path, changed):
+    from mcrlab.config import ConfigError
+
+    ds = toy_dataset()
+    ck = str(tmp_path / "ck")
+    fit(_cfg("train.epochs=2"), dataset=ds, checkpoint_dir=ck)
+    key = changed.split("=")[0]
+    with pytest.raises(ConfigError, match=f"--resume: .*{key}="):
+        fit(_cfg("train.epochs=4", changed), dataset=ds, checkpoint_dir=ck, resume_from=ck)
+
+
+def test_resume_through_the_cli_refuses_a_changed_lr_with_exit_2(tmp_path, capsys):
+    from mcrlab.cli import main
+
+    ck = str(tmp_path / "ck")
+    base = ["train", "data.n_train=64", "train.probe_epochs=0", "train.device=cpu"]
+    opts = ["--quiet", "--checkpoint-dir", ck]
+    assert main([*base, "train.epochs=1", *opts]) == 0
+    capsys.readouterr()
+    assert main([*base, "train.epochs=2", "train.lr=0.05", *opts, "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.lr=0.001" in err[0] and "train.lr=0.05" in err[0]
+    assert main([*base, "train.epochs=2", *opts, "--resume"]) == 0  # more epochs of the same run: allowed
+
+
 def test_player_learning_rates_and_adaptive_mode():
     seen = []
     fit(_cfg("train.player_lr=[2.0, 0.5]", "train.lr=0.001"), lambda m, c: seen.append(m), dataset=toy_dataset())

@@ -26,17 +26,43 @@ __all__ = [
     "DEFAULT_RUN_FOLDER",
     "resolve_tracking_uri",
     "check_tracking",
+    "check_tracking_uri",
     "artifact_location",
     "git_commit",
     "lineage_tags",
     "Tracker",
     "find_runs",
     "log_nested_run",
+    "filter_value",
+    "tag_filter",
 ]
 
 DEFAULT_RUN_FOLDER = "runs"
 TAG_PREFIX = "mcrlab."
 PARENT_TAG = "mlflow.parentRunId"
+
+
+def filter_value(value: Any) -> str:
+    """``value`` as a string literal of an MLflow filter (``tags.x = <literal>``).
+
+    MLflow's filter grammar has no escape sequences: a value holding ``'`` must be written in double
+    quotes and one holding ``"`` in single quotes; a value holding both cannot be expressed at all and
+    raises ConfigError (dataset paths and names are checked with this before anything starts).
+    """
+    text = str(value)
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text:
+        return f'"{text}"'
+    from mcrlab.config import short
+
+    raise ConfigError(f"{short(text)} holds both ' and \", which an MLflow search filter cannot express; "
+                      "rename it")
+
+
+def tag_filter(tags: dict[str, Any]) -> str:
+    """``tags.`k` = 'v' and ...`` with every value quoted by ``filter_value``."""
+    return " and ".join(f"tags.`{k}` = {filter_value(v)}" for k, v in tags.items())
 
 
 def resolve_tracking_uri(uri: str | None = None, run_folder: str | Path = DEFAULT_RUN_FOLDER) -> str:
@@ -47,7 +73,8 @@ def resolve_tracking_uri(uri: str | None = None, run_folder: str | Path = DEFAUL
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        if (uri.startswith("sqlite:///") and not uri.startswith("sqlite:////")
+                and uri[len("sqlite:///"):].strip() and not uri[len("sqlite:///"):].startswith(":memory:")):
             # sqlite:///relative.db -> make it absolute (same reason as above)
             uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
         return uri
@@ -64,10 +91,59 @@ def artifact_location(uri: str, run_folder: str | Path = DEFAULT_RUN_FOLDER) -> 
     return None
 
 
+TRACKING_WHERE = "tracking URI (--tracking-uri / MLFLOW_TRACKING_URI)"
+SUPPORTED = "sqlite:///<absolute path>/mlflow.db or an MLflow server http(s)://host[:port]"
+
+
+def check_tracking_uri(uri: str) -> None:
+    """The URI's form only, with no side effect (nothing created, nothing contacted): a SQLite file by
+    absolute path, or an MLflow server by host. Everything else is one ConfigError line."""
+    from mcrlab.config import cut
+
+    where = TRACKING_WHERE
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if not uri.isprintable() or len(uri) > 2048:
+        raise ConfigError(f"{where}: not a URI ({cut(repr(uri))})")
+    if uri.strip().lower().startswith("databricks"):
+        raise ConfigError(f"{where}: '{cut(uri)}': Databricks tracking is not supported by mcrlab (runs are "
+                          f"found again by tag filters on {SUPPORTED})")
+    if scheme == "sqlite":
+        if not uri.startswith("sqlite:///"):
+            raise ConfigError(f"{where}: '{cut(uri)}' is not a SQLite file URI; write {SUPPORTED}")
+        path = uri[len("sqlite:///"):]
+        if not path or path.startswith(":memory:") or "?" in path:
+            raise ConfigError(f"{where}: '{cut(uri)}' names no database file (an in-memory store loses every "
+                              f"run); write {SUPPORTED}")
+        if not Path(path).is_absolute():
+            raise ConfigError(f"{where}: '{cut(uri)}': the database path must be absolute")
+        if Path(path).is_dir():
+            raise ConfigError(f"{where}: '{cut(uri)}' is a folder, not a database file")
+    elif scheme in ("http", "https"):
+        if not parsed.hostname:
+            raise ConfigError(f"{where}: '{cut(uri)}' has no host; write {SUPPORTED}")
+        if parsed.username or parsed.password:
+            raise ConfigError(f"{where}: credentials in the URI end up in logs and process lists; put them in "
+                              "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD instead")
+        try:
+            parsed.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            raise ConfigError(f"{where}: '{cut(uri)}' has an invalid port") from None
+    elif scheme in ("", "file"):
+        raise ConfigError(f"{where}: '{cut(uri)}' is a file store, which MLflow >= 3.13 refuses; "
+                          "use sqlite:///<absolute path>/mlflow.db or an http(s) server")
+    else:
+        raise ConfigError(f"{where}: unsupported scheme '{cut(scheme, 20)}' in '{cut(uri)}'; write {SUPPORTED}")
+
+
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast (seconds, not minutes of retries) with a ConfigError when the store is unusable."""
-    scheme = urlparse(uri).scheme
-    where = "tracking URI (--tracking-uri / MLFLOW_TRACKING_URI)"
+    """Fail fast (seconds, not minutes of retries) with a ConfigError when the store is unusable.
+
+    The form first (``check_tracking_uri``), then: a server must answer /health; a SQLite file's folder
+    is created if missing and must be writable."""
+    check_tracking_uri(uri)
+    scheme = urlparse(uri).scheme.lower()
+    where = TRACKING_WHERE
     if scheme in ("http", "https"):
         import requests
 
@@ -79,16 +155,13 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
         if resp.status_code >= 400:
             raise ConfigError(f"{where}: MLflow server {uri} answered HTTP {resp.status_code} on /health")
     elif scheme == "sqlite":
-        db = Path(uri.split("sqlite:///", 1)[-1])
+        db = Path(uri[len("sqlite:///"):])
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ConfigError(f"{where}: cannot create {db.parent}: {err.strerror}") from None
         if not os.access(db.parent, os.W_OK):
             raise ConfigError(f"{where}: {db.parent} is not writable")
-    elif scheme in ("", "file"):
-        raise ConfigError(f"{where}: '{uri}' is a file store, which MLflow >= 3.13 refuses; "
-                          "use sqlite:///<absolute path>/mlflow.db or an http(s) server")
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,9 +178,30 @@ def git_commit() -> str:
         return "unknown"
 
 
+def source_tags() -> dict[str, str]:
+    """MLflow's standard system tags, filled as MLflow's own fluent API would: the Source column (the
+    command), the git commit (without ``-dirty``: MLflow links it) and the user."""
+    import getpass
+    import sys
+
+    argv = sys.argv or [""]
+    prog = Path(argv[0]).name
+    name = f"mcrlab {argv[1]}" if prog in ("mcrlab", "__main__.py", "app.py") and len(argv) > 1 else prog
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name (some containers): MLflow's fallback too
+        user = "unknown"
+    out = {"mlflow.source.name": name or "mcrlab", "mlflow.source.type": "LOCAL", "mlflow.user": user}
+    commit = git_commit().removesuffix("-dirty")
+    if commit != "unknown":
+        out["mlflow.source.git.commit"] = commit
+    return out
+
+
 def lineage_tags(kind: str, **tags: Any) -> dict[str, str]:
-    """``{"mcrlab.kind": kind, "mcrlab.<key>": str(value), "mcrlab.git_commit": ...}``; None dropped."""
-    out = {f"{TAG_PREFIX}kind": kind, f"{TAG_PREFIX}git_commit": git_commit()}
+    """``{"mcrlab.kind": kind, "mcrlab.<key>": str(value), "mcrlab.git_commit": ...}`` and MLflow's standard
+    source tags (``source_tags``); None dropped."""
+    out = {**source_tags(), f"{TAG_PREFIX}kind": kind, f"{TAG_PREFIX}git_commit": git_commit()}
     out.update({f"{TAG_PREFIX}{k}": str(v) for k, v in tags.items() if v is not None})
     return out
 
@@ -167,7 +261,7 @@ class Tracker:
 
     def find_run(self, experiment_id: str, tags: dict[str, str]) -> str | None:
         """Id of the (first) run carrying all ``tags``, or None: makes creation idempotent."""
-        flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        flt = tag_filter(tags)
         runs = self.client.search_runs([experiment_id], filter_string=flt, max_results=2)
         return runs[0].info.run_id if runs else None
 
@@ -269,12 +363,12 @@ def find_runs(uri: str, experiment: str | None = None, *, kind: str | None = Non
             return []
         exp_ids = [exp.experiment_id]
     clauses = [filter_string] if filter_string else []
-    if kind is not None:
-        clauses.append(f"tags.`{TAG_PREFIX}kind` = '{kind}'")
+    wanted = {f"{TAG_PREFIX}kind": kind} if kind is not None else {}
     if parent_run_id is not None:
-        clauses.append(f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
-    for k, v in (tags or {}).items():
-        clauses.append(f"tags.`{TAG_PREFIX}{k}` = '{v}'")
+        wanted[PARENT_TAG] = parent_run_id
+    wanted.update({f"{TAG_PREFIX}{k}": v for k, v in (tags or {}).items()})
+    if wanted:
+        clauses.append(tag_filter(wanted))
     runs = client.search_runs(exp_ids, filter_string=" and ".join(clauses), max_results=max_results)
     return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
              "experiment_id": r.info.experiment_id, "params": dict(r.data.params),

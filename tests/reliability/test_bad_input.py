@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import math
 import os
 import subprocess
 import sys
@@ -46,6 +47,8 @@ def _check_message(case: dict, err: str, out: str) -> None:
     errors = [ln for ln in lines if ln.startswith(("mcrlab: error:", "error:"))]
     assert len(errors) == 1 and errors[0] == lines[-1], f"expected one final error line, got:\n{err}"
     message = errors[0]
+    # values are quoted at most ~80 characters: a message stays short whatever the file holds
+    assert len(message) <= 400, f"a {len(message)}-character message: {message[:200]}..."
     assert case["file"] in message, f"the message does not name {case['file']}: {message}"
     for fragment in case["expect"]:
         assert fragment in message, f"{fragment!r} not in: {message}"
@@ -186,3 +189,182 @@ def test_valid_random_overrides_round_trip(items):
     text = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
             for k, v in wanted.items()]
     assert RunConfig().replace(text) == cfg
+
+
+# --------------------------------------------------------------------------------------------------
+# classes of bad input through the real CLI (in-process), property-based: exit 2, one line, no traceback
+
+# values no key accepts: NaN and infinities (every number must be finite), integers past 2^63 (past every
+# declared bound, int32 and float precision) and strings past the length cap (for string keys) or of the
+# wrong type (for every other key)
+UNIVERSALLY_BAD = st.one_of(st.sampled_from([math.nan, math.inf, -math.inf]),
+                            st.integers(2**63, 2**70), st.integers(-(2**70), -(2**63)),
+                            st.text(st.sampled_from("ab'\"/."), min_size=4097, max_size=4200))
+
+
+def _all_keys() -> list[tuple[str, str]]:
+    from mcrlab.methods import REGISTRY
+
+    keys = [(s, f.name) for s, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig))
+            for f in dataclasses.fields(cls)]
+    keys += [("method", f.name) for f in dataclasses.fields(REGISTRY["mcr"].Params) if f.init]
+    return keys
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    return code, err.getvalue()
+
+
+def _assert_one_line(code: int, err: str, path: Path, key: str) -> None:
+    assert code == 2, f"exit {code}: {err}"
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(("mcrlab: error:", "error:")), err
+    assert str(path) in lines[0] and key in lines[0], lines[0]
+    assert len(lines[0]) <= 400, lines[0][:200]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(_all_keys()), value=UNIVERSALLY_BAD, as_list=st.booleans())
+def test_any_key_with_a_bad_value_is_exit_2_one_line(tmp_path, key, value, as_list):
+    section, name = key
+    if as_list and name in ("player_lr", "adaptive_band"):
+        value = [1.0, value]  # inside a list too
+    raw = {section: {name: value, **({"name": "mcr"} if section == "method" and name != "name" else {})}}
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(raw, width=10**6))
+    code, err = _cli(["train", str(path), "--print-config"])
+    _assert_one_line(code, err, path, f"{section}.{name}")
+
+
+SPACE_KEYS = [("scaling", k) for k in ("workers", "cpus_per_worker", "gpus_per_worker", "max_concurrent")]
+SPACE_KEYS += [("objective", k) for k in ("seeds", "z", "seed")] + [("sampler", "seed"), ("scheduler", "grace_period"),
+                                                                  ("scheduler", "reduction_factor")]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(SPACE_KEYS), value=UNIVERSALLY_BAD)
+def test_any_space_key_with_a_bad_value_is_exit_2_one_line(tmp_path, key, value):
+    section, name = key
+    raw = {"name": "fuzz", "datasets": ["synthetic:competition"], "base": {"data": {"n_train": 64}},
+           "params": {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-1}},
+           section: {name: value, **({"name": "asha"} if section == "scheduler" else {})}}
+    path = tmp_path / "fuzz_space.yaml"
+    path.write_text(yaml.safe_dump(raw, width=10**6))
+    code, err = _cli(["check", str(path), "-n", "1"])
+    _assert_one_line(code, err, path, f"{section}.{name}")
+
+
+def test_file_kinds_that_are_not_yaml_text(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * (1 << 20) + "\n")
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)  # reading it would block forever
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    nul = tmp_path / "nul.yaml"
+    nul.write_bytes(b"train:\n  lr: 0.1\x00\n")
+    for path, fragment in ((big, "at most 1048576 bytes"), (fifo, "not a regular file"), (folder, "is a folder"),
+                           (nul, "character YAML does not allow")):
+        code, err = _cli(["train", str(path), "--print-config"])
+        _assert_one_line(code, err, path, fragment)
+    # an override is YAML too: duplicate keys and alias bombs are refused there as well
+    code, err = _cli(["train", "--print-config", "method.name=mcr", "train.player_lr=[&a 1, *a, *a]"])
+    assert code == 0, err  # aliases as such are fine
+    code, err = _cli(["train", "--print-config", "train.adaptive_band={a: 1, a: 2}"])
+    assert code == 2 and "duplicate key 'a'" in err
+
+
+def test_an_alias_bomb_is_refused_before_it_expands():
+    """The 9^9-value document is refused from its node graph (tens of nodes), never built: the refusal
+    comes from the size check itself, not from a timeout or memory error."""
+    from mcrlab.config import MAX_YAML_NODES, StrictLoader, load_yaml_text
+
+    bomb = (CORPUS / "configs" / "alias_bomb.yaml").read_text()
+    assert len(bomb) < 600
+    loader = StrictLoader(bomb)
+    try:
+        with pytest.raises(yaml.YAMLError, match=f"more than {MAX_YAML_NODES}"):
+            loader.get_single_node()
+    finally:
+        loader.dispose()
+    with pytest.raises(ConfigError, match="expands to more than"):
+        load_yaml_text(bomb, "bomb.yaml")
+    # the same shape, small enough, loads and shares its nodes
+    small = load_yaml_text("a: &a [1, 2]\nb: [*a, *a]\n", "ok.yaml")
+    assert small == {"a": [1, 2], "b": [[1, 2], [1, 2]]}
+
+
+# --------------------------------------------------------------------------------------------------
+# metric names and tracking URIs, checked before anything starts
+
+
+def test_reported_metrics_are_what_fit_reports():
+    """``check``'s list of metric names against a real (tiny) fit: a metric renamed in training, or one
+    the list invents, fails here."""
+    from mcrlab.data import load_dataset
+    from mcrlab.engine.fit import fit
+    from mcrlab.tune.check import present_info_types, reported_metrics
+
+    cfg = RunConfig.from_dict({"data": {"n_train": 64}, "model": {"hidden": 4, "latent": 2, "depth": 1},
+                               "train": {"epochs": 1, "batch_size": 32, "probe_epochs": 2, "eval_perms": 1,
+                                         "device": "cpu"}})
+    data = load_dataset(cfg.data)
+    final = fit(cfg)
+    got = {k for k in final if k.startswith(("val/", "test/"))} | ({"train/loss"} & set(final))
+    assert present_info_types(data), "the synthetic preset has information types: the test needs them"
+    assert got == reported_metrics(list(data.modalities), present_info_types(data), probes=True)
+    without = reported_metrics(list(data.modalities), [], probes=False)
+    assert not any(k.startswith(("test/probe/", "test/acc_type/")) for k in without)
+
+
+@pytest.mark.parametrize("uri,fragment", [
+    ("sqlite://x", "not a SQLite file URI"), ("sqlite:///:memory:", "names no database file"),
+    ("databricks", "not supported"), ("databricks://profile", "not supported"),
+    ("postgresql://u@db/mlflow", "unsupported scheme 'postgresql'"), ("./mlruns", "file store"),
+    ("http:///mlflow", "has no host"), ("http://user:secret@127.0.0.1:5000", "credentials in the URI"),
+    ("http://127.0.0.1:99999", "invalid port"),
+])
+def test_unsupported_tracking_uris_are_refused_before_anything_starts(uri, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    space = CORPUS.parent.parent.parent / "search_spaces" / "default.yaml"
+    for argv in (["sweep", str(space), "--smoke", "--tracking-uri", uri, "--storage", str(tmp_path / "runs")],
+                 ["check", str(space), "-n", "0", "--tracking-uri", uri]):
+        code, err = _cli(argv)
+        assert code == 2 and fragment in err and "Traceback" not in err, err
+        assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+        assert "secret" not in err
+    assert list(tmp_path.iterdir()) == [], "something was created (sqlite://x used to create 'sqlite:/')"
+
+
+ABLATION_KEYS = [("resources", k) for k in ("workers", "cpus", "gpus", "max_concurrent")]
+ABLATION_KEYS += [("arms", "b"), ("seeds", None), ("base", "train.lr")]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(ABLATION_KEYS), value=UNIVERSALLY_BAD)
+def test_any_ablation_key_with_a_bad_value_is_exit_2_one_line(tmp_path, key, value):
+    section, name = key
+    raw = {"name": "fuzz", "experiment": "fuzz", "base": {"data": {"n_train": 64}, "train": {"epochs": 1}},
+           "arms": {"b": {"train.lr": 0.01}}, "seeds": [0]}
+    if section == "resources":
+        raw["resources"] = {name: value}
+        expect = f"resources.{name}"
+    elif section == "arms":
+        raw["arms"]["b"] = {"method.lambda_m": value}
+        expect = "lambda_m"
+    elif section == "seeds":
+        raw["seeds"] = [0, value]
+        expect = "seed"
+    else:
+        raw["base"]["train"]["lr"] = value
+        expect = "train.lr"
+    path = tmp_path / "fuzz_ablation.yaml"
+    path.write_text(yaml.safe_dump(raw, width=10**6))
+    code, err = _cli(["ablate", str(path), "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    _assert_one_line(code, err, path, expect)
+    assert not (tmp_path / "m.db").exists()

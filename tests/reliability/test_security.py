@@ -45,10 +45,16 @@ def test_sources_are_scanned():
 
 
 def test_yaml_is_only_safe_loaded():
+    import yaml
+
+    from mcrlab.config import StrictLoader
+
     unsafe = _calls(r"yaml\.(load|load_all|unsafe_load|unsafe_load_all|full_load|full_load_all)\(|"
                     r"yaml\.(Unsafe|Full)?Loader\b|Loader=")
-    assert unsafe == [], unsafe
-    assert _calls(r"yaml\.safe_load\("), "expected safe_load to be used"
+    # the one yaml.load call passes the strict loader, a SafeLoader (no Python tags, no code)
+    assert [h for h in unsafe if "Loader=StrictLoader" not in h[2]] == [], unsafe
+    assert issubclass(StrictLoader, yaml.SafeLoader) and not issubclass(StrictLoader, yaml.FullLoader)
+    assert _calls(r"yaml\.safe_load\(|Loader=StrictLoader"), "expected safe loading to be used"
 
 
 def test_torch_load_always_weights_only_and_no_raw_pickle():
@@ -174,3 +180,86 @@ def test_runtime_env_carries_no_secret_from_the_environment(monkeypatch):
         build_runtime_env(ROOT / RUNTIME_ENV, ROOT, None, {"AWS_SECRET_ACCESS_KEY": "x"})
     with pytest.raises(ConfigError, match="password"):
         build_runtime_env(ROOT / RUNTIME_ENV, ROOT, "http://user:pw@127.0.0.1:5000")
+
+
+# --------------------------------------------------------------------------------------------------
+# names that become paths, values that go into MLflow filters
+
+
+@pytest.mark.parametrize("name,fragment", [("../../../escape", "path separator"), ("a/b", "path separator"),
+                                           ("..", "start with a dot"), (".hidden", "start with a dot"),
+                                           ("a..b", "'..'"), ("x" * 101, "at most 100"),
+                                           ("tab\there", "non-printable"), ("", "non-empty")])
+def test_names_that_become_paths_are_checked(name, fragment):
+    from mcrlab.config import ConfigError, check_name
+
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        check_name(name, "x.yaml: name")
+    assert check_name("o'brien-2 (v1)", "x.yaml: name") == "o'brien-2 (v1)"
+
+
+def test_a_space_name_cannot_escape_the_storage_folder(tmp_path):
+    import yaml
+
+    space = {"name": "../../../escape", "datasets": ["synthetic:competition"], "base": {"data": {"n_train": 64}},
+             "params": {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-1}}}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    assert main(["sweep", str(path), "--storage", str(tmp_path / "a" / "b" / "runs")]) == 2
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["space.yaml"]  # nothing written anywhere
+
+
+@pytest.mark.parametrize("value", ["it's", 'say "hi"', "back\\slash", "a`b", "plain"])
+def test_tag_values_with_quotes_are_found_by_real_mlflow_filters(tmp_path, value):
+    from mcrlab.tracking import Tracker, find_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, tmp_path)
+    exp = tracker.experiment(f"sweep/{value}")
+    run = tracker.start_run(exp, "r", tags={"mcrlab.kind": "study", "mcrlab.study": value, "mcrlab.sweep_id": value},
+                            key_tags=("mcrlab.kind", "mcrlab.study"))
+    tracker.start_run(exp, "other", tags={"mcrlab.kind": "study", "mcrlab.study": value + "x"})
+    # reopening by key tags finds the same run (resume writes no duplicate), find_runs finds exactly it
+    again = tracker.start_run(exp, "r", tags={"mcrlab.kind": "study", "mcrlab.study": value, "mcrlab.sweep_id": value},
+                              key_tags=("mcrlab.kind", "mcrlab.study"))
+    assert again == run
+    found = find_runs(uri, kind="study", tags={"study": value, "sweep_id": value})
+    assert [r["run_id"] for r in found] == [run]
+
+
+def test_a_value_with_both_quotes_is_refused_in_one_line(tmp_path):
+    import yaml
+
+    from mcrlab.config import ConfigError
+    from mcrlab.tracking import filter_value
+
+    with pytest.raises(ConfigError, match="both ' and"):
+        filter_value("it's \"x\"")
+    space = {"name": "s", "datasets": ["/data/it's \"x\""], "base": {"data": {"n_train": 64}},
+             "params": {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-1}}}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    assert main(["check", str(path)]) == 2
+
+
+@pytest.mark.ray
+def test_a_sweep_whose_name_holds_an_apostrophe_runs_and_resumes(ray_local, tmp_path, monkeypatch):
+    """The filter an apostrophe broke is used after Ray started (trial runs found by their tags)."""
+    import yaml
+
+    from mcrlab.tracking import find_runs
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    space = {"name": "o'brien", "datasets": ["synthetic:competition"], "metric": "val/acc",
+             "base": {"data": {"n_train": 64}, "model": {"hidden": 4, "latent": 2, "depth": 1},
+                      "train": {"epochs": 1, "batch_size": 32, "probe_epochs": 0, "eval_perms": 1,
+                                "device": "cpu"}},
+             "sampler": {"name": "random", "seed": 0}, "num_samples": 1,
+             "params": {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-1}}}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    runs = tmp_path / "runs"
+    assert main(["sweep", str(path), "--storage", str(runs)]) == 0
+    assert main(["sweep", str(path), "--resume", "--storage", str(runs)]) == 0
+    trials = find_runs(f"sqlite:///{runs / 'mlflow.db'}", kind="trial")
+    assert len(trials) == 1 and trials[0]["tags"]["mcrlab.sweep_id"].startswith("o'brien-")

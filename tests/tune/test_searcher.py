@@ -34,3 +34,24 @@ def test_plain_optuna_search_raises_there():
     searcher._ot_study.tell(searcher._ot_trials["t1"], 0.7)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         searcher.on_trial_result("t1", {"objective": 0.1, "training_iteration": 1})
+
+
+def test_study_names_its_objective_and_a_trial_stopped_early_is_pruned():
+    searcher = ResumableOptunaSearch(space=_space, metric="objective", mode="max", metric_name="val/acc",
+                                     max_iterations=3, sampler=optuna.samplers.RandomSampler(seed=0))
+    study = searcher._ot_study
+    assert study.metric_names == ["val/acc"]
+    for tid in ("full", "stopped", "flagged"):
+        searcher.suggest(tid)
+        searcher.on_trial_result(tid, {"objective": 0.4, "training_iteration": 1, "trial_iteration": 1})
+    searcher.on_trial_result("full", {"objective": 0.6, "training_iteration": 3, "trial_iteration": 3})
+    searcher.on_trial_complete("full", {"objective": 0.6, "trial_iteration": 3})
+    searcher.on_trial_complete("stopped", {"objective": 0.4, "trial_iteration": 1})  # ASHA: 1 of 3
+    searcher.on_trial_complete("flagged", {"objective": 0.4, "trial_iteration": 3, "early_stopped": True})
+    by_tune_id = {t.user_attrs["tune_trial_id"]: t for t in study.get_trials()}
+    S = optuna.trial.TrialState
+    assert by_tune_id["full"].state == S.COMPLETE and by_tune_id["full"].value == 0.6
+    assert by_tune_id["stopped"].state == S.PRUNED and by_tune_id["stopped"].value == 0.4  # its last report
+    assert by_tune_id["flagged"].state == S.PRUNED
+    searcher.on_trial_complete("stopped", {"objective": 0.4, "trial_iteration": 1})  # a second call: no-op
+    assert len(study.get_trials()) == 3

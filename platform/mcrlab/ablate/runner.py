@@ -32,7 +32,7 @@ from mcrlab.ablate.spec import AblationSpec, Cell
 from mcrlab.analysis.report import slug
 from mcrlab.config import ConfigError, RunConfig
 from mcrlab.engine.pretrain import init_lineage
-from mcrlab.tracking import TAG_PREFIX, Tracker, lineage_tags
+from mcrlab.tracking import TAG_PREFIX, Tracker, lineage_tags, tag_filter
 from mcrlab.trials.plan import RunIdentity, Scaling, TrialPlan
 
 __all__ = ["AblationOutcome", "CellPlan", "run_ablation", "finished_cells", "ablation_run_id"]
@@ -106,7 +106,7 @@ def ablation_run_id(tracker: Tracker, experiment_id: str, ablation_id: str) -> s
 def finished_cells(tracker: Tracker, experiment_id: str, ablation_id: str) -> dict[tuple, list]:
     """``{(arm, dataset, seed): [run, ...]}`` of every cell run of this ablation (any status)."""
     runs = tracker.client.search_runs(
-        [experiment_id], filter_string=f"tags.`{K}kind` = 'cell' and tags.`{K}ablation_id` = '{ablation_id}'",
+        [experiment_id], filter_string=tag_filter({f"{K}kind": "cell", f"{K}ablation_id": ablation_id}),
         max_results=50000)
     out: dict[tuple, list] = {}
     for r in runs:
@@ -161,14 +161,29 @@ def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_
     """Run the missing cells of ``spec`` (all of them on a fresh ablation) and close the MLflow runs.
 
     Extra Tune ``callbacks`` are for tests (fault injection)."""
+    from mcrlab.trials.storage import FolderLock, private_dir
+
     # load the datasets before the store is touched: a bad data.name fails here, nothing started or written
     fingerprints = _fingerprints(spec, spec.cells)
     check_cells(spec)
+    # one driver per ablation: a second one (e.g. two --resume at once) stops here, before MLflow or Ray
+    with FolderLock(private_dir(Path(storage_path).resolve() / "ablations" / spec.ablation_id), "ablation"):
+        return _run_ablation(spec, uri, fingerprints, resume=resume, storage_path=storage_path, verbose=verbose,
+                             callbacks=callbacks)
+
+
+def _run_ablation(spec: AblationSpec, uri: str, fingerprints: dict[str, str], *, resume: bool,
+                  storage_path: str | Path, verbose: int, callbacks: list | None) -> AblationOutcome:
     from mcrlab.trials.recorder import fail_fast_on_outages
 
     fail_fast_on_outages(uri)
     tracker = Tracker(uri)
     exp_id = tracker.experiment(spec.experiment)
+    from mcrlab.trials.conventions import describe_experiment
+
+    describe_experiment(tracker.client, exp_id, spec.description or (
+        f"Ablation '{spec.ablation_id}' ({spec.path}): {len(spec.arms)} arms x {len(spec.datasets)} datasets x "
+        f"{len(spec.seeds)} seeds; metric {spec.metric}."))
     abl_id = spec.ablation_id
     existing = ablation_run_id(tracker, exp_id, abl_id)
     if existing and not resume:
@@ -242,14 +257,16 @@ def _run_cells(plan: CellPlan, todo: list[int], tracker: Tracker, exp_id: str, s
     from ray import tune
 
     from mcrlab.trials.backends import pick_backend
-    from mcrlab.trials.recorder import ProgressPrinter, TrialRecorder
+    from mcrlab.trials.display import LiveDisplay
+    from mcrlab.trials.recorder import TrialRecorder
     from mcrlab.trials.resources import max_concurrent
 
     backend = pick_backend(plan.scaling)
     concurrency = max_concurrent(backend.trial_resources(), ray.cluster_resources(), plan.scaling.max_concurrent,
                                  where="resources")
     recorder = TrialRecorder(plan, uri=tracker.uri, run_folder=str(storage), experiment_id=exp_id)
-    callbacks = [recorder, *([ProgressPrinter(plan.ablation_id, plan)] if verbose == 0 else []), *extra_callbacks]
+    display = LiveDisplay(plan.ablation_id, plan, total=len(todo), concurrency=concurrency, noun="cells")
+    callbacks = [recorder, display, *extra_callbacks]
     tuner = tune.Tuner(
         backend.trainable(plan), param_space={"cell": tune.grid_search(todo)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True,
@@ -292,8 +309,10 @@ def _tuned_cells(spec: AblationSpec, tracker: Tracker, arm_runs: dict[str, str],
                 with tempfile.TemporaryDirectory() as tmp:
                     best = json.loads(Path(tracker.client.download_artifacts(run_id, "tuned.json", tmp)).read_text())
             else:
-                result = run_sweep(parse_space(space_raw, f"{spec.path}: tune (arm {arm.name})"),
-                                   tracking_uri=uri, storage_path=storage, progress=False)
+                space = parse_space(space_raw, f"{spec.path}: tune (arm {arm.name})")
+                print(f"mcrlab ablate: tuning arm {arm.name}: {space.num_samples} trials per dataset "
+                      f"({', '.join(space.datasets)})", flush=True)
+                result = run_sweep(space, tracking_uri=uri, storage_path=storage)
                 best = {d: st.best_config for d, st in result.studies.items()}
                 tracker.log_dict(run_id, best, "tuned.json")
                 tracker.set_tags(run_id, {f"{K}tune_sweep_id": result.sweep_id,

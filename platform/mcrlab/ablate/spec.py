@@ -44,7 +44,8 @@ from typing import Any
 
 import yaml
 
-from mcrlab.config import ConfigError, RunConfig, build_dataclass, opt, read_yaml
+from mcrlab.config import ConfigError, RunConfig, build_dataclass, check_name, cut, opt, read_yaml, short
+from mcrlab.trials.resources import check_gpu_share
 
 __all__ = ["Arm", "Cell", "AblationSpec", "Resources", "SmokeSpec", "load_spec", "parse_spec", "mcr_standard",
            "GENERATORS", "TOP_LEVEL_KEYS", "BASE_ARM", "config_from_run"]
@@ -52,6 +53,7 @@ __all__ = ["Arm", "Cell", "AblationSpec", "Resources", "SmokeSpec", "load_spec",
 BASE_ARM = "base"
 TOP_LEVEL_KEYS = ("name", "description", "experiment", "base", "base_run", "base_overrides", "generate",
                   "exclude", "arms", "datasets", "seeds", "seed_keys", "metric", "resources", "smoke", "tune")
+MAX_CELLS = 10_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -61,6 +63,9 @@ class Resources:
     cpus: float = opt(1.0, "CPUs per worker", gt=0.0)
     gpus: float = opt(0.0, "GPUs per worker (fractions share a GPU in single-process cells)", ge=0.0)
     max_concurrent: int = opt(0, "cells running at once (0 = as many as resources allow)", ge=0)
+
+    def __post_init__(self) -> None:
+        check_gpu_share(self.workers, self.gpus, "gpus")
 
 
 @dataclass
@@ -228,7 +233,13 @@ def parse_spec(raw: Any, source: str = "<spec>", smoke: bool = False,
             raise ConfigError(f"{source}: {key}: unknown key (known: {', '.join(TOP_LEVEL_KEYS)})")
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(f"{source}: name: required, letters/digits/._- (got {name!r})")
+        raise ConfigError(f"{source}: name: required, letters/digits/._- (got {short(name)})")
+    check_name(name, f"{source}: name")  # it names a folder: no '..', at most 100 characters
+    experiment = raw.get("experiment", "ablations")
+    if not isinstance(experiment, str) or not experiment.strip() or len(experiment) > 100 \
+            or not experiment.isprintable():
+        raise ConfigError(f"{source}: experiment: expected a printable MLflow experiment name of at most 100 "
+                          f"characters, got {short(experiment)}")
 
     # base: inline, or a sweep's trial run (the lineage parent)
     base_run = raw.get("base_run")
@@ -251,7 +262,7 @@ def parse_spec(raw: Any, source: str = "<spec>", smoke: bool = False,
     gen = raw.get("generate")
     if gen is not None:
         if gen not in GENERATORS:
-            raise ConfigError(f"{source}: generate: unknown generator {gen!r} (known: {', '.join(GENERATORS)})")
+            raise ConfigError(f"{source}: generate: unknown generator {short(gen)} (known: {', '.join(GENERATORS)})")
         try:
             arms.update(GENERATORS[gen](base))
         except ConfigError as err:
@@ -269,7 +280,8 @@ def parse_spec(raw: Any, source: str = "<spec>", smoke: bool = False,
         raise ConfigError(f"{source}: arms: must be a mapping of arm name -> {{section.key: value}}")
     for arm_name, delta in explicit.items():
         if not isinstance(arm_name, str) or not _NAME.match(arm_name) or arm_name == BASE_ARM:
-            raise ConfigError(f"{source}: arms.{arm_name}: arm names are letters/digits/._- and not 'base'")
+            raise ConfigError(f"{source}: arms.{cut(arm_name)}: arm names are letters/digits/._- and not 'base'")
+        check_name(arm_name, f"{source}: arms.{arm_name}")
         arms[arm_name] = _dotted(delta, f"{source}: arms.{arm_name}")
     if len(arms) < 2:
         raise ConfigError(f"{source}: arms: need at least one arm besides the base (arms: or generate:)")
@@ -278,6 +290,10 @@ def parse_spec(raw: Any, source: str = "<spec>", smoke: bool = False,
     seeds = _list(raw.get("seeds", [0, 1, 2]), f"{source}: seeds", int)
     if not seeds:
         raise ConfigError(f"{source}: seeds: need at least one seed")
+    for key, items in (("datasets", datasets), ("seeds", seeds)):
+        if len(set(items)) != len(items):
+            twice = next(x for x in items if items.count(x) > 1)
+            raise ConfigError(f"{source}: {key}: {short(twice)} is listed twice")
     seed_keys = _list(raw.get("seed_keys", ["train.seed"]), f"{source}: seed_keys", str)
     for k in seed_keys:
         _dotted({k: 0}, f"{source}: seed_keys")
@@ -285,7 +301,7 @@ def parse_spec(raw: Any, source: str = "<spec>", smoke: bool = False,
     smoke_spec = build_dataclass(SmokeSpec, raw.get("smoke"), source, "smoke")
     metric = raw.get("metric", "test/acc")
     if not isinstance(metric, str) or "/" not in metric:
-        raise ConfigError(f"{source}: metric: expected a metric name like test/acc, got {metric!r}")
+        raise ConfigError(f"{source}: metric: expected a metric name like test/acc, got {short(metric)}")
     overrides: dict = {}
     if smoke:
         overrides = _dotted(smoke_spec.overrides, f"{source}: smoke.overrides")
@@ -303,9 +319,13 @@ def parse_spec(raw: Any, source: str = "<spec>", smoke: bool = False,
     if raw.get("tune") is not None:
         tuning = tuning_spaces(raw["tune"], arm_cfgs, {a.name: a.delta for a in arm_list}, datasets, overrides,
                                f"{name}-smoke" if smoke else name, source, smoke)
+    n_cells = len(arm_cfgs) * len(datasets) * len(seeds)
+    if n_cells > MAX_CELLS:  # checked before a RunConfig is built per cell
+        raise ConfigError(f"{source}: {len(arm_cfgs)} arms x {len(datasets)} datasets x {len(seeds)} seeds = "
+                          f"{n_cells} cells; at most {MAX_CELLS} (split the ablation)")
     cells = make_cells({(a, d): cfg for a, cfg in arm_cfgs.items() for d in datasets}, seeds, seed_keys,
                        overrides, source)
-    return AblationSpec(name=name, path=source, experiment=str(raw.get("experiment", "ablations")), base=base,
+    return AblationSpec(name=name, path=source, experiment=experiment, base=base,
                         base_run=base_run, arms=arm_list, datasets=datasets, seeds=seeds, seed_keys=seed_keys,
                         metric=metric, resources=resources, cells=cells, tuning=tuning, overrides=overrides,
                         description=str(raw.get("description", "")), smoke=smoke, raw=copy.deepcopy(raw))
@@ -378,7 +398,7 @@ def _list(value: Any, where: str, kind: type) -> list:
         value = [value]
     for v in value:
         if not isinstance(v, kind) or isinstance(v, bool):
-            raise ConfigError(f"{where}: expected a list of {kind.__name__}, got {v!r}")
+            raise ConfigError(f"{where}: expected a list of {kind.__name__}, got {short(v)}")
     if len(set(map(str, value))) != len(value):
         raise ConfigError(f"{where}: duplicate entries")
     return list(value)

@@ -9,9 +9,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from mcrlab.config import ConfigError, field_docs, load_config
+from mcrlab.config import ConfigError, RunConfig, field_docs, load_config, read_yaml
 
 EPILOG = """\
 examples:
@@ -19,6 +20,8 @@ examples:
   mcrlab train method.name=joint train.epochs=5  override any config key as section.key=value
   mcrlab train cfg.yaml --json out.json          a YAML config file, metrics written as JSON
   mcrlab sweep search_spaces/default.yaml        the main job: a Ray Tune + Optuna sweep, tracked in MLflow
+  mcrlab report SWEEP_ID                         importances and Optuna's plots of a sweep, logged to MLflow
+  mcrlab train --from-run RUN_ID train.epochs=50 retrain an MLflow run's config (e.g. a sweep's best trial)
   mcrlab <command> --help                        help for one command
 """
 
@@ -61,10 +64,37 @@ class _EpochPrinter:
               file=sys.stderr, flush=True)
 
 
+def train_config(args: argparse.Namespace) -> RunConfig:
+    """Defaults <- CONFIG or the config of MLflow run ``--from-run`` <- overrides.
+
+    CONFIG is YAML or JSON: a plain config mapping, or a mapping with a ``config`` key (the
+    ``best_config.json`` of a sweep's study run, ``mcrlab train --json`` output).
+    """
+    if args.from_run:
+        from mcrlab.ablate.spec import config_from_run
+        from mcrlab.tracking import check_tracking, resolve_tracking_uri
+
+        if args.config:
+            raise ConfigError(f"--from-run: give either a config file or --from-run, not both ('{args.config}')")
+        uri = resolve_tracking_uri(args.tracking_uri)
+        check_tracking(uri)
+        source = f"--from-run {args.from_run}"
+        raw = config_from_run(uri, args.from_run, source)
+    elif args.config:
+        source = str(args.config)
+        raw = read_yaml(args.config)
+        if isinstance(raw, dict) and isinstance(raw.get("config"), dict):
+            raw = raw["config"]
+    else:
+        return load_config(None, args.overrides)
+    cfg = RunConfig.from_dict(raw, source)  # refuses a document that is not a mapping of sections
+    return cfg.replace(args.overrides) if args.overrides else cfg
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from mcrlab.engine.fit import fit
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = train_config(args)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
@@ -78,9 +108,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         dataset = load_dataset(cfg.data)
     except ConfigError as err:
         raise ConfigError(f"{args.config or '<override>'}: {err}") from None
-    report = None if args.quiet else _EpochPrinter(cfg.train.epochs)
-    metrics = fit(cfg, report, checkpoint_dir=args.checkpoint_dir,
-                  resume_from=args.checkpoint_dir if args.resume else None, dataset=dataset)
+    report: Callable[[dict, str | None], None] | None = None if args.quiet else _EpochPrinter(cfg.train.epochs)
+    tracking = None
+    if args.track:
+        from mcrlab.cli.track import TrainTracking
+        from mcrlab.tracking import check_tracking, resolve_tracking_uri
+
+        uri = resolve_tracking_uri(args.tracking_uri)
+        check_tracking(uri)
+        tracking = TrainTracking(uri, args.experiment, cfg, dataset, from_run=args.from_run)
+        report = tracking.reporter(report)
+        print(f"mcrlab train: tracking run {tracking.run_id} in {uri} (experiment '{args.experiment}')",
+              file=sys.stderr)
+    try:
+        metrics = fit(cfg, report, checkpoint_dir=args.checkpoint_dir,
+                      resume_from=args.checkpoint_dir if args.resume else None, dataset=dataset)
+    except BaseException as err:
+        if tracking is not None:
+            tracking.finish(None, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    if tracking is not None:
+        tracking.finish(metrics)
     final = {k: v for k, v in metrics.items() if k.startswith("test/") or k == "val/best_acc"}
     width = max(map(len, final), default=0)
     for k in sorted(final):
@@ -99,13 +147,24 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
     # the key listing needs the method registry (torch): built only when this help is asked for
     p.add_argument("-h", "--help", action=_TrainHelp, nargs=0, help="show this help, with every config key")
-    p.add_argument("config", nargs="?", default=None, help="YAML config file (optional)")
+    p.add_argument("config", nargs="?", default=None,
+                   help="YAML or JSON config file (optional; a mapping with a 'config' key, such as a sweep's "
+                        "best_config.json, works too)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=0.01")
     p.add_argument("--json", metavar="PATH", help='write {"metrics": ..., "config": ...} to PATH')
     p.add_argument("--checkpoint-dir", metavar="DIR", help="write a checkpoint there every epoch")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--from-run", metavar="RUN_ID",
+                   help="start from the config of this MLflow run (its config.yaml/config.json artifact, e.g. a "
+                        "sweep's best trial); overrides apply on top")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI for --from-run/--track (default: $MLFLOW_TRACKING_URI, else "
+                        "sqlite:///<./runs>/mlflow.db)")
+    p.add_argument("--track", action="store_true",
+                   help="record the run in MLflow (params, per-epoch metrics, config.json, dataset input)")
+    p.add_argument("--experiment", default="train", help="MLflow experiment for --track (default: train)")
     p.set_defaults(func=cmd_train)
 
 
@@ -114,10 +173,10 @@ def _split_config_arg(args: argparse.Namespace) -> None:
     if args.func is not cmd_train:
         return
     cfg = args.config
-    if cfg is not None and "=" in cfg and not cfg.endswith((".yaml", ".yml")):
+    if cfg is not None and "=" in cfg and not cfg.endswith((".yaml", ".yml", ".json")):
         args.overrides = [cfg, *args.overrides]
         args.config = None
-    elif cfg is not None and not Path(cfg).exists() and not cfg.endswith((".yaml", ".yml")):
+    elif cfg is not None and not Path(cfg).exists() and not cfg.endswith((".yaml", ".yml", ".json")):
         raise ConfigError(f"'{cfg}': neither a config file nor an override (expected section.key=value)")
     if args.resume and not args.checkpoint_dir:
         raise ConfigError("--resume needs --checkpoint-dir")
@@ -140,7 +199,7 @@ def _command_modules() -> list:
     """The sub-command modules, in the order --help lists them (one explicit list)."""
     import importlib
 
-    names = ["mcrlab.cli.sweep", "mcrlab.tune.check", "mcrlab.cli.ablate", "mcrlab.cli.data",
+    names = ["mcrlab.cli.sweep", "mcrlab.cli.report", "mcrlab.tune.check", "mcrlab.cli.ablate", "mcrlab.cli.data",
              "mcrlab.cli.cluster", "mcrlab.studies.reproduce", "mcrlab.cli.schema"]
     out = []
     for name in names:
@@ -167,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mcrlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as other commands do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 if __name__ == "__main__":

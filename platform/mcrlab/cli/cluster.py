@@ -21,6 +21,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 from pathlib import Path
@@ -28,7 +29,8 @@ from pathlib import Path
 from mcrlab.config import ConfigError, read_yaml
 from mcrlab.ops import cluster
 
-__all__ = ["register", "JOB_SCRIPTS", "build_runtime_env", "submit_command", "resolve_address"]
+__all__ = ["register", "JOB_SCRIPTS", "build_runtime_env", "submit_command", "resolve_address",
+           "write_runtime_env"]
 
 JOB_SCRIPTS = {"sweep": "jobs/sweep.py", "ablate": "jobs/ablate.py", "train": "jobs/train.py",
                "benchmark": "jobs/benchmark_job.py"}
@@ -112,11 +114,22 @@ def resolve_address(address: str | None, state_dir: str) -> str:
                       "RAY_API_SERVER_ADDRESS, or start a local one with `mcrlab cluster up`")
 
 
-def submit_command(ray: str, address: str, submission_id: str, runtime_env: dict, script: str,
+def write_runtime_env(runtime_env: dict) -> Path:
+    """The runtime env as a private file (0600, created by mkstemp) for ``ray job submit --runtime-env``:
+    its values (``--env``, the tracking URI) never appear in a process list, as ``--runtime-env-json``
+    would put them."""
+    fd, name = tempfile.mkstemp(prefix="mcrlab-runtime-env-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(runtime_env, f, sort_keys=True)
+    return Path(name)
+
+
+def submit_command(ray: str, address: str, submission_id: str, runtime_env_file: str | os.PathLike, script: str,
                    job_args: list[str], no_wait: bool = False, entrypoint_num_gpus: float | None = None) -> list[str]:
-    """The exact ``ray job submit`` argv (no secrets in it: the token travels in the environment)."""
+    """The exact ``ray job submit`` argv: no secrets and no environment values in it (the token travels in
+    the environment, the runtime env in a 0600 file, see ``write_runtime_env``)."""
     cmd = [ray, "job", "submit", "--address", address, "--submission-id", submission_id,
-           "--runtime-env-json", json.dumps(runtime_env, sort_keys=True)]
+           "--runtime-env", str(runtime_env_file)]
     if entrypoint_num_gpus:
         cmd += ["--entrypoint-num-gpus", str(entrypoint_num_gpus)]
     if no_wait:
@@ -154,14 +167,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     runtime_env = build_runtime_env(opts.runtime_env or root / RUNTIME_ENV, root, tracking, extra)
     sid = opts.submission_id or f"mcrlab-{opts.kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
     token = cluster.discover_token(address, opts.state_dir)
-    cmd = submit_command(cluster._executable("ray"), address, sid, runtime_env, JOB_SCRIPTS[opts.kind],
+    ray_exe = cluster._executable("ray")
+    env_file = write_runtime_env(runtime_env)
+    cmd = submit_command(ray_exe, address, sid, env_file, JOB_SCRIPTS[opts.kind],
                          job_args, opts.no_wait, opts.entrypoint_num_gpus)
     if opts.dry_run:
         print(shlex.join(cmd))
+        print(f"mcrlab: the runtime env is in {env_file} (mode 0600); delete it when done", file=sys.stderr)
         return 0
     env = {**os.environ, **token.env}
     print(f"mcrlab: submitting {sid} to {address} (token: {token.origin})", file=sys.stderr, flush=True)
-    rc = subprocess.call(cmd, env=env, cwd=root)
+    try:
+        rc = subprocess.call(cmd, env=env, cwd=root)
+    finally:
+        env_file.unlink(missing_ok=True)
     if opts.no_wait or rc not in (0, 1):
         return rc
     status = _job_status(address, sid, token.headers())
@@ -179,9 +198,14 @@ def _split_job_args(rest: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _parse_env(item: str) -> tuple[str, str]:
+    """``KEY=VALUE``, or ``KEY`` alone: the value of KEY in this environment (then it is in no argv)."""
     key, sep, value = item.partition("=")
-    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-        raise ConfigError(f"--env: '{item}' is not KEY=VALUE")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        raise ConfigError(f"--env: '{key[:40]}' is not KEY=VALUE or KEY")  # never echo the value
+    if not sep:
+        if key not in os.environ:
+            raise ConfigError(f"--env: {key} is not set in this environment")
+        value = os.environ[key]
     return key, value
 
 
@@ -194,8 +218,9 @@ def _submit_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime-env", help=f"runtime env YAML (default: {RUNTIME_ENV})")
     p.add_argument("--tracking-uri", help="MLflow URI for the job (default: MLFLOW_TRACKING_URI; a file or sqlite URI only to a local cluster)")
     p.add_argument("--submission-id", help="job id (default: mcrlab-KIND-DATE-RANDOM)")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra environment variable for the job (no secrets: they are refused)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY[=VALUE]",
+                   help="extra environment variable for the job; KEY alone passes this shell's value (it then "
+                        "appears in no command line); names that look like secrets are refused")
     p.add_argument("--entrypoint-num-gpus", type=float, help="GPUs reserved for the driver process")
     p.add_argument("--state-dir", default=cluster.DEFAULT_STATE_DIR, help="local cluster state directory")
     p.add_argument("job_args", nargs=argparse.REMAINDER)

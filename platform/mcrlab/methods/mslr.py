@@ -24,6 +24,7 @@ import torch
 
 from mcrlab.config import ConfigError, opt
 from mcrlab.methods.base import Method, StepContext
+from mcrlab.models.fusion import LateFusion
 from mcrlab.models.net import MultimodalNet
 
 
@@ -88,6 +89,7 @@ class MSLR(Method):
     def on_validation(self, z: list[torch.Tensor], y: torch.Tensor) -> None:
         with torch.no_grad():
             fusion = self.model.fusion
+            assert isinstance(fusion, LateFusion)  # refused at config time otherwise
             M = len(z)
             acc = [float(((fusion.proj[m](zm) + fusion.bias / M).argmax(1) == y).float().mean())
                    for m, zm in enumerate(z)]

@@ -35,7 +35,7 @@ def as_shapes(in_shapes: Sequence[int | Sequence[int]]) -> list[Shape]:
     """Per-modality input shapes without N; a plain int d means a vector (d,)."""
     out = []
     for m, s in enumerate(in_shapes):
-        shape = (s,) if isinstance(s, int) and not isinstance(s, bool) else tuple(s)
+        shape: tuple[int, ...] = (s,) if isinstance(s, int) else tuple(s)
         if not shape or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in shape):
             raise ConfigError(f"modality {m}: input shape {s!r} is not a tuple of positive integers")
         out.append(shape)
@@ -84,7 +84,7 @@ class MultimodalNet(nn.Module):
             build_encoder(name, shape, args, shared, key)
             for (key, name, args), shape in zip(encoder_plan(cfg, len(shapes)), shapes, strict=True))
         self.in_shapes = shapes
-        dims = [e.out_dim for e in self.encoders]
+        dims: list[int] = [int(e.out_dim) for e in self.encoders]  # type: ignore[arg-type]  # checked int
         self.heads = nn.ModuleList(nn.Linear(d, num_classes) for d in dims)
         if cfg.fusion == "late":
             self.fusion: nn.Module = LateFusion(dims, num_classes)

@@ -31,13 +31,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mcrlab.config import ConfigError
+from mcrlab.trials.session import TOKEN_FILE, protect_token_files
 
 __all__ = ["ClusterError", "LocalCluster", "Service", "start", "stop", "load", "status", "discover_token",
            "TokenSource", "auth_headers", "free_port", "DEFAULT_STATE_DIR"]
 
 DEFAULT_STATE_DIR = "runs/cluster"
 STATE_FILE = "cluster.json"
-TOKEN_FILE = "auth_token"
 LOOPBACK = "127.0.0.1"
 
 
@@ -234,6 +234,7 @@ def start(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *, num_cpus: int | N
     """
     sdir = Path(state_dir).resolve()
     sdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(sdir, 0o700)  # it holds the cluster's token and its MLflow store
     running = load(sdir)
     if running is not None and any(_alive(s.pid) for s in running.services):
         raise ConfigError(f"{sdir / STATE_FILE}: a local cluster is already running at {running.address}; "
@@ -278,6 +279,7 @@ def start(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *, num_cpus: int | N
         if isinstance(err, ClusterError):
             raise ClusterError(f"{err}\n(Ray's own logs kept in {ray_tmp}/*/session_latest/logs)") from None
         raise
+    protect_token_files()  # a `ray` client run meanwhile may have left ~/.ray/auth_token readable
     return cluster
 
 

@@ -260,8 +260,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     machine = machine_info()
     t0, started = time.time(), dt.datetime.now(dt.timezone.utc)
+    from mcrlab.trials.display import quiet_libraries
     from mcrlab.trials.session import start_ray
 
+    quiet_libraries(verbose=args.verbose > 0)
     start_ray(include_dashboard=False)
     outcome = run_ablation(spec, uri, resume=args.continue_run, storage_path=args.storage, verbose=args.verbose)
     wall = time.time() - t0
@@ -320,5 +322,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", dest="continue_run",
                    help="continue this (same-command) run: only missing cells run")
     p.add_argument("--dry-run", action="store_true", help="print the grid and exit; nothing runs")
-    p.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2), help="Ray Tune verbosity")
+    p.add_argument("--verbose", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2), metavar="LEVEL",
+                   help="also show Ray Tune's tables (LEVEL 1 or 2), MLflow's and Optuna's logs")
     p.set_defaults(func=cmd_reproduce)

@@ -1,4 +1,4 @@
-"""Driver-side Tune callbacks: MLflow trial runs (the one writer) and a compact progress table.
+"""Driver-side Tune callback: MLflow trial runs (the one writer); the live display is ``trials.display``.
 
 ``TrialRecorder`` turns each Tune trial into an MLflow run as its plan says (``TrialPlan.identity``: name,
 lineage tags, parent, params, artifacts - a sweep trial under its study run, an ablation cell under its
@@ -12,15 +12,17 @@ data and build their MLflow client lazily.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from mcrlab.tracking import TAG_PREFIX, Tracker
 from mcrlab.trials.backends import NONFINITE
+from mcrlab.trials.display import LiveDisplay
+from mcrlab.trials.errors import last_error_line
 from mcrlab.trials.plan import TrialPlan
 
 __all__ = ["TrialRecorder", "ProgressPrinter", "fail_fast_on_outages"]
@@ -51,11 +53,15 @@ except ImportError:  # pragma: no cover - ray is a dependency; keep the module i
 
 
 class TrialRecorder(Callback):
-    def __init__(self, plan: TrialPlan, *, uri: str, run_folder: str, experiment_id: str):
+    def __init__(self, plan: TrialPlan, *, uri: str, run_folder: str, experiment_id: str,
+                 optuna: tuple[str, str] | None = None):
         self.plan = plan
+        self.optuna = optuna  # (storage URL, study name) of a sweep's study: trials and runs are cross-linked
         self.uri, self.run_folder = uri, run_folder
         self.experiment_id = experiment_id
         self._tracker: Tracker | None = None
+        self._study: Any = None
+        self._datasets: dict[str, Any] = {}  # data config (JSON) -> loaded dataset, for log_input
         self.run_ids: dict[str, str] = {}
         self.last_step: dict[str, int] = {}
         self.best: dict[str, tuple[float, str]] = {}  # trial id -> (metric value, checkpoint path)
@@ -66,12 +72,16 @@ class TrialRecorder(Callback):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_tracker"] = None
+        state["_study"] = None
+        state["_datasets"] = {}
         state["pending"] = []  # live Trial objects; a resumed sweep re-reads what it needs from Tune
         return state
 
     def __setstate__(self, state: dict) -> None:
         # recorders pickled by an older version (Tuner.restore of an older sweep) lack the newer fields
-        self.__dict__.update({"reasons": {}, "pending": [], "_last_try": 0.0, **state})
+        self.__dict__.update({"reasons": {}, "pending": [], "_last_try": 0.0, "optuna": None, **state})
+        self._study = None
+        self._datasets = {}
 
     @property
     def tracker(self) -> Tracker:
@@ -194,7 +204,7 @@ class TrialRecorder(Callback):
         error_file = str(getattr(trial, "error_file", "") or "")
         self.tracker.set_tags(run_id, {f"{TAG_PREFIX}error": error_file,
                                        f"{TAG_PREFIX}error_reason": self.reasons.get(trial.trial_id)
-                                       or _last_error_line(error_file)})
+                                       or last_error_line(error_file)})
         self.tracker.end_run(run_id, "FAILED")
 
     # ---- helpers -----------------------------------------------------------------------------
@@ -221,84 +231,66 @@ class TrialRecorder(Callback):
             self.tracker.log_params(run_id, ident.params)
             for name, obj in ident.artifacts.items():
                 self.tracker.log_dict(run_id, obj, name)
+            self._log_input(run_id, dict(trial.config))
             self.last_step[tid] = -1
         else:
             self.last_step[tid] = self.tracker.last_step(run_id, "objective")
         self.run_ids[tid] = run_id
+        self._link_optuna(tid, run_id)
         return run_id
 
+    def _log_input(self, run_id: str, point: dict) -> None:
+        """The trial's training dataset as the run's MLflow dataset input (name, fingerprint, schema).
 
-class ProgressPrinter(Callback):
-    """A compact live table: one line per finished trial, a status line at most every few seconds."""
+        Datasets are loaded once per data config on the driver (it loaded them for the fingerprints already);
+        one that cannot be loaded here is skipped - the trial itself reports the real error.
+        """
+        import json
 
-    def __init__(self, study: str, plan: TrialPlan, stream: Any = None, every_s: float = 5.0):
-        self.study, self.plan = study, plan
-        self.metric, self.mode = plan.metric, plan.mode
-        self.every_s = every_s
-        self._stream = stream
-        self._last_print = 0.0
-        self._header = False
+        from mcrlab.trials.conventions import log_dataset
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_stream"] = None
-        return state
-
-    def _out(self, line: str) -> None:
-        print(line, file=self._stream or sys.stdout, flush=True)
-
-    def _best(self, trials: list) -> str:
-        sign = 1.0 if self.mode == "max" else -1.0
-        done = [(t.last_result.get("objective"), t.trial_id) for t in trials
-                if t.last_result and isinstance(t.last_result.get("objective"), (int, float))]
-        if not done:
-            return "-"
-        value, tid = max(done, key=lambda d: sign * d[0])
-        return f"{value:.4f} ({tid})"
-
-    def _counts(self, trials: list) -> str:
-        counts: dict[str, int] = {}
-        for t in trials:
-            counts[t.status] = counts.get(t.status, 0) + 1
-        return " ".join(f"{k.lower()}={v}" for k, v in sorted(counts.items()))
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        now = time.monotonic()
-        if now - self._last_print < self.every_s:
-            return
-        self._last_print = now
-        self._out(f"[{self.study}] {self._counts(trials)} | {trial.trial_id} it {result.get('trial_iteration')} "
-                  f"{self.metric}={result.get(self.metric, float('nan')):.4f} | best objective {self._best(trials)}")
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if not self._header:
-            self._out(f"[{self.study}] {'trial':<14} {'iters':>5} {'objective':>10}  params")
-            self._header = True
-        r = trial.last_result or {}
-        params = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in sorted(trial.config.items()))
-        self._out(f"[{self.study}] {self._name(trial):<14} {r.get('trial_iteration', 0):>5} "
-                  f"{r.get('objective', float('nan')):>10.4f}  {params}")
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._out(f"[{self.study}] {self._name(trial):<14} ERROR (see {getattr(trial, 'error_file', None)})")
-
-    def _name(self, trial: Any) -> str:
         try:
-            return self.plan.label(trial.trial_id, dict(trial.config))
-        except Exception:  # noqa: BLE001 - a name for a progress line is never worth a failure
-            return str(trial.trial_id)
+            data = self.plan.configs(point)[0].data
+            key = json.dumps(dataclasses.asdict(data), sort_keys=True, default=str)
+            if key not in self._datasets:
+                from mcrlab.data import load_dataset
+
+                self._datasets[key] = load_dataset(data)
+            dataset = self._datasets[key]
+        except Exception:  # noqa: BLE001 - see above
+            return
+        log_dataset(self.tracker.client, run_id, dataset)
+
+    def _link_optuna(self, trial_id: str, run_id: str) -> None:
+        """Tag the run with its Optuna trial number and give the Optuna trial the run id (user attr).
+
+        The searcher marked the Optuna trial with the Tune trial id when it suggested it; a link that cannot
+        be made (no study, the trial already closed) is skipped: it is a convenience, never a failure.
+        """
+        if not self.optuna:
+            return
+        from mcrlab.trials.conventions import MLFLOW_RUN_ATTR, TUNE_TRIAL_ATTR
+
+        try:
+            import optuna
+
+            if self._study is None:
+                storage, name = self.optuna
+                self._study = optuna.load_study(study_name=name, storage=storage)
+            found = [t for t in self._study.get_trials(deepcopy=False)
+                     if t.user_attrs.get(TUNE_TRIAL_ATTR) == trial_id]
+        except Exception:  # noqa: BLE001 - see above
+            return
+        if not found:
+            return
+        ot = found[-1]
+        self.tracker.set_tags(run_id, {f"{TAG_PREFIX}optuna_trial": ot.number,
+                                       f"{TAG_PREFIX}optuna_study": self.optuna[1]})
+        if ot.user_attrs.get(MLFLOW_RUN_ATTR) != run_id and not ot.state.is_finished():
+            with contextlib.suppress(Exception):
+                optuna.trial.Trial(self._study, ot._trial_id).set_user_attr(MLFLOW_RUN_ATTR, run_id)
 
 
-def _last_error_line(error_file: str) -> str:
-    """The exception line of a Tune error file (``SomeError: message``), or ''."""
-    try:
-        text = Path(error_file).read_text() if error_file else ""
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    found = [ln for ln in lines if ": " in ln and ln.split(":", 1)[0].replace(".", "").isidentifier()]
-    return (found[-1] if found else lines[-1] if lines else "")[:500]
-
-
-def _short(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+# the live display replaced the progress table; the old name stays importable for Tuner states pickled by
+# an older version (Tuner.restore unpickles callbacks by their class path)
+ProgressPrinter = LiveDisplay

@@ -11,7 +11,7 @@ import math
 
 from mcrlab.config import ConfigError
 
-__all__ = ["ZERO_CPU_REQUEST", "max_concurrent"]
+__all__ = ["ZERO_CPU_REQUEST", "max_concurrent", "check_gpu_share"]
 
 # What the Tune function of a data-parallel trial holds besides its Train workers: nothing, but Tune refuses
 # an all-zero request on Ray 2.60 ("empty head and zero worker bundles"), so it asks for one byte of memory,
@@ -37,3 +37,12 @@ def max_concurrent(trial_resources: dict[str, float], cluster: dict[str, float],
                           f"{trial_resources.get('GPU', 0):g} GPUs (workers x per-worker), the cluster has "
                           f"{cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs")
     return min(n, cap) if cap else n
+
+
+def check_gpu_share(workers: int, gpus: float, key: str = "gpus_per_worker") -> None:
+    """A GPU share below 1 packs several single-process trials on one GPU; a data-parallel trial cannot use
+    one (NCCL refuses two ranks on one device). ConfigError naming ``key`` otherwise."""
+    if workers > 1 and 0 < gpus < 1:
+        raise ConfigError(f"{key}: {gpus:g} is a fraction of a GPU, but a data-parallel trial ({workers} workers) "
+                          "needs whole GPUs per worker (NCCL cannot share one GPU between ranks); use 1, or "
+                          "workers: 1 to pack several trials on one GPU")

@@ -1,5 +1,8 @@
 """The one Ray session module: every entry point (sweep, ablate, reproduce, benchmarks) starts or joins Ray here.
 
+Ray is started under a 077 umask and the token file Ray >= 2.59 writes (``~/.ray/auth_token``, 0644 by
+Ray's own ``open``) is made 0600 afterwards (``protect_token_files``), whoever created it.
+
 ``start_ray(address)`` joins a running cluster (``address`` = ``auto``, ``ray://...`` or ``HOST:PORT``) or
 starts a local Ray, always in the ``mcrlab`` namespace, and is a no-op when Ray is already initialised in the
 process (tests share one session Ray; ``ray job submit`` drivers join their cluster).
@@ -16,15 +19,19 @@ the hard-coded wait (the workaround is then unnecessary) or changes ``get_node``
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-__all__ = ["NAMESPACE", "PATCHED_RAY", "start_ray", "patient_start_applies"]
+__all__ = ["NAMESPACE", "PATCHED_RAY", "start_ray", "patient_start_applies", "protect_token_files",
+           "ray_init_private", "TOKEN_FILE"]
 
 NAMESPACE = "mcrlab"  # Ray namespace of the platform's named actors (rung boards)
 PATCHED_RAY = ("2.60.",)  # Ray versions on which the start-up wrapper was verified
+TOKEN_FILE = "auth_token"  # Ray's token file name under ~/.ray (and a local cluster's state folder)
 STARTUP_TIMEOUT_TEXT = "timed out during startup"  # Ray's message (a bare Exception) for the 30 s miss
 
 
@@ -68,12 +75,52 @@ def _patient_raylet_wait(wait_s: float) -> Iterator[None]:
         services.get_node = original
 
 
+def protect_token_files(home: str | os.PathLike | None = None) -> list[str]:
+    """Make the Ray token files of this user 0600 (and ``~/.ray`` 0700); returns the paths it fixed.
+
+    Ray >= 2.59 turns token auth on for a local ``ray.init()`` and writes ``~/.ray/auth_token`` with a
+    plain ``open(..., "w")``: mode 0644 under the usual umask, so every local user could read the token.
+    Called after each ``ray.init``; files of other users are left alone (they are not ours to change).
+    """
+    fixed = []
+    default = Path(home if home is not None else Path.home()) / ".ray" / TOKEN_FILE
+    candidates = [default, default.parent]
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        candidates.append(Path(os.environ["RAY_AUTH_TOKEN_PATH"]))
+    for path in candidates:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if st.st_uid != os.getuid() or path.is_symlink():
+            continue
+        want = 0o700 if path.is_dir() else 0o600
+        if st.st_mode & 0o777 & ~want:
+            os.chmod(path, want)
+            fixed.append(str(path))
+    return fixed
+
+
+def ray_init_private(**kwargs: Any) -> Any:
+    """``ray.init(**kwargs)`` with a 077 umask (a local Ray's session files, and the token Ray may create,
+    are the user's only), then ``protect_token_files`` for a token created or left readable before."""
+    import ray
+
+    old = os.umask(0o077)
+    try:
+        return ray.init(**kwargs)
+    finally:
+        os.umask(old)
+        protect_token_files()
+
+
 def start_ray(address: str | None = None, *, verbose: bool = False, tries: int = 3, wait_s: float = 180.0,
-              **init_kwargs: Any) -> None:
+              **init_kwargs: Any) -> str | None:
     """Join ``address`` or start a local Ray (patiently, retried ``tries`` times); no-op if already up.
 
     ``verbose`` forwards worker logs to the driver. Extra ``init_kwargs`` go to ``ray.init`` (for example
-    ``num_cpus`` in benchmarks).
+    ``num_cpus`` in benchmarks). Returns the Ray dashboard's URL when this call started or joined Ray and
+    the cluster has a dashboard (also printed on stderr), else None.
     """
     import os
 
@@ -84,18 +131,28 @@ def start_ray(address: str | None = None, *, verbose: bool = False, tries: int =
     # same for submitted jobs. Tune passes this variable from the driver to every trial.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     if ray.is_initialized():
-        return
+        return None
     kwargs = {"namespace": NAMESPACE, "log_to_driver": verbose, "configure_logging": False, **init_kwargs}
     if address is not None:
-        ray.init(address=address, **kwargs)
-        return
+        return _announce(ray_init_private(address=address, **kwargs))
     for attempt in range(tries):
         try:
             with _patient_raylet_wait(wait_s):
-                ray.init(**kwargs)
-            return
+                context = ray_init_private(**kwargs)
+            return _announce(context)
         except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception for the start-up timeout
             if attempt == tries - 1 or STARTUP_TIMEOUT_TEXT not in str(err):
                 raise
             print(f"mcrlab: Ray start-up timed out ({attempt + 1}/{tries}); retrying", file=sys.stderr)
             ray.shutdown()
+    return None
+
+
+def _announce(context: Any) -> str | None:
+    """The dashboard URL of a ``ray.init`` context (``http://`` added), printed once; None without one."""
+    url = str(getattr(context, "dashboard_url", "") or "")
+    if not url:
+        return None
+    url = url if url.startswith(("http://", "https://")) else f"http://{url}"
+    print(f"mcrlab: Ray dashboard: {url}", file=sys.stderr, flush=True)
+    return url

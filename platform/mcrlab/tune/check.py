@@ -8,34 +8,117 @@ for every dataset, printing the config hashes. Exit code 0 when all is well, 2 o
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from typing import Any
 
-from mcrlab.config import ConfigError
+from mcrlab.config import ConfigError, cut
 
-__all__ = ["register", "check_space", "main"]
+__all__ = ["register", "check_space", "main", "preflight", "reported_metrics", "present_info_types"]
+
+# what fit reports (engine: train.fit / evaluate / _final_metrics); a test runs fit and compares
+SPLIT_METRICS = ("acc", "f1")
+PER_MODALITY = ("head", "D")
 
 
-def check_space(path: str, n: int = 5, smoke: bool = False, out: Any = None) -> list[dict]:
+def reported_metrics(modalities: list[str], info_types: list[str] | None, probes: bool) -> set[str]:
+    """The val/ and test/ metric names a trial reports for a dataset with these modalities (and
+    information types), ``probes`` when ``train.probe_epochs > 0``. ``train/*`` names depend on the
+    method's step logs and are not listed here."""
+    names = {"val/best_acc", "train/loss"}
+    for split in ("val", "test"):
+        names |= {f"{split}/{m}" for m in SPLIT_METRICS}
+        names |= {f"{split}/{kind}/{m}" for kind in PER_MODALITY for m in modalities}
+    if probes:
+        names |= {f"test/probe/{m}" for m in modalities}
+    names |= {f"test/acc_type/{t}" for t in info_types or []}
+    return names
+
+
+def present_info_types(data: Any) -> list[str]:
+    """Information types with samples in the test split (``test/acc_type/<t>`` is reported for those)."""
+    import numpy as np
+
+    types = data.splits["test"].info_type
+    if types is None or not data.info_types:
+        return []
+    present = set(np.unique(np.asarray(types)).tolist())
+    return [t for k, t in enumerate(data.info_types) if k in present]
+
+
+def preflight(space: Any, layouts: dict | None = None) -> dict[str, str]:
+    """Load every dataset of ``space`` and check its metric against what training reports for it, and
+    build the base configuration's model against its shapes, before anything starts (no Ray, no MLflow,
+    nothing written). Returns ``{dataset: fingerprint}``; fills ``layouts`` (when given) with
+    ``{dataset: (shapes, num_classes)}``.
+
+    A missing shard folder, an unknown mfeat view, a typo in ``metric:`` (``val/accuracy``), an encoder
+    that cannot take a modality's shape, a plug-in that does not import or breaks its contract, or a count
+    of ``model.encoders`` that does not match the modalities fails here with one ConfigError line instead
+    of after every trial has trained.
+    """
+    from mcrlab.data import load_dataset
+    from mcrlab.engine.preflight import check_model_fits
+    from mcrlab.tune.space import trial_config
+
+    fingerprints = {}
+    split = space.metric.split("/", 1)[0]
+    probes_searched = any(p.path == "train.probe_epochs" for p in space.params)
+    for i, dataset in enumerate(space.datasets):
+        where = f"{space.source}: datasets[{i}] ({cut(dataset)})"
+        try:
+            cfg = trial_config(space, dataset, {}, space.objective.seed)
+            data = load_dataset(cfg.data)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        except OSError as err:
+            raise ConfigError(f"{where}: cannot read it: {err.strerror or type(err).__name__}") from None
+        fingerprints[dataset] = data.fingerprint()
+        layout = ([tuple(sh) for sh in data.shapes], data.num_classes)
+        try:
+            check_model_fits(cfg, layout)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        if layouts is not None:
+            layouts[dataset] = layout
+        if split == "train":
+            continue  # method-dependent step logs
+        known = reported_metrics(list(data.modalities), present_info_types(data),
+                                 cfg.train.probe_epochs > 0 or probes_searched)
+        if space.metric not in known:
+            close = difflib.get_close_matches(space.metric, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{space.source}: metric: '{cut(space.metric)}' is not reported by training on "
+                              f"{cut(dataset)}{hint}; on {split}: {cut(', '.join(sorted(n for n in known if n.startswith(split))), 120)}")
+    return fingerprints
+
+
+def check_space(path: str, n: int = 5, smoke: bool = False, out: Any = None,
+                tracking_uri: str | None = None) -> list[dict]:
     """Load, compile and sample ``n`` points; print them; return ``[{"params", "hashes"}]``.
 
-    Raises ConfigError for any mistake in the file (including a sampled point that builds no RunConfig).
+    Also loads every dataset, checks the metric against what training reports, and checks the form of
+    the tracking URI (``tracking_uri``, else $MLFLOW_TRACKING_URI; a server must answer). Raises
+    ConfigError for any mistake (including a sampled point that builds no RunConfig). Creates nothing.
     """
+    import os
+
     import optuna
 
-    from mcrlab.engine.preflight import check_model_fits, dataset_layout
+    from mcrlab.engine.preflight import check_model_fits
+    from mcrlab.tracking import check_tracking, check_tracking_uri, resolve_tracking_uri
     from mcrlab.tune.space import load_space, make_sampler, sample_point, trial_config
 
     out = out or sys.stdout
     space = load_space(path)
     if smoke:
         space = space.smoked()
-    layouts = {}  # each point's model is built against its dataset's shapes (a folder not here is skipped)
-    for ds in space.datasets:
-        try:
-            layouts[ds] = dataset_layout(trial_config(space, ds, {}, space.objective.seed).data, missing_ok=True)
-        except ConfigError as err:
-            raise ConfigError(f"{space.source}: {err}") from None
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        uri = resolve_tracking_uri(uri)
+        (check_tracking if uri.startswith(("http://", "https://")) else check_tracking_uri)(uri)
+    layouts: dict = {}  # each sampled point's model is built against its dataset's shapes below
+    preflight(space, layouts)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if space.mode == "max" else "minimize",
                                 sampler=make_sampler(space))
@@ -52,10 +135,6 @@ def check_space(path: str, n: int = 5, smoke: bool = False, out: Any = None) -> 
     for p in space.params:
         cond = " when " + ", ".join(f"{k} in {list(v)}" for k, v in p.when.items()) if p.when else ""
         print(f"  {p.name}: {p.describe()}{cond}", file=out)
-    for ds, layout in layouts.items():
-        if layout is None:
-            print(f"  note: dataset '{ds}' is not on this machine: models not checked against its shapes",
-                  file=out)
     rows = []
     for i in range(n):
         _, point = sample_point(study, space)
@@ -63,8 +142,7 @@ def check_space(path: str, n: int = 5, smoke: bool = False, out: Any = None) -> 
         for ds in space.datasets:
             try:
                 cfg = trial_config(space, ds, point, obj.seed)
-                if layouts[ds] is not None:
-                    check_model_fits(cfg, layouts[ds])
+                check_model_fits(cfg, layouts[ds])
             except ConfigError as err:
                 raise ConfigError(f"{space.source}: sampled point {i} {point} builds no valid config: "
                                   f"{err}") from None
@@ -82,11 +160,18 @@ def _fmt(v: Any) -> str:
 
 def _handler(args: argparse.Namespace) -> int:
     try:
-        check_space(args.space, n=args.num_points, smoke=args.smoke)
+        check_space(args.space, n=args.num_points, smoke=args.smoke, tracking_uri=args.tracking_uri)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _points(text: str) -> int:
+    n = int(text)
+    if not 0 <= n <= 10_000:
+        raise argparse.ArgumentTypeError("expected 0 to 10000")
+    return n
 
 
 def register(sub: Any) -> None:
@@ -94,8 +179,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser("check", help="validate a search-space YAML without running it",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("space", help="search-space YAML file (search_spaces/*.yaml)")
-    p.add_argument("-n", "--num-points", type=int, default=5, help="points to sample and show (default 5)")
+    p.add_argument("-n", "--num-points", type=_points, default=5, help="points to sample and show (default 5)")
     p.add_argument("--smoke", action="store_true", help="check the --smoke variant of the space")
+    p.add_argument("--tracking-uri", default=None,
+                   help="also check this MLflow tracking URI (default: $MLFLOW_TRACKING_URI when set)")
     p.set_defaults(func=_handler)
 
 

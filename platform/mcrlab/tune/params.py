@@ -20,7 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from mcrlab.config import ConfigError, RunConfig, build_dataclass
+from mcrlab.config import ConfigError, RunConfig, build_dataclass, cut, field_default, short
 
 __all__ = ["Param", "parse_params", "check_paths", "set_path", "apply_values", "same_value"]
 
@@ -34,6 +34,7 @@ KEYS = {"float": {"type", "low", "high", "log", "step", "when"},
 RESERVED = {"data.name": "list datasets under datasets:",
             "train.seed": "use objective.seeds / objective.seed"}
 _MISSING = object()
+MAX_INDEX = 63  # list elements (one per modality): an index is checked before any list is padded to it
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -73,13 +74,14 @@ class Param:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (self.kind == "int" and
                                                                       not isinstance(v, int)):
             return False
+        assert self.low is not None and self.high is not None  # a float/int range always has both ends
         return self.low <= v <= self.high
 
     def describe(self) -> str:
         if self.kind == "categorical":
             return f"choices {list(self.choices)}"
         if self.kind == "fixed":
-            return f"fixed value {self.value!r}"
+            return f"fixed value {short(self.value)}"
         return f"{'log ' if self.log else ''}range [{self.low}, {self.high}] ({self.kind})"
 
     def probes(self) -> list[tuple[str, Any]]:
@@ -88,6 +90,7 @@ class Param:
             return [("choice", c) for c in self.choices]
         if self.kind == "fixed":
             return [("fixed value", self.value)]
+        assert self.low is not None and self.high is not None  # a float/int range always has both ends
         if self.kind == "float":  # as Optuna will suggest them: floats, even when written 1 and 8
             return [("low", float(self.low)), ("high", float(self.high))]
         return [("low", self.low), ("high", self.high)]
@@ -103,18 +106,29 @@ def _number(spec: dict, key: str, where: str, integer: bool) -> Any:
                           f"and high)")
     v = spec[key]
     if integer and (isinstance(v, bool) or not isinstance(v, int)):
-        raise ConfigError(f"{where}.{key}: expected an integer, got {v!r}")
+        raise ConfigError(f"{where}.{key}: expected an integer, got {short(v)}")
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 2**53:
+        raise ConfigError(f"{where}.{key}: {short(v)} is too large (at most 2**53 in magnitude)")
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ConfigError(f"{where}.{key}: expected a finite number, got {v!r} "
+        raise ConfigError(f"{where}.{key}: expected a finite number, got {short(v)} "
                           f"(YAML reads 1e-3 as a string: write 1.0e-3)")
     return v
 
 
+def _index_ok(path: str, where: str) -> None:
+    m = PATH_RE.match(path)
+    index = m.group(3) if m else None
+    if index is not None and (len(index) > 3 or int(index) > MAX_INDEX):
+        raise ConfigError(f"{where}: list index {cut(index, 20)} is too large (at most {MAX_INDEX})")
+
+
 def _entry(name: Any, spec: Any, source: str, earlier: dict[str, Param]) -> Param:
-    where = f"{source}: params.{name}"
+    where = f"{source}: params.{cut(name)}"
     path, _, label = name.partition("@") if isinstance(name, str) else (name, "", "")
+    if isinstance(path, str) and PATH_RE.match(path):
+        _index_ok(path, where)
     if not isinstance(path, str) or not PATH_RE.match(path) or ("@" in name and not LABEL_RE.match(label)):
-        raise ConfigError(f"{source}: params.{name}: a parameter name is a config path like method.lambda_m "
+        raise ConfigError(f"{source}: params.{cut(name)}: a parameter name is a config path like method.lambda_m "
                           f"or train.player_lr.0 (sections: data, model, method, train), optionally "
                           f"followed by @label")
     if path == "method.name" and label:
@@ -123,10 +137,10 @@ def _entry(name: Any, spec: Any, source: str, earlier: dict[str, Param]) -> Para
         raise ConfigError(f"{where}: cannot be searched here, {RESERVED[path]}")
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping like {{type: float, low: .., high: ..}} or "
-                          f"{{fixed: value}}, got {spec!r}")
+                          f"{{fixed: value}}, got {short(spec)}")
     kind = "fixed" if "fixed" in spec else spec.get("type")
     if kind not in KINDS and kind != "fixed":
-        raise ConfigError(f"{where}.type: {'missing' if kind is None else f'unknown type {kind!r}'} "
+        raise ConfigError(f"{where}.type: {'missing' if kind is None else f'unknown type {short(kind)}'} "
                           f"(known: float, int, categorical, or {{fixed: value}})")
     if kind == "fixed" and spec.get("type", "fixed") != "fixed":
         raise ConfigError(f"{where}: has both type: {spec['type']} and fixed:; keep one")
@@ -140,13 +154,13 @@ def _entry(name: Any, spec: Any, source: str, earlier: dict[str, Param]) -> Para
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise ConfigError(f"{where}.choices: expected a non-empty list, got {choices!r}")
+            raise ConfigError(f"{where}.choices: expected a non-empty list, got {short(choices)}")
         for c in choices:
             if c is not None and not isinstance(c, (bool, int, float, str)):
-                raise ConfigError(f"{where}.choices: {c!r} is not a scalar (Optuna stores only "
+                raise ConfigError(f"{where}.choices: {short(c)} is not a scalar (Optuna stores only "
                                   f"null, bool, int, float, string choices)")
             if sum(same_value(c, d) for d in choices) > 1:
-                raise ConfigError(f"{where}.choices: {c!r} is listed twice")
+                raise ConfigError(f"{where}.choices: {short(c)} is listed twice")
         if path == "method.name" and when:
             raise ConfigError(f"{where}.when: method.name cannot be conditional")
         return Param(name, "categorical", choices=tuple(choices), when=when)
@@ -156,7 +170,7 @@ def _entry(name: Any, spec: Any, source: str, earlier: dict[str, Param]) -> Para
         raise ConfigError(f"{where}: low ({low}) must be <= high ({high})")
     log = spec.get("log", False)
     if not isinstance(log, bool):
-        raise ConfigError(f"{where}.log: expected true or false, got {log!r}")
+        raise ConfigError(f"{where}.log: expected true or false, got {short(log)}")
     if log and (low <= 0 or (integer and low < 1)):
         raise ConfigError(f"{where}.low: a log range needs low > 0{' (>= 1 for int)' if integer else ''}, "
                           f"got {low}")
@@ -173,7 +187,7 @@ def _when(raw: Any, where: str, earlier: dict[str, Param]) -> dict[str, tuple]:
         return {}
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{where}.when: expected a mapping {{earlier_param: value or [values]}}, "
-                          f"got {raw!r}")
+                          f"got {short(raw)}")
     out = {}
     for key, allowed in raw.items():
         parent = earlier.get(key)
@@ -187,7 +201,7 @@ def _when(raw: Any, where: str, earlier: dict[str, Param]) -> dict[str, tuple]:
             raise ConfigError(f"{where}.when.{key}: empty list of values, the condition could never hold")
         for a in allowed:
             if not parent.contains(a):
-                raise ConfigError(f"{where}.when.{key}: {a!r} is not one of its choices "
+                raise ConfigError(f"{where}.when.{key}: {short(a)} is not one of its choices "
                                   f"{list(parent.choices)}")
         out[key] = tuple(allowed)
     return out
@@ -197,7 +211,7 @@ def parse_params(raw: Any, source: str) -> tuple[Param, ...]:
     """Parse ``params:`` in file order; conditions may refer only to earlier categorical params."""
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{source}: params: expected a non-empty mapping of config path -> parameter, "
-                          f"got {raw!r}")
+                          f"got {short(raw)}")
     earlier: dict[str, Param] = {}
     for name, spec in raw.items():
         earlier[name] = _entry(name, spec, source, earlier)
@@ -219,7 +233,7 @@ def _section_cls(section: str, method: str) -> type:
 
 def _default_list(section: str, key: str, method: str) -> list:
     f = {f.name: f for f in dataclasses.fields(_section_cls(section, method))}[key]
-    return list(f.default_factory() if f.default is dataclasses.MISSING else f.default)  # type: ignore[misc]
+    return list(field_default(f))
 
 
 def check_paths(params: tuple[Param, ...], base: dict, source: str) -> None:
@@ -233,7 +247,7 @@ def check_paths(params: tuple[Param, ...], base: dict, source: str) -> None:
     if mp is not None and mp.kind == "categorical":
         for c in mp.choices:
             if c not in REGISTRY:
-                raise ConfigError(f"{source}: params.method.name.choices: unknown method {c!r} "
+                raise ConfigError(f"{source}: params.method.name.choices: unknown method {short(c)} "
                                   f"(known: {', '.join(sorted(REGISTRY))})")
         extra = sorted(set(base.get("method") or {}) - {"name"})
         if extra:
@@ -269,7 +283,9 @@ def _check_one(p: Param, methods: list[str], base: dict, paths: set[str], source
     from mcrlab.methods import REGISTRY
 
     where = f"{source}: params.{p.name}"
-    section, key, index = PATH_RE.match(p.path).groups()
+    match = PATH_RE.match(p.path)
+    assert match is not None  # parse_params accepts only names whose path matches PATH_RE
+    section, key, index = match.groups()
     if index is not None and f"{section}.{key}" in paths:
         raise ConfigError(f"{where}: the whole list {section}.{key} is a parameter too; keep one")
     for m in methods if p.path != "method.name" else [methods[0]]:
@@ -283,11 +299,11 @@ def _check_one(p: Param, methods: list[str], base: dict, paths: set[str], source
                               f"(its parameters: {', '.join(names) or 'none'}){hint}")
         if section != "method" and key not in names:
             raise ConfigError(f"{where}: '{key}' is not a key of {section} (known: {', '.join(names)})")
-        hint = typing.get_type_hints(cls)[key] if key in names else None
-        if p.kind == "float" and index is None and hint is int:
+        key_type = typing.get_type_hints(cls)[key] if key in names else None
+        if p.kind == "float" and index is None and key_type is int:
             raise ConfigError(f"{where}: {section}.{key} is an integer; use type: int")
         if index is not None:
-            if hint is not list and typing.get_origin(hint) is not list:
+            if key_type is not list and typing.get_origin(key_type) is not list:
                 raise ConfigError(f"{where}: {section}.{key} is not a list; an index applies only to lists")
             current = _current_list(base, section, key, m)
             missing = [j for j in range(len(current), int(index)) if f"{section}.{key}.{j}" not in paths]
@@ -303,7 +319,7 @@ def _check_one(p: Param, methods: list[str], base: dict, paths: set[str], source
                 set_path(raw, p.path, value, pad=True)
                 _build_section(raw, section, key, m)
             except ConfigError as err:
-                raise ConfigError(f"{where}: {label} {value!r} is rejected"
+                raise ConfigError(f"{where}: {label} {short(value)} is rejected"
                                   f"{f' for method {m}' if len(methods) > 1 else ''}: "
                                   f"{str(err).replace('<p>: ', '')}") from None
 
@@ -336,7 +352,8 @@ def set_path(raw: dict, path: str, value: Any, source: str = "<space>", pad: boo
     """
     m = PATH_RE.match(path) if isinstance(path, str) else None
     if m is None:
-        raise ConfigError(f"{source}: {path}: not a config path like train.epochs or train.player_lr.0")
+        raise ConfigError(f"{source}: {cut(path)}: not a config path like train.epochs or train.player_lr.0")
+    _index_ok(path, f"{source}: {path}")
     section, key, index = m.groups()
     sec = raw.setdefault(section, {})
     if not isinstance(sec, dict):

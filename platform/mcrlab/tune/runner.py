@@ -19,17 +19,19 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcrlab.config import ConfigError
+from mcrlab.config import ConfigError, check_name
 from mcrlab.tracking import (
     DEFAULT_RUN_FOLDER,
     TAG_PREFIX,
     Tracker,
     check_tracking,
+    check_tracking_uri,
     find_runs,
     lineage_tags,
     resolve_tracking_uri,
@@ -38,6 +40,7 @@ from mcrlab.trials.backends import RungBoard, pick_backend
 from mcrlab.trials.recorder import fail_fast_on_outages
 from mcrlab.trials.resources import max_concurrent
 from mcrlab.trials.session import NAMESPACE, start_ray
+from mcrlab.trials.storage import MANIFEST, FolderLock, check_private, private_dir, sign_tree, verify_tree
 from mcrlab.tune.space import SearchSpace, compile_space, make_sampler, trial_config
 from mcrlab.tune.study import StudyPlan, scaling_of
 
@@ -105,34 +108,15 @@ def _latest_sweep(sweeps: Path, name: str) -> str | None:
     return max(found)[1] if found else None
 
 
-def _fingerprint(space: SearchSpace, dataset: str) -> str:
-    from mcrlab.data import load_dataset
-
-    return load_dataset(trial_config(space, dataset, {}, space.objective.seed).data).fingerprint()
-
-
-def _check_models(space: SearchSpace) -> None:
-    """Build the base configuration's model against each dataset's shapes (ConfigError naming the key)."""
-    from mcrlab.engine.preflight import check_model_fits, dataset_layout
-
-    for dataset in space.datasets:
-        cfg = trial_config(space, dataset, {}, space.objective.seed)
-        try:
-            layout = dataset_layout(cfg.data)
-            if layout is not None:
-                check_model_fits(cfg, layout)
-        except ConfigError as err:
-            raise ConfigError(f"{space.source}: {err}") from None
-
-
 def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: str | None = None,
               tracking_uri: str | None = None, smoke: bool = False, resume: bool | str = False,
               storage_path: str | Path | None = None, callbacks: list | None = None,
-              progress: bool = True) -> SweepResult:
+              progress: bool = True, verbose: int = 0) -> SweepResult:
     """Run (or, with ``resume``, continue) a sweep; returns the best configuration per dataset.
 
     ``resume=True`` continues the newest sweep of this space under the run folder, a string names the
     sweep id. ``storage_path`` is the run folder (default ./runs). Extra Tune ``callbacks`` are for tests.
+    ``verbose`` is Ray Tune's own verbosity (0: only the live display).
     """
     if smoke:
         space = space.smoked()
@@ -140,32 +124,59 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
         if num_samples < 1:
             raise ConfigError("--num-samples: must be >= 1")
         space = _with_samples(space, num_samples)
-    _check_models(space)  # an encoder that cannot take the data fails here: no run folder, store or Ray yet
+    from mcrlab.tune.check import preflight
+
     run_folder = Path(storage_path or DEFAULT_RUN_FOLDER).expanduser().resolve()
+    uri = resolve_tracking_uri(tracking_uri, run_folder)
+    check_tracking_uri(uri)  # its form; nothing created or contacted yet
+    # every dataset loads and reports the metric: a typo fails now, not after every trial has trained
+    fingerprints = preflight(space)
     check_storage(run_folder)  # an unusable run folder fails here, before the store or Ray are touched
     sweeps = run_folder / "sweeps"
-    uri = resolve_tracking_uri(tracking_uri, run_folder)
     check_tracking(uri)  # before anything starts: an unreachable server fails in seconds
     fail_fast_on_outages(uri)
 
-    if resume:
-        sweep_id = resume if isinstance(resume, str) else _latest_sweep(sweeps, space.name)
-        if sweep_id is None or not (sweeps / sweep_id / "sweep.json").is_file():
-            raise ConfigError(f"--resume: no sweep of space '{space.name}' under {sweeps}")
-        meta = json.loads((sweeps / sweep_id / "sweep.json").read_text())
-    else:
-        sweep_id = _new_sweep_id(space)
-        while (sweeps / sweep_id).exists():
-            time.sleep(1.0)
+    # private from here on: Tune's files (which restore unpickles) are created 0600 in 0700 folders,
+    # including those of a local Ray started below (its processes inherit the mask)
+    old_umask = os.umask(0o077)
+    lock = None
+    try:
+        sweeps = private_dir(sweeps)
+        if resume:
+            if isinstance(resume, str):
+                check_name(resume, "--resume")  # a sweep id, never a path
+            sweep_id = resume if isinstance(resume, str) else _latest_sweep(sweeps, space.name)
+            if sweep_id is None or not (sweeps / sweep_id / "sweep.json").is_file():
+                raise ConfigError(f"--resume: no sweep of space '{space.name}' under {sweeps}")
+            sweep_dir = sweeps / sweep_id
+            check_private(sweep_dir, sweep_dir / "ray")  # before the lock file is created in it
+            lock = FolderLock(sweep_dir, "sweep").acquire()
+            meta = json.loads((sweep_dir / "sweep.json").read_text(encoding="utf-8"))
+        else:
             sweep_id = _new_sweep_id(space)
-        meta = {"sweep_id": sweep_id, "space_name": space.name, "space_source": space.source,
-                "tracking_uri": uri, "studies": {}}
-    sweep_dir = sweeps / sweep_id
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+            while (sweeps / sweep_id).exists():
+                time.sleep(1.0)
+                sweep_id = _new_sweep_id(space)
+            meta = {"sweep_id": sweep_id, "space_name": space.name, "space_source": space.source,
+                    "tracking_uri": uri, "studies": {}}
+            sweep_dir = private_dir(sweeps / sweep_id)
+            lock = FolderLock(sweep_dir, "sweep").acquire()
+        return _run_locked(space, meta, sweep_id=sweep_id, sweep_dir=sweep_dir, uri=uri, run_folder=run_folder,
+                           address=address, smoke=smoke, resume=resume, callbacks=callbacks, progress=progress,
+                           fingerprints=fingerprints, verbose=verbose)
+    finally:
+        if lock is not None:
+            lock.release()
+        os.umask(old_umask)
 
+
+def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Path, uri: str, run_folder: Path,
+                address: str | None, smoke: bool, resume: bool | str, callbacks: list | None,
+                progress: bool, fingerprints: dict[str, str], verbose: int = 0) -> SweepResult:
+    """``run_sweep`` once the sweep folder is chosen, checked and locked."""
     import ray
 
-    start_ray(address)
+    start_ray(address)  # under the 077 umask set by run_sweep; the token file is kept 0600
     backend = pick_backend(scaling_of(space))
     concurrency = max_concurrent(backend.trial_resources(), ray.cluster_resources(),
                                  space.scaling.max_concurrent)
@@ -173,6 +184,11 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
     tracker = Tracker(uri, run_folder)
     experiment = f"sweep/{sweep_id}"
     exp_id = tracker.experiment(experiment)
+    from mcrlab.trials.conventions import describe_experiment
+
+    describe_experiment(tracker.client, exp_id, space.description or (
+        f"Sweep of search space '{space.name}' ({space.source}): {space.sampler.name} sampler, {space.num_samples} "
+        f"trials per dataset on {', '.join(space.datasets)}; objective {space.metric} ({space.mode})."))
     sweep_tags = lineage_tags("sweep", sweep_id=sweep_id, space=space.name)
     sweep_run = tracker.start_run(exp_id, sweep_id, tags=sweep_tags,
                                   key_tags=(f"{TAG_PREFIX}kind", f"{TAG_PREFIX}sweep_id"),
@@ -197,7 +213,8 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
             study = _run_study(space, dataset, backend=backend, sweep_id=sweep_id, sweep_dir=sweep_dir,
                                tracker=tracker, exp_id=exp_id, sweep_run=sweep_run, uri=uri,
                                run_folder=run_folder, optuna_storage=optuna_storage, concurrency=concurrency,
-                               resume=bool(resume), callbacks=callbacks or [], progress=progress)
+                               resume=bool(resume), callbacks=callbacks or [], progress=progress,
+                               fingerprint=fingerprints[dataset], verbose=verbose)
             result.studies[dataset] = study
             meta["studies"][dataset] = {"done": True, "best_trial": study.best_trial_id,
                                         "best_objective": study.best_objective}
@@ -231,19 +248,22 @@ def _write_meta(sweep_dir: Path, meta: dict) -> None:
 
 def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, sweep_dir: Path, tracker: Tracker,
                exp_id: str, sweep_run: str, uri: str, run_folder: Path, optuna_storage: str,
-               concurrency: int, resume: bool, callbacks: list, progress: bool) -> StudyResult:
+               concurrency: int, resume: bool, callbacks: list, progress: bool, fingerprint: str,
+               verbose: int = 0) -> StudyResult:
     import optuna
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from mcrlab.trials.recorder import ProgressPrinter, TrialRecorder
+    from mcrlab.trials.display import LiveDisplay
+    from mcrlab.trials.recorder import TrialRecorder
+    from mcrlab.trials.signer import StateSigner
     from mcrlab.tune.searcher import ResumableOptunaSearch
 
     slug = study_slug(dataset)
     ray_dir = sweep_dir / "ray"
     exp_path = ray_dir / slug
-    fingerprint = _fingerprint(space, dataset)
+    manifest = sweep_dir / MANIFEST
     study_tags = lineage_tags("study", sweep_id=sweep_id, study=dataset, dataset_fingerprint=fingerprint)
     study_run = tracker.start_run(exp_id, f"study-{slug}", tags=study_tags, parent_run_id=sweep_run,
                                   key_tags=tuple(f"{TAG_PREFIX}{k}" for k in ("kind", "sweep_id", "study")),
@@ -275,9 +295,12 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
         # the study is loaded if it exists (a top-up after a resume continues the same study)
         searcher = ResumableOptunaSearch(space=compile_space(space), metric="objective", mode=space.mode,
                                          points_to_evaluate=points or None, sampler=make_sampler(space),
-                                         study_name=study_name, storage=optuna.storages.RDBStorage(optuna_storage))
-        recorder = TrialRecorder(plan, uri=uri, run_folder=str(run_folder), experiment_id=exp_id)
-        cbs = [recorder, *([ProgressPrinter(dataset, plan)] if progress else []), *callbacks]
+                                         study_name=study_name, storage=optuna.storages.RDBStorage(optuna_storage),
+                                         metric_name=space.metric, max_iterations=max_t)
+        recorder = TrialRecorder(plan, uri=uri, run_folder=str(run_folder), experiment_id=exp_id,
+                                 optuna=(optuna_storage, study_name))
+        display = LiveDisplay(dataset, plan, total=num_samples, concurrency=concurrency)
+        cbs = [StateSigner(str(ray_dir), str(manifest)), recorder, *([display] if progress else []), *callbacks]
         return tune.Tuner(
             trainable,
             # reuse_actors: Ray 2.60's default (False) starts a fresh Python process for every trial, which
@@ -286,7 +309,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
                                         max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(ray_dir), callbacks=cbs, verbose=0,
+                name=name, storage_path=str(ray_dir), callbacks=cbs, verbose=verbose,
                 # a trial whose process dies (lost worker, OOM kill, node loss) restarts from its last
                 # checkpoint; a NaN/inf trial is not retried (the recorder sees its flag first)
                 failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
@@ -301,6 +324,9 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
 
     restored = resume and tune.Tuner.can_restore(str(exp_path))
     if restored:
+        # Tune's restore unpickles this folder's state: it must be ours, private and signed by our key
+        check_private(sweep_dir, ray_dir)
+        verify_tree(ray_dir, manifest, under=exp_path)
         tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
@@ -315,6 +341,11 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
             # study up with a new experiment on the same Optuna study (its history is kept).
             grids.append(new_tuner(f"{slug}-topup-{int(time.time())}", missing, None).fit())
     finally:
+        try:  # the last word: what Tune wrote after the callback's last step
+            sign_tree(ray_dir, manifest)
+        except OSError as err:  # never hide the study's own outcome (a full disk shows there too)
+            print(f"mcrlab: cannot update {manifest} ({err.strerror or err}); a resume of this sweep may be "
+                  "refused", file=sys.stderr, flush=True)
         if board_actor is not None:
             ray.kill(board_actor)
     if restored:

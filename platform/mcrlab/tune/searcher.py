@@ -1,24 +1,84 @@
-"""The sweep's Optuna searcher: Ray Tune's OptunaSearch, made safe for resuming a killed driver.
+"""The sweep's Optuna searcher: Ray Tune's OptunaSearch, made safe for resuming and true to Optuna's records.
 
-A driver killed just after a trial finished can be restored from a Tune experiment snapshot older than the
-Optuna study: Tune re-runs that trial, and plain OptunaSearch raises UpdateFinishedTrialError on its first
-result, which ends the sweep with a TuneError. Here the study keeps the value it already has and the
-re-run's results are ignored. (A module of its own: it imports Ray, and the searcher is pickled by
-reference into the Tune experiment state.)
+- Resume: a driver killed just after a trial finished can be restored from a Tune experiment snapshot older
+  than the Optuna study: Tune re-runs that trial, and plain OptunaSearch raises UpdateFinishedTrialError on
+  its first result, which ends the sweep with a TuneError. Here the study keeps the value it already has
+  and the re-run's results are ignored.
+- The objective is named (``study.set_metric_names``): Optuna's plots and dashboard show ``val/acc``, not
+  "Objective 0".
+- A trial stopped early (ASHA: Tune's scheduler, or the in-trial rung board's ``early_stopped`` flag) is
+  told PRUNED, not COMPLETE: its value is Optuna's (the last reported one), and samplers and importances
+  treat it as the partial result it is.
+- Each Optuna trial carries the Tune trial id (user attr ``tune_trial_id``), by which the trial recorder
+  links it to the trial's MLflow run (``mlflow_run_id`` attr, ``mcrlab.optuna_trial`` tag).
+
+A module of its own: it imports Ray, and the searcher is pickled by reference into the Tune experiment state.
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
+from typing import Any
+
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-__all__ = ["ResumableOptunaSearch"]
+from mcrlab.trials.conventions import MLFLOW_RUN_ATTR, TUNE_TRIAL_ATTR
+
+__all__ = ["ResumableOptunaSearch", "TUNE_TRIAL_ATTR", "MLFLOW_RUN_ATTR"]
+
+logger = logging.getLogger(__name__)
 
 
 class ResumableOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` plus ``metric_name`` (the objective's name in the study) and ``max_iterations``
+    (reports of a trial run to its end; a trial completed with fewer was stopped early)."""
+
+    def __init__(self, *args: Any, metric_name: str | None = None, max_iterations: int | None = None,
+                 **kwargs: Any):
+        self.metric_name = metric_name
+        self.max_iterations = max_iterations
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode: Any) -> None:
+        super()._setup_study(mode)
+        if getattr(self, "metric_name", None) and isinstance(mode, str):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names([self.metric_name])
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            ot_trial.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+        return params
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         try:
             super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
             # already COMPLETE in the study: ignore this and the later results and completion of the re-run
             self._completed_trials.add(trial_id)
+
+    def stopped_early(self, result: dict | None) -> bool:
+        """Whether a completed trial's last ``result`` says it was stopped before its last iteration."""
+        if not result:
+            return False
+        if result.get("early_stopped"):
+            return True
+        max_t = getattr(self, "max_iterations", None)
+        step = result.get("trial_iteration", result.get("training_iteration"))
+        return max_t is not None and isinstance(step, int) and step < max_t
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if (not error and trial_id not in self._completed_trials and trial_id in self._ot_trials
+                and self.stopped_early(result)):
+            try:
+                self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            except Exception as exc:  # noqa: BLE001 - as OptunaSearch: a failed tell never ends the sweep
+                logger.warning(exc)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)

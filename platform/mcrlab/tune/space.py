@@ -23,12 +23,13 @@ import copy
 import math
 import statistics
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mcrlab.config import ConfigError, RunConfig, build_dataclass, opt, read_yaml
+from mcrlab.config import SEED_MAX, ConfigError, RunConfig, build_dataclass, check_name, opt, read_yaml, short
+from mcrlab.trials.resources import check_gpu_share
 from mcrlab.tune.params import Param, apply_values, check_paths, parse_params, same_value, set_path
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ __all__ = ["Objective", "SamplerSpec", "Scaling", "SchedulerSpec", "Smoke", "Sea
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 METRIC_SPLITS = ("train", "val", "test")
+MAX_SAMPLES = 100_000  # trials per dataset
 TOP_LEVEL_KEYS = ("name", "description", "datasets", "base", "metric", "mode", "objective", "sampler",
                   "num_samples", "scaling", "scheduler", "smoke", "params", "points_to_evaluate")
 
@@ -53,8 +55,8 @@ class Objective:
     seeds: int = opt(1, "training seeds per trial (train.seed = seed, seed+1, ...)", ge=1, le=100)
     aggregate: str = opt("mean", "how the seeds' metrics become the trial's score: mean or lcb",
                          choices=("mean", "lcb"))
-    z: float = opt(1.0, "lcb: mean - z * standard error (mean + z * se when mode is min)", gt=0.0)
-    seed: int = opt(0, "first training seed", ge=0)
+    z: float = opt(1.0, "lcb: mean - z * standard error (mean + z * se when mode is min)", gt=0.0, le=100.0)
+    seed: int = opt(0, "first training seed", ge=0, le=SEED_MAX - 100)
 
     def __post_init__(self) -> None:
         if self.aggregate == "lcb" and self.seeds < 2:
@@ -81,17 +83,17 @@ class Objective:
 @dataclass(frozen=True)
 class SamplerSpec:
     name: str = opt("tpe", "Optuna sampler: tpe, random, cmaes or gp", choices=SAMPLERS)
-    seed: int | None = opt(0, "sampler seed (null = unseeded)")
+    seed: int | None = opt(0, "sampler seed (null = unseeded)", ge=0, le=SEED_MAX)
     n_startup_trials: int | None = opt(None, "random trials before the model is used (tpe, cmaes, gp)")
     multivariate: bool = opt(False, "tpe: multivariate TPE")
     group: bool = opt(False, "tpe: decompose conditional spaces into groups (needs multivariate)")
     sigma0: float | None = opt(None, "cmaes: initial step size")
 
     def __post_init__(self) -> None:
-        if self.seed is not None and self.seed < 0:
-            raise ConfigError("seed: must be >= 0 or null")
-        if self.n_startup_trials is not None and self.n_startup_trials < 0:
-            raise ConfigError("n_startup_trials: must be >= 0")
+        if self.seed is not None and not 0 <= self.seed <= SEED_MAX:
+            raise ConfigError(f"seed: must be null or in [0, {SEED_MAX}] (a 32-bit seed), got {self.seed}")
+        if self.n_startup_trials is not None and not 0 <= self.n_startup_trials <= 1_000_000:
+            raise ConfigError("n_startup_trials: must be in [0, 1000000]")
         if self.n_startup_trials is not None and self.name == "random":
             raise ConfigError("n_startup_trials: not an option of the random sampler")
         if (self.multivariate or self.group) and self.name != "tpe":
@@ -104,22 +106,26 @@ class SamplerSpec:
 
 @dataclass(frozen=True)
 class Scaling:
-    workers: int = opt(1, "training workers per trial (> 1 = data-parallel trial)", ge=1)
-    cpus_per_worker: float = opt(1.0, "CPUs per worker", gt=0.0)
-    gpus_per_worker: float = opt(0.0, "GPUs per worker", ge=0.0)
-    max_concurrent: int = opt(0, "trials at once (0 = as many as the cluster's resources allow)", ge=0)
+    workers: int = opt(1, "training workers per trial (> 1 = data-parallel trial)", ge=1, le=4096)
+    cpus_per_worker: float = opt(1.0, "CPUs per worker", gt=0.0, le=4096.0)
+    gpus_per_worker: float = opt(0.0, "GPUs per worker", ge=0.0, le=64.0)
+    max_concurrent: int = opt(0, "trials at once (0 = as many as the cluster's resources allow)", ge=0,
+                              le=100_000)
+
+    def __post_init__(self) -> None:
+        check_gpu_share(self.workers, self.gpus_per_worker)
 
 
 @dataclass(frozen=True)
 class SchedulerSpec:
     name: str = opt("none", "trial scheduler: asha or none", choices=("asha", "none"))
-    grace_period: int = opt(1, "asha: epochs before a trial may be stopped", ge=1)
-    reduction_factor: float = opt(3.0, "asha: halving rate", gt=1.0)
+    grace_period: int = opt(1, "asha: epochs before a trial may be stopped", ge=1, le=100_000)
+    reduction_factor: float = opt(3.0, "asha: halving rate", gt=1.0, le=1000.0)
 
 
 @dataclass(frozen=True)
 class Smoke:
-    num_samples: int = opt(2, "trials per dataset with --smoke", ge=1)
+    num_samples: int = opt(2, "trials per dataset with --smoke", ge=1, le=10_000)
     overrides: dict = opt({}, "config keys pinned with --smoke (win over sampled values)")
     datasets: list = opt([], "datasets with --smoke (empty = the same as the full sweep)")
 
@@ -188,7 +194,8 @@ def parse_space(raw: Any, source: str = "<space>", default_name: str = "space") 
         if key not in TOP_LEVEL_KEYS:
             raise ConfigError(f"{source}: {key}: unknown top-level key (known: {', '.join(TOP_LEVEL_KEYS)})")
 
-    name = _string(raw, "name", source, default_name)
+    name = check_name(_string(raw, "name", source, default_name), f"{source}: name")  # it names the sweep folder
+    _filterable(name, f"{source}: name")
     description = _string(raw, "description", source, "")
     metric = _string(raw, "metric", source, "val/acc")
     if metric.count("/") < 1 or metric.split("/", 1)[0] not in METRIC_SPLITS or not metric.split("/", 1)[1]:
@@ -198,8 +205,10 @@ def parse_space(raw: Any, source: str = "<space>", default_name: str = "space") 
     if mode not in ("max", "min"):
         raise ConfigError(f"{source}: mode: '{mode}' is not one of max, min")
     num_samples = raw.get("num_samples", 10)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ConfigError(f"{source}: num_samples: expected an integer >= 1, got {num_samples!r}")
+    if (isinstance(num_samples, bool) or not isinstance(num_samples, int)
+            or not 1 <= num_samples <= MAX_SAMPLES):
+        raise ConfigError(f"{source}: num_samples: expected an integer >= 1 (at most {MAX_SAMPLES}), "
+                          f"got {short(num_samples)}")
 
     objective = build_dataclass(Objective, raw.get("objective"), source, "objective")
     sampler = _sampler(raw.get("sampler"), source)
@@ -225,15 +234,25 @@ def parse_space(raw: Any, source: str = "<space>", default_name: str = "space") 
 def _string(raw: dict, key: str, source: str, default: str) -> str:
     value = raw.get(key, default)
     if not isinstance(value, str) or (not value and key != "description"):
-        raise ConfigError(f"{source}: {key}: expected a non-empty string, got {value!r}")
+        raise ConfigError(f"{source}: {key}: expected a non-empty string, got {short(value)}")
     return value
+
+
+def _filterable(value: str, where: str) -> None:
+    """Names and datasets become MLflow tag values that runs are found by (see tracking.filter_value)."""
+    from mcrlab.tracking import filter_value
+
+    try:
+        filter_value(value)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def _sampler(raw: Any, source: str) -> SamplerSpec:
     if isinstance(raw, str):  # shorthand: sampler: random
         raw = {"name": raw}
     if isinstance(raw, dict) and raw.get("name", "tpe") not in SAMPLERS:
-        raise ConfigError(f"{source}: sampler.name: unknown sampler {raw['name']!r} "
+        raise ConfigError(f"{source}: sampler.name: unknown sampler {short(raw['name'])} "
                           f"(known: {', '.join(SAMPLERS)})")
     return build_dataclass(SamplerSpec, raw, source, "sampler")
 
@@ -261,23 +280,25 @@ def _datasets(raw: Any, base: dict, source: str) -> tuple[str, ...]:
     if isinstance(raw, str):
         raw = [raw]
     if not isinstance(raw, list) or not raw:
-        raise ConfigError(f"{source}: datasets: expected a non-empty list of dataset names, got {raw!r}")
+        raise ConfigError(f"{source}: datasets: expected a non-empty list of dataset names, got {short(raw)}")
     from mcrlab import data
 
     check = getattr(data, "check_data_name", None)
+    presets: Collection[str] | None
     try:  # a typo in a synthetic preset is the commonest dataset mistake: catch it before any trial
-        from mcrlab.data.synthetic import PRESETS
+        from mcrlab.data.synthetic import PRESETS as presets
     except ImportError:
-        PRESETS = None
+        presets = None
     for i, name in enumerate(raw):
         if not isinstance(name, str) or not name:
-            raise ConfigError(f"{source}: datasets[{i}]: expected a dataset name, got {name!r}")
+            raise ConfigError(f"{source}: datasets[{i}]: expected a dataset name, got {short(name)}")
         if raw.index(name) != i:
             raise ConfigError(f"{source}: datasets[{i}]: '{name}' is listed twice")
+        _filterable(name, f"{source}: datasets[{i}]")
         preset = name.split(":", 1)[1] if name.startswith("synthetic:") else None
-        if PRESETS is not None and preset is not None and preset not in PRESETS:
+        if presets is not None and preset is not None and preset not in presets:
             raise ConfigError(f"{source}: datasets[{i}]: unknown synthetic preset '{preset}' "
-                              f"(known: {', '.join(PRESETS)})")
+                              f"(known: {', '.join(presets)})")
         if check is not None:
             try:
                 check(name)
@@ -308,28 +329,28 @@ def _points(raw: Any, space: SearchSpace, source: str) -> tuple[dict, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise ConfigError(f"{source}: points_to_evaluate: expected a list of mappings, got {raw!r}")
+        raise ConfigError(f"{source}: points_to_evaluate: expected a list of mappings, got {short(raw)}")
     by_name = {p.name: p for p in space.params}
     out = []
     for i, point in enumerate(raw):
         where = f"{source}: points_to_evaluate[{i}]"
         if not isinstance(point, dict) or not point:
-            raise ConfigError(f"{where}: expected a non-empty mapping of parameter: value, got {point!r}")
+            raise ConfigError(f"{where}: expected a non-empty mapping of parameter: value, got {short(point)}")
         for key, value in point.items():
             p = by_name.get(key)
             if p is None:
                 raise ConfigError(f"{where}.{key}: not a parameter of this space "
                                   f"(searched: {', '.join(q.name for q in space.searched)})")
             if p.kind == "fixed":
-                raise ConfigError(f"{where}.{key}: is fixed to {p.value!r}; a point cannot set it")
+                raise ConfigError(f"{where}.{key}: is fixed to {short(p.value)}; a point cannot set it")
             if not p.contains(value):
-                raise ConfigError(f"{where}.{key}: {value!r} is outside the parameter's {p.describe()}")
+                raise ConfigError(f"{where}.{key}: {short(value)} is outside the parameter's {p.describe()}")
             for cond, allowed in p.when.items():
                 if cond not in point:
                     raise ConfigError(f"{where}.{key}: conditional on {cond}, which the point must set too")
                 if not any(same_value(point[cond], a) for a in allowed):
                     raise ConfigError(f"{where}.{key}: its condition {cond} in {list(allowed)} does not hold "
-                                      f"in this point ({cond}={point[cond]!r})")
+                                      f"in this point ({cond}={short(point[cond])})")
         try:
             trial_config(space, space.datasets[0], _with_fixed(space, point), space.objective.seed)
         except ConfigError as err:

@@ -71,6 +71,17 @@ def main() -> None:
     pq.write_table(_table(feats, label, split, _meta(feats)), mixed / "part-00000.parquet")
     other = {"audio": feats["audio"], "text": feats["video"]}
     pq.write_table(_table(other, label, split, _meta(other)), mixed / "part-00001.parquet")
+    class_cases()
+
+
+def class_cases() -> None:
+    """Whole classes of bad arrays (validate_arrays): huge labels, complex, 0 rows, width 0."""
+    feats, label, _ = _arrays()
+    np.savez(HERE / "npz_label_huge.npz", **feats, label=np.where(label == 1, 10**9, 0))  # 10^9 classes
+    np.savez(HERE / "npz_complex_feature.npz", audio=feats["audio"] + 1j, video=feats["video"], label=label)
+    np.savez(HERE / "npz_zero_rows.npz", audio=np.zeros((0, 3), np.float32), video=np.zeros((0, 2), np.float32),
+             label=np.zeros(0, np.int64))
+    np.savez(HERE / "npz_width_zero.npz", audio=feats["audio"], video=np.zeros((30, 0), np.float32), label=label)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,164 @@
+"""A sweep's analysis from its Optuna studies: parameter importances and Optuna's standard plots.
+
+Per study (one per dataset) of a sweep folder (``runs/sweeps/<sweep id>``: ``sweep.json`` + ``optuna.db``)::
+
+    <out>/<study slug>/optimization_history.png   objective per trial, best so far
+    <out>/<study slug>/param_importances.png      importances (Optuna's default evaluator) (also param_importances.json)
+    <out>/<study slug>/parallel_coordinate.png    every trial's parameters, coloured by objective
+    <out>/<study slug>/slice.png                  objective against each parameter
+    <out>/<study slug>/contour.png                objective over parameter pairs (two or more parameters)
+
+The plots are ``optuna.visualization.matplotlib``'s (matplotlib only, no plotly). A plot that the study cannot
+support (one finished trial, one parameter for a contour) is skipped and said so in ``skipped``; a report
+is never a reason to fail a sweep. ``log_sweep_report`` puts the files on the sweep's MLflow run under
+``report/<study slug>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcrlab.config import ConfigError
+
+__all__ = ["SweepInfo", "StudyReport", "find_sweep", "study_report", "sweep_report", "log_sweep_report",
+           "format_importances"]
+
+PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "slice", "contour")
+
+
+@dataclass
+class SweepInfo:
+    sweep_id: str
+    sweep_dir: Path
+    optuna_storage: str
+    tracking_uri: str | None
+    run_id: str | None  # the sweep's MLflow run
+    metric: str | None = None
+
+
+@dataclass
+class StudyReport:
+    study: str  # Optuna study name (<sweep id>/<slug>)
+    slug: str
+    importances: dict[str, float] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # plot -> why
+    counts: dict[str, int] = field(default_factory=dict)  # trial state -> number
+
+
+def find_sweep(target: str, storage: str | Path = "runs") -> SweepInfo:
+    """A sweep by folder (holding ``sweep.json``) or by id under ``<storage>/sweeps``; ConfigError if neither."""
+    path = Path(target).expanduser()
+    candidates = [path, Path(storage).expanduser() / "sweeps" / target]
+    for folder in candidates:
+        meta_file = folder / "sweep.json"
+        if meta_file.is_file():
+            break
+    else:
+        raise ConfigError(f"report: '{target}' is neither a sweep folder (with sweep.json) nor a sweep id under "
+                          f"{Path(storage) / 'sweeps'}")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{meta_file}: not readable as JSON ({err})") from None
+    db = folder / "optuna.db"
+    if not db.is_file():
+        raise ConfigError(f"{folder}: no optuna.db (the sweep never started a study)")
+    return SweepInfo(sweep_id=str(meta.get("sweep_id", folder.name)), sweep_dir=folder.resolve(),
+                     optuna_storage=f"sqlite:///{db.resolve()}", tracking_uri=meta.get("tracking_uri"),
+                     run_id=meta.get("mlflow_run_id"))
+
+
+def format_importances(importances: dict[str, float], width: int = 24) -> list[str]:
+    """``["train.lr  0.73  ##############", ...]``, most important first."""
+    out = []
+    for name, value in sorted(importances.items(), key=lambda kv: -kv[1]):
+        bar = "#" * int(round(20 * value)) if math.isfinite(value) else ""
+        out.append(f"{name:<{width}} {value:5.2f}  {bar}")
+    return out
+
+
+def _save(plot: Any, path: Path) -> Path:
+    """Save what an ``optuna.visualization.matplotlib`` function returned (Axes or an array of them)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ax = plot.flat[0] if isinstance(plot, np.ndarray) else plot
+    fig = ax.figure
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def study_report(storage: str, study_name: str, out_dir: Path, metric: str | None = None) -> StudyReport:
+    """Importances and the five plots of one study, written under ``out_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    slug = study_name.split("/")[-1]
+    rep = StudyReport(study=study_name, slug=slug)
+    for t in study.get_trials(deepcopy=False):
+        rep.counts[t.state.name] = rep.counts.get(t.state.name, 0) + 1
+    target = metric or (study.metric_names or [None])[0] or "objective"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    complete = rep.counts.get("COMPLETE", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna's ExperimentalWarning on every matplotlib plot
+        try:
+            rep.importances = {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+            (out_dir / "param_importances.json").write_text(json.dumps(rep.importances, indent=2))
+            rep.files.append(out_dir / "param_importances.json")
+        except Exception as err:  # noqa: BLE001 - importances need >= 2 finished trials with varying params
+            rep.skipped["param_importances"] = f"{type(err).__name__}: {err}"
+        n_params = len({p for t in study.get_trials(deepcopy=False) for p in t.params})
+        makers = {
+            "optimization_history": lambda: ovm.plot_optimization_history(study, target_name=target),
+            "param_importances": lambda: ovm.plot_param_importances(study),
+            "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target_name=target),
+            "slice": lambda: ovm.plot_slice(study, target_name=target),
+            "contour": lambda: ovm.plot_contour(study, target_name=target),
+        }
+        for name, make in makers.items():
+            if complete < 1:
+                rep.skipped[name] = "no completed trial"
+                continue
+            if name == "contour" and n_params < 2:
+                rep.skipped[name] = "needs two or more searched parameters"
+                continue
+            if name == "param_importances" and not rep.importances:
+                rep.skipped.setdefault(name, "no importances")
+                continue
+            try:
+                rep.files.append(_save(make(), out_dir / f"{name}.png"))
+            except Exception as err:  # noqa: BLE001 - one plot the study cannot support skips only itself
+                rep.skipped[name] = f"{type(err).__name__}: {err}"
+    return rep
+
+
+def sweep_report(info: SweepInfo, out_dir: str | Path | None = None) -> dict[str, StudyReport]:
+    """One ``StudyReport`` per study of the sweep (default folder: ``<sweep dir>/report``)."""
+    import optuna
+
+    out = Path(out_dir) if out_dir else info.sweep_dir / "report"
+    names = optuna.study.get_all_study_names(storage=info.optuna_storage)
+    return {name: study_report(info.optuna_storage, name, out / name.split("/")[-1], info.metric)
+            for name in sorted(names)}
+
+
+def log_sweep_report(tracking_uri: str, run_id: str, reports: dict[str, StudyReport]) -> None:
+    """Every report file on the sweep's MLflow run, under ``report/<study slug>/``."""
+    from mcrlab.tracking import open_client
+
+    client = open_client(tracking_uri)
+    for rep in reports.values():
+        for path in rep.files:
+            client.log_artifact(run_id, str(path), f"report/{rep.slug}")
