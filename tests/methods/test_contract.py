@@ -3,16 +3,23 @@
 Every method trains a few steps on tiny data on CPU: loss finite (fit raises on non-finite), parameters change,
 diagnostics and the method's own per-epoch coefficients are reported, two runs with one seed agree exactly, and
 a run interrupted after epoch 2 and resumed from its checkpoint ends exactly as the uninterrupted run.
+
+The same contract with conv encoders (a cnn on (1, 8, 8) images, a conv1d on (6, 4) sequences): every method
+trains and moves every encoder it trains, with late fusion and with the mlp fusion head (or refuses that head
+with a ConfigError when it is defined for late fusion only), and resumes exactly.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
+import numpy as np
 import pytest
 import torch
 
 from mcrlab.config import ConfigError, RunConfig
+from mcrlab.data import MultimodalDataset, Split
 from mcrlab.engine.fit import fit, load_checkpoint
 from mcrlab.methods import REGISTRY
 from mcrlab.models import build_model
@@ -104,3 +111,102 @@ def test_three_modalities_or_clear_error(name, tiny3):
     else:
         out = fit(cfg, dataset=tiny3)
         assert all(f"test/probe/{m}" in out for m in tiny3.modalities)
+
+
+# ---- every method with conv encoders (issue 13 item 6) ------------------------------------------------
+# A (1, 8, 8) image through `cnn` and a (6, 4) sequence through `conv1d`, tiny widths: each method trains
+# through the public config and fit, and every encoder it trains moves (weights and BatchNorm statistics).
+CONV_SHAPES = [(1, 8, 8), (6, 4)]
+CONV_MODEL = {"encoders": ["cnn", "conv1d"], "hidden": 4, "latent": 6, "depth": 1}
+CONV_EPOCHS = 2
+
+
+def conv_dataset(n_train: int = 64, seed: int = 0, C: int = 3) -> MultimodalDataset:
+    """The label written into both modalities (a bright band of rows / a loud band of time steps)."""
+    rng = np.random.default_rng(seed)
+
+    def split(n: int) -> Split:
+        y = rng.integers(0, C, n)
+        img = rng.normal(size=(n, *CONV_SHAPES[0])).astype(np.float32) * 0.5
+        seq = rng.normal(size=(n, *CONV_SHAPES[1])).astype(np.float32) * 0.5
+        for i, c in enumerate(y):
+            img[i, 0, 2 * c: 2 * c + 2, :] += 1.5
+            seq[i, 2 * c: 2 * c + 2, :] += 1.0
+        return Split([img, seq], y.astype(np.int64))
+
+    return MultimodalDataset("tiny_conv", ["image", "seq"], C,
+                             {"train": split(n_train), "val": split(24), "test": split(24)})
+
+
+@pytest.fixture(scope="module")
+def tiny_conv() -> MultimodalDataset:
+    return conv_dataset()
+
+
+def _conv_cfg(name: str, epochs: int = CONV_EPOCHS, **model) -> RunConfig:
+    return RunConfig.from_dict({
+        "method": {"name": name, **SETTINGS[name][0]},
+        "model": {**CONV_MODEL, **model},
+        "train": {"epochs": epochs, "batch_size": 32, "device": "cpu", "probe_epochs": 3, "eval_perms": 2,
+                  "seed": 5}})
+
+
+def _trained_encoders(name: str) -> list[int]:
+    """The encoders a method trains: all of them, but the unimodal baseline's one modality."""
+    return [SETTINGS[name][0]["modality"]] if name == "unimodal" else [0, 1]
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_method_contract_with_conv_encoders(name, tiny_conv, tmp_path):
+    cfg = _conv_cfg(name)
+    reports: list[dict] = []
+    out = fit(cfg, lambda m, c: reports.append(dict(m)), checkpoint_dir=str(tmp_path / "a"), dataset=tiny_conv)
+    assert len(reports) == CONV_EPOCHS
+    assert all(math.isfinite(r["train/loss"]) for r in reports)
+    for key in ["test/acc", "test/f1", "val/acc", "train/loss"] + [
+            f"{s}/{mod}" for mod in tiny_conv.modalities for s in ("test/head", "test/probe", "test/D")]:
+        assert key in out and math.isfinite(out[key]), key
+    prefix = SETTINGS[name][1]
+    if prefix is not None:
+        assert any(k.startswith(prefix) for k in reports[-1]), (prefix, sorted(reports[-1]))
+
+    torch.manual_seed(cfg.train.seed)  # fit's initial weights: seeded, then built first
+    model = build_model(tiny_conv.shapes, tiny_conv.num_classes, cfg.model)
+    assert [type(e).__name__ for e in model.encoders] != ["MLPEncoder", "MLPEncoder"]
+    init = model.state_dict()
+    final = load_checkpoint(tmp_path / "a")["model"]
+    for m in _trained_encoders(name):
+        keys = [k for k in init if k.startswith(f"encoders.{m}.")]
+        assert any(not torch.equal(init[k], final[k]) for k in keys if k.endswith("weight")), \
+            f"no weight of encoder {m} moved"
+        assert any(not torch.equal(init[k], final[k]) for k in keys if k.endswith("running_mean")), \
+            f"encoder {m}'s BatchNorm statistics did not move"
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_conv_encoders_with_mlp_fusion_train_or_are_refused(name, tiny_conv):
+    fusions = REGISTRY[name].fusions
+    if fusions is not None and "mlp" not in fusions:
+        with pytest.raises(ConfigError, match=f"model.fusion: method '{name}' needs model.fusion=late"):
+            _conv_cfg(name, epochs=1, fusion="mlp", fusion_hidden=8)
+        return
+    out = fit(_conv_cfg(name, epochs=1, fusion="mlp", fusion_hidden=8), dataset=tiny_conv)
+    assert math.isfinite(out["train/loss"]) and math.isfinite(out["test/acc"])
+
+
+@pytest.mark.parametrize("name", ["joint", "mcr", "ogm_ge", "reconboost"])
+def test_conv_encoders_resume_exactly(name, tiny_conv, tmp_path):
+    """Interrupted after epoch 1 of 2 and resumed: the same final metrics and weights (BatchNorm buffers
+    included) as one uninterrupted run."""
+    cfg = _conv_cfg(name)
+    a = fit(cfg, checkpoint_dir=str(tmp_path / "a"), dataset=tiny_conv)
+
+    def crash_after_one(metrics, ckpt):
+        if metrics["epoch"] == 1:
+            raise _Crash
+    with pytest.raises(_Crash):
+        fit(cfg, crash_after_one, checkpoint_dir=str(tmp_path / "c"), dataset=tiny_conv)
+    c = fit(cfg, checkpoint_dir=str(tmp_path / "c"), resume_from=str(tmp_path / "c"), dataset=tiny_conv)
+    assert c == a
+    sa, sc = load_checkpoint(tmp_path / "a")["model"], load_checkpoint(tmp_path / "c")["model"]
+    assert all(torch.equal(sa[k], sc[k]) for k in sa)

@@ -132,6 +132,30 @@ def _fingerprints(spec: AblationSpec, cells: list[Cell]) -> dict[str, str]:
     return out
 
 
+def check_cells(spec: AblationSpec, *, missing_ok: bool = False) -> None:
+    """Build each arm's model against each dataset's shapes before anything starts (ConfigError naming
+    the spec and the key); ``missing_ok``: a shard folder not on this machine is skipped (dry runs)."""
+    from mcrlab.config import DataConfig, build_dataclass
+    from mcrlab.engine.preflight import check_model_fits, dataset_layout
+
+    layouts: dict[str, Any] = {}
+    seen = set()
+    for cell in spec.cells:
+        if (cell.arm, cell.dataset) in seen:
+            continue  # the seeds of one arm share the model's shapes
+        seen.add((cell.arm, cell.dataset))
+        try:
+            if cell.dataset not in layouts:
+                layouts[cell.dataset] = dataset_layout(build_dataclass(DataConfig, cell.config["data"],
+                                                                       spec.path, "data"), missing_ok=missing_ok)
+            if layouts[cell.dataset] is not None:
+                check_model_fits(RunConfig.from_dict(cell.config, spec.path), layouts[cell.dataset])
+        except ConfigError as err:
+            msg = str(err)
+            raise ConfigError(msg if msg.startswith(str(spec.path)) else
+                              f"{spec.path}: arm {cell.arm}: {msg}") from None
+
+
 def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_path: str | Path = "runs",
                  verbose: int = 0, callbacks: list | None = None) -> AblationOutcome:
     """Run the missing cells of ``spec`` (all of them on a fresh ablation) and close the MLflow runs.
@@ -141,6 +165,7 @@ def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_
 
     # load the datasets before the store is touched: a bad data.name fails here, nothing started or written
     fingerprints = _fingerprints(spec, spec.cells)
+    check_cells(spec)
     # one driver per ablation: a second one (e.g. two --resume at once) stops here, before MLflow or Ray
     with FolderLock(private_dir(Path(storage_path).resolve() / "ablations" / spec.ablation_id), "ablation"):
         return _run_ablation(spec, uri, fingerprints, resume=resume, storage_path=storage_path, verbose=verbose,

@@ -76,7 +76,7 @@ def resolve_base_run(value: str, uri: str) -> str:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from mcrlab.ablate.runner import describe, dumps, run_ablation
+    from mcrlab.ablate.runner import check_cells, describe, dumps, run_ablation
     from mcrlab.ablate.spec import load_spec, parse_spec
     from mcrlab.config import read_yaml
     from mcrlab.tracking import check_tracking, check_tracking_uri, resolve_tracking_uri
@@ -93,6 +93,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     else:
         spec = load_spec(args.spec, smoke=args.smoke, tracking_uri=uri)
     if args.dry_run:
+        check_cells(spec, missing_ok=True)
         print(dumps(describe(spec)))
         return 0
     print(f"mcrlab ablate: {spec.ablation_id}: {len(spec.arms)} arms x {len(spec.datasets)} datasets x "

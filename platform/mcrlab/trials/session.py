@@ -122,8 +122,14 @@ def start_ray(address: str | None = None, *, verbose: bool = False, tries: int =
     ``num_cpus`` in benchmarks). Returns the Ray dashboard's URL when this call started or joined Ray and
     the cluster has a dashboard (also printed on stderr), else None.
     """
+    import os
+
     import ray
 
+    # trials keep the working directory instead of moving into their trial folders, so relative paths (a
+    # shard folder as data.name) mean the same in a trial as on the driver; jobs/runtime_env.yaml does the
+    # same for submitted jobs. Tune passes this variable from the driver to every trial.
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     if ray.is_initialized():
         return None
     kwargs = {"namespace": NAMESPACE, "log_to_driver": verbose, "configure_logging": False, **init_kwargs}

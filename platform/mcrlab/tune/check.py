@@ -46,14 +46,19 @@ def present_info_types(data: Any) -> list[str]:
     return [t for k, t in enumerate(data.info_types) if k in present]
 
 
-def preflight(space: Any) -> dict[str, str]:
-    """Load every dataset of ``space`` and check its metric against what training reports for it, before
-    anything starts (no Ray, no MLflow, nothing written). Returns ``{dataset: fingerprint}``.
+def preflight(space: Any, layouts: dict | None = None) -> dict[str, str]:
+    """Load every dataset of ``space`` and check its metric against what training reports for it, and
+    build the base configuration's model against its shapes, before anything starts (no Ray, no MLflow,
+    nothing written). Returns ``{dataset: fingerprint}``; fills ``layouts`` (when given) with
+    ``{dataset: (shapes, num_classes)}``.
 
-    A missing shard folder, an unknown mfeat view or a typo in ``metric:`` (``val/accuracy``) fails here
-    with one ConfigError line instead of after every trial has trained.
+    A missing shard folder, an unknown mfeat view, a typo in ``metric:`` (``val/accuracy``), an encoder
+    that cannot take a modality's shape, a plug-in that does not import or breaks its contract, or a count
+    of ``model.encoders`` that does not match the modalities fails here with one ConfigError line instead
+    of after every trial has trained.
     """
     from mcrlab.data import load_dataset
+    from mcrlab.engine.preflight import check_model_fits
     from mcrlab.tune.space import trial_config
 
     fingerprints = {}
@@ -69,6 +74,13 @@ def preflight(space: Any) -> dict[str, str]:
         except OSError as err:
             raise ConfigError(f"{where}: cannot read it: {err.strerror or type(err).__name__}") from None
         fingerprints[dataset] = data.fingerprint()
+        layout = ([tuple(sh) for sh in data.shapes], data.num_classes)
+        try:
+            check_model_fits(cfg, layout)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        if layouts is not None:
+            layouts[dataset] = layout
         if split == "train":
             continue  # method-dependent step logs
         known = reported_metrics(list(data.modalities), present_info_types(data),
@@ -93,6 +105,7 @@ def check_space(path: str, n: int = 5, smoke: bool = False, out: Any = None,
 
     import optuna
 
+    from mcrlab.engine.preflight import check_model_fits
     from mcrlab.tracking import check_tracking, check_tracking_uri, resolve_tracking_uri
     from mcrlab.tune.space import load_space, make_sampler, sample_point, trial_config
 
@@ -104,7 +117,8 @@ def check_space(path: str, n: int = 5, smoke: bool = False, out: Any = None,
     if uri:
         uri = resolve_tracking_uri(uri)
         (check_tracking if uri.startswith(("http://", "https://")) else check_tracking_uri)(uri)
-    preflight(space)
+    layouts: dict = {}  # each sampled point's model is built against its dataset's shapes below
+    preflight(space, layouts)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if space.mode == "max" else "minimize",
                                 sampler=make_sampler(space))
@@ -128,6 +142,7 @@ def check_space(path: str, n: int = 5, smoke: bool = False, out: Any = None,
         for ds in space.datasets:
             try:
                 cfg = trial_config(space, ds, point, obj.seed)
+                check_model_fits(cfg, layouts[ds])
             except ConfigError as err:
                 raise ConfigError(f"{space.source}: sampled point {i} {point} builds no valid config: "
                                   f"{err}") from None
