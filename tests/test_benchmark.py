@@ -90,3 +90,15 @@ def test_cli_start_up_benchmark_smoke_prints_every_command(tmp_path):
     figures = json.loads(out.read_text())
     assert {"mcrlab --help", "mcrlab sweep --help", "mcrlab train --help"} <= set(figures)
     assert all(v > 0 for k, v in figures.items() if k.endswith("--help"))
+
+
+def test_data_generation_benchmark_smoke_prints_every_preset():
+    """jobs/bench_data.py --smoke (the former timed test, now a figure): one finite figure per preset."""
+    from mcrlab.data.synthetic import PRESETS
+
+    proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "bench_data.py"), "--smoke"], check=True,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "platform")})
+    figures = json.loads(proc.stdout)
+    assert set(figures) == {f"synthetic_{p}_s_per_dataset" for p in PRESETS}
+    assert all(math.isfinite(v) and v >= 0 for v in figures.values())
