@@ -83,7 +83,8 @@ def metric_table(df: pd.DataFrame, metric: str, base: str, test: str = "t") -> p
                          "sd_diff": pw.sd_diff if pw else math.nan, "alpha_adj": pw.alpha_adj if pw else math.nan,
                          "mdd": pw.mdd if pw else math.nan, "min_p": pw.min_p if pw else math.nan,
                          "can_reject": bool(pw.can_reject) if pw else False,
-                         "significant": bool(pw and pw.can_reject and r.p_holm < stats.ALPHA)})
+                         "significant": bool(r is not None and pw is not None and pw.can_reject
+                                             and r.p_holm < stats.ALPHA)})
     return pd.DataFrame(rows)
 
 

@@ -331,7 +331,7 @@ def mdd_paired_t(sd: float, n: int, alpha: float = ALPHA, power: float = POWER, 
     return float(brentq(gap, 0.0, hi, xtol=1e-12, rtol=1e-12)) * se
 
 
-def min_achievable_p(test: str, diffs: Sequence[float]) -> float:
+def min_achievable_p(test: str, diffs: Sequence[float] | np.ndarray) -> float:
     """The smallest two-sided p the paired test can give with these differences' sample size.
 
     t: 0 for n >= 2 (|t| is unbounded), nan for n < 2. wilcoxon: the exact 2 / 2**n', n' = the number
@@ -346,7 +346,7 @@ def min_achievable_p(test: str, diffs: Sequence[float]) -> float:
     raise ConfigError(f"test: {test!r} is not one of {', '.join(TESTS)}")
 
 
-def power_of(diffs: Sequence[float], test: str = "t", m: int = 1, alpha: float = ALPHA,
+def power_of(diffs: Sequence[float] | np.ndarray, test: str = "t", m: int = 1, alpha: float = ALPHA,
              power: float = POWER) -> Power:
     """Power statement for one arm-vs-base comparison: ``diffs`` (n,) paired differences, ``m`` the
     size of its Holm family (worst case: the first step's alpha / m).

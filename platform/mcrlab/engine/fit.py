@@ -148,7 +148,8 @@ def player_multipliers(cfg: RunConfig, num_modalities: int) -> list[float]:
 
 def _param_groups(model: MultimodalNet, method: Method, lr: float, mult: list[float]) -> list[dict]:
     """One group per player (lr * r_m), one for everything else (fusion bias / MLP head, extras)."""
-    groups, seen = [], set()
+    groups: list[dict] = []
+    seen: set[int] = set()
     for m in range(model.num_modalities):
         params = [p for mod in model.player_modules(m) for p in mod.parameters()]
         seen.update(id(p) for p in params)
@@ -236,7 +237,11 @@ def evaluate(model: MultimodalNet, method: Method, chunks: Iterable[Batch], moda
     from mcrlab.mcr import unique_information
 
     model.eval()
-    logits, heads, zs, ys, ds = [], [[] for _ in modalities], [[] for _ in modalities], [], None
+    logits: list[torch.Tensor] = []
+    heads: list[list[torch.Tensor]] = [[] for _ in modalities]
+    zs: list[list[torch.Tensor]] = [[] for _ in modalities]
+    ys: list[torch.Tensor] = []
+    ds: torch.Tensor | None = None
     for xs, yc in chunks:
         out = model(xs)
         logits.append(method.predict(out).float())
@@ -248,6 +253,7 @@ def evaluate(model: MultimodalNet, method: Method, chunks: Iterable[Batch], moda
         ys.append(yc)
     model.train()
     y = torch.cat(ys)
+    assert ds is not None  # torch.cat(ys) above refuses no chunks, and every chunk sets ds
     n = len(y)
     pred = torch.cat(logits).argmax(1)
     metrics = {f"{prefix}/acc": accuracy(pred, y), f"{prefix}/f1": macro_f1(pred, y, num_classes)}
@@ -338,7 +344,8 @@ def fit(cfg: RunConfig, report: Report | None = None, *, checkpoint_dir: str | N
     mult = list(base_mult)
     opt = _optimizer(cfg, _param_groups(model, method, t.lr, mult))
     # train.compile: the training forward runs compiled; evaluation and checkpoints use the module itself
-    step_model = torch.compile(model) if t.compile else model
+    # torch.compile's stubs return a plain callable; for a module it returns an OptimizedModule wrapping it
+    step_model: MultimodalNet = torch.compile(model) if t.compile else model  # type: ignore[assignment]
     all_params = [p for g in opt.param_groups for p in g["params"]]
 
     batches = train_batches if train_batches is not None else _train_batches(data, cfg, device, rank, world)

@@ -32,6 +32,8 @@ permutations with explicit detaches); the tests check both agree in float64.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -83,6 +85,8 @@ def game_term(out: ForwardOutput, fusion: nn.Module, pert: Perturbation, *, lamb
     """
     M = len(out.z)
     fast = can_use_fast_path(out, fusion, pert.kind) if path == "auto" else path == "fast"
+    if fast and out.contribs is None:
+        raise ValueError("the fast path needs late fusion (per-modality contributions)")
     if fast:
         D = _game_divergences_fast(out, fusion, pert, k, divergence, reference_grad)
     else:
@@ -96,6 +100,7 @@ def game_term(out: ForwardOutput, fusion: nn.Module, pert: Perturbation, *, lamb
 def _game_divergences_fast(out: ForwardOutput, fusion: nn.Module, pert: Perturbation, k: float,
                            divergence: str, reference_grad: str) -> torch.Tensor:
     """D_j (M,) with gradient sum_m c_mj dD_j/dl_m, from the contributions: O(M*S*B*C)."""
+    assert out.contribs is not None  # game_term takes the fast path only with contributions
     L = torch.stack(out.contribs)  # (M, B, C)
     weights = [fusion_weight(fusion, j) for j in range(L.shape[0])]
     # out.fused includes the bias; detached, it never gets a gradient here
@@ -104,7 +109,7 @@ def _game_divergences_fast(out: ForwardOutput, fusion: nn.Module, pert: Perturba
 
 
 def _additive_divergences(U: torch.Tensor, Fd: torch.Tensor, zs: list[torch.Tensor],
-                          weights: list[torch.Tensor | None], tail, pert: Perturbation, k: float,
+                          weights: Sequence[torch.Tensor | None], tail, pert: Perturbation, k: float,
                           divergence: str, reference_grad: str,
                           last: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
     """D_j (M,) when the head is tail(sum_m u_m + b): U (M, B, K) stacked u_m, Fd (B, K) = sum + b detached.
@@ -124,11 +129,12 @@ def _additive_divergences(U: torch.Tensor, Fd: torch.Tensor, zs: list[torch.Tens
         P = Fd + s * (U.sum(0) - Ud.sum(0))
     # c_jj = 1: modality j's own contribution enters D_j unscaled, so its perturbation can use u_j itself;
     # q_j = (F_j' - u_j) + perturbed u_j.
-    if pert.kind == "permute" and tail is None:
-        return permuted_mean_divergence(P, Fj - U, U, pert.perms, divergence)
-    if pert.kind == "permute" and last is not None:
-        return mean_divergence(tail(P), permuted_relu_linear(Fj - U, U, pert.perms, *last), divergence)
     if pert.kind == "permute":
+        assert pert.perms is not None  # kind "permute" always carries perms (draw_perturbation)
+        if tail is None:
+            return permuted_mean_divergence(P, Fj - U, U, pert.perms, divergence)
+        if last is not None:
+            return mean_divergence(tail(P), permuted_relu_linear(Fj - U, U, pert.perms, *last), divergence)
         pq = permute_rows(U, pert.perms)  # (M, S, B, K)
     else:
         pq = torch.stack([pert.contribution(U[j], j, zs[j], weights[j]) for j in range(M)])  # (M, S', B, K)
@@ -185,9 +191,11 @@ def _perturbed_row(x: torch.Tensor, pert: Perturbation, j: int, s: int, z: torch
                    weight: torch.Tensor | None) -> torch.Tensor:
     """Perturbation s of modality j applied to x (a latent if weight is None, else a contribution)."""
     if pert.kind == "permute":
+        assert pert.perms is not None  # kind "permute" always carries perms (draw_perturbation)
         return x[pert.perms[s]]
     if pert.kind == "zero":
         return torch.zeros_like(x)
+    assert pert.noise is not None  # the remaining kind, "noise", always carries noise (draw_perturbation)
     noise = pert.noise[j][s] * z.detach().std(dim=0, correction=0)
     return x + (noise if weight is None else noise @ weight.T)
 
@@ -197,6 +205,7 @@ def _reference_D(out: ForwardOutput, fusion: nn.Module, pert: Perturbation, j: i
     """D_j^(->live): D_j with every branch except player ``live``'s detached (bias/head detached)."""
     keep = [lambda t, i=i: t if i == live else t.detach() for i in range(len(out.z))]
     if fast:
+        assert out.contribs is not None  # game_term_reference takes the fast path only with contributions
         ls = [keep[i](c) for i, c in enumerate(out.contribs)]
         b = (out.fused - sum(out.contribs)).detach()
         p = (sum(ls) if reference_grad == "same" else sum(out.contribs)) + b
@@ -226,6 +235,8 @@ def game_term_reference(out: ForwardOutput, fusion: nn.Module, pert: Perturbatio
     gradient is the definition's and the value the spec's reduced form, -lambda_M sum_j D_j (see the
     module docstring)."""
     fast = can_use_fast_path(out, fusion, pert.kind) if path == "auto" else path == "fast"
+    if fast and out.contribs is None:
+        raise ValueError("the fast path needs late fusion (per-modality contributions)")
     M = len(out.z)
     total = out.fused.new_zeros(())
     for m in range(M):  # player m

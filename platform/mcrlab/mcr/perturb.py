@@ -91,16 +91,20 @@ class Perturbation:
     def size(self) -> int:
         """S', the number of perturbed copies produced (1 for zero)."""
         if self.kind == "permute":
+            assert self.perms is not None  # kind "permute" always carries perms (draw_perturbation)
             return self.perms.shape[0]
         if self.kind == "noise":
+            assert self.noise is not None  # kind "noise" always carries noise (draw_perturbation)
             return self.noise[0].shape[0]
         return 1
 
     def latent(self, z: torch.Tensor, m: int) -> torch.Tensor:
         """Perturbed latent of modality m: z (B, d) -> (S', B, d)."""
         if self.kind == "permute":
+            assert self.perms is not None  # kind "permute" always carries perms (draw_perturbation)
             return permute_rows(z, self.perms)
         if self.kind == "noise":
+            assert self.noise is not None  # kind "noise" always carries noise (draw_perturbation)
             return z + self.noise[m].to(z.dtype) * _batch_std(z)
         return torch.zeros_like(z).unsqueeze(0)
 
@@ -112,10 +116,12 @@ class Perturbation:
         z (for its batch std) and the modality's fusion weight W_m (C, d).
         """
         if self.kind == "permute":
+            assert self.perms is not None  # kind "permute" always carries perms (draw_perturbation)
             return permute_rows(contrib, self.perms)
         if self.kind == "noise":
             if z is None or weight is None:
                 raise ValueError("noise perturbation of a contribution needs z and the fusion weight")
+            assert self.noise is not None  # kind "noise" always carries noise (draw_perturbation)
             return contrib + (self.noise[m].to(z.dtype) * _batch_std(z)) @ weight.T.to(z.dtype)
         return torch.zeros_like(contrib).unsqueeze(0)
 

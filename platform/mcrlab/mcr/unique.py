@@ -155,6 +155,7 @@ def head_perturbed_logits(fusion: nn.Module, zs: list[torch.Tensor], m: int, per
         rest = sum(u) + b - u[m]
         last = relu_linear_tail(tail)
         if pert.kind == "permute" and last is not None:
+            assert pert.perms is not None  # kind "permute" always carries perms (draw_perturbation)
             return permuted_relu_linear(rest.unsqueeze(0), u[m].unsqueeze(0), pert.perms, last.weight,
                                         last.bias)[0]
         return tail(rest.unsqueeze(0) + pert.contribution(u[m], m, zs[m], ws[m]))
@@ -177,12 +178,15 @@ def unique_from_perturbation(out: ForwardOutput, fusion: nn.Module, pert: Pertur
     if fast and out.contribs is None:
         raise ValueError("the fast path needs late fusion (per-modality contributions)")
     if fast and pert.kind == "permute":  # all modalities in one fused node
+        assert out.contribs is not None  # checked just above
+        assert pert.perms is not None  # kind "permute" always carries perms (draw_perturbation)
         L = torch.stack([out.contribs[m] for m in mods])  # (M', B, C)
         p = out.fused.expand(len(mods), *out.fused.shape)
         return permuted_mean_divergence(p, p - L, L, pert.perms, divergence)
     qs = []
     for m in mods:  # M is small; S and B are batched inside each call
         if fast:
+            assert out.contribs is not None  # checked above the loop
             qs.append(fast_perturbed_logits(out.fused, out.contribs, m, pert, out.z, fusion_weight(fusion, m)))
         else:
             qs.append(head_perturbed_logits(fusion, out.z, m, pert))

@@ -129,11 +129,13 @@ class MCR(Method):
                 terms["loss/game"] = D.new_zeros(())
             terms |= {f"mcr/D/{m}": D[m] for m in range(len(out.z))}
             if p.lambda_c > 0:
+                assert self._extra is not None  # __init__ builds it (with "shared") when lambda_c > 0
                 shared = contrastive_loss(self._extra["shared"](out.z), y, p.temperature, p.shared_bound,
                                           num_classes=self.num_classes)
                 loss = loss + p.lambda_c * shared
                 terms["loss/shared"] = shared
             if p.lambda_b > 0:
+                assert self._extra is not None  # __init__ builds it (decoder or club) when lambda_b > 0
                 if p.irrelevant_bound == "ceb_mse":
                     irr = ceb_mse(self._extra["decoder"], out.fused, out.z)
                 else:

@@ -269,7 +269,8 @@ def _split_note(spec) -> str:
         return "fixed (data.seed is not a seed key): only the initialisation varies between seeds"
     if len(spec.seeds) < 2:
         return "one seed: nothing to compare"
-    moved, fixed = [], []
+    moved: list[str] = []
+    fixed: list[str] = []
     for dataset in spec.datasets:
         cfgs = [c.config["data"] for c in spec.cells if c.arm == spec.arms[0].name and c.dataset == dataset]
         (moved if split_moves_with_seed(cfgs[:2]) else fixed).append(dataset)
@@ -402,9 +403,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     spec = parse_spec(narrowed, args.spec, smoke=args.smoke, tracking_uri=uri)
     trials = {BASE_METHOD if a == spec.arms[0].name else a: t["num_samples"] for a, t in spec.tuning.items()}
-    grid = {"ablation_id": spec.ablation_id, "methods": [BASE_METHOD] + [a.name for a in spec.arms[1:]],
-            "datasets": spec.datasets, "seeds": spec.seeds, "seed_keys": spec.seed_keys, "cells": len(spec.cells),
-            "tuning_trials_per_dataset": trials}
+    grid: dict[str, Any] = {  # JSON-ready; its "methods" is a list[str]
+        "ablation_id": spec.ablation_id, "methods": [BASE_METHOD] + [a.name for a in spec.arms[1:]],
+        "datasets": spec.datasets, "seeds": spec.seeds, "seed_keys": spec.seed_keys, "cells": len(spec.cells),
+        "tuning_trials_per_dataset": trials}
     budget_text = (f"{min(trials.values())}-{max(trials.values())} tuning trials per method and dataset "
                    "(4 per knob in the full run)") if trials else "no tuning"
     if args.dry_run:
