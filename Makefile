@@ -29,6 +29,7 @@ test-fast: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check platform tests jobs
 	PYTHONPATH=platform $(VENV)/bin/lint-imports --config pyproject.toml
+	PYTHONPATH=platform $(VENV)/bin/mypy
 
 bench: $(VENV)/.installed
 	$(PY) jobs/bench_step.py
