@@ -43,9 +43,10 @@ from mcrlab.methods import REGISTRY, Method, StepContext
 from mcrlab.models import MultimodalNet, build_model
 from mcrlab.models.sync import sync_buffers
 
-__all__ = ["fit", "Report", "CHECKPOINT_FILE", "evaluate", "player_multipliers", "TrainBatches", "MemoryBatches"]
+__all__ = ["fit", "ReportFn", "CHECKPOINT_FILE", "evaluate", "player_multipliers", "TrainBatches", "MemoryBatches"]
 
-Report = Callable[[dict[str, float], "str | None"], None]
+# fit reports each epoch through this: report(metrics, checkpoint_dir or None)
+ReportFn = Callable[[dict[str, float], "str | None"], None]
 CHECKPOINT_FILE = "state.pt"
 EVAL_CHUNK = 4096
 
@@ -315,7 +316,7 @@ def _save(path: Path, state: dict) -> None:
     os.replace(tmp, path / CHECKPOINT_FILE)  # atomic: a kill mid-write never leaves a torn checkpoint
 
 
-def fit(cfg: RunConfig, report: Report | None = None, *, checkpoint_dir: str | None = None,
+def fit(cfg: RunConfig, report: ReportFn | None = None, *, checkpoint_dir: str | None = None,
         resume_from: str | None = None, dataset: MultimodalDataset | None = None,
         train_batches: TrainBatches | None = None) -> dict[str, float]:
     """Train one run; return the final metrics (also carried by the last ``report`` call).

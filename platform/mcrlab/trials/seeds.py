@@ -23,14 +23,16 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcrlab.config import RunConfig
+
+if TYPE_CHECKING:  # fit imports torch; this module is imported by the CLI's help
+    from mcrlab.engine.fit import ReportFn
 
 __all__ = ["STATE_FILE", "run_seeds", "asha_milestones", "asha_keeps", "read_state"]
 
 STATE_FILE = "trial_state.json"
-Report = Callable[[dict[str, Any], "str | None"], None]
 
 
 class _StopTrial(Exception):
@@ -45,7 +47,7 @@ def read_state(checkpoint_dir: str | Path | None) -> dict[str, Any] | None:
 
 
 def run_seeds(cfgs: Sequence[RunConfig], *, metric: str, score: Callable[[Sequence[float]], float],
-              report: Report, checkpoint_dir: str | None = None, resume_from: str | None = None,
+              report: ReportFn, checkpoint_dir: str | None = None, resume_from: str | None = None,
               should_stop: Callable[[int, float], bool] | None = None,
               fit: Callable[..., dict] | None = None) -> dict[str, Any]:
     """Train ``cfgs`` (one per objective seed, same data) in order; return the last report's metrics.
