@@ -358,3 +358,17 @@ def test_equal_tuning_budget_runs_a_sweep_per_arm(ray_local, mlflow_uri, tmp_pat
         assert len(lrs) == 1 and lrs != {str(TINY["base"]["train"].get("lr", 0.001))}  # the tuned lr
     again = run_ablation(spec, mlflow_uri, resume=True, storage_path=tmp_path)
     assert not again.ran and len(again.skipped) == 4  # tuned configs reused: same hashes, nothing reruns
+
+
+def test_tune_section_accepts_labelled_parameters_like_sweeps():
+    """Sweeps accept ``path@label`` parameters (search_spaces/baselines.yaml); the ablation ``tune:`` section
+    reads names through the same function, so it accepts them too (it refused them as unknown keys)."""
+    raw = {**TINY, "arms": {"ogm": {"method.name": "ogm_ge"}},
+           "tune": {"num_samples": 2, "params": {"method.alpha@ogm": {"type": "float", "low": 0.1, "high": 1.0},
+                                                 "train.lr@all": {"type": "float", "low": 1e-4, "high": 1e-2}}}}
+    spec = parse_spec(raw, "label.yaml")
+    assert set(spec.tuning) == {"base", "ogm"}
+    assert set(spec.tuning["ogm"]["params"]) == {"method.alpha@ogm", "train.lr@all"}
+    assert set(spec.tuning["base"]["params"]) == {"train.lr@all"}  # mcr has no alpha: not searched there
+    with pytest.raises(ConfigError, match="no arm has the config key method.nope"):
+        parse_spec({**raw, "tune": {"params": {"method.nope@x": {"type": "float", "low": 0, "high": 1}}}}, "l.yaml")

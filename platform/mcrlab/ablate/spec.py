@@ -355,6 +355,7 @@ TUNE_ARM_KEYS = ("points_to_evaluate",)
 def tuning_spaces(tune: Any, arm_cfgs: dict[str, RunConfig], deltas: dict[str, dict], datasets: list[str],
                   overrides: dict, ablation_id: str, source: str, smoke: bool) -> dict[str, dict]:
     """One validated sweep search space (raw mapping) per arm that has something left to tune."""
+    from mcrlab.tune.params import param_path
     from mcrlab.tune.space import parse_space
 
     where = f"{source}: tune"
@@ -375,9 +376,9 @@ def tuning_spaces(tune: Any, arm_cfgs: dict[str, RunConfig], deltas: dict[str, d
         if not isinstance(extra, dict) or set(extra) - set(TUNE_ARM_KEYS):
             raise ConfigError(f"{where}.arms.{arm}: must be a mapping with keys among {', '.join(TUNE_ARM_KEYS)}")
     known = set().union(*(cfg.flat() for cfg in arm_cfgs.values()))
-    for pname, pspec in tune["params"].items():
-        path = pspec.get("path", pname) if isinstance(pspec, dict) else pname
-        if ".".join(str(path).split(".")[:2]) not in known:
+    for pname in tune["params"]:
+        path = param_path(str(pname))
+        if ".".join(path.split(".")[:2]) not in known:
             raise ConfigError(f"{where}.params.{pname}: no arm has the config key {path}")
     spaces = {}
     for arm, cfg in arm_cfgs.items():
@@ -385,8 +386,7 @@ def tuning_spaces(tune: Any, arm_cfgs: dict[str, RunConfig], deltas: dict[str, d
         delta_keys = set(deltas.get(arm, {}))
         params = {}
         for pname, pspec in tune["params"].items():
-            path = pspec.get("path", pname) if isinstance(pspec, dict) else pname
-            top = ".".join(str(path).split(".")[:2])
+            top = ".".join(param_path(str(pname)).split(".")[:2])
             if top not in flat or top in delta_keys:
                 continue  # e.g. method.lambda_m on a joint arm
             params[pname] = pspec

@@ -42,6 +42,12 @@ def same_value(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
 
 
+def param_path(name: str) -> str:
+    """The config path a ``params:`` entry sets: its name without an ``@label`` (``method.alpha@ogm`` ->
+    ``method.alpha``). Sweeps and ablations' ``tune:`` sections read names through this one function."""
+    return name.split("@", 1)[0]
+
+
 @dataclass(frozen=True, eq=False)
 class Param:
     """One entry of ``params:``. ``when`` maps earlier categorical params to their allowed values (AND)."""
@@ -59,7 +65,7 @@ class Param:
     @property
     def path(self) -> str:
         """The config path this parameter sets (the name without its @label)."""
-        return self.name.split("@", 1)[0]
+        return param_path(self.name)
 
     def active(self, values: dict[str, Any]) -> bool:
         """Whether every condition holds in ``values`` (an absent, i.e. inactive, parent fails it)."""
