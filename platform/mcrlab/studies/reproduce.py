@@ -69,6 +69,14 @@ def _relative(path: Path) -> Path:
     return full.relative_to(here) if full.is_relative_to(here) else path
 
 
+def _shown_uri(uri: str) -> str:
+    """A tracking URI as a report may show it: a local SQLite file relative to the working directory (no
+    machine paths in committed results); other URIs as they are."""
+    if uri.startswith("sqlite:///"):
+        return f"the local SQLite store {_relative(Path(uri.removeprefix('sqlite:///')))}"
+    return uri
+
+
 def _csv(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
@@ -446,7 +454,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     meta = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "git commit": git_commit(),
             "wall time": f"{wall / 60:.1f} min ({len(outcome.ran)} cells run now, {len(outcome.skipped)} reused)",
             "load average at the end (1, 5, 15 min)": machine_info().get("load_average", "?"),
-            "MLflow": f"{uri}, experiment `{spec.experiment}`, ablation run `{outcome.ablation_run_id}`",
+            "MLflow": f"{_shown_uri(uri)}, experiment `{spec.experiment}`, ablation run `{outcome.ablation_run_id}`",
             "spec": f"{_relative(spec_path)}",
             "per-arm tuned configs": "artifact `tuned.json` of each arm run",
             "tuning trials per arm and dataset": ", ".join(
