@@ -138,8 +138,9 @@ run_sweep(load_space(sys.argv[2]), storage_path=sys.argv[3], progress=False)
 def test_resume_after_killed_driver(ray_local, tmp_path):
     space_file = tmp_path / "tiny.yaml"
     # trials of a few seconds each, so that the kill lands after the first trial and before the last
-    # (the test polls once a second; with reused trial processes two-epoch toy trials take well under that)
-    base = {**BASE, "data": {"n_train": 2048}, "train": {**BASE["train"], "epochs": 4}}
+    # (the test polls 4 times a second; the fused MCR step made 2048-row trials finish within one poll of
+    # the first one on an idle machine, so the trials train on more rows)
+    base = {**BASE, "data": {"n_train": 8192}, "train": {**BASE["train"], "epochs": 4}}
     space_file.write_text(yaml.safe_dump(_space(base=base, num_samples=4, sampler={"name": "tpe", "seed": 1})))
     runs = tmp_path / "runs"
     uri = f"sqlite:///{runs / 'mlflow.db'}"
@@ -151,7 +152,7 @@ def test_resume_after_killed_driver(ray_local, tmp_path):
     try:
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(1.0)
+            time.sleep(0.25)
             # sweep.json appears once the driver has created (and migrated) the MLflow store; reading
             # it earlier would race the driver's schema migration
             if list(runs.glob("sweeps/*/sweep.json")):
