@@ -115,6 +115,41 @@ def test_equal_tuning_budget_spaces_per_arm():
     assert spec.tuning["no_game"]["base"]["method"]["lambda_m"] == 0.0
 
 
+def test_dataset_overrides_apply_per_dataset_under_the_arms_delta():
+    raw = {**TINY, "datasets": ["synthetic:competition", "synthetic:balanced"],
+           "arms": {"no_game": {"method.lambda_m": 0.0, "train.lr": 0.003}},
+           "dataset_overrides": {"synthetic:balanced": {"model.hidden": 16, "train.lr": 0.02}}, "tune": TUNE}
+    spec = parse_spec(raw, "t.yaml")
+    cfg = {(c.arm, c.dataset): c.config for c in spec.cells if c.seed == 0}
+    assert cfg[("base", "synthetic:balanced")]["model"]["hidden"] == 16
+    assert cfg[("base", "synthetic:balanced")]["train"]["lr"] == 0.02
+    assert cfg[("base", "synthetic:competition")]["model"]["hidden"] == 8  # other datasets keep the base
+    assert cfg[("no_game", "synthetic:balanced")]["model"]["hidden"] == 16
+    assert cfg[("no_game", "synthetic:balanced")]["train"]["lr"] == 0.003  # the arm's delta wins
+    # tuning: the dataset's overrides reach each arm's sweep, minus what the arm sets itself
+    assert spec.tuning["base"]["dataset_overrides"] == {"synthetic:balanced": {"model.hidden": 16, "train.lr": 0.02}}
+    from mcrlab.tune.space import parse_space, trial_config
+
+    space = parse_space(spec.tuning["base"])
+    trial = trial_config(space, "synthetic:balanced", {"train.lr": 0.005, "method.lambda_m": 0.01}, 1000)
+    assert trial.model.hidden == 16 and trial.train.lr == 0.005  # the sampled value is above the override
+    assert trial_config(space, "synthetic:competition", {"train.lr": 0.005, "method.lambda_m": 0.01},
+                        1000).model.hidden == 8
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"synthetic:nope": {"model.hidden": 4}}, r"dataset_overrides.synthetic:nope: not one of datasets"),
+    ({"synthetic:competition": {"model.hiddn": 4}}, r"model.hiddn"),
+    ({"synthetic:competition": {"hidden": 4}}, r"keys must look like section.key"),
+    ({"synthetic:competition": {"data.name": "x"}}, r"the dataset's name is its key"),
+    ({"synthetic:competition": {"model.hidden": float("nan")}}, r"model.hidden"),
+    (["x"], r"dataset_overrides: must be a mapping"),
+])
+def test_bad_dataset_overrides_name_file_and_key(tmp_path, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_spec(write_spec(tmp_path, {**TINY, "dataset_overrides": overrides}))
+
+
 def test_smoke_variant_shrinks_the_grid():
     raw = {**TINY, "seeds": [0, 1, 2, 3], "datasets": ["synthetic:competition", "synthetic:balanced"],
            "smoke": {"overrides": {"train.epochs": 1}}}

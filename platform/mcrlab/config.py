@@ -140,12 +140,21 @@ class DataConfig:
                       "are in memory", choices=("auto", "memory", "stream"))
     workers: int = opt(1, "stream: reader processes of the DataLoader (0 = read in the training process)",
                        ge=0, le=64)
+    resplit: str = opt("none", "shard folders, avdigits and plug-ins: re-draw which rows go to which split from "
+                       "data.seed, keeping every split's size and class counts (train+val: test stays as stored; "
+                       "all: every split); synthetic, mfeat and digits always re-draw with data.seed",
+                       choices=("none", "train+val", "all"))
     shuffle_mib: float = opt(64.0, "stream: MiB of features shuffled together (a window of row groups); a "
                              "split that fits is shuffled exactly as in memory", gt=0.0, le=65536.0)
 
     def __post_init__(self) -> None:
         if self.num_modalities == 1:
             raise ConfigError("num_modalities: must be 0 (preset default) or >= 2")
+        if self.resplit != "none" and (self.name.startswith(("synthetic:", "mfeat:")) or self.name == "digits"):
+            raise ConfigError(f"resplit: {self.name} already re-draws its split with data.seed; resplit is for "
+                              "shard folders, avdigits and plug-in datasets (use none)")
+        if self.resplit != "none" and self.loader == "stream":
+            raise ConfigError("resplit: a streamed dataset reads its stored split; use data.loader=memory or auto")
         if not self.name.startswith(("synthetic:", "mfeat:")):  # a path: within the file system's limits
             too_long = [p for p in Path(self.name).parts if len(p.encode("utf-8", "surrogatepass")) > NAME_MAX]
             if too_long:

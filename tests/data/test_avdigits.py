@@ -320,3 +320,47 @@ def test_fit_trains_conv_encoders_on_the_smoke_build(smoke):
         "model.encoders_args=[{hidden: 4, depth: 2}, {hidden: 4, depth: 1}]"])
     metrics = fit(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0 and np.isfinite(metrics["train/loss"])
+
+
+# --------------------------------------------------------------------------------------------------
+# data.name=avdigits[:knobs]: built once into the cache
+
+
+def test_avdigits_names_parse_into_build_knobs():
+    assert av.parse_name("synthetic:competition") is None and av.parse_name("avdigitsX") is None
+    assert av.parse_name("avdigits") == av.AVDigitsConfig()
+    assert av.parse_name("avdigits:n_train=100,snr_db=-6,seed=3") == av.AVDigitsConfig(n_train=100, snr_db=-6.0, seed=3)
+
+
+@pytest.mark.parametrize("name, says", [
+    ("avdigits:n_train", "key=value"), ("avdigits:bogus=1", "key among"), ("avdigits:n_train=1e3", "int"),
+    ("avdigits:snr_db=nan", "finite"), ("avdigits:n_train=5", "n_train"), ("avdigits:seed=1,seed=2", "twice"),
+])
+def test_bad_avdigits_names_fail_in_the_config_check(name, says):
+    from mcrlab.data import check_data_name
+
+    with pytest.raises(ConfigError, match=says):
+        check_data_name(name)
+
+
+@needs_sources
+def test_avdigits_by_name_builds_once_and_rebuilds_a_torn_copy(cache, monkeypatch):
+    monkeypatch.setenv("MCRLAB_CACHE_DIR", str(cache.parent / "named"))
+    (cache.parent / "named").mkdir(exist_ok=True)
+    # the named cache reuses the clip cache of the other tests: link it in
+    (cache.parent / "named" / "avdigits").mkdir(exist_ok=True)
+    for item in cache.iterdir():
+        target = cache.parent / "named" / "avdigits" / item.name
+        if not target.exists():
+            target.symlink_to(item)
+    cfg = av.parse_name("avdigits:n_train=20,n_test=10")
+    folder = av.ensure_built(cfg)
+    stamp = (folder / av.MANIFEST).stat().st_mtime_ns
+    ds = load_dataset(DataConfig(name="avdigits:n_train=20,n_test=10"))
+    assert {s: len(sp) for s, sp in ds.splits.items()} == {"train": 20, "val": 10, "test": 10}
+    assert av.ensure_built(cfg) == folder and (folder / av.MANIFEST).stat().st_mtime_ns == stamp  # not rebuilt
+    (folder / av.MANIFEST).unlink()  # a build killed before its manifest: rebuilt, same data
+    assert av.ensure_built(cfg) == folder and load_dataset(DataConfig(name="avdigits:n_train=20,n_test=10")
+                                                           ).fingerprint() == ds.fingerprint()
+    other = av.ensure_built(av.parse_name("avdigits:n_train=20,n_test=10,snr_db=0"))
+    assert other != folder  # other knobs, another folder

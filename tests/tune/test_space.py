@@ -244,6 +244,28 @@ def test_list_elements_and_smoke_overrides():
         trial_config(space, "synthetic:competition", {"train.lr": 0.1}, 0)
 
 
+def test_dataset_overrides_set_one_datasets_trials_under_the_sampled_values():
+    params = {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
+    space = parse_space({"datasets": ["synthetic:competition", "synthetic:balanced"], "params": params,
+                         "dataset_overrides": {"synthetic:balanced": {"model.hidden": 7, "train.lr": 0.5}}},
+                        "inline.yaml")
+    bal = trial_config(space, "synthetic:balanced", {"train.lr": 0.002}, 0)
+    assert bal.model.hidden == 7 and bal.train.lr == 0.002  # the sampled value wins over the override
+    assert trial_config(space, "synthetic:competition", {"train.lr": 0.002}, 0).model.hidden != 7
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"synthetic:nope": {"model.hidden": 4}}, "not one of datasets"),
+    ({"synthetic:competition": {"model.hidden": 0}}, "hidden"),
+    ({"synthetic:competition": {"train.seed": 3}}, "objective.seed"),
+    ({"synthetic:competition": {"hidden": 3}}, "section.key"),
+    ("x", "must be a mapping"),
+])
+def test_bad_dataset_overrides_in_a_space(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        _space({"train.lr": {"type": "float", "low": 1e-3, "high": 1e-2}}, dataset_overrides=overrides)
+
+
 @pytest.mark.slow  # importing ray.tune takes seconds; no cluster is started
 def test_ray_optuna_search_accepts_the_compiled_space():
     """Ray Tune's OptunaSearch with the define-by-run function: points first, fixed values merged in,

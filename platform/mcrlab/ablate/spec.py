@@ -13,6 +13,8 @@ Schema (shipped examples: search_spaces/ablation_*.yaml, each starting with the 
     arms:                         # explicit arms: name -> delta (dotted keys); 'base' is implicit
       joint: {method.name: joint}
     datasets: [synthetic:competition, synthetic:imbalanced]
+    dataset_overrides:            # what one dataset needs on top of base (arms' deltas still win)
+      avdigits: {model.encoders: [cnn, conv1d]}
     seeds: [0, 1, 2, 3, 4]
     seed_keys: [train.seed]       # config keys a seed sets (add data.seed to resample splits too)
     metric: test/acc              # headline metric of the report
@@ -56,7 +58,8 @@ __all__ = ["Arm", "Cell", "AblationSpec", "Resources", "SmokeSpec", "load_spec",
 
 BASE_ARM = "base"
 TOP_LEVEL_KEYS = ("name", "description", "experiment", "base", "base_run", "base_overrides", "generate",
-                  "exclude", "arms", "datasets", "seeds", "seed_keys", "metric", "resources", "smoke", "tune")
+                  "exclude", "arms", "datasets", "dataset_overrides", "seeds", "seed_keys", "metric", "resources",
+                  "smoke", "tune")
 MAX_CELLS = 10_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -298,6 +301,7 @@ def parse_spec(raw: Any, source: str = "<spec>", smoke: bool = False,
         if len(set(items)) != len(items):
             twice = next(x for x in items if items.count(x) > 1)
             raise ConfigError(f"{source}: {key}: {short(twice)} is listed twice")
+    ds_over = _dataset_overrides(raw.get("dataset_overrides"), datasets, source)
     seed_keys = _list(raw.get("seed_keys", ["train.seed"]), f"{source}: seed_keys", str)
     for k in seed_keys:
         _dotted({k: 0}, f"{source}: seed_keys")
@@ -322,17 +326,39 @@ def parse_spec(raw: Any, source: str = "<spec>", smoke: bool = False,
     tuning = {}
     if raw.get("tune") is not None:
         tuning = tuning_spaces(raw["tune"], arm_cfgs, {a.name: a.delta for a in arm_list}, datasets, overrides,
-                               f"{name}-smoke" if smoke else name, source, smoke)
+                               f"{name}-smoke" if smoke else name, source, smoke, ds_over)
     n_cells = len(arm_cfgs) * len(datasets) * len(seeds)
     if n_cells > MAX_CELLS:  # checked before a RunConfig is built per cell
         raise ConfigError(f"{source}: {len(arm_cfgs)} arms x {len(datasets)} datasets x {len(seeds)} seeds = "
                           f"{n_cells} cells; at most {MAX_CELLS} (split the ablation)")
-    cells = make_cells({(a, d): cfg for a, cfg in arm_cfgs.items() for d in datasets}, seeds, seed_keys,
-                       overrides, source)
+    configs = {}
+    for arm in arm_list:
+        for d in datasets:
+            where = f"{source}: arms.{arm.name} on {d}"  # base + the dataset's overrides + the arm's delta
+            configs[(arm.name, d)] = (base.replace({"data.name": d, **ds_over[d], **arm.delta}, where) if d in ds_over
+                                      else arm_cfgs[arm.name])
+    cells = make_cells(configs, seeds, seed_keys, overrides, source)
     return AblationSpec(name=name, path=source, experiment=experiment, base=base,
                         base_run=base_run, arms=arm_list, datasets=datasets, seeds=seeds, seed_keys=seed_keys,
                         metric=metric, resources=resources, cells=cells, tuning=tuning, overrides=overrides,
                         description=str(raw.get("description", "")), smoke=smoke, raw=copy.deepcopy(raw))
+
+
+def _dataset_overrides(raw: Any, datasets: list[str], source: str) -> dict[str, dict]:
+    """``dataset_overrides: {dataset: {section.key: value}}`` (datasets of the spec, dotted keys)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: dataset_overrides: must be a mapping of dataset -> {{section.key: value}}")
+    out = {}
+    for dataset, values in raw.items():
+        where = f"{source}: dataset_overrides.{cut(dataset)}"
+        if dataset not in datasets:
+            raise ConfigError(f"{where}: not one of datasets: ({', '.join(map(str, datasets))})")
+        out[dataset] = _dotted(values, where)
+        if "data.name" in out[dataset]:
+            raise ConfigError(f"{where}.data.name: the dataset's name is its key")
+    return out
 
 
 def make_cells(configs: dict[tuple[str, str], RunConfig], seeds: list[int], seed_keys: list[str],
@@ -353,8 +379,12 @@ TUNE_ARM_KEYS = ("points_to_evaluate",)
 
 
 def tuning_spaces(tune: Any, arm_cfgs: dict[str, RunConfig], deltas: dict[str, dict], datasets: list[str],
-                  overrides: dict, ablation_id: str, source: str, smoke: bool) -> dict[str, dict]:
-    """One validated sweep search space (raw mapping) per arm that has something left to tune."""
+                  overrides: dict, ablation_id: str, source: str, smoke: bool,
+                  dataset_overrides: dict[str, dict] | None = None) -> dict[str, dict]:
+    """One validated sweep search space (raw mapping) per arm that has something left to tune.
+
+    ``dataset_overrides`` go into each space minus the keys the arm's delta sets (the delta wins, as in
+    the cells)."""
     from mcrlab.tune.params import param_path
     from mcrlab.tune.space import parse_space
 
@@ -399,6 +429,10 @@ def tuning_spaces(tune: Any, arm_cfgs: dict[str, RunConfig], deltas: dict[str, d
                  "objective": {"seeds": 1, "seed": 1000, **(tune.get("objective") or {})},
                  "num_samples": min(2, budget) if smoke else budget,
                  "params": params, "smoke": {"num_samples": 2, "overrides": dict(overrides)}}
+        own = {d: {k: v for k, v in ov.items() if k not in delta_keys}
+               for d, ov in (dataset_overrides or {}).items() if d in datasets}
+        if any(own.values()):
+            space["dataset_overrides"] = {d: ov for d, ov in own.items() if ov}
         for key in ("sampler", "scheduler", "points_to_evaluate"):
             if key in tune:
                 space[key] = copy.deepcopy(tune[key])

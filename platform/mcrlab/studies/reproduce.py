@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -81,6 +82,24 @@ def _csv(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
 
+_KNOB = re.compile(r"^[a-z_]+=")
+
+
+def dataset_list(text: str | None) -> list[str] | None:
+    """``--datasets a,b,avdigits:n_train=1000,n_test=500`` -> names; a piece that starts ``key=`` is
+    another knob of the dataset before it (no dataset name starts that way), so knobs keep their commas."""
+    items = _csv(text)
+    if items is None:
+        return None
+    out: list[str] = []
+    for item in items:
+        if _KNOB.match(item) and out:
+            out[-1] += "," + item
+        else:
+            out.append(item)
+    return out
+
+
 def narrow_spec(raw: dict, source: str, *, methods: list[str] | None = None, datasets: list[str] | None = None,
                 seeds: int | None = None, budget: int | None = None, epochs: int | None = None) -> dict:
     """The spec's raw mapping narrowed (or not); a narrowed spec is renamed ``<name>-<hash>``.
@@ -110,6 +129,8 @@ def narrow_spec(raw: dict, source: str, *, methods: list[str] | None = None, dat
             raise ConfigError(f"{source}: --datasets: empty list")
         raw["datasets"] = list(datasets)
         changes["datasets"] = list(datasets)
+        if isinstance(raw.get("dataset_overrides"), dict):  # the overrides of datasets that left go too
+            raw["dataset_overrides"] = {d: v for d, v in raw["dataset_overrides"].items() if d in datasets}
     if seeds is not None:
         if seeds < 1:
             raise ConfigError(f"{source}: --seeds: need at least 1 seed, got {seeds}")
@@ -406,7 +427,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     methods = _csv(args.methods)
     if args.smoke and methods is None:
         methods = list(SMOKE_METHODS)
-    narrowed = narrow_spec(raw, args.spec, methods=methods, datasets=_csv(args.datasets), seeds=args.seeds,
+    narrowed = narrow_spec(raw, args.spec, methods=methods, datasets=dataset_list(args.datasets), seeds=args.seeds,
                            budget=args.budget, epochs=args.epochs)
     uri = resolve_tracking_uri(args.tracking_uri)
     spec = parse_spec(narrowed, args.spec, smoke=args.smoke, tracking_uri=uri)

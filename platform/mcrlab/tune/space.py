@@ -28,7 +28,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mcrlab.config import SEED_MAX, ConfigError, RunConfig, build_dataclass, check_name, opt, read_yaml, short
+from mcrlab.config import (
+    SEED_MAX,
+    ConfigError,
+    RunConfig,
+    build_dataclass,
+    check_name,
+    cut,
+    opt,
+    read_yaml,
+    short,
+)
 from mcrlab.trials.resources import check_gpu_share
 from mcrlab.tune.params import Param, apply_values, check_paths, parse_params, same_value, set_path
 
@@ -43,7 +53,8 @@ SAMPLERS = ("tpe", "random", "cmaes", "gp")
 METRIC_SPLITS = ("train", "val", "test")
 MAX_SAMPLES = 100_000  # trials per dataset
 TOP_LEVEL_KEYS = ("name", "description", "datasets", "base", "metric", "mode", "objective", "sampler",
-                  "num_samples", "scaling", "scheduler", "smoke", "params", "points_to_evaluate")
+                  "num_samples", "scaling", "scheduler", "smoke", "params", "points_to_evaluate",
+                  "dataset_overrides")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,6 +161,7 @@ class SearchSpace:
     points_to_evaluate: tuple[dict, ...] = ()
     description: str = ""
     overrides: dict = field(default_factory=dict)  # pinned after sampling (set by smoked())
+    dataset_overrides: dict = field(default_factory=dict)  # dataset -> {dotted key: value}, under the sampled params
     raw: dict = field(default_factory=dict, compare=False, repr=False)  # the file as loaded
 
     def param(self, name: str) -> Param:
@@ -223,12 +235,35 @@ def parse_space(raw: Any, source: str = "<space>", default_name: str = "space") 
                         objective=objective, sampler=sampler, num_samples=num_samples, scaling=scaling,
                         scheduler=scheduler, smoke=Smoke(), params=params, description=description,
                         raw=copy.deepcopy(raw))
+    space = replace(space, dataset_overrides=_dataset_overrides(raw.get("dataset_overrides"), space, source))
     smoke = _smoke(raw.get("smoke"), space, source)
     points = _points(raw.get("points_to_evaluate"), space, source)
     if len(points) > num_samples:
         raise ConfigError(f"{source}: points_to_evaluate: {len(points)} points but num_samples is "
                           f"{num_samples}; the extra points would never run")
     return replace(space, smoke=smoke, points_to_evaluate=points)
+
+
+def _dataset_overrides(raw: Any, space: SearchSpace, source: str) -> dict[str, dict]:
+    """``dataset_overrides: {dataset: {section.key: value}}``: what one dataset needs on top of the base
+    (e.g. conv encoders for an image dataset). Each is validated as that dataset's trial config."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: dataset_overrides: must be a mapping of dataset -> {{section.key: value}}")
+    out: dict[str, dict] = {}
+    for dataset, values in raw.items():
+        where = f"{source}: dataset_overrides.{cut(dataset)}"
+        if dataset not in space.datasets:
+            raise ConfigError(f"{where}: not one of datasets: ({', '.join(space.datasets)})")
+        if not isinstance(values, dict) or not all(isinstance(k, str) and k.count(".") == 1 for k in values):
+            raise ConfigError(f"{where}: must be a mapping of section.key: value (e.g. model.encoder: cnn)")
+        for key in values:
+            if key in ("data.name", "train.seed"):
+                raise ConfigError(f"{where}.{key}: set by the sweep (datasets: and objective.seed)")
+        out[dataset] = dict(values)
+        trial_config(replace(space, dataset_overrides=out), dataset, {}, space.objective.seed)  # validates
+    return out
 
 
 def _string(raw: dict, key: str, source: str, default: str) -> str:
@@ -413,7 +448,8 @@ def sample_point(study: optuna.Study, space: SearchSpace) -> tuple[optuna.Trial,
 
 
 def trial_config(space: SearchSpace, dataset: str, sampled: dict, seed: int) -> RunConfig:
-    """base + dataset + sampled params (+ fixed values, + smoke overrides) + seed -> validated RunConfig."""
+    """base + dataset (+ its dataset_overrides) + sampled params (+ fixed values, + smoke overrides) + seed
+    -> validated RunConfig."""
     by_name = {p.name: p for p in space.params}
     for key in sampled:
         if key not in by_name:
@@ -427,6 +463,7 @@ def trial_config(space: SearchSpace, dataset: str, sampled: dict, seed: int) -> 
     raw = copy.deepcopy(space.base)
     raw.setdefault("data", {})["name"] = dataset
     raw.setdefault("train", {})["seed"] = seed
+    apply_values(raw, space.dataset_overrides.get(dataset, {}), space.source)
     apply_values(raw, values, space.source)
     apply_values(raw, space.overrides, space.source)
     return RunConfig.from_dict(raw, f"{space.source} [dataset {dataset}]")
