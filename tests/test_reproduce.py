@@ -104,6 +104,35 @@ def test_evaluation_seeds_resample_the_split_on_every_dataset_kind(tmp_path):
     write_shards(tmp_path / "sh", {"a": rng.normal(size=(n, 3)), "b": rng.normal(size=(n, 2))},
                  np.arange(n) % 3, np.array(["train"] * 36 + ["val"] * 12 + ["test"] * 12))
     assert not split_moves_with_seed([{"name": str(tmp_path / "sh"), "seed": s} for s in (0, 1)])
+    # ... unless data.resplit re-draws it (avdigits in the shipped grid does)
+    assert split_moves_with_seed([{"name": str(tmp_path / "sh"), "seed": s, "resplit": "train+val"} for s in (0, 1)])
+
+
+def test_shipped_grid_trains_avdigits_with_conv_encoders_and_a_moving_split():
+    spec = parse_spec(_raw(), str(SPEC))
+    av = [d for d in spec.datasets if d.startswith("avdigits")]
+    assert len(av) == 1
+    cells = [c for c in spec.cells if c.dataset == av[0]]
+    assert {tuple(c.config["model"]["encoders"]) for c in cells} == {("cnn", "conv1d")}
+    assert {c.config["data"]["resplit"] for c in cells} == {"train+val"}
+    assert all(c.config["model"]["encoders"] == [] for c in spec.cells if c.dataset != av[0])
+    # the tuning sweeps train avdigits with the same encoders
+    assert all(t["dataset_overrides"][av[0]]["model.encoders"] == ["cnn", "conv1d"] for t in spec.tuning.values())
+    # MCR without its game term is an arm, so a win can be credited to the game
+    nogame = spec.base.replace(spec.arm("mcr_nogame").delta)
+    assert nogame.method.name == "mcr" and nogame.method.params.lambda_m == 0.0
+    assert "method.lambda_m" not in spec.tuning["mcr_nogame"]["params"]
+
+
+def test_dataset_lists_keep_the_commas_of_dataset_knobs():
+    from mcrlab.studies.reproduce import dataset_list
+
+    assert dataset_list("synthetic:competition, avdigits:n_train=1000,n_test=500,mfeat:pix+fou") == [
+        "synthetic:competition", "avdigits:n_train=1000,n_test=500", "mfeat:pix+fou"]
+    assert dataset_list(None) is None
+    raw = narrow_spec(_raw(), "r.yaml", datasets=["synthetic:competition"])  # overrides of datasets that left go
+    assert raw.get("dataset_overrides") == {}
+    parse_spec(raw, "r.yaml")
 
 
 def test_narrowing_keeps_the_base_drops_unused_knobs_and_renames():
@@ -206,12 +235,13 @@ def _cells() -> pd.DataFrame:
 
 def test_report_from_the_csv_alone_is_byte_identical(tmp_path, capsys):
     cells = _cells()
-    kwargs = dict(title="T", command="c", full_command="f", label="l", machine={"cpu": "x"}, meta={"m": "1"})
+    kwargs = dict(title="T", command="c", full_command="f", label="l", machine={"cpu": "x"}, meta={"m": "1"},
+                  cells=cells)
     direct = render_results(report_from_cells(cells), **kwargs)
     path = write_cells(cells.sample(frac=1.0, random_state=0), tmp_path / "RESULTS_cells.csv")  # order is irrelevant
     back = read_cells(path)
     assert list(back.columns) == list(CELL_COLUMNS) and len(back) == len(cells)
-    assert render_results(report_from_cells(back), **kwargs) == direct
+    assert render_results(report_from_cells(back), **{**kwargs, "cells": back}) == direct
     assert "| synthetic:competition | mcr |" in direct and "test/probe/a" in direct
     # the command: the statistics sections of its output are those of the run's Markdown, byte for byte
     out = tmp_path / "X.md"
@@ -285,3 +315,67 @@ def test_budget_per_knob_and_per_arm_points_in_the_ablation_spec():
              r"points_to_evaluate\[0\].method.lambda_m: not a parameter of this space")):
         with pytest.raises(ConfigError, match=match):
             parse_spec(_tune_spec(tune), "s.yaml")
+
+
+def _focus_cells() -> pd.DataFrame:
+    acc = {"ensemble": [0.70, 0.71, 0.72, 0.70, 0.71], "mcr": [0.80, 0.82, 0.81, 0.80, 0.83],
+           "joint": [0.75, 0.74, 0.76, 0.75, 0.74], "mlb": [0.78, 0.80, 0.79, 0.81, 0.80],
+           "mcr_nogame": [0.79, 0.83, 0.80, 0.80, 0.82]}
+    probe = {"ensemble": ([0.9] * 5, [0.5, 0.52, 0.51, 0.5, 0.5]), "mcr": ([0.88] * 5, [0.6, 0.61, 0.6, 0.62, 0.6]),
+             "joint": ([0.89] * 5, [0.4, 0.42, 0.41, 0.4, 0.43])}
+    rows = []
+    for arm, vs in acc.items():
+        for seed, v in enumerate(vs):
+            run = f"{arm}{seed}"
+            rows.append((arm, "d", seed, seed, "test/acc", v, run))
+            if arm in probe:
+                rows += [(arm, "d", seed, seed, "test/probe/image", probe[arm][0][seed], run),
+                         (arm, "d", seed, seed, "test/probe/audio", probe[arm][1][seed], run)]
+    return pd.DataFrame(rows, columns=list(CELL_COLUMNS))
+
+
+def test_focused_comparisons_against_hand_computed_paired_tests():
+    from scipy import stats as sps
+
+    from mcrlab.analysis.stats import holm, mdd_paired_t
+    from mcrlab.studies.reproduce import focused_comparisons, render_focus
+
+    cells = _focus_cells()
+    (row,) = focused_comparisons(cells)
+    acc = {a: g.sort_values("seed")["value"].to_numpy() for a, g in cells[cells.metric == "test/acc"].groupby("arm")}
+    assert row["best_arm"] == "mlb"  # the best arm that is neither the ensemble nor one of MCR's (mcr_nogame)
+    raw_p = [sps.ttest_rel(acc["mcr"], acc[a]).pvalue for a in ("ensemble", "mlb", "mcr_nogame")]
+    adj = holm(raw_p)
+    for key, arm, p in zip(("ensemble", "best", "nogame"), ("ensemble", "mlb", "mcr_nogame"), adj, strict=True):
+        d = acc["mcr"] - acc[arm]
+        assert row[key]["diff"] == pytest.approx(d.mean(), abs=1e-12)
+        assert row[key]["p_holm"] == pytest.approx(p, rel=1e-9)
+        assert row[key]["mdd"] == pytest.approx(mdd_paired_t(float(d.std(ddof=1)), 5, 0.05 / 3))
+        assert row[key]["significant"] == (p < 0.05)
+    assert row["ensemble"]["significant"] and not row["nogame"]["significant"]
+    # the weak modality is the one the ensemble's unimodal member does worse on: audio here
+    w = row["weak"]
+    assert w["modality"] == "audio" and w["ensemble"] == pytest.approx(0.506) and w["mcr"] == pytest.approx(0.606)
+    assert w["vs_joint"]["diff"] == pytest.approx(0.606 - 0.412)
+    text = "\n".join(render_focus([row]))
+    assert "| d | 5 | 0.8120 |" in text and "mlb 0.7960" in text and "audio: 0.6060 / 0.4120 / 0.5060" in text
+
+
+def test_the_run_header_travels_with_the_csv(tmp_path):
+    from mcrlab.studies.reproduce import write_provenance
+
+    cells = _focus_cells()
+    path = write_cells(cells, tmp_path / "RESULTS_cells.csv")
+    header = {"command": "mcrlab reproduce --seeds 5", "label": "**Reduced run** of x", "machine": {"cpu": "cpuY",
+              "cores": "2"}, "meta": {"date": "2026-12-01", "wall time": "1 min"}}
+    write_provenance(path, header)
+    out = tmp_path / "R.md"
+    assert main(["reproduce", "--from-csv", str(path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "`mcrlab reproduce --seeds 5`" in text and "**Reduced run** of x" in text and "cpuY, 2 cores" in text
+    assert "wall time: 1 min" in text and "rendered by: `mcrlab reproduce --from-csv" in text
+    assert "## MCR against the ensemble, the best other method" in text
+    assert main(["reproduce", "--from-csv", str(path), "--out", str(tmp_path / "R2.md")]) == 0
+    assert (tmp_path / "R2.md").read_text() == text  # deterministic
+    (tmp_path / "RESULTS_provenance.json").write_text("{not json")
+    assert main(["reproduce", "--from-csv", str(path)]) == 2

@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mcrlab.config import ConfigError, read_yaml
 
 __all__ = ["register", "narrow_spec", "results_tidy", "results_cells", "write_cells", "read_cells",
@@ -243,6 +245,34 @@ def read_cells(path: str | Path):
     return cells
 
 
+PROVENANCE_SUFFIX = "_provenance.json"  # beside <out>_cells.csv: the run's command, label, machine and meta
+
+
+def _provenance_path(cells_path: Path) -> Path:
+    return cells_path.with_name(cells_path.name.removesuffix("_cells.csv").removesuffix(".csv") + PROVENANCE_SUFFIX)
+
+
+def write_provenance(cells_path: Path, provenance: dict) -> Path:
+    path = _provenance_path(Path(cells_path))
+    path.write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_provenance(cells_path: Path) -> dict | None:
+    """The run's header written beside its CSV, or None when there is none (a hand-made CSV)."""
+    path = _provenance_path(cells_path)
+    if not path.is_file():
+        return None
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--from-csv: {path}: not readable JSON ({str(err)[:80]})") from None
+    if not isinstance(loaded, dict) or not {"command", "label", "machine", "meta"} <= set(loaded) \
+            or not isinstance(loaded["meta"], dict) or not isinstance(loaded["machine"], dict):
+        raise ConfigError(f"--from-csv: {path}: expected an object with command, label, machine and meta")
+    return loaded
+
+
 def report_from_cells(cells):
     """The comparison report of a per-seed table (from MLflow or from its CSV: the same statistics)."""
     from mcrlab.analysis.report import build_report
@@ -280,6 +310,114 @@ def mcr_verdicts(rep, metric: str = "test/acc") -> list[dict]:
                     "alpha_adj": float(r.alpha_adj), "n": int(r.n), "p_holm": float(r.p_holm), "rank": rank,
                     "methods": len(means), "best": str(means.idxmax()), "verdict": verdict})
     return out
+
+
+NOGAME_ARM = "mcr_nogame"  # MCR with lambda_m = 0: what MCR gains over it is the game term's own
+FOCUS_FAMILY = 3  # MCR vs the ensemble, vs the best other method, vs itself without the game
+
+
+def _per_seed(tidy, arm: str, dataset: str, metric: str) -> dict:
+    d = tidy[(tidy["arm"] == arm) & (tidy["dataset"] == dataset) & (tidy["metric"] == metric)]
+    return dict(zip(d["seed"], d["value"].astype(float), strict=True))
+
+
+def contrast(arm: dict, other: dict, m: int) -> dict:
+    """``arm`` minus ``other`` (dicts seed -> value over the same seeds): mean Δ, raw two-sided paired-t p,
+    and the power statement at alpha / m (m = the size of its Holm family)."""
+    from mcrlab.analysis import stats
+
+    r = stats.paired_test(arm, other)
+    pw = stats.power_of(stats.paired_diffs(arm, other), "t", m=m)
+    return {"diff": r.diff, "p": r.p, "mdd": pw.mdd, "n": r.n, "can_reject": pw.can_reject}
+
+
+def focused_comparisons(cells, metric: str = "test/acc") -> list[dict]:
+    """Per dataset, MCR's three planned contrasts, Holm-corrected together (m = 3):
+
+    - vs the ensemble (the base arm);
+    - vs the best other method by mean (every arm but the ensemble and MCR's own arms ``mcr*``; chosen
+      after seeing the means, so this contrast favours the other method: a win over it is conservative);
+    - vs ``mcr_nogame`` (the same arm with lambda_m = 0), so a win is credited to the game itself.
+
+    And the weak modality: the one whose unimodal model (the ensemble's member, ``test/probe/<m>``) is
+    worse; its linear-probe accuracy under MCR, joint training and the ensemble, and MCR − joint on it.
+    Rows need MCR and the ensemble on the dataset; absent arms leave their contrast empty.
+    """
+    from mcrlab.analysis import stats
+
+    tidy = _sorted_cells(cells)
+    out = []
+    for dataset in sorted(tidy["dataset"].unique(), key=str):
+        d = tidy[(tidy["dataset"] == dataset) & (tidy["metric"] == metric)]
+        means = d.groupby("arm")["value"].mean()
+        if "mcr" not in means or BASE_METHOD not in means:
+            continue
+        mcr = _per_seed(tidy, "mcr", dataset, metric)
+        others = means[[a for a in means.index if a != BASE_METHOD and not a.startswith("mcr")]]
+        best = str(others.idxmax()) if len(others) else ""
+        row: dict[str, Any] = {"dataset": dataset, "mcr": float(means["mcr"]), "n": len(mcr), "best_arm": best}
+        targets = {"ensemble": BASE_METHOD, "best": best, "nogame": NOGAME_ARM if NOGAME_ARM in means else ""}
+        for key, arm in targets.items():
+            row[key] = contrast(mcr, _per_seed(tidy, arm, dataset, metric), FOCUS_FAMILY) if arm else None
+            if arm:
+                row[key]["mean"] = float(means[arm])
+        ps = [row[k]["p"] if row[k] else math.nan for k in targets]
+        for k, ph in zip(targets, stats.holm(ps), strict=True):
+            if row[k]:
+                row[k]["p_holm"] = float(ph)
+                row[k]["significant"] = bool(row[k]["can_reject"] and ph < stats.ALPHA)
+        probes = sorted({m for m in tidy.loc[tidy["dataset"] == dataset, "metric"] if m.startswith("test/probe/")})
+        ens_probe = {m: float(tidy[(tidy["dataset"] == dataset) & (tidy["arm"] == BASE_METHOD)
+                                   & (tidy["metric"] == m)]["value"].mean()) for m in probes}
+        ens_probe = {m: v for m, v in ens_probe.items() if not math.isnan(v)}
+        row["weak"] = None
+        if len(ens_probe) >= 2:
+            weak = min(ens_probe, key=lambda m: ens_probe[m])
+            w = {"modality": weak.removeprefix("test/probe/"), "ensemble": ens_probe[weak],
+                 "mcr": float(tidy[(tidy["dataset"] == dataset) & (tidy["arm"] == "mcr")
+                                   & (tidy["metric"] == weak)]["value"].mean())}
+            joint = _per_seed(tidy, "joint", dataset, weak)
+            if joint:
+                w["joint"] = float(np.mean(list(joint.values())))
+                w["vs_joint"] = contrast(_per_seed(tidy, "mcr", dataset, weak), joint, 1)
+            row["weak"] = w
+        out.append(row)
+    return out
+
+
+def _contrast_cell(c: dict | None, with_mean: str = "") -> str:
+    from mcrlab.analysis.report import mdd_text
+
+    if not c:
+        return "—"
+    star = "*" if c.get("significant") else ""
+    head = f"{with_mean} {c['mean']:.4f}: " if with_mean else ""
+    return f"{head}{c['diff']:+.4f}{star} (p {_p(c.get('p_holm', c['p']))}, MDD {mdd_text(c['mdd'])})"
+
+
+def render_focus(rows: list[dict]) -> list[str]:
+    """The focused section of RESULTS.md: a table of ``focused_comparisons`` and how to read it."""
+    if not rows:
+        return []
+    lines = ["## MCR against the ensemble, the best other method and itself without the game (test/acc)", "",
+             "Each cell: Δ = MCR − that arm (mean over seeds), the p-value of the paired t-test over matched "
+             f"seeds Holm-corrected over these {FOCUS_FAMILY} contrasts per dataset (* = p < 0.05), and the "
+             "minimal detectable difference (power 0.8) at that correction. The best other method is chosen "
+             "by its mean after the fact, which favours it.", "",
+             "| dataset | seeds | MCR | vs ensemble | vs best other method | vs MCR without the game "
+             "| weak modality: probe MCR / joint / ensemble (Δ MCR − joint) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        w = r["weak"]
+        if w:
+            vj = w.get("vs_joint")
+            weak = (f"{w['modality']}: {w['mcr']:.4f} / {w.get('joint', math.nan):.4f} / {w['ensemble']:.4f}"
+                    + (f" ({vj['diff']:+.4f}, p {_p(vj['p'])})" if vj else ""))
+        else:
+            weak = "—"
+        lines.append(f"| {r['dataset']} | {r['n']} | {r['mcr']:.4f} | {_contrast_cell(r['ensemble'])} | "
+                     f"{_contrast_cell(r['best'], r['best_arm'])} | {_contrast_cell(r['nogame'])} | {weak} |")
+    return lines
 
 
 def split_moves_with_seed(data_cfgs: list[dict]) -> bool:
@@ -341,7 +479,7 @@ def _f(v: float, spec: str = ".4f") -> str:
 
 
 def render_results(rep, *, title: str, command: str, full_command: str, label: str, machine: dict,
-                   meta: dict) -> str:
+                   meta: dict, cells=None) -> str:
     """docs/RESULTS.md: provenance, the MCR-vs-ensemble verdicts, then the full comparison report."""
     from mcrlab.analysis.report import render_markdown
 
@@ -375,6 +513,10 @@ def render_results(rep, *, title: str, command: str, full_command: str, label: s
                       "∞: no difference can be significant with these seeds."]
     else:
         lines.append("(no MCR or ensemble results in this run)")
+    if cells is not None:
+        focus = render_focus(focused_comparisons(cells))
+        if focus:
+            lines += ["", *focus]
     body = render_markdown(rep).splitlines()
     body = ["#" + ln if ln.startswith("#") else ln for ln in body]  # the report's sections go one level down
     return "\n".join(lines + ["", *body, ""])
@@ -399,11 +541,18 @@ def cmd_from_csv(args: argparse.Namespace) -> int:
     rep = report_from_cells(cells)
     src = _relative(Path(args.from_csv))
     runs = cells["run_id"].nunique()
-    text = render_results(rep, title=TITLE, command=f"mcrlab reproduce --from-csv {src}",
-                          full_command="mcrlab reproduce", machine={},
-                          label=f"**Re-rendered** from the per-seed table `{src}` ({len(cells)} values of {runs} "
-                                "runs); the statistics below are recomputed from it alone.",
-                          meta={"cells": f"{src}"})
+    provenance = read_provenance(Path(args.from_csv))
+    if provenance is not None:  # the run's own header, so the committed page is exactly this re-render
+        text = render_results(rep, title=TITLE, command=provenance["command"], full_command="mcrlab reproduce",
+                              machine=provenance["machine"], label=provenance["label"],
+                              meta={**provenance["meta"], "rendered by": f"`mcrlab reproduce --from-csv {src}` "
+                                    f"(from the per-seed table and {PROVENANCE_SUFFIX} beside it)"}, cells=cells)
+    else:
+        text = render_results(rep, title=TITLE, command=f"mcrlab reproduce --from-csv {src}",
+                              full_command="mcrlab reproduce", machine={},
+                              label=f"**Re-rendered** from the per-seed table `{src}` ({len(cells)} values of {runs} "
+                                    "runs); the statistics below are recomputed from it alone.",
+                              meta={"cells": f"{src}"}, cells=cells)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -484,8 +633,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             "per-seed values": f"`{_relative(cells_path)}` (every cell: arm, dataset, seed, data seed, metric, "
                                f"value, MLflow run id); `mcrlab reproduce --from-csv {_relative(cells_path)}` "
                                "recomputes every table below from it"}
-    text = render_results(rep, title=TITLE, command=_command_line(args), full_command="mcrlab reproduce", label=label,
-                          machine=machine, meta=meta)
+    command = _command_line(args)
+    write_provenance(cells_path, {"command": command, "label": label, "machine": machine, "meta": meta})
+    text = render_results(rep, title=TITLE, command=command, full_command="mcrlab reproduce", label=label,
+                          machine=machine, meta=meta, cells=cells)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(text)
