@@ -364,3 +364,24 @@ def test_avdigits_by_name_builds_once_and_rebuilds_a_torn_copy(cache, monkeypatc
                                                            ).fingerprint() == ds.fingerprint()
     other = av.ensure_built(av.parse_name("avdigits:n_train=20,n_test=10,snr_db=0"))
     assert other != folder  # other knobs, another folder
+
+
+@needs_sources
+def test_concurrent_trials_share_one_avdigits_build(cache, tmp_path):
+    """Two processes asking for the same knobs at once: one builds, the other waits and reads it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from mcrlab.data import avdigits as av; "
+            "built = []; p = av.ensure_built(av.parse_name('avdigits:n_train=10,n_test=10,seed=7'), "
+            "cache_dir=sys.argv[1], log=built.append); print(p, len(built))")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "clips").symlink_to(cache / "clips") if (cache / "clips").exists() else None
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0][0] == outs[1][0]  # one folder
+    assert sorted(int(o[1]) for o in outs) == [0, 1]  # exactly one of them built it
+    assert not list((root / "shards").glob(".*tmp*"))  # no temporary folder left

