@@ -10,6 +10,7 @@ from mcrlab.methods.dnr import DnR
 from mcrlab.methods.ensemble import Ensemble
 from mcrlab.methods.gradient_blending import GradientBlending
 from mcrlab.methods.greedy import Greedy
+from mcrlab.methods.lfm import LFM
 from mcrlab.methods.mcr import MCR
 from mcrlab.methods.mla import MLA
 from mcrlab.methods.mlb import MLB
@@ -42,6 +43,7 @@ REGISTRY: dict[str, type[Method]] = {
     "gradient_blending": GradientBlending,
     "cml": CML,
     "remix": Remix,
+    "lfm": LFM,
     # learning rates, alternating training, re-initialisation
     "mslr": MSLR,
     "reconboost": ReconBoost,
