@@ -22,6 +22,7 @@ from mcrlab.methods.opm import OPM
 from mcrlab.methods.pmr import PMR
 from mcrlab.methods.reconboost import ReconBoost
 from mcrlab.methods.remix import Remix
+from mcrlab.methods.sample_valuation import SampleValuation
 from mcrlab.methods.simple import Joint, MultiLoss, Unimodal
 
 REGISTRY: dict[str, type[Method]] = {
@@ -44,6 +45,7 @@ REGISTRY: dict[str, type[Method]] = {
     "cml": CML,
     "remix": Remix,
     "lfm": LFM,
+    "sample_valuation": SampleValuation,
     # learning rates, alternating training, re-initialisation
     "mslr": MSLR,
     "reconboost": ReconBoost,
