@@ -136,9 +136,12 @@ class LFM(Method):
         assert self.probe is not None
         xs, y = self.probe
         model = self.model  # the module itself: the update differentiates twice (not through torch.compile)
-        with torch.enable_grad():
+        # full precision: a second derivative in bf16 (train.amp on CUDA) would be mostly rounding
+        with torch.enable_grad(), torch.autocast(device_type=y.device.type, enabled=False):
             out = model(xs)
-            ce, align = lfm_losses(out, model.fusion.bias, y)
+            bias = model.fusion.bias
+            assert isinstance(bias, torch.Tensor)  # late fusion (``fusions``)
+            ce, align = lfm_losses(out, bias, y)
             h = hessian_probe((1 - self.a_align) * ce + self.a_align * align, ce, self._trainable()).detach()
         if dist.is_initialized():
             dist.all_reduce(h)

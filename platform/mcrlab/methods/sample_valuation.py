@@ -23,6 +23,7 @@ Deviation, documented: the reference values every training sample once per epoch
 the epoch) and trains the next epoch on the enlarged data set; here each training batch is valued with the
 current model (eval mode) and enlarged by its own copies, which share the batch's encoder pass (the hooks see
 batches, not sample ids). An epoch thus sees each copy once, as the reference, in as many steps as before.
+Data-parallel: each rank values and enlarges its own shard of the batch; the loss is the mean over its rows.
 """
 
 from __future__ import annotations
