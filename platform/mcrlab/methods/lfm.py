@@ -16,7 +16,7 @@ How a_align moves, ``strategy``:
   closed-form curve, a 5th-degree polynomial fitted to their learnt weights over CREMA-D's 200 epochs (0.20 at
   the start, ~0.54 half-way, ~0.9 at the end), evaluated at t = epoch * 200 / train.epochs; a_align = 1 - a_cls.
 - ``learnable`` (Crema_epoch_learnable.py, and BalanceBenchmark's LFM): once per epoch, before its first step,
-  on a fixed batch of ``val_rows`` rows, L_t = a_cls CE + a_align A and
+  on a fixed batch of ``val_rows`` rows (in train mode, as the reference), L_t = a_cls CE + a_align A and
     h = mean of the entries of (Hessian(L_t) grad(CE)) belonging to the model's first parameter,
     a_align <- clip(a_align - lr_alpha h, 0.05, 0.95),  a_cls = 1 - a_align,
   lr_alpha halved every 20 epochs; a_align starts at 0.95 (BalanceBenchmark: 0.05), lr_alpha 1e-4, 8 rows
