@@ -41,6 +41,8 @@ SETTINGS: dict[str, tuple[dict, str | None]] = {
     "gradient_blending": ({}, "coef/gblend/"),
     "remix": ({"warmup": 1}, "coef/remix/"),
     "cml": ({}, "coef/cml/"),
+    "lfm": ({"strategy": "learnable"}, "coef/lfm/"),
+    "sample_valuation": ({"warmup": 1}, "coef/sample/"),
     "mslr": ({"strategy": "dynamic"}, "coef/mslr/"),
     "reconboost": ({"stage_epochs": 1}, "coef/reconboost/"),
     "mla": ({}, "coef/mla/"),

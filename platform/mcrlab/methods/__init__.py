@@ -10,6 +10,7 @@ from mcrlab.methods.dnr import DnR
 from mcrlab.methods.ensemble import Ensemble
 from mcrlab.methods.gradient_blending import GradientBlending
 from mcrlab.methods.greedy import Greedy
+from mcrlab.methods.lfm import LFM
 from mcrlab.methods.mcr import MCR
 from mcrlab.methods.mla import MLA
 from mcrlab.methods.mlb import MLB
@@ -21,6 +22,7 @@ from mcrlab.methods.opm import OPM
 from mcrlab.methods.pmr import PMR
 from mcrlab.methods.reconboost import ReconBoost
 from mcrlab.methods.remix import Remix
+from mcrlab.methods.sample_valuation import SampleValuation
 from mcrlab.methods.simple import Joint, MultiLoss, Unimodal
 
 REGISTRY: dict[str, type[Method]] = {
@@ -42,6 +44,8 @@ REGISTRY: dict[str, type[Method]] = {
     "gradient_blending": GradientBlending,
     "cml": CML,
     "remix": Remix,
+    "lfm": LFM,
+    "sample_valuation": SampleValuation,
     # learning rates, alternating training, re-initialisation
     "mslr": MSLR,
     "reconboost": ReconBoost,
