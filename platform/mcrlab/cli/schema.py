@@ -131,7 +131,13 @@ def _space_schema() -> dict[str, Any]:
                            "additionalProperties": False,
                            "description": "section.key (or section.key.N, or section.key@label) -> range"},
                 "points_to_evaluate": {"type": "array", "items": {"type": "object"}},
+                "dataset_overrides": _dataset_overrides_schema(),
             }}
+
+
+def _dataset_overrides_schema() -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": {"type": "object", "propertyNames": {"pattern": DOTTED_KEY}},
+            "description": "dataset (one of datasets) -> dotted config keys that dataset needs on top of the base"}
 
 
 def _ablation_schema() -> dict[str, Any]:
@@ -147,6 +153,7 @@ def _ablation_schema() -> dict[str, Any]:
                 "exclude": {"type": "array", "items": {"type": "string"}},
                 "arms": {"type": "object", "additionalProperties": delta},
                 "datasets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                "dataset_overrides": _dataset_overrides_schema(),
                 "seeds": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
                 "seed_keys": {"type": "array", "items": {"type": "string", "pattern": DOTTED_KEY}},
                 "metric": {"type": "string", "pattern": "^(train|val|test)/"},
