@@ -4,12 +4,14 @@ new module and one line here."""
 from __future__ import annotations
 
 from mcrlab.methods.agm import AGM
+from mcrlab.methods.amco import AMCo
 from mcrlab.methods.base import Method, NoParams, StepContext, StepResult
 from mcrlab.methods.cml import CML
 from mcrlab.methods.dnr import DnR
 from mcrlab.methods.ensemble import Ensemble
 from mcrlab.methods.gradient_blending import GradientBlending
 from mcrlab.methods.greedy import Greedy
+from mcrlab.methods.mbsd import MBSD
 from mcrlab.methods.mcr import MCR
 from mcrlab.methods.mla import MLA
 from mcrlab.methods.mlb import MLB
@@ -22,6 +24,7 @@ from mcrlab.methods.pmr import PMR
 from mcrlab.methods.reconboost import ReconBoost
 from mcrlab.methods.remix import Remix
 from mcrlab.methods.simple import Joint, MultiLoss, Unimodal
+from mcrlab.methods.umt import UMT
 
 REGISTRY: dict[str, type[Method]] = {
     # references: one modality, separately trained modalities, plain joint training
@@ -35,6 +38,7 @@ REGISTRY: dict[str, type[Method]] = {
     "agm": AGM,
     "mlb": MLB,
     "greedy": Greedy,
+    "amco": AMCo,
     # objectives and gradient combination
     "mmpareto": MMPareto,
     "mmcosine": MMCosine,
@@ -42,6 +46,8 @@ REGISTRY: dict[str, type[Method]] = {
     "gradient_blending": GradientBlending,
     "cml": CML,
     "remix": Remix,
+    "umt": UMT,
+    "mbsd": MBSD,
     # learning rates, alternating training, re-initialisation
     "mslr": MSLR,
     "reconboost": ReconBoost,
