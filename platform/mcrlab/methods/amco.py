@@ -37,7 +37,7 @@ from torch import nn
 
 from mcrlab.config import opt
 from mcrlab.methods.base import StepContext, StepResult
-from mcrlab.methods.modulation import CoefficientMethod, modality_logits
+from mcrlab.methods.modulation import CoefficientMethod, confidence_scores, modality_logits
 from mcrlab.models.net import ForwardOutput
 
 
@@ -77,6 +77,10 @@ class AMCoParams:
                             "(reference 0.5)", ge=0.0, le=1.0)
     eps: float = opt(0.3, "ramp of the masked fraction, pt = sin(pi/2 min(eps, step*epoch/10) / eps) "
                           "(reference 0.3)", gt=0.0)
+    score: str = opt("share", "dependence score: share (the reference: each modality's share of one softmax over "
+                              "all masked logits) or confidence (its share of the true-class confidences "
+                              "s_m = sum_i softmax(l_m)_i[y_i] of the unmasked logits)",
+                     choices=("share", "confidence"))
 
 
 class AMCo(CoefficientMethod):
@@ -106,7 +110,12 @@ class AMCo(CoefficientMethod):
         fused, masked = amco_outputs(modality_logits(out, model.fusion.bias), self.dependent, mask, self.star)
         loss = F.cross_entropy(fused, y) + sum(F.cross_entropy(lg, y) for lg in masked)
         logs = self.record(self.dependent.float())  # coef/amco/m: the modalities masked at this step
-        self.dependent = dependence_shares(masked) > self.params.sigma
+        if self.params.score == "share":
+            shares = dependence_shares(masked)
+        else:
+            s = confidence_scores(modality_logits(out, model.fusion.bias), y)
+            shares = s / s.sum()
+        self.dependent = shares > self.params.sigma
         logs["coef/amco/masked_classes"] = float(self.num_classes - mask.sum())
         logs["loss/fused"] = F.cross_entropy(fused, y).item()
         return StepResult(loss=loss, out=out, logs=logs)
