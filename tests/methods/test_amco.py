@@ -73,7 +73,7 @@ def test_loss_masks_the_dependent_modality_and_sums_through_the_extra_layer(tiny
             l0, l1 = (out.contribs[0] + b / 2) * mask.double(), out.contribs[1] + b / 2
             o = amco.star(l0 + l1)
             ref = F.cross_entropy(o, y) + F.cross_entropy(l0, y) + F.cross_entropy(l1, y)
-            assert math.isclose(float(res.loss), float(ref), rel_tol=1e-12)
+            assert math.isclose(res.loss.item(), ref.item(), rel_tol=1e-12)
             # the next step's decision: the shares of the masked logits against sigma 0.5
             p = torch.softmax(torch.cat([l0, l1], 1), 1)
             share0 = float(p[:, :3].sum(1).mean())

@@ -84,7 +84,7 @@ def test_loss_is_fused_ce_plus_unimodal_ces_plus_the_regulariser(tiny2):
         l0, l1 = out.contribs[0] + b / 2, out.contribs[1] + b / 2  # the reference's W_m z_m + b/M
         kl, rs = _reference_pair(l0, l1, y, on_probs=False)
         ref = F.cross_entropy(out.fused, y) + F.cross_entropy(l0, y) + F.cross_entropy(l1, y) + kl + rs
-    assert math.isclose(float(res.loss), float(ref), rel_tol=1e-12)
+    assert math.isclose(res.loss.item(), ref.item(), rel_tol=1e-12)
 
 
 def test_mlp_fusion_uses_the_unimodal_heads(tiny2):
@@ -98,7 +98,7 @@ def test_mlp_fusion_uses_the_unimodal_heads(tiny2):
         out = net(xs)
         kl, rs = _reference_pair(out.heads[0], out.heads[1], y, on_probs=False)
         ref = F.cross_entropy(out.fused, y) + sum(F.cross_entropy(h, y) for h in out.heads) + kl + rs
-    assert math.isclose(float(res.loss), float(ref), rel_tol=1e-12)
+    assert math.isclose(res.loss.item(), ref.item(), rel_tol=1e-12)
     res.loss.backward()
     assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in net.heads.parameters())
 
