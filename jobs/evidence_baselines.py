@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "Mean ± sample standard deviation over seeds (train.seed; the data draw is fixed, data.seed=0). "
         "`probe` = linear probe on the frozen encoder's test latents, fitted on its training latents; "
         "`head` = the model's own unimodal head (untrained in methods that do not use it: joint, OGM-GE, AGM, "
-        "Greedy, MMCosine, PMR, MSLR, D&R, MLA, ReconBoost, OPM, CML). Test metrics come from the best validation epoch "
+        "Greedy, MMCosine, PMR, MSLR, D&R, MLA, ReconBoost, OPM, CML, AMCo, UMT, MBSD). Test metrics come from the best validation epoch "
         "(`best epoch`, 1-based; for D&R only epochs after its first re-initialisation count).",
         "<!-- evidence:end -->"]
     table = "\n".join(lines)

@@ -21,6 +21,17 @@ def tiny_dataset(num_modalities: int = 2, n_train: int = 96, seed: int = 0, C: i
                              {"train": split(n_train), "val": split(48), "test": split(48)})
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _pretrain_cache(tmp_path_factory):
+    """Unimodal pre-trainings (model.init, UMT's teachers) go to a folder of this test session, not ~/.cache."""
+    from mcrlab.engine.pretrain import CACHE_ENV
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("mcrlab-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny2() -> MultimodalDataset:
     return tiny_dataset(2)

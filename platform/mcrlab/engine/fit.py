@@ -338,6 +338,7 @@ def fit(cfg: RunConfig, report: ReportFn | None = None, *, checkpoint_dir: str |
     model = build_model(data.shapes, C, cfg.model, device=device)
     apply_init(model, cfg, data, device)  # model.init: pre-trained unimodal encoders + heads (cached)
     method = REGISTRY[cfg.method.name](cfg.method.params, model, C)
+    method.prepare(cfg, data, device)  # e.g. UMT's unimodal teachers (the cached pre-training of model.init)
     extra = method.extra_modules()
     if extra is not None:
         extra.to(device)

@@ -4,6 +4,7 @@ new module and one line here."""
 from __future__ import annotations
 
 from mcrlab.methods.agm import AGM
+from mcrlab.methods.amco import AMCo
 from mcrlab.methods.base import Method, NoParams, StepContext, StepResult
 from mcrlab.methods.cml import CML
 from mcrlab.methods.dnr import DnR
@@ -11,6 +12,7 @@ from mcrlab.methods.ensemble import Ensemble
 from mcrlab.methods.gradient_blending import GradientBlending
 from mcrlab.methods.greedy import Greedy
 from mcrlab.methods.lfm import LFM
+from mcrlab.methods.mbsd import MBSD
 from mcrlab.methods.mcr import MCR
 from mcrlab.methods.mla import MLA
 from mcrlab.methods.mlb import MLB
@@ -24,6 +26,7 @@ from mcrlab.methods.reconboost import ReconBoost
 from mcrlab.methods.remix import Remix
 from mcrlab.methods.sample_valuation import SampleValuation
 from mcrlab.methods.simple import Joint, MultiLoss, Unimodal
+from mcrlab.methods.umt import UMT
 
 REGISTRY: dict[str, type[Method]] = {
     # references: one modality, separately trained modalities, plain joint training
@@ -37,6 +40,7 @@ REGISTRY: dict[str, type[Method]] = {
     "agm": AGM,
     "mlb": MLB,
     "greedy": Greedy,
+    "amco": AMCo,
     # objectives and gradient combination
     "mmpareto": MMPareto,
     "mmcosine": MMCosine,
@@ -46,6 +50,8 @@ REGISTRY: dict[str, type[Method]] = {
     "remix": Remix,
     "lfm": LFM,
     "sample_valuation": SampleValuation,
+    "umt": UMT,
+    "mbsd": MBSD,
     # learning rates, alternating training, re-initialisation
     "mslr": MSLR,
     "reconboost": ReconBoost,

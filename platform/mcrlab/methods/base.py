@@ -94,6 +94,10 @@ class Method:
                                   f"{' or '.join(self.fusions)} ({self.fusion_reason}); got '{fusion}'")
 
     # ---- hooks -------------------------------------------------------------------------------
+    def prepare(self, cfg: Any, dataset: Any, device: torch.device) -> None:
+        """Called by ``fit`` once, after construction and ``model.init``, before a checkpoint is loaded: for a
+        method that needs more than the model (UMT's pre-trained unimodal teachers). Default: nothing."""
+
     def extra_modules(self) -> nn.Module | None:
         """Trainable auxiliary networks (projections, decoders); optimised at the base lr."""
         return None
