@@ -294,6 +294,12 @@ def _job_status_and_logs(local: cluster.LocalCluster, sid: str) -> tuple[str, st
 @pytest.mark.slow
 def test_services_bind_loopback_and_refuse_clients_without_the_token(local_cluster):
     assert cluster._alive_nodes(local_cluster.address, cluster.auth_headers(local_cluster.token_path)) == 2
+    # `cluster status` reads the nodes and their CPUs from the real dashboard (head and second node: 1 CPU each)
+    info = cluster.status(local_cluster.state_dir)
+    assert [(n["head"], n["CPU"], n["GPU"]) for n in info["nodes"]] == [(True, 1.0, 0.0), (False, 1.0, 0.0)]
+    assert info["jobs"] == [] and info["services"]["ray-head"]["answers"] and info["services"]["mlflow"]["answers"]
+    text = cluster.format_status(info)
+    assert "nodes: 2 alive, 2 CPUs, 0 GPUs" in text and local_cluster.address in text
     assert {s.name for s in local_cluster.services} == {"mlflow", "ray-head", "ray-worker"}
     for url in (local_cluster.address, local_cluster.tracking_uri):
         listeners = _listeners(int(url.rsplit(":", 1)[1]))
@@ -383,3 +389,35 @@ def test_bad_spec_job_fails_with_the_clear_error_and_the_package_comes_from_the_
     where = next(line.split(" ", 1)[1] for line in logs.splitlines() if line.startswith("MCRLAB_FROM"))
     assert "runtime_resources" in where and not where.startswith(str(ROOT)), where
     assert "CWD_HAS True True False False" in logs, logs[-2000:]
+
+
+def _readme_raw_command() -> str:
+    """The raw submission block of jobs/README.md, as printed (``eval ...`` then ``ray job submit ...``)."""
+    text = (ROOT / "jobs" / "README.md").read_text()
+    block = text.split("```bash\n# the raw command", 1)[1].split("```", 1)[0]
+    lines = [ln for ln in block.splitlines()[1:] if ln.strip() and not ln.startswith("#")]
+    cut = next(i for i, ln in enumerate(lines) if ln.startswith("mcrlab submit"))
+    return "\n".join(lines[:cut])
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_documented_raw_ray_job_submit_runs_as_printed(local_cluster, tmp_path):
+    import yaml
+
+    raw = _readme_raw_command()
+    assert raw.startswith('eval "$(mcrlab cluster env)"') and "ray job submit" in raw
+    space = yaml.safe_load((ROOT / "search_spaces" / "default.yaml").read_text())
+    space["datasets"], space["base"].setdefault("data", {})["n_train"] = space["datasets"][:1], 256
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(space))
+    # as printed, but for the job's own arguments (a one-trial space: the address and token are under test)
+    # and the --state-dir of this test's cluster; no RAY_* or MLFLOW_* in the shell beforehand
+    command = raw.replace("mcrlab cluster env", f"mcrlab cluster env --state-dir {local_cluster.state_dir}")
+    command = command.replace("search_spaces/default.yaml --smoke",
+                              f"{tmp_path / 'tiny.yaml'} --smoke --num-samples 1 --storage {tmp_path / 'runs'}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", "-ec", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "succeeded" in (proc.stdout + proc.stderr).lower()
+    assert list((tmp_path / "runs" / "sweeps").glob("*/sweep.json")), "the job ran the sweep"

@@ -143,3 +143,26 @@ def test_form_only_check_does_not_contact_the_server():
     # `mcrlab submit` checks the form on the laptop; the server may be reachable from the cluster only
     url = "postgresql+psycopg2://mlflow@mlflow-postgres.mcrlab.svc.cluster.local:5432/optuna"
     assert check_optuna_storage(url, connect=False) == url
+
+
+def test_the_report_of_a_sweep_on_a_shared_storage_covers_its_own_studies_only(tmp_path):
+    import json
+
+    from mcrlab.analysis.sweep_report import find_sweep, sweep_report
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    for name in ("team/synthetic-competition", "other-space/synthetic-competition"):
+        study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+        for x in (0.1, 0.5, 0.9):
+            study.enqueue_trial({"x": x})
+            study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    folder = tmp_path / "sweeps" / "team-1"
+    folder.mkdir(parents=True)
+    (folder / "sweep.json").write_text(json.dumps({
+        "sweep_id": "team-1", "optuna_storage": url, "study_prefix": "team", "tracking_uri": None,
+        "studies": {"synthetic:competition": {"done": True, "optuna_study": "team/synthetic-competition"}}}))
+    info = find_sweep(str(folder))  # no optuna.db of its own: the shared storage is read from sweep.json
+    assert info.optuna_storage == url and info.studies == ["team/synthetic-competition"]
+    reports = sweep_report(info)
+    assert list(reports) == ["team/synthetic-competition"]
+    assert reports["team/synthetic-competition"].counts.get("COMPLETE") == 3

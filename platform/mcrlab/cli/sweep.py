@@ -126,5 +126,7 @@ def print_summary(result: Any, out: Any = None, reports: dict | None = None) -> 
         print(f"  MLflow:  mlflow ui --backend-store-uri {result.tracking_uri}   "
               f"(experiment '{result.experiment}')", file=out)
     print(f"  Optuna:  pip install optuna-dashboard && optuna-dashboard {result.optuna_storage}", file=out)
+    if result.optuna_storage.startswith("sqlite:"):  # logged by run_sweep: it outlives a temporary run folder
+        print(f"           (a copy: artifact optuna/optuna.db of the sweep's MLflow run {result.run_id})", file=out)
     print(f"  report:  mcrlab report {result.sweep_dir}", file=out)
     print(f"  files:   {result.sweep_dir}", file=out)

@@ -167,6 +167,10 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
                 raise ConfigError(f"--study: sweep {sweep_id} runs study '{meta.get('study_prefix') or sweep_id}'; "
                                   "resume it without --study")
             shared, prefix = saved, meta.get("study_prefix")
+            if shared is not None:  # the database of a shared study must still answer, before Ray starts
+                from mcrlab.tune.shared import check_optuna_storage
+
+                check_optuna_storage(shared, flag=f"--resume: {sweep_id}: optuna_storage")
         else:
             sweep_id = _new_sweep_id(space, shared is not None)
             while (sweeps / sweep_id).exists():
