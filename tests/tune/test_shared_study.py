@@ -1,7 +1,7 @@
 """Several sweep drivers sharing one Optuna study through an RDB storage (``--optuna-storage``, tune/shared.py).
 
 - Two sweeps (two "laptops": separate run folders, one MLflow store) on one SQLite study file, one after the
-  other, on real Ray, Optuna and MLflow: the study ends with both drivers' trials, trial numbers unique,
+  other, on real Ray, Optuna and MLflow (and two driver processes at once, each with its own MLflow store): the study ends with both drivers' trials, trial numbers unique,
   the starting point run once, no point proposed twice; every MLflow run carries its study and trial number
   and each Optuna trial its run id and the sweep that ran it; the database is each sweep run's artifact.
 - Refusals: a malformed, unsupported, password-holding, unreachable or non-database URL, and --study
@@ -166,3 +166,55 @@ def test_the_report_of_a_sweep_on_a_shared_storage_covers_its_own_studies_only(t
     reports = sweep_report(info)
     assert list(reports) == ["team/synthetic-competition"]
     assert reports["team/synthetic-competition"].counts.get("COMPLETE") == 3
+
+
+DRIVER = """
+import sys
+import ray
+from mcrlab.tune.runner import run_sweep
+from mcrlab.tune.space import load_space
+ray.init(address=sys.argv[1], log_to_driver=False)
+r = run_sweep(load_space(sys.argv[2]), storage_path=sys.argv[3], tracking_uri=sys.argv[4], optuna_storage=sys.argv[5],
+              progress=False)
+print("SWEEP", r.sweep_id)
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_driver_processes_at_once_share_the_study(ray_local, tmp_path):
+    import os
+    import subprocess
+
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(_space(num_samples=3)))
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    address = ray_local.get_runtime_context().gcs_address
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    logs = {i: (tmp_path / f"out{i}.txt", tmp_path / f"err{i}.txt") for i in (1, 2)}
+    procs = {}
+    for i, (out, err) in logs.items():  # files, not pipes: a full pipe would block one driver
+        with open(out, "w") as fo, open(err, "w") as fe:
+            procs[i] = subprocess.Popen([sys.executable, "-c", DRIVER, address, str(space_file),
+                                         str(tmp_path / f"laptop{i}"), f"sqlite:///{tmp_path / f'mlflow{i}.db'}", url],
+                                        env=env, stdout=fo, stderr=fe)
+    for i, proc in procs.items():
+        assert proc.wait(timeout=900) == 0, logs[i][1].read_text()[-3000:]
+    sweeps = {line.split()[1] for out, _ in logs.values() for line in out.read_text().splitlines()
+              if line.startswith("SWEEP ")}
+    assert len(sweeps) == 2
+    trials = optuna.load_study(study_name="shared/synthetic-competition", storage=url).get_trials(deepcopy=False)
+    assert len(trials) == 6 and sorted(t.number for t in trials) == list(range(6))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert sorted(sum(t.user_attrs[SWEEP_ATTR] == s for t in trials) for s in sweeps) == [3, 3]
+    spans = [(min(t.datetime_start for t in trials if t.user_attrs[SWEEP_ATTR] == s),
+              max(t.datetime_complete for t in trials if t.user_attrs[SWEEP_ATTR] == s)) for s in sweeps]
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], f"the drivers did not overlap: {spans}"
+    # each driver's MLflow store holds its own three runs, each tagged with its own trial's number
+    for i in (1, 2):
+        runs = find_runs(f"sqlite:///{tmp_path / f'mlflow{i}.db'}", kind="trial")
+        assert len(runs) == 3
+        for run in runs:
+            ot = next(t for t in trials if t.number == int(run["tags"]["mcrlab.optuna_trial"]))
+            assert ot.user_attrs["mlflow_run_id"] == run["run_id"]
+            assert ot.user_attrs[SWEEP_ATTR] == run["tags"]["mcrlab.sweep_id"]
