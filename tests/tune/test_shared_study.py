@@ -88,6 +88,8 @@ def test_two_drivers_add_their_trials_to_one_study(ray_local, tmp_path, mlflow_u
         # the study database survives the run folders: each sweep run holds a snapshot of it
         assert [a.path for a in client.list_artifacts(result.run_id, "optuna")] == ["optuna/optuna.db"]
         assert client.get_run(result.run_id).data.params["optuna_storage"] == url
+    seeds = [client.get_run(r.run_id).data.params["driver_seed"] for r in (first, second)]
+    assert seeds[0] != seeds[1]
     snap = client.download_artifacts(second.run_id, "optuna/optuna.db", str(tmp_path / "dl"))
     assert len(optuna.load_study(study_name=name, storage=f"sqlite:///{snap}").trials) == 4
 
@@ -218,3 +220,28 @@ def test_two_driver_processes_at_once_share_the_study(ray_local, tmp_path):
             ot = next(t for t in trials if t.number == int(run["tags"]["mcrlab.optuna_trial"]))
             assert ot.user_attrs["mlflow_run_id"] == run["run_id"]
             assert ot.user_attrs[SWEEP_ATTR] == run["tags"]["mcrlab.sweep_id"]
+
+
+def test_resume_keeps_the_sweeps_storage_and_refuses_another(tmp_path, capsys):
+    import json
+    import os
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    sweep = tmp_path / "runs" / "sweeps" / "shared-1"
+    sweep.mkdir(parents=True)
+    for folder in (tmp_path / "runs" / "sweeps", sweep):
+        os.chmod(folder, 0o700)
+    (sweep / "sweep.json").write_text(json.dumps({"sweep_id": "shared-1", "space_name": "shared", "studies": {},
+                                                  "optuna_storage": url, "study_prefix": "shared"}))
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(_space()))
+    base = ["sweep", str(space), "--storage", str(tmp_path / "runs"), "--resume", "shared-1",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    assert main([*base, "--optuna-storage", f"sqlite:///{tmp_path / 'other.db'}"]) == 2
+    assert f"keeps its studies in {url}" in capsys.readouterr().err
+    assert main([*base, "--optuna-storage", url, "--study", "another"]) == 2
+    assert "runs study 'shared'" in capsys.readouterr().err
+    (tmp_path / "shared.db").write_text("not a database")  # the saved storage is checked again on resume
+    assert main(base) == 2
+    assert "is not a SQLite database" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "other.db").exists()

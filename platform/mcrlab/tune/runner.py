@@ -178,8 +178,11 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
                 sweep_id = _new_sweep_id(space, shared is not None)
             meta = {"sweep_id": sweep_id, "space_name": space.name, "space_source": space.source,
                     "tracking_uri": uri, "studies": {}}
-            if shared is not None:
-                meta.update(optuna_storage=shared, study_prefix=prefix)
+            if shared is not None:  # this driver's own sampler seed, kept for a resume's top-up trials
+                from mcrlab.tune.shared import driver_seed
+
+                meta.update(optuna_storage=shared, study_prefix=prefix,
+                            driver_seed=driver_seed(space.sampler.seed, sweep_id))
             sweep_dir = private_dir(sweeps / sweep_id)
             lock = FolderLock(sweep_dir, "sweep").acquire()
         return _run_locked(space, meta, sweep_id=sweep_id, sweep_dir=sweep_dir, uri=uri, run_folder=run_folder,
@@ -227,7 +230,7 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
     sweep_tags = lineage_tags("sweep", sweep_id=sweep_id, space=space.name,
                               optuna_study=f"{prefix}/*" if shared else None)
     # a shared study: this driver's own sampler seed, or two drivers would propose the same points
-    seed = driver_seed(space.sampler.seed, sweep_id) if shared else None
+    seed = meta.get("driver_seed", driver_seed(space.sampler.seed, sweep_id)) if shared else None
     sweep_run = tracker.start_run(exp_id, sweep_id, tags=sweep_tags,
                                   key_tags=(f"{TAG_PREFIX}kind", f"{TAG_PREFIX}sweep_id"),
                                   params={"space": space.name, "metric": space.metric, "mode": space.mode,
