@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
 
 from mcrlab.config import ConfigError, read_yaml
@@ -216,13 +217,13 @@ def check_job(kind: str, job_args: list[str]) -> argparse.Namespace | None:
 
 
 def storage_warning(args: argparse.Namespace | None, kind: str, remote: bool,
-                    environ: dict[str, str] | None = None) -> str | None:
+                    environ: Mapping[str, str] | None = None) -> str | None:
     """One line when a sweep's run folder would not outlive its job: no ``--storage`` or a relative one
     (the job's temporary working directory), or, on a remote cluster, a path under none of the shared
     mounts (``MCRLAB_SHARED_STORAGE``, default /mnt/shared): each node would see its own folder."""
     if kind != "sweep" or args is None:
         return None
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     lost = ("the run folder (Tune state, checkpoints" + ("" if args.optuna_storage else ", the Optuna study")
             + ") would be in the job's temporary working directory, lost with it or at `cluster down`")
     if not args.storage:
@@ -232,7 +233,7 @@ def storage_warning(args: argparse.Namespace | None, kind: str, remote: bool,
         return f"mcrlab submit: warning: --storage {path} is relative: {lost}; give an absolute shared path"
     if not remote:
         return None  # the local cluster's nodes share this machine's disk
-    mounts = [m.rstrip("/") for m in environ.get(SHARED_STORAGE_ENV, DEFAULT_SHARED).split(os.pathsep) if m]
+    mounts = [m.rstrip("/") for m in env.get(SHARED_STORAGE_ENV, DEFAULT_SHARED).split(os.pathsep) if m]
     if any(path == m or path.startswith(m + "/") for m in mounts):
         return None
     return (f"mcrlab submit: warning: --storage {path} is under none of the shared mounts ({', '.join(mounts)}; "
