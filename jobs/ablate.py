@@ -1,11 +1,11 @@
 r"""An ablation study (grid of arms x seeds, tracked in MLflow) as a Ray job.
 
-    ray job submit --address http://127.0.0.1:8265 --runtime-env jobs/runtime_env.yaml \
-        -- python jobs/ablate.py search_spaces/ablation.yaml --storage s3://BUCKET/mcrlab/ray_results
+    ray job submit --address "$RAY_API_SERVER_ADDRESS" --runtime-env jobs/runtime_env.yaml \
+        -- python jobs/ablate.py search_spaces/ablation_mcr_standard.yaml
 
-    mcrlab submit ablate search_spaces/ablation.yaml --storage /mnt/shared/ray_results   # the same
+    mcrlab submit ablate search_spaces/ablation_mcr_standard.yaml   # the same, checked first
 
-Smoke (seconds): add --smoke. Every argument goes to `mcrlab ablate` unchanged.
+(`eval "$(mcrlab cluster env)"` sets RAY_API_SERVER_ADDRESS for the local cluster.) Smoke: add --smoke. Every argument goes to `mcrlab ablate` unchanged.
 """
 
 import sys

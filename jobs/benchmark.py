@@ -1,6 +1,6 @@
 # OMP_NUM_THREADS=1 python jobs/benchmark.py --json runs/benchmark.json          (CPU: ~10 min; GPU part when CUDA)
 # OMP_NUM_THREADS=1 python jobs/benchmark.py --smoke --json /tmp/bench.json      (< ~60 s: tiny sizes, every figure)
-# ray job submit --address http://127.0.0.1:8265 --runtime-env jobs/runtime_env.yaml --entrypoint-num-gpus 1 \
+# ray job submit --address "$RAY_API_SERVER_ADDRESS" --runtime-env jobs/runtime_env.yaml --entrypoint-num-gpus 1 \
 #     -- python jobs/benchmark.py --json benchmark.json                        (on a cluster's GPU node)
 """The platform's performance figures in one run, as ratios, each under a stable JSON name.
 

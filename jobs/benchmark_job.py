@@ -1,6 +1,6 @@
 r"""A benchmark as a Ray job, so it measures the cluster's hardware (e.g. a GPU node) rather than a laptop's.
 
-    ray job submit --address http://127.0.0.1:8265 --runtime-env jobs/runtime_env.yaml \
+    ray job submit --address "$RAY_API_SERVER_ADDRESS" --runtime-env jobs/runtime_env.yaml \
         --entrypoint-num-gpus 1 -- python jobs/benchmark_job.py step --device cuda
 
     mcrlab submit benchmark --entrypoint-num-gpus 1 step --device cuda   # the same

@@ -1,13 +1,14 @@
 r"""A hyperparameter sweep (Ray Tune + Optuna, tracked in MLflow) as a Ray job.
 
-    ray job submit --address http://127.0.0.1:8265 --runtime-env jobs/runtime_env.yaml \
-        -- python jobs/sweep.py search_spaces/default.yaml --storage s3://BUCKET/mcrlab/ray_results
+    ray job submit --address "$RAY_API_SERVER_ADDRESS" --runtime-env jobs/runtime_env.yaml \
+        -- python jobs/sweep.py search_spaces/default.yaml --storage /mnt/shared/mcrlab/runs
 
-    mcrlab submit sweep search_spaces/default.yaml --storage /mnt/shared/ray_results   # the same
+    mcrlab submit sweep search_spaces/default.yaml --storage /mnt/shared/mcrlab/runs   # the same, checked first
 
-Smoke (seconds): add --smoke. On a multi-node cluster --storage must be shared by every node (a
-shared filesystem mounted at the same path, or an object store URI), so checkpoints and Tune state are
-found by whichever node resumes the sweep. Every argument goes to `mcrlab sweep` unchanged.
+(`eval "$(mcrlab cluster env)"` sets RAY_API_SERVER_ADDRESS for the local cluster.) Smoke: add --smoke.
+On a multi-node cluster --storage must be shared by every node (a shared filesystem mounted at the same
+path), so checkpoints and Tune state are found by whichever node resumes the sweep. Every argument goes to
+`mcrlab sweep` unchanged.
 """
 
 import sys

@@ -1,6 +1,6 @@
 r"""One training run as a Ray job (the driver trains; useful on a GPU head or with --entrypoint-num-gpus).
 
-    ray job submit --address http://127.0.0.1:8265 --runtime-env jobs/runtime_env.yaml \
+    ray job submit --address "$RAY_API_SERVER_ADDRESS" --runtime-env jobs/runtime_env.yaml \
         --entrypoint-num-gpus 1 -- python jobs/train.py method.name=mcr train.epochs=20 train.device=cuda
 
     mcrlab submit train --entrypoint-num-gpus 1 method.name=mcr train.device=cuda   # the same

@@ -17,6 +17,7 @@ import shlex
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -122,8 +123,12 @@ def test_cli_status_down_and_submit_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     empty = str(tmp_path / "none")
-    assert main(["cluster", "status", "--state-dir", empty]) == 1
+    assert main(["cluster", "status", "--state-dir", empty, "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["running"] is False
+    assert main(["cluster", "status", "--state-dir", empty]) == 1
+    assert "no local cluster recorded" in capsys.readouterr().out
+    assert main(["cluster", "env", "--state-dir", empty]) == 2
+    assert "no local cluster recorded" in capsys.readouterr().err
     assert main(["cluster", "down", "--state-dir", empty]) == 0
     assert main(["submit", "sweep", "--state-dir", empty, "search_spaces/default.yaml"]) == 2
     assert "no cluster given" in capsys.readouterr().err
@@ -159,6 +164,79 @@ def test_submit_dry_run_prints_the_equivalent_ray_job_submit(tmp_path, monkeypat
     assert argv[argv.index("--") + 1:] == ["python", "jobs/sweep.py", "search_spaces/default.yaml", "--storage",
                                            "/mnt/shared/x", "--smoke"]
     assert "s3cr3t" not in " ".join(argv)
+    assert "warning" not in capsys.readouterr().err  # --storage on the shared mount: nothing to warn about
+
+
+def test_cluster_env_exports_what_ray_job_submit_reads_and_status_is_readable(tmp_path, capsys):
+    local = _fake_state(tmp_path / "c", pid=os.getpid(), token="t0k")
+    assert main(["cluster", "env", "--state-dir", str(tmp_path / "c")]) == 0
+    exports = capsys.readouterr().out
+    # the lines are shell: eval'd by bash they give the variables `ray job submit` reads (no --address needed)
+    shown = subprocess.run(["bash", "-c", f'{exports}\nprintf "%s|%s|%s" "$RAY_API_SERVER_ADDRESS" '
+                                          '"$RAY_AUTH_MODE" "$RAY_AUTH_TOKEN_PATH"'],
+                           capture_output=True, text=True, check=True).stdout
+    assert shown == f"{local.address}|token|{local.token_path}"
+    assert "t0k" not in exports  # a path to the token, never the token
+    assert main(["cluster", "status", "--state-dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert f"dashboard / job API  {local.address}" in out and "mlflow               (not started)" in out
+    assert f"ray-head    pid {os.getpid()}" in out and "running, not answering" in out  # nothing on port 1234
+    assert "nodes: 0 alive" in out and "jobs: 0 pending or running" in out
+    assert f"export RAY_API_SERVER_ADDRESS={local.address}" in out
+
+
+def test_status_lists_nodes_with_their_cpus_and_gpus_and_the_unfinished_jobs():
+    info = {"running": True, "state_dir": "/s", "address": "http://127.0.0.1:5", "tracking_uri": "http://127.0.0.1:6",
+            "services": {"ray-head": {"pid": 7, "alive": True, "answers": True, "log": "/s/h.log"}},
+            "nodes": [{"ip": "127.0.0.1", "head": True, "CPU": 2.0, "GPU": 0.0},
+                      {"ip": "127.0.0.1", "head": False, "CPU": 4.0, "GPU": 1.0}],
+            "jobs": [{"id": "mcrlab-sweep-1", "status": "RUNNING", "entrypoint": "python jobs/sweep.py x.yaml"}],
+            "client_env": {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:5"}}
+    out = cluster.format_status(info)
+    assert "nodes: 2 alive, 6 CPUs, 1 GPUs" in out
+    assert "worker 4 CPU  1 GPU" in out and "head   2 CPU  0 GPU" in out
+    assert "jobs: 1 pending or running:" in out and "mcrlab-sweep-1" in out and "RUNNING" in out
+    assert "mlflow               http://127.0.0.1:6" in out and "ray-head    pid 7        up" in out
+
+
+def test_storage_warning_names_a_run_folder_that_would_not_outlive_the_job():
+    from mcrlab.cli.cluster import _parse_job, storage_warning
+
+    def warn(*job, remote=True, env=None):
+        return storage_warning(_parse_job("sweep", ["s.yaml", *job]), "sweep", remote=remote, environ=env or {})
+
+    assert "no --storage" in warn() and "the Optuna study" in warn()
+    assert "the Optuna study" not in warn("--optuna-storage", "postgresql+psycopg2://u@db/optuna")  # a server keeps it
+    assert "is relative" in warn("--storage", "runs", remote=False)
+    assert warn("--storage", "/home/me/runs", remote=False) is None  # the local cluster shares this disk
+    assert warn("--storage", "/mnt/shared/mcrlab/runs") is None
+    assert "under none of the shared mounts (/mnt/shared" in warn("--storage", "/mnt/sharedx/runs")
+    assert warn("--storage", "/efs/runs", env={"MCRLAB_SHARED_STORAGE": "/nfs:/efs"}) is None
+    assert storage_warning(_parse_job("train", ["train.epochs=1"]), "train", remote=True) is None
+
+
+def test_submit_checks_the_job_locally_and_sends_nothing_on_a_mistake(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "search_spaces" / "default.yaml").read_text().replace("method.lambda_m:", "method.lamda_m:"))
+    # the address is never contacted (port 9: discard) and no runtime env file is written
+    before = set(Path(tempfile.gettempdir()).glob("mcrlab-runtime-env-*"))
+    assert main(["submit", "sweep", "--address", "http://127.0.0.1:9", str(bad), "--smoke"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err and "lamda_m" in err
+    assert main(["submit", "sweep", "--address", "http://127.0.0.1:9", str(bad), "--bogus-flag"]) == 2
+    assert "job arguments of sweep: unrecognized arguments: --bogus-flag" in capsys.readouterr().err
+    assert main(["submit", "sweep", "--address", "http://127.0.0.1:9", str(bad), "--optuna-storage",
+                 "postgresql+psycopg2://u:pw@db/x"]) == 2
+    assert "holds a password" in capsys.readouterr().err
+    assert set(Path(tempfile.gettempdir()).glob("mcrlab-runtime-env-*")) == before
+    # --no-check submits it as it is (here: a dry run), and without --storage it warns in one line
+    assert main(["submit", "sweep", "--address", "http://127.0.0.1:9", "--no-check", "--dry-run", str(bad)]) == 0
+    out, err = capsys.readouterr()
+    Path(shlex.split(out)[8]).unlink()
+    warnings = [ln for ln in err.splitlines() if "warning" in ln]
+    assert len(warnings) == 1 and "no --storage" in warnings[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,6 +294,12 @@ def _job_status_and_logs(local: cluster.LocalCluster, sid: str) -> tuple[str, st
 @pytest.mark.slow
 def test_services_bind_loopback_and_refuse_clients_without_the_token(local_cluster):
     assert cluster._alive_nodes(local_cluster.address, cluster.auth_headers(local_cluster.token_path)) == 2
+    # `cluster status` reads the nodes and their CPUs from the real dashboard (head and second node: 1 CPU each)
+    info = cluster.status(local_cluster.state_dir)
+    assert [(n["head"], n["CPU"], n["GPU"]) for n in info["nodes"]] == [(True, 1.0, 0.0), (False, 1.0, 0.0)]
+    assert info["jobs"] == [] and info["services"]["ray-head"]["answers"] and info["services"]["mlflow"]["answers"]
+    text = cluster.format_status(info)
+    assert "nodes: 2 alive, 2 CPUs, 0 GPUs" in text and local_cluster.address in text
     assert {s.name for s in local_cluster.services} == {"mlflow", "ray-head", "ray-worker"}
     for url in (local_cluster.address, local_cluster.tracking_uri):
         listeners = _listeners(int(url.rsplit(":", 1)[1]))
@@ -305,3 +389,35 @@ def test_bad_spec_job_fails_with_the_clear_error_and_the_package_comes_from_the_
     where = next(line.split(" ", 1)[1] for line in logs.splitlines() if line.startswith("MCRLAB_FROM"))
     assert "runtime_resources" in where and not where.startswith(str(ROOT)), where
     assert "CWD_HAS True True False False" in logs, logs[-2000:]
+
+
+def _readme_raw_command() -> str:
+    """The raw submission block of jobs/README.md, as printed (``eval ...`` then ``ray job submit ...``)."""
+    text = (ROOT / "jobs" / "README.md").read_text()
+    block = text.split("```bash\n# the raw command", 1)[1].split("```", 1)[0]
+    lines = [ln for ln in block.splitlines()[1:] if ln.strip() and not ln.startswith("#")]
+    cut = next(i for i, ln in enumerate(lines) if ln.startswith("mcrlab submit"))
+    return "\n".join(lines[:cut])
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_documented_raw_ray_job_submit_runs_as_printed(local_cluster, tmp_path):
+    import yaml
+
+    raw = _readme_raw_command()
+    assert raw.startswith('eval "$(mcrlab cluster env)"') and "ray job submit" in raw
+    space = yaml.safe_load((ROOT / "search_spaces" / "default.yaml").read_text())
+    space["datasets"], space["base"].setdefault("data", {})["n_train"] = space["datasets"][:1], 256
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(space))
+    # as printed, but for the job's own arguments (a one-trial space: the address and token are under test)
+    # and the --state-dir of this test's cluster; no RAY_* or MLFLOW_* in the shell beforehand
+    command = raw.replace("mcrlab cluster env", f"mcrlab cluster env --state-dir {local_cluster.state_dir}")
+    command = command.replace("search_spaces/default.yaml --smoke",
+                              f"{tmp_path / 'tiny.yaml'} --smoke --num-samples 1 --storage {tmp_path / 'runs'}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", "-ec", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "succeeded" in (proc.stdout + proc.stderr).lower()
+    assert list((tmp_path / "runs" / "sweeps").glob("*/sweep.json")), "the job ran the sweep"

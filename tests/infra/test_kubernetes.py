@@ -147,7 +147,8 @@ def test_mlflow_server_uses_postgres_and_an_artifact_volume(docs):
     (c,) = pod["containers"]
     args, env = c["args"], _env(c)
     backend = env["MLFLOW_BACKEND_STORE_URI"]["value"]
-    assert backend.startswith("postgresql://") and "--backend-store-uri" not in args, "no password in argv"
+    # the driver the mlflow-server image installs (SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3)
+    assert backend.startswith("postgresql+psycopg2://") and "--backend-store-uri" not in args, "no password in argv"
     (pg_svc,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "mlflow-postgres"]
     assert env["MLFLOW_DB_HOST"]["value"] == f"mlflow-postgres.{NAMESPACE}.svc.cluster.local"
     assert backend.endswith(f":{pg_svc['spec']['ports'][0]['port']}/mlflow")

@@ -62,7 +62,7 @@ def test_corpus_is_large_and_every_file_is_used():
     on_disk = {str(p.relative_to(CORPUS)) for kind in kinds for p in (CORPUS / kind).iterdir()}
     assert on_disk == used, f"corpus files without a case: {on_disk - used}"
     commands = {c["command"][0] if c["command"][0] != "data" else " ".join(c["command"][:2]) for c in CASES}
-    assert commands == {"train", "check", "sweep", "ablate", "data import", "data show"}
+    assert commands == {"train", "check", "sweep", "ablate", "data import", "data show", "submit"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)

@@ -39,6 +39,7 @@ class SweepInfo:
     tracking_uri: str | None
     run_id: str | None  # the sweep's MLflow run
     metric: str | None = None
+    studies: list[str] | None = None  # its Optuna studies (None: every study of the storage, its own file)
 
 
 @dataclass
@@ -66,12 +67,19 @@ def find_sweep(target: str, storage: str | Path = "runs") -> SweepInfo:
         meta = json.loads(meta_file.read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(f"{meta_file}: not readable as JSON ({err})") from None
-    db = folder / "optuna.db"
-    if not db.is_file():
-        raise ConfigError(f"{folder}: no optuna.db (the sweep never started a study)")
+    studies = None
+    if meta.get("optuna_storage"):  # a study shared with other drivers (--optuna-storage): only this sweep's
+        storage = str(meta["optuna_storage"])
+        studies = [str(s["optuna_study"]) for s in (meta.get("studies") or {}).values()
+                   if isinstance(s, dict) and s.get("optuna_study")]
+    else:
+        db = folder / "optuna.db"
+        if not db.is_file():
+            raise ConfigError(f"{folder}: no optuna.db (the sweep never started a study)")
+        storage = f"sqlite:///{db.resolve()}"
     return SweepInfo(sweep_id=str(meta.get("sweep_id", folder.name)), sweep_dir=folder.resolve(),
-                     optuna_storage=f"sqlite:///{db.resolve()}", tracking_uri=meta.get("tracking_uri"),
-                     run_id=meta.get("mlflow_run_id"))
+                     optuna_storage=storage, tracking_uri=meta.get("tracking_uri"),
+                     run_id=meta.get("mlflow_run_id"), studies=studies)
 
 
 def format_importances(importances: dict[str, float], width: int = 24) -> list[str]:
@@ -150,6 +158,8 @@ def sweep_report(info: SweepInfo, out_dir: str | Path | None = None) -> dict[str
 
     out = Path(out_dir) if out_dir else info.sweep_dir / "report"
     names = optuna.study.get_all_study_names(storage=info.optuna_storage)
+    if info.studies is not None:
+        names = [n for n in names if n in set(info.studies)]
     return {name: study_report(info.optuna_storage, name, out / name.split("/")[-1], info.metric)
             for name in sorted(names)}
 

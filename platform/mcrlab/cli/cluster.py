@@ -8,6 +8,10 @@ of any machine with the Ray client installed::
 
 with the runtime env of jobs/runtime_env.yaml (paths resolved against the repository root, the tracking
 URI added), streams the job's logs, and exits with the job's status: 0 SUCCEEDED, 1 FAILED or STOPPED.
+Before anything is uploaded, the job's arguments and the files they name (search space, ablation spec,
+config) get the checks of ``mcrlab check`` / ``ablate --dry-run`` / ``train --print-config`` here: a
+mistake ends with one line and exit code 2, nothing sent (``--no-check`` skips this, e.g. for data that
+exists on the cluster only). A sweep without ``--storage`` on shared storage gets a one-line warning.
 The options of ``submit`` (below) come right after KIND; the first other word starts the job's own
 arguments, which go to jobs/<kind>.py unchanged (a ``--`` also ends the submit options).
 """
@@ -15,6 +19,8 @@ arguments, which go to jobs/<kind>.py unchanged (a ``--`` also ends the submit o
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import re
@@ -24,18 +30,22 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
 
 from mcrlab.config import ConfigError, read_yaml
 from mcrlab.ops import cluster
 
 __all__ = ["register", "JOB_SCRIPTS", "build_runtime_env", "submit_command", "resolve_address",
-           "write_runtime_env"]
+           "write_runtime_env", "check_job", "storage_warning", "SHARED_STORAGE_ENV"]
 
 JOB_SCRIPTS = {"sweep": "jobs/sweep.py", "ablate": "jobs/ablate.py", "train": "jobs/train.py",
                "benchmark": "jobs/benchmark_job.py"}
 RUNTIME_ENV = "jobs/runtime_env.yaml"
 RUNTIME_ENV_KEYS = {"working_dir", "py_modules", "excludes", "env_vars", "pip", "uv", "config"}
+# Mount points of storage every node of the team's cluster sees (os.pathsep-separated; infra/: /mnt/shared).
+SHARED_STORAGE_ENV = "MCRLAB_SHARED_STORAGE"
+DEFAULT_SHARED = "/mnt/shared"
 # A runtime env is stored in the GCS and shown by the dashboard: no credentials in it, ever.
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|API_KEY", re.I)
 
@@ -148,6 +158,89 @@ def _job_status(address: str, submission_id: str, headers: dict[str, str]) -> st
 
 
 # --------------------------------------------------------------------------------------------------
+# local checks of the job before upload
+
+
+def _parse_job(kind: str, job_args: list[str]) -> argparse.Namespace:
+    """The job's arguments parsed by the very parser jobs/<kind>.py runs (``mcrlab <kind>``); an argparse
+    error becomes one ConfigError line instead of a usage text and an exit."""
+    from mcrlab.cli.app import _split_config_arg, build_parser
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            args = build_parser().parse_args([kind, *job_args])
+    except SystemExit:
+        last = next((ln for ln in reversed(err.getvalue().splitlines()) if ln.strip()), "invalid arguments")
+        raise ConfigError(f"job arguments of {kind}: {last.split('error: ', 1)[-1]}") from None
+    _split_config_arg(args)
+    return args
+
+
+def check_job(kind: str, job_args: list[str]) -> argparse.Namespace | None:
+    """Run the job's own input checks on this machine (no Ray, no MLflow, nothing written): a sweep's space
+    as ``mcrlab check`` does (every dataset loaded, the metric known, sampled points built), an ablation
+    spec as ``ablate --dry-run`` (shard folders missing here are skipped), a train config with its
+    overrides. Raises ConfigError naming the file and key. Returns the parsed job arguments (None for a
+    benchmark, whose scripts have their own arguments)."""
+    if kind == "benchmark":
+        return None
+    args = _parse_job(kind, job_args)
+    if kind == "sweep":
+        from mcrlab.tune.check import check_space
+
+        if args.num_samples is not None and args.num_samples < 1:
+            raise ConfigError("--num-samples: must be >= 1")
+        if args.optuna_storage is not None:  # its form only: the database may be reachable from the cluster only
+            from mcrlab.tune.shared import check_optuna_storage
+
+            check_optuna_storage(args.optuna_storage, connect=False)
+        elif args.study is not None:
+            raise ConfigError("--study: names a study shared through --optuna-storage; give that URL too")
+        check_space(args.space, n=1, smoke=args.smoke, out=io.StringIO(), check_uri=False)
+    elif kind == "ablate":
+        from mcrlab.ablate.runner import check_cells
+        from mcrlab.ablate.spec import load_spec
+        from mcrlab.config import read_yaml
+
+        raw = read_yaml(args.spec)
+        if args.base_run or (isinstance(raw, dict) and "base_run" in raw):
+            print("mcrlab submit: the spec's base comes from an MLflow run of the cluster: not checked here",
+                  file=sys.stderr)
+            return args
+        check_cells(load_spec(args.spec, smoke=args.smoke), missing_ok=True)
+    elif kind == "train" and not args.from_run:
+        from mcrlab.cli.app import train_config
+
+        train_config(args)
+    return args
+
+
+def storage_warning(args: argparse.Namespace | None, kind: str, remote: bool,
+                    environ: Mapping[str, str] | None = None) -> str | None:
+    """One line when a sweep's run folder would not outlive its job: no ``--storage`` or a relative one
+    (the job's temporary working directory), or, on a remote cluster, a path under none of the shared
+    mounts (``MCRLAB_SHARED_STORAGE``, default /mnt/shared): each node would see its own folder."""
+    if kind != "sweep" or args is None:
+        return None
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    lost = ("the run folder (Tune state, checkpoints" + ("" if args.optuna_storage else ", the Optuna study")
+            + ") would be in the job's temporary working directory, lost with it or at `cluster down`")
+    if not args.storage:
+        return f"mcrlab submit: warning: no --storage: {lost}; pass --storage PATH on shared storage"
+    path = args.storage
+    if not os.path.isabs(os.path.expanduser(path)):
+        return f"mcrlab submit: warning: --storage {path} is relative: {lost}; give an absolute shared path"
+    if not remote:
+        return None  # the local cluster's nodes share this machine's disk
+    mounts = [m.rstrip("/") for m in env.get(SHARED_STORAGE_ENV, DEFAULT_SHARED).split(os.pathsep) if m]
+    if any(path == m or path.startswith(m + "/") for m in mounts):
+        return None
+    return (f"mcrlab submit: warning: --storage {path} is under none of the shared mounts ({', '.join(mounts)}; "
+            f"set {SHARED_STORAGE_ENV}): on a multi-node cluster each node would see its own folder")
+
+
+# --------------------------------------------------------------------------------------------------
 # handlers
 
 
@@ -155,8 +248,25 @@ def cmd_submit(args: argparse.Namespace) -> int:
     own, job_args = _split_job_args(args.rest)
     opts = _submit_parser().parse_args(own, namespace=argparse.Namespace(**vars(args)))
     job_args = [*opts.job_args, *job_args]
-    root = repo_root()
+    try:
+        root: Path | None = repo_root()
+    except ConfigError:
+        root = None  # refused below, after the job's own mistakes (the more useful message)
+    parsed = None
+    # before anything is uploaded: a mistake costs no cluster time. In the repository root, since the job's
+    # relative paths are relative to its working_dir, the uploaded checkout.
+    with contextlib.chdir(root or Path.cwd()):
+        if not opts.no_check:
+            parsed = check_job(opts.kind, job_args)
+        elif opts.kind == "sweep":
+            with contextlib.suppress(ConfigError):
+                parsed = _parse_job(opts.kind, job_args)
+    root = root or repo_root()
     address = resolve_address(opts.address, opts.state_dir)
+    local = cluster.load(opts.state_dir) if Path(opts.state_dir, cluster.STATE_FILE).exists() else None
+    warning = storage_warning(parsed, opts.kind, remote=local is None or local.address != address)
+    if warning:
+        print(warning, file=sys.stderr)
     extra = dict(_parse_env(e) for e in opts.env)
     tracking = opts.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if tracking and not tracking.startswith(("http://", "https://", "databricks")) \
@@ -215,6 +325,8 @@ def _submit_parser() -> argparse.ArgumentParser:
                                      "then the local cluster of --state-dir)")
     p.add_argument("--no-wait", action="store_true", help="submit and return; do not stream logs")
     p.add_argument("--dry-run", action="store_true", help="print the `ray job submit` command and exit")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the local checks of the job's files (e.g. data that exists on the cluster only)")
     p.add_argument("--runtime-env", help=f"runtime env YAML (default: {RUNTIME_ENV})")
     p.add_argument("--tracking-uri", help="MLflow URI for the job (default: MLFLOW_TRACKING_URI; a file or sqlite URI only to a local cluster)")
     p.add_argument("--submission-id", help="job id (default: mcrlab-KIND-DATE-RANDOM)")
@@ -235,13 +347,17 @@ def _submit_options_help() -> str:
 def cmd_up(args: argparse.Namespace) -> int:
     c = cluster.start(args.state_dir, num_cpus=args.num_cpus, worker_cpus=args.worker_cpus,
                       mlflow=not args.no_mlflow, timeout=args.timeout)
-    print(f"ray job API  {c.address}\nmlflow       {c.tracking_uri or '(not started)'}\n"
-          f"token file   {c.token_path}\nstate        {c.state_dir}\n\nfor clients in other shells:")
+    print(f"ray job API  {c.address}   (the dashboard too)\nmlflow       {c.tracking_uri or '(not started)'}\n"
+          f"token file   {c.token_path}\nstate        {c.state_dir}\n\n"
+          f"for clients in other shells (or: eval \"$(mcrlab cluster env{_state_flag(args)})\"):")
     for key, value in c.client_env().items():
         print(f"  export {key}={value}")
-    print("stop with: mcrlab cluster down" + (f" --state-dir {args.state_dir}"
-                                              if args.state_dir != cluster.DEFAULT_STATE_DIR else ""))
+    print(f"stop with: mcrlab cluster down{_state_flag(args)}")
     return 0
+
+
+def _state_flag(args: argparse.Namespace) -> str:
+    return f" --state-dir {shlex.quote(args.state_dir)}" if args.state_dir != cluster.DEFAULT_STATE_DIR else ""
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -252,8 +368,19 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     info = cluster.status(args.state_dir)
-    print(json.dumps(info, indent=2))
+    print(json.dumps(info, indent=2) if args.json else cluster.format_status(info))
     return 0 if info["running"] else 1
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """``export`` lines for a shell: ``eval "$(mcrlab cluster env)"`` then plain ``ray job submit`` works."""
+    local = cluster.load(args.state_dir)
+    if local is None:
+        raise ConfigError(f"--state-dir: no local cluster recorded in {args.state_dir}; start one with "
+                          "`mcrlab cluster up`")
+    for key, value in local.client_env().items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -271,9 +398,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     down = csub.add_parser("down", help="stop every process the cluster started (only those)")
     down.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
     down.set_defaults(func=cmd_down)
-    st = csub.add_parser("status", help="show the services (exit 1 when nothing runs)")
+    st = csub.add_parser("status", help="services, nodes (CPUs/GPUs), running jobs, dashboard and MLflow URLs "
+                                        "(exit 1 when nothing runs)")
+    st.add_argument("--json", action="store_true", help="the same as JSON")
     st.set_defaults(func=cmd_status)
-    for p in (up, down, st):
+    env = csub.add_parser("env", help="print the client settings as export lines: eval \"$(mcrlab cluster env)\"",
+                          description="Print RAY_API_SERVER_ADDRESS (the job API on its random port), the token "
+                                      "settings and MLFLOW_TRACKING_URI of the local cluster as shell export lines; "
+                                      "after eval \"$(mcrlab cluster env)\", `ray job submit` needs no --address.")
+    env.set_defaults(func=cmd_env)
+    for p in (up, down, st, env):
         p.add_argument("--state-dir", default=cluster.DEFAULT_STATE_DIR,
                        help=f"where pids, ports, logs and the token live (default: {cluster.DEFAULT_STATE_DIR})")
 

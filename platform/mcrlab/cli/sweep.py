@@ -29,6 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="continue the newest sweep of this space (or the one named): finished trials are "
                         "kept, unfinished ones continue from their last checkpoint")
     p.add_argument("--storage", default=None, metavar="PATH", help="run folder (default ./runs)")
+    p.add_argument("--optuna-storage", default=None, metavar="URL",
+                   help="keep the Optuna studies in this database (sqlite:///PATH.db on a shared disk, "
+                        "postgresql://USER@HOST/DB; no password in the URL: PGPASSWORD or ~/.pgpass) instead "
+                        "of the sweep's own file: every driver started with the same URL and --study adds "
+                        "its trials to the same studies")
+    p.add_argument("--study", default=None, metavar="NAME",
+                   help="name of the shared studies with --optuna-storage (default: the space's name); "
+                        "each dataset's study is NAME/<dataset>")
     p.add_argument("--verbose", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2), metavar="LEVEL",
                    help="also show Ray Tune's tables (LEVEL 1, or 2 for every result), MLflow's and Optuna's "
                         "logs; default: only mcrlab's live display")
@@ -45,7 +53,8 @@ def sweep_command(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     result = run_sweep(space, num_samples=args.num_samples, address=args.address or os.environ.get("RAY_ADDRESS"),
                        tracking_uri=args.tracking_uri, smoke=args.smoke, resume=args.resume_sweep,
-                       storage_path=args.storage, verbose=args.verbose)
+                       storage_path=args.storage, verbose=args.verbose,
+                       optuna_storage=args.optuna_storage, study=args.study)
     reports = _report(result)
     print_summary(result, reports=reports)
     return 0
@@ -57,7 +66,8 @@ def _report(result: Any) -> dict:
     from mcrlab.cli.report import report_and_log
 
     info = SweepInfo(sweep_id=result.sweep_id, sweep_dir=Path(result.sweep_dir), optuna_storage=result.optuna_storage,
-                     tracking_uri=result.tracking_uri, run_id=result.run_id)
+                     tracking_uri=result.tracking_uri, run_id=result.run_id,
+                     studies=[s.optuna_study for s in result.studies.values()])
     try:
         return report_and_log(info)
     except Exception as err:  # noqa: BLE001 - the sweep is done; a failed report must not hide its result
@@ -116,5 +126,7 @@ def print_summary(result: Any, out: Any = None, reports: dict | None = None) -> 
         print(f"  MLflow:  mlflow ui --backend-store-uri {result.tracking_uri}   "
               f"(experiment '{result.experiment}')", file=out)
     print(f"  Optuna:  pip install optuna-dashboard && optuna-dashboard {result.optuna_storage}", file=out)
+    if result.optuna_storage.startswith("sqlite:"):  # logged by run_sweep: it outlives a temporary run folder
+        print(f"           (a copy: artifact optuna/optuna.db of the sweep's MLflow run {result.run_id})", file=out)
     print(f"  report:  mcrlab report {result.sweep_dir}", file=out)
     print(f"  files:   {result.sweep_dir}", file=out)

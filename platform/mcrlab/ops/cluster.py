@@ -33,7 +33,7 @@ from pathlib import Path
 from mcrlab.config import ConfigError
 from mcrlab.trials.session import TOKEN_FILE, protect_token_files
 
-__all__ = ["ClusterError", "LocalCluster", "Service", "start", "stop", "load", "status", "discover_token",
+__all__ = ["ClusterError", "LocalCluster", "Service", "start", "stop", "load", "status", "format_status", "discover_token",
            "TokenSource", "auth_headers", "free_port", "DEFAULT_STATE_DIR"]
 
 DEFAULT_STATE_DIR = "runs/cluster"
@@ -386,20 +386,79 @@ def stop(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, grace: float = 10.0,
     return stopped
 
 
+def _nodes(address: str, headers: dict[str, str]) -> list[dict]:
+    """The cluster's alive nodes from the dashboard's state API: ``[{"ip", "head", "CPU", "GPU"}]``."""
+    body = _http_ok(f"{address}/api/v0/nodes?detail=true&limit=100", headers)
+    try:
+        nodes = json.loads(body)["data"]["result"]["result"] if body else []
+    except (ValueError, KeyError, TypeError):
+        return []
+    out = []
+    for n in nodes:
+        if not isinstance(n, dict) or n.get("state") != "ALIVE":
+            continue
+        res = n.get("resources_total") or {}
+        out.append({"ip": n.get("node_ip", "?"), "head": bool(n.get("is_head_node")),
+                    "CPU": float(res.get("CPU", 0)), "GPU": float(res.get("GPU", 0))})
+    return sorted(out, key=lambda n: (not n["head"], n["ip"]))
+
+
+def _jobs(address: str, headers: dict[str, str]) -> list[dict]:
+    """Jobs not yet finished (PENDING, RUNNING): ``[{"id", "status", "entrypoint"}]``."""
+    body = _http_ok(f"{address}/api/jobs/", headers)
+    try:
+        jobs = json.loads(body) if body else []
+    except ValueError:
+        return []
+    return [{"id": j.get("submission_id") or j.get("job_id") or "?", "status": j.get("status", "?"),
+             "entrypoint": str(j.get("entrypoint", ""))}
+            for j in jobs if isinstance(j, dict) and j.get("status") in ("PENDING", "RUNNING")]
+
+
 def status(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> dict:
-    """Per service: pid, whether it runs, whether it answers on its URL; plus the client settings."""
+    """Per service: pid, whether it runs, whether it answers on its URL; the alive nodes with their CPUs and
+    GPUs and the unfinished jobs (when the head answers); plus the client settings (``client_env``)."""
     cluster = load(state_dir)
     if cluster is None:
         return {"running": False, "state_dir": str(Path(state_dir).resolve())}
     headers = auth_headers(cluster.token_path) if cluster.token_path and Path(cluster.token_path).exists() else {}
     services = {}
     for svc in cluster.services:
-        probe = {"ray-head": f"{svc.url}/api/version", "mlflow": f"{svc.url}/health"}.get(svc.name)
+        probe = {"ray-head": f"{svc.url}/api/version", "mlflow": f"{svc.url}/health"}.get(svc.name) if svc.url else None
         services[svc.name] = {"pid": svc.pid, "alive": _alive(svc.pid), "log": svc.log,
                               "answers": bool(probe and _http_ok(probe, headers) is not None)}
+    head_up = services.get("ray-head", {}).get("answers", False)
     return {"running": any(s["alive"] for s in services.values()), "state_dir": cluster.state_dir,
             "address": cluster.address, "tracking_uri": cluster.tracking_uri,
-            "token_path": cluster.token_path, "services": services}
+            "token_path": cluster.token_path, "services": services,
+            "nodes": _nodes(cluster.address, headers) if head_up else [],
+            "jobs": _jobs(cluster.address, headers) if head_up else [],
+            "client_env": cluster.client_env()}
+
+
+def format_status(info: dict) -> str:
+    """``status()`` for people: services, nodes with CPUs/GPUs, unfinished jobs, the URLs and the exports."""
+    if "address" not in info:
+        return f"no local cluster recorded in {info['state_dir']} (start one with `mcrlab cluster up`)"
+    lines = [f"dashboard / job API  {info['address']}",
+             f"mlflow               {info['tracking_uri'] or '(not started)'}",
+             f"state                {info['state_dir']}", "", "services:"]
+    for name, svc in info["services"].items():
+        state = ("up" if svc["answers"] else "running, not answering") if svc["alive"] else "stopped"
+        lines.append(f"  {name:<11} pid {svc['pid']:<8} {state}   log {svc['log']}")
+    nodes = info.get("nodes") or []
+    lines.append(f"nodes: {len(nodes)} alive, {sum(n['CPU'] for n in nodes):g} CPUs, "
+                 f"{sum(n['GPU'] for n in nodes):g} GPUs")
+    for n in nodes:
+        lines.append(f"  {n['ip']:<15} {'head  ' if n['head'] else 'worker'} {n['CPU']:g} CPU  {n['GPU']:g} GPU")
+    jobs = info.get("jobs") or []
+    lines.append(f"jobs: {len(jobs)} pending or running" + (":" if jobs else ""))
+    for j in jobs:
+        entry = j["entrypoint"] if len(j["entrypoint"]) <= 70 else j["entrypoint"][:67] + "..."
+        lines.append(f"  {j['id']:<32} {j['status']:<8} {entry}")
+    lines += ["", "clients in other shells (or: eval \"$(mcrlab cluster env)\"):"]
+    lines += [f"  export {k}={v}" for k, v in info.get("client_env", {}).items()]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------

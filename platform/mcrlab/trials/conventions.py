@@ -15,12 +15,13 @@ import json
 from typing import Any
 
 __all__ = ["dataset_input", "log_dataset", "describe_experiment", "DIGEST_CHARS", "NOTE_TAG", "TUNE_TRIAL_ATTR",
-           "MLFLOW_RUN_ATTR"]
+           "MLFLOW_RUN_ATTR", "SWEEP_ATTR"]
 
 NOTE_TAG = "mlflow.note.content"  # the experiment's (and a run's) description in MLflow's UI
 # user attrs linking an Optuna trial to Tune and MLflow (set by tune.searcher and trials.recorder)
 TUNE_TRIAL_ATTR = "tune_trial_id"
 MLFLOW_RUN_ATTR = "mlflow_run_id"
+SWEEP_ATTR = "mcrlab_sweep_id"  # Optuna user attr: the sweep (driver) that ran the trial (shared studies)
 
 DIGEST_CHARS = 36  # MLflow's datasets.digest column is String(36)
 

@@ -269,7 +269,7 @@ class TrialRecorder(Callback):
         """
         if not self.optuna:
             return
-        from mcrlab.trials.conventions import MLFLOW_RUN_ATTR, TUNE_TRIAL_ATTR
+        from mcrlab.trials.conventions import MLFLOW_RUN_ATTR, SWEEP_ATTR, TUNE_TRIAL_ATTR
 
         try:
             import optuna
@@ -277,8 +277,10 @@ class TrialRecorder(Callback):
             if self._study is None:
                 storage, name = self.optuna
                 self._study = optuna.load_study(study_name=name, storage=storage)
+            sweep = getattr(self.plan, "sweep_id", None)  # a shared study holds other drivers' trials too
             found = [t for t in self._study.get_trials(deepcopy=False)
-                     if t.user_attrs.get(TUNE_TRIAL_ATTR) == trial_id]
+                     if t.user_attrs.get(TUNE_TRIAL_ATTR) == trial_id
+                     and t.user_attrs.get(SWEEP_ATTR, sweep) == sweep]
         except Exception:  # noqa: BLE001 - see above
             return
         if not found:

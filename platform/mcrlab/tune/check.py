@@ -94,12 +94,13 @@ def preflight(space: Any, layouts: dict | None = None) -> dict[str, str]:
 
 
 def check_space(path: str, n: int = 5, smoke: bool = False, out: Any = None,
-                tracking_uri: str | None = None) -> list[dict]:
+                tracking_uri: str | None = None, check_uri: bool = True) -> list[dict]:
     """Load, compile and sample ``n`` points; print them; return ``[{"params", "hashes"}]``.
 
     Also loads every dataset, checks the metric against what training reports, and checks the form of
     the tracking URI (``tracking_uri``, else $MLFLOW_TRACKING_URI; a server must answer). Raises
     ConfigError for any mistake (including a sampled point that builds no RunConfig). Creates nothing.
+    ``check_uri=False`` leaves the tracking URI alone (``mcrlab submit``: the job uses the cluster's).
     """
     import os
 
@@ -114,7 +115,7 @@ def check_space(path: str, n: int = 5, smoke: bool = False, out: Any = None,
     if smoke:
         space = space.smoked()
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
+    if uri and check_uri:
         uri = resolve_tracking_uri(uri)
         (check_tracking if uri.startswith(("http://", "https://")) else check_tracking_uri)(uri)
     layouts: dict = {}  # each sampled point's model is built against its dataset's shapes below

@@ -4,7 +4,8 @@ On disk (run folder, default ./runs, always resolved to an absolute path)::
 
     runs/mlflow.db                          default MLflow store (+ runs/mlartifacts)
     runs/sweeps/<sweep id>/sweep.json       what --resume needs (space, MLflow run ids, studies done)
-    runs/sweeps/<sweep id>/optuna.db        the Optuna studies (optuna-dashboard sqlite:///...)
+    runs/sweeps/<sweep id>/optuna.db        the Optuna studies (optuna-dashboard sqlite:///...), unless the
+                                            studies are shared (--optuna-storage, see tune/shared.py)
     runs/sweeps/<sweep id>/ray/<study>/     Tune experiment (Tuner.restore) + data-parallel Train runs
     runs/sweeps/<sweep id>/rungs-<study>.json   in-trial ASHA state (data-parallel backend)
 
@@ -95,8 +96,10 @@ def check_storage(run_folder: Path, flag: str = "--storage") -> None:
                           f"{err.strerror or type(err).__name__}") from None
 
 
-def _new_sweep_id(space: SearchSpace) -> str:
-    return f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+def _new_sweep_id(space: SearchSpace, shared: bool = False) -> str:
+    # drivers of a shared study may start in the same second: a random tail keeps their MLflow runs apart
+    tail = f"-{os.urandom(2).hex()}" if shared else ""
+    return f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}{tail}"
 
 
 def _latest_sweep(sweeps: Path, name: str) -> str | None:
@@ -111,12 +114,15 @@ def _latest_sweep(sweeps: Path, name: str) -> str | None:
 def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: str | None = None,
               tracking_uri: str | None = None, smoke: bool = False, resume: bool | str = False,
               storage_path: str | Path | None = None, callbacks: list | None = None,
-              progress: bool = True, verbose: int = 0) -> SweepResult:
+              progress: bool = True, verbose: int = 0, optuna_storage: str | None = None,
+              study: str | None = None) -> SweepResult:
     """Run (or, with ``resume``, continue) a sweep; returns the best configuration per dataset.
 
     ``resume=True`` continues the newest sweep of this space under the run folder, a string names the
     sweep id. ``storage_path`` is the run folder (default ./runs). Extra Tune ``callbacks`` are for tests.
-    ``verbose`` is Ray Tune's own verbosity (0: only the live display).
+    ``verbose`` is Ray Tune's own verbosity (0: only the live display). ``optuna_storage`` (an RDB URL)
+    holds the studies instead of the sweep's own SQLite file, named ``<study>/<dataset>`` (``study``,
+    default the space's name), shared with every other driver using the same URL and name (tune/shared.py).
     """
     if smoke:
         space = space.smoked()
@@ -129,6 +135,7 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
     run_folder = Path(storage_path or DEFAULT_RUN_FOLDER).expanduser().resolve()
     uri = resolve_tracking_uri(tracking_uri, run_folder)
     check_tracking_uri(uri)  # its form; nothing created or contacted yet
+    shared, prefix = _shared_study(space, optuna_storage, study)  # reachable, or one line and nothing started
     # every dataset loads and reports the metric: a typo fails now, not after every trial has trained
     fingerprints = preflight(space)
     check_storage(run_folder)  # an unusable run folder fails here, before the store or Ray are touched
@@ -152,29 +159,60 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
             check_private(sweep_dir, sweep_dir / "ray")  # before the lock file is created in it
             lock = FolderLock(sweep_dir, "sweep").acquire()
             meta = json.loads((sweep_dir / "sweep.json").read_text(encoding="utf-8"))
+            saved = meta.get("optuna_storage")
+            if shared is not None and shared != saved:
+                raise ConfigError(f"--optuna-storage: sweep {sweep_id} keeps its studies in "
+                                  f"{saved or 'its own optuna.db'}; resume it without --optuna-storage")
+            if study is not None and (saved is None or study != meta.get("study_prefix")):
+                raise ConfigError(f"--study: sweep {sweep_id} runs study '{meta.get('study_prefix') or sweep_id}'; "
+                                  "resume it without --study")
+            shared, prefix = saved, meta.get("study_prefix")
+            if shared is not None:  # the database of a shared study must still answer, before Ray starts
+                from mcrlab.tune.shared import check_optuna_storage
+
+                check_optuna_storage(shared, flag=f"--resume: {sweep_id}: optuna_storage")
         else:
-            sweep_id = _new_sweep_id(space)
+            sweep_id = _new_sweep_id(space, shared is not None)
             while (sweeps / sweep_id).exists():
                 time.sleep(1.0)
-                sweep_id = _new_sweep_id(space)
+                sweep_id = _new_sweep_id(space, shared is not None)
             meta = {"sweep_id": sweep_id, "space_name": space.name, "space_source": space.source,
                     "tracking_uri": uri, "studies": {}}
+            if shared is not None:  # this driver's own sampler seed, kept for a resume's top-up trials
+                from mcrlab.tune.shared import driver_seed
+
+                meta.update(optuna_storage=shared, study_prefix=prefix,
+                            driver_seed=driver_seed(space.sampler.seed, sweep_id))
             sweep_dir = private_dir(sweeps / sweep_id)
             lock = FolderLock(sweep_dir, "sweep").acquire()
         return _run_locked(space, meta, sweep_id=sweep_id, sweep_dir=sweep_dir, uri=uri, run_folder=run_folder,
                            address=address, smoke=smoke, resume=resume, callbacks=callbacks, progress=progress,
-                           fingerprints=fingerprints, verbose=verbose)
+                           fingerprints=fingerprints, verbose=verbose, shared=shared, prefix=prefix)
     finally:
         if lock is not None:
             lock.release()
         os.umask(old_umask)
 
 
+def _shared_study(space: SearchSpace, optuna_storage: str | None, study: str | None) -> tuple[str | None, str | None]:
+    """``(storage URL, study prefix)`` of a shared study, checked (server reachable); ``(None, None)`` without."""
+    from mcrlab.tune.shared import check_optuna_storage, study_prefix
+
+    if optuna_storage is None:
+        if study is not None:
+            raise ConfigError("--study: names a study shared through --optuna-storage; give that URL too")
+        return None, None
+    return check_optuna_storage(optuna_storage), study_prefix(study, space.name)
+
+
 def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Path, uri: str, run_folder: Path,
                 address: str | None, smoke: bool, resume: bool | str, callbacks: list | None,
-                progress: bool, fingerprints: dict[str, str], verbose: int = 0) -> SweepResult:
+                progress: bool, fingerprints: dict[str, str], verbose: int = 0, shared: str | None = None,
+                prefix: str | None = None) -> SweepResult:
     """``run_sweep`` once the sweep folder is chosen, checked and locked."""
     import ray
+
+    from mcrlab.tune.shared import driver_seed
 
     start_ray(address)  # under the 077 umask set by run_sweep; the token file is kept 0600
     backend = pick_backend(scaling_of(space))
@@ -189,7 +227,10 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
     describe_experiment(tracker.client, exp_id, space.description or (
         f"Sweep of search space '{space.name}' ({space.source}): {space.sampler.name} sampler, {space.num_samples} "
         f"trials per dataset on {', '.join(space.datasets)}; objective {space.metric} ({space.mode})."))
-    sweep_tags = lineage_tags("sweep", sweep_id=sweep_id, space=space.name)
+    sweep_tags = lineage_tags("sweep", sweep_id=sweep_id, space=space.name,
+                              optuna_study=f"{prefix}/*" if shared else None)
+    # a shared study: this driver's own sampler seed, or two drivers would propose the same points
+    seed = meta.get("driver_seed", driver_seed(space.sampler.seed, sweep_id)) if shared else None
     sweep_run = tracker.start_run(exp_id, sweep_id, tags=sweep_tags,
                                   key_tags=(f"{TAG_PREFIX}kind", f"{TAG_PREFIX}sweep_id"),
                                   params={"space": space.name, "metric": space.metric, "mode": space.mode,
@@ -198,13 +239,15 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
                                           "workers": space.scaling.workers, "smoke": smoke,
                                           "objective.seeds": space.objective.seeds,
                                           "objective.aggregate": space.objective.aggregate,
-                                          "scheduler": space.scheduler.name})
+                                          "scheduler": space.scheduler.name,
+                                          **({"optuna_storage": shared, "optuna_study": prefix,
+                                              "driver_seed": seed} if shared else {})})
     meta["mlflow_run_id"] = sweep_run
     _write_meta(sweep_dir, meta)
     if not resume:
         tracker.log_dict(sweep_run, space.raw, "search_space.yaml")
 
-    optuna_storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    optuna_storage = shared or f"sqlite:///{sweep_dir / 'optuna.db'}"
     result = SweepResult(sweep_id=sweep_id, sweep_dir=sweep_dir, tracking_uri=uri, experiment=experiment,
                          run_id=sweep_run, optuna_storage=optuna_storage)
     failed = False
@@ -214,10 +257,11 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
                                tracker=tracker, exp_id=exp_id, sweep_run=sweep_run, uri=uri,
                                run_folder=run_folder, optuna_storage=optuna_storage, concurrency=concurrency,
                                resume=bool(resume), callbacks=callbacks or [], progress=progress,
-                               fingerprint=fingerprints[dataset], verbose=verbose)
+                               fingerprint=fingerprints[dataset], verbose=verbose, prefix=prefix,
+                               driver_seed=seed)
             result.studies[dataset] = study
             meta["studies"][dataset] = {"done": True, "best_trial": study.best_trial_id,
-                                        "best_objective": study.best_objective}
+                                        "best_objective": study.best_objective, "optuna_study": study.optuna_study}
             _write_meta(sweep_dir, meta)
     except BaseException:
         failed = True
@@ -230,8 +274,27 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
     tracker.log_dict(sweep_run, {d: {"params": s.best_params, "objective": s.best_objective,
                                      "trial_id": s.best_trial_id} for d, s in result.studies.items()},
                      "best_per_dataset.json")
+    _log_optuna_db(tracker, sweep_run, optuna_storage)
     tracker.end_run(sweep_run, "FINISHED")
     return result
+
+
+def _log_optuna_db(tracker: Tracker, run_id: str, optuna_storage: str) -> None:
+    """The Optuna database, when it is a file, as the sweep run's artifact ``optuna/optuna.db``: it survives a
+    run folder that does not (a cluster's temporary job folder, ``cluster down``). A consistent snapshot,
+    since other drivers of a shared study may be writing; a failure is a warning, never the sweep's end."""
+    import tempfile
+
+    from mcrlab.tune.shared import snapshot_sqlite, sqlite_path
+
+    src = sqlite_path(optuna_storage)
+    if src is None or not src.is_file():
+        return
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            tracker.log_artifact(run_id, snapshot_sqlite(src, Path(tmp) / "optuna.db"), "optuna")
+    except Exception as err:  # noqa: BLE001 - see above
+        print(f"mcrlab: could not log {src} to MLflow ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
 
 
 def _with_samples(space: SearchSpace, n: int) -> SearchSpace:
@@ -249,7 +312,7 @@ def _write_meta(sweep_dir: Path, meta: dict) -> None:
 def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, sweep_dir: Path, tracker: Tracker,
                exp_id: str, sweep_run: str, uri: str, run_folder: Path, optuna_storage: str,
                concurrency: int, resume: bool, callbacks: list, progress: bool, fingerprint: str,
-               verbose: int = 0) -> StudyResult:
+               verbose: int = 0, prefix: str | None = None, driver_seed: int | None = None) -> StudyResult:
     import optuna
     import ray
     from ray import tune
@@ -259,17 +322,19 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
     from mcrlab.trials.recorder import TrialRecorder
     from mcrlab.trials.signer import StateSigner
     from mcrlab.tune.searcher import ResumableOptunaSearch
+    from mcrlab.tune.shared import SWEEP_ATTR, has_trials
 
     slug = study_slug(dataset)
     ray_dir = sweep_dir / "ray"
     exp_path = ray_dir / slug
     manifest = sweep_dir / MANIFEST
-    study_tags = lineage_tags("study", sweep_id=sweep_id, study=dataset, dataset_fingerprint=fingerprint)
+    study_name = f"{prefix or sweep_id}/{slug}"
+    study_tags = lineage_tags("study", sweep_id=sweep_id, study=dataset, dataset_fingerprint=fingerprint,
+                              optuna_study=study_name)
     study_run = tracker.start_run(exp_id, f"study-{slug}", tags=study_tags, parent_run_id=sweep_run,
                                   key_tags=tuple(f"{TAG_PREFIX}{k}" for k in ("kind", "sweep_id", "study")),
                                   params={"dataset": dataset, "num_samples": space.num_samples,
                                           "max_concurrent": concurrency})
-    study_name = f"{sweep_id}/{slug}"
     plan = StudyPlan(space=space, dataset=dataset, sweep_id=sweep_id, storage_path=str(ray_dir / "train"),
                      study_run_id=study_run, fingerprint=fingerprint)
     max_t = plan.max_iterations({})
@@ -292,11 +357,18 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                                       max_t=max_t, grace_period=space.scheduler.grace_period,
                                       reduction_factor=space.scheduler.reduction_factor)
         # metric and mode go to OptunaSearch itself: with a define-by-run space, TuneConfig's are ignored;
-        # the study is loaded if it exists (a top-up after a resume continues the same study)
+        # the study is loaded if it exists (a top-up after a resume continues the same study; a shared
+        # study another driver runs: its starting points were enqueued by the first driver)
+        sampler_space = space
+        if driver_seed is not None:
+            sampler_space = dataclasses.replace(space, sampler=dataclasses.replace(space.sampler, seed=driver_seed))
+            if has_trials(optuna_storage, study_name):
+                points = None
         searcher = ResumableOptunaSearch(space=compile_space(space), metric="objective", mode=space.mode,
-                                         points_to_evaluate=points or None, sampler=make_sampler(space),
+                                         points_to_evaluate=points or None, sampler=make_sampler(sampler_space),
                                          study_name=study_name, storage=optuna.storages.RDBStorage(optuna_storage),
-                                         metric_name=space.metric, max_iterations=max_t)
+                                         metric_name=space.metric, max_iterations=max_t,
+                                         trial_attrs={SWEEP_ATTR: sweep_id})
         recorder = TrialRecorder(plan, uri=uri, run_folder=str(run_folder), experiment_id=exp_id,
                                  optuna=(optuna_storage, study_name))
         display = LiveDisplay(dataset, plan, total=num_samples, concurrency=concurrency)
@@ -350,18 +422,22 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
             ray.kill(board_actor)
     if restored:
         _close_lost_trials(tracker, sweep_id, dataset, grids)
-        _fail_lost_optuna_trials(study_name, optuna_storage)
+        _fail_lost_optuna_trials(study_name, optuna_storage, sweep_id if prefix else None)
     return _summarise(space, dataset, grids, tracker, study_run, study_name, optuna_storage)
 
 
-def _fail_lost_optuna_trials(study_name: str, optuna_storage: str) -> None:
+def _fail_lost_optuna_trials(study_name: str, optuna_storage: str, only_sweep: str | None = None) -> None:
     """Tell Optuna that trials still RUNNING once a resumed study has ended are FAIL: they were handed out by
-    a killed driver and never resumed (see ``_close_lost_trials``), so no result will ever come for them."""
+    a killed driver and never resumed (see ``_close_lost_trials``), so no result will ever come for them.
+    ``only_sweep``: a shared study, where RUNNING trials of other drivers are alive and left alone."""
     import optuna
+
+    from mcrlab.tune.shared import SWEEP_ATTR
 
     study = optuna.load_study(study_name=study_name, storage=optuna_storage)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        if only_sweep is None or trial.user_attrs.get(SWEEP_ATTR) == only_sweep:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def _close_lost_trials(tracker: Tracker, sweep_id: str, dataset: str, grids: list) -> None:

@@ -10,7 +10,8 @@
   told PRUNED, not COMPLETE: its value is Optuna's (the last reported one), and samplers and importances
   treat it as the partial result it is.
 - Each Optuna trial carries the Tune trial id (user attr ``tune_trial_id``), by which the trial recorder
-  links it to the trial's MLflow run (``mlflow_run_id`` attr, ``mcrlab.optuna_trial`` tag).
+  links it to the trial's MLflow run (``mlflow_run_id`` attr, ``mcrlab.optuna_trial`` tag), and the
+  ``trial_attrs`` given (the sweep id: which driver ran it, in a study shared by several, tune/shared.py).
 
 A module of its own: it imports Ray, and the searcher is pickled by reference into the Tune experiment state.
 """
@@ -36,9 +37,10 @@ class ResumableOptunaSearch(OptunaSearch):
     (reports of a trial run to its end; a trial completed with fewer was stopped early)."""
 
     def __init__(self, *args: Any, metric_name: str | None = None, max_iterations: int | None = None,
-                 **kwargs: Any):
+                 trial_attrs: dict[str, Any] | None = None, **kwargs: Any):
         self.metric_name = metric_name
         self.max_iterations = max_iterations
+        self.trial_attrs = dict(trial_attrs or {})  # user attrs of every trial it asks for (its sweep id)
         super().__init__(*args, **kwargs)
 
     def _setup_study(self, mode: Any) -> None:
@@ -53,6 +55,8 @@ class ResumableOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None:
             ot_trial.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            for key, value in getattr(self, "trial_attrs", {}).items():  # absent in states pickled before
+                ot_trial.set_user_attr(key, value)
         return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
