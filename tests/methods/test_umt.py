@@ -27,6 +27,13 @@ def _cfg(**method) -> RunConfig:
                                 "train": {"epochs": 3, "batch_size": 32, "seed": 1}})
 
 
+def _prepare(method, cfg, data) -> None:
+    """What fit does: the method gets the engine's cached unimodal pre-training as a thunk."""
+    from mcrlab.engine.pretrain import load_or_pretrain
+
+    method.prepare(cfg, data, CPU, unimodal_state=lambda: load_or_pretrain(method.model, cfg, data, CPU)[0])
+
+
 def _ctx() -> StepContext:
     return StepContext(0, 0, 0, 1, 1, torch.Generator().manual_seed(0), CPU)
 
@@ -37,7 +44,7 @@ def test_teachers_are_the_unimodal_pretraining_and_the_student_keeps_its_init(ti
     net = build_model(tiny2.dims, 3, cfg.model)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     umt = UMT(cfg.method.params, net, 3)
-    umt.prepare(cfg, tiny2, CPU)
+    _prepare(umt, cfg, tiny2)
     ref = pretrain_unimodal(cfg, tiny2)
     teachers = umt.teachers.state_dict()
     assert teachers.keys() == {k[len("encoders."):] for k in ref if k.startswith("encoders.")}
@@ -52,7 +59,7 @@ def test_loss_by_hand_and_no_gradient_into_the_teachers(tiny2):
     torch.manual_seed(0)
     net = build_model(tiny2.dims, 3, cfg.model)
     umt = UMT(cfg.method.params, net, 3)
-    umt.prepare(cfg, tiny2, CPU)
+    _prepare(umt, cfg, tiny2)
     net.double()
     umt.teachers.double()
     xs = [torch.as_tensor(x[:16]).double() for x in tiny2.splits["train"].x]
@@ -90,7 +97,7 @@ def test_teachers_run_in_training_mode_unless_teacher_eval(teacher_eval):
     torch.manual_seed(0)
     net = build_model(data.shapes, 3, cfg.model)
     umt = UMT(cfg.method.params, net, 3)
-    umt.prepare(cfg, data, CPU)
+    _prepare(umt, cfg, data)
     stats = {k: v.clone() for k, v in umt.teachers.state_dict().items() if k.endswith("running_mean")}
     net.train()
     xs = [torch.as_tensor(x[:32]) for x in data.splits["train"].x]
@@ -116,7 +123,7 @@ def test_student_features_approach_the_teachers_where_joint_training_does_not(se
         net = build_model(data.dims, data.num_classes, cfg.model)
         method = UMT(UMTParams(), net, data.num_classes) if name == "umt" else Joint(Joint.Params(), net, data.num_classes)
         if name == "umt":
-            method.prepare(cfg, data, CPU)
+            _prepare(method, cfg, data)
             teachers = method.teachers
         opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.01)
         dist[name] = []

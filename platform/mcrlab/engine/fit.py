@@ -37,7 +37,7 @@ import torch.distributed as dist
 from mcrlab.config import ConfigError, RunConfig
 from mcrlab.data import MultimodalDataset, Split, load_dataset
 from mcrlab.engine.metrics import accuracy, macro_f1
-from mcrlab.engine.pretrain import apply_init
+from mcrlab.engine.pretrain import apply_init, load_or_pretrain
 from mcrlab.engine.probe import linear_probe
 from mcrlab.methods import REGISTRY, Method, StepContext
 from mcrlab.models import MultimodalNet, build_model
@@ -338,7 +338,8 @@ def fit(cfg: RunConfig, report: ReportFn | None = None, *, checkpoint_dir: str |
     model = build_model(data.shapes, C, cfg.model, device=device)
     apply_init(model, cfg, data, device)  # model.init: pre-trained unimodal encoders + heads (cached)
     method = REGISTRY[cfg.method.name](cfg.method.params, model, C)
-    method.prepare(cfg, data, device)  # e.g. UMT's unimodal teachers (the cached pre-training of model.init)
+    method.prepare(cfg, data, device,  # e.g. UMT's unimodal teachers (the cached pre-training of model.init)
+                   unimodal_state=lambda: load_or_pretrain(model, cfg, data, device)[0])
     extra = method.extra_modules()
     if extra is not None:
         extra.to(device)

@@ -13,6 +13,7 @@ each method lives in pure functions next to its class; the class only wires them
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -94,9 +95,12 @@ class Method:
                                   f"{' or '.join(self.fusions)} ({self.fusion_reason}); got '{fusion}'")
 
     # ---- hooks -------------------------------------------------------------------------------
-    def prepare(self, cfg: Any, dataset: Any, device: torch.device) -> None:
+    def prepare(self, cfg: Any, dataset: Any, device: torch.device,
+                unimodal_state: Callable[[], dict] | None = None) -> None:
         """Called by ``fit`` once, after construction and ``model.init``, before a checkpoint is loaded: for a
-        method that needs more than the model (UMT's pre-trained unimodal teachers). Default: nothing."""
+        method that needs more than the model (UMT's pre-trained unimodal teachers). ``unimodal_state()``
+        gives the model's state dict after the cached unimodal pre-training of ``model.init=unimodal``
+        (passed in by the engine, so methods never import it). Default: nothing."""
 
     def extra_modules(self) -> nn.Module | None:
         """Trainable auxiliary networks (projections, decoders); optimised at the base lr."""

@@ -24,6 +24,7 @@ running averages; dropout is on): ``teacher_eval`` (off) runs them in eval mode 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,11 +60,13 @@ class UMT(Method):
         super().__init__(params, model, num_classes)
         self.teachers: torch.nn.ModuleList | None = None
 
-    def prepare(self, cfg: Any, dataset: Any, device: torch.device) -> None:
+    def prepare(self, cfg: Any, dataset: Any, device: torch.device,
+                unimodal_state: Callable[[], dict] | None = None) -> None:
         """The teachers: a copy of the student's encoders holding the unimodal pre-training's weights."""
-        from mcrlab.engine.pretrain import load_or_pretrain  # engine imports the methods, not the reverse
-
-        state, _ = load_or_pretrain(self.model, cfg, dataset, device)
+        if unimodal_state is None:
+            raise RuntimeError("umt: no unimodal teachers; mcrlab.engine.fit.fit passes the pre-training "
+                               "(Method.prepare's unimodal_state)")
+        state = unimodal_state()
         teachers = copy.deepcopy(self.model.encoders)
         teachers.load_state_dict({k[len("encoders."):]: v for k, v in state.items() if k.startswith("encoders.")})
         for p in teachers.parameters():
