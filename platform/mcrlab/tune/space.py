@@ -28,7 +28,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mcrlab.config import SEED_MAX, ConfigError, RunConfig, build_dataclass, check_name, cut, opt, read_yaml, short
+from mcrlab.config import (
+    SEED_MAX,
+    ConfigError,
+    RunConfig,
+    build_dataclass,
+    check_name,
+    cut,
+    opt,
+    read_yaml,
+    short,
+)
 from mcrlab.trials.resources import check_gpu_share
 from mcrlab.tune.params import Param, apply_values, check_paths, parse_params, same_value, set_path
 
@@ -559,7 +569,9 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     if s.name == "grid":
         grid = grid_of(space.params)
         assert grid is not None  # parse_space refused a grid sampler over a space without a grid
-        return optuna.samplers.GridSampler(grid, seed=s.seed)
+        from mcrlab.tune.grid import QuietGridSampler
+
+        return QuietGridSampler(grid, seed=s.seed)
     if s.name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=s.seed, **({} if s.population_size is None else
                                                               {"population_size": s.population_size}))
@@ -574,3 +586,4 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
         return optuna.samplers.CmaEsSampler(seed=s.seed, sigma0=s.sigma0, warn_independent_sampling=False,
                                             **startup)
     return optuna.samplers.GPSampler(seed=s.seed, warn_independent_sampling=False, **startup)
+
