@@ -34,7 +34,7 @@ from typing import Any
 from mcrlab.config import ConfigError
 
 __all__ = ["SweepInfo", "StudyReport", "find_sweep", "study_report", "sweep_report", "log_sweep_report",
-           "format_importances", "pareto_rows", "format_pareto"]
+           "format_importances", "pareto_rows", "format_pareto", "importances_per_objective"]
 
 # the Optuna user attrs that link a trial to Tune and MLflow: the names trials.conventions writes (analysis
 # and trials are sibling layers; tests/tune/test_sweep_report.py checks they agree)
@@ -107,6 +107,25 @@ def pareto_rows(study: Any) -> list[dict]:
             for t in sorted(study.best_trials, key=lambda t: t.number)]
 
 
+def importances_per_objective(study: Any) -> dict[str, dict[str, float]]:
+    """Optuna's parameter importances of each objective of a multi-objective study, keyed by metric name.
+
+    A ``target`` is needed per objective; Optuna's default evaluator (PED-ANOVA) ranks what leads to LOW
+    target values, so a maximised objective is negated (fANOVA would not care; PED-ANOVA does).
+    """
+    import optuna
+
+    names = list(study.metric_names or [f"objective {k}" for k in range(len(study.directions))])
+    out = {}
+    for k, (name, direction) in enumerate(zip(names, study.directions, strict=True)):
+        sign = -1.0 if direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PED-ANOVA's reminder about low target values: handled above
+            imp = optuna.importance.get_param_importances(study, target=lambda t, _k=k, _s=sign: _s * t.values[_k])
+        out[name] = {p: float(v) for p, v in imp.items()}
+    return out
+
+
 def format_pareto(rows: list[dict]) -> list[str]:
     """The front as a text table: trial, MLflow run id, one column per objective."""
     if not rows:
@@ -171,9 +190,9 @@ def study_report(storage: str, study_name: str, out_dir: Path, metric: str | Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna's ExperimentalWarning on every matplotlib plot
         try:
-            every = {name: {k: float(v) for k, v in optuna.importance.get_param_importances(
-                study, target=(lambda t, _k=k: t.values[_k]) if multi else None).items()}
-                for k, name in enumerate(rep.objectives)}
+            every = (importances_per_objective(study) if multi else
+                     {rep.objectives[0]: {k: float(v) for k, v in
+                                          optuna.importance.get_param_importances(study).items()}})
             rep.importances = every[rep.objectives[0]]
             (out_dir / "param_importances.json").write_text(json.dumps(every if multi else rep.importances,
                                                                        indent=2))

@@ -565,10 +565,10 @@ def _summarise(space: SearchSpace, dataset: str, grids: list, tracker: Tracker, 
     tracker.log_dict(study_run, {"params": params, "objective": objective, "config": cfg.to_dict()},
                      "best_config.json")
     try:  # fANOVA needs >= 2 finished trials with varying params; a smoke sweep may not have them
-        if space.multi_objective:  # one importance table per objective
-            importances: dict = {name: {k: float(v) for k, v in optuna.importance.get_param_importances(
-                study, target=lambda t, _k=k: t.values[_k]).items()}
-                for k, (name, _) in enumerate(space.objectives)}
+        if space.multi_objective:  # one importance table per objective (as the report computes them)
+            from mcrlab.analysis.sweep_report import importances_per_objective
+
+            importances: dict = importances_per_objective(study)
         else:
             importances = {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
         tracker.log_dict(study_run, importances, "param_importances.json")
