@@ -247,3 +247,53 @@ def test_budget_stopper_obeys_the_current_commands_deadline():
     assert stopper.stop_all() and budget.fired("sweep-x")
     budget.set_deadline("sweep-x", None)  # a resume without --time-budget: no limit, nothing fired
     assert not stopper.stop_all() and not budget.fired("sweep-x")
+
+
+# ---- the CLI refuses bad flags before anything starts -----------------------------------------------
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--time-budget", "2d"], "--time-budget: '2d' is not a duration like 90s, 30m or 2h"),
+    (["--time-budget", "0m"], "--time-budget: must be more than 0"),
+    (["--num-samples", "5"], "--num-samples: 5 is more than the grid's 4 points"),
+])
+def test_sweep_flags_are_checked_before_anything_starts(flags, fragment, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from mcrlab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({"name": "g", "datasets": ["synthetic:competition"], "sampler": "grid",
+                                    "params": {"train.lr": {"type": "float", "grid": [1e-3, 1e-2]},
+                                               "train.optimizer": {"type": "categorical",
+                                                                   "choices": ["adam", "sgd"]}}}))
+    code = main(["sweep", str(path), *flags, "--storage", str(tmp_path / "runs"),
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and err.strip().count("\n") == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]  # no run folder, no store
+
+
+def test_sweep_help_explains_the_time_budget(capsys):
+    from mcrlab.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--time-budget DURATION" in text and "90s, 30m, 2h" in text and "--resume continues" in text
+
+
+def test_shipped_multi_objective_space_passes_check():
+    import io
+    from pathlib import Path
+
+    from mcrlab.tune.check import check_space
+    from mcrlab.tune.space import load_space
+
+    path = Path(__file__).resolve().parents[2] / "search_spaces" / "multi_objective.yaml"
+    space = load_space(path)
+    assert space.objectives == (("val/acc", "max"), ("val/head/m1", "max")) and space.sampler.name == "nsga2"
+    out = io.StringIO()
+    rows = check_space(str(path), n=3, out=out)  # loads the dataset: both metrics are reported on it
+    assert len(rows) == 3 and "objectives: val/acc (max), val/head/m1 (max)" in out.getvalue()
