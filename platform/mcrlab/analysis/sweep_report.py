@@ -34,7 +34,8 @@ from typing import Any
 from mcrlab.config import ConfigError
 
 __all__ = ["SweepInfo", "StudyReport", "find_sweep", "study_report", "sweep_report", "log_sweep_report",
-           "format_importances", "pareto_rows", "format_pareto", "importances_per_objective"]
+           "format_importances", "pareto_rows", "format_pareto", "importances_per_objective",
+           "importances_for"]
 
 # the Optuna user attrs that link a trial to Tune and MLflow: the names trials.conventions writes (analysis
 # and trials are sibling layers; tests/tune/test_sweep_report.py checks they agree)
@@ -86,6 +87,11 @@ def find_sweep(target: str, storage: str | Path = "runs") -> SweepInfo:
     return SweepInfo(sweep_id=str(meta.get("sweep_id", folder.name)), sweep_dir=folder.resolve(),
                      optuna_storage=f"sqlite:///{db.resolve()}", tracking_uri=meta.get("tracking_uri"),
                      run_id=meta.get("mlflow_run_id"))
+
+
+def importances_for(rep: StudyReport) -> str:
+    """`` for val/acc`` when a multi-objective study's printed importances are its first objective's."""
+    return f" for {rep.objectives[0]}" if len(rep.objectives) > 1 else ""
 
 
 def format_importances(importances: dict[str, float], width: int = 24) -> list[str]:

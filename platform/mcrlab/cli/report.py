@@ -31,15 +31,14 @@ def report_and_log(info: Any, out: str | None = None, *, log: bool = True,
 
 
 def print_reports(reports: dict, out: Any = None) -> None:
-    from mcrlab.analysis.sweep_report import format_importances, format_pareto
-    from mcrlab.cli.sweep import _for_first
+    from mcrlab.analysis.sweep_report import format_importances, format_pareto, importances_for
 
     out = out or sys.stdout
     for name, rep in reports.items():
         counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(rep.counts.items()))
         print(f"  {name}: {counts}", file=out)
         if rep.importances:
-            print(f"    parameter importances (Optuna){_for_first(rep)}:", file=out)
+            print(f"    parameter importances (Optuna){importances_for(rep)}:", file=out)
             for line in format_importances(rep.importances):
                 print(f"      {line}", file=out)
         if len(rep.objectives) > 1:

@@ -73,12 +73,6 @@ def _report(result: Any) -> dict:
         return {}
 
 
-def _for_first(rep: Any) -> str:
-    """`` for val/acc`` when a multi-objective study's importances are its first objective's."""
-    names = getattr(rep, "objectives", []) or []
-    return f" for {names[0]}" if len(names) > 1 else ""
-
-
 def best_run(result: Any, dataset: str) -> dict | None:
     """The MLflow run of a study's best trial (``find_runs`` dict), or None."""
     from mcrlab.tracking import find_runs
@@ -99,7 +93,7 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 
 
 def print_summary(result: Any, out: Any = None, reports: dict | None = None) -> None:
-    from mcrlab.analysis.sweep_report import format_importances, format_pareto
+    from mcrlab.analysis.sweep_report import format_importances, format_pareto, importances_for
     from mcrlab.tune.budget import format_duration
     from mcrlab.tune.runner import study_slug
 
@@ -114,7 +108,7 @@ def print_summary(result: Any, out: Any = None, reports: dict | None = None) -> 
             print(f"  {dataset}: no trial finished before the time budget ended ({study.num_trials} trials"
                   f"{stopped})", file=out)
             continue
-        objectives = getattr(study, "objectives", ()) or ()
+        objectives: tuple = tuple(getattr(study, "objectives", ()) or ())
         best = (f"best {objectives[0][0]} (first of {len(objectives)} objectives)" if len(objectives) > 1
                 else "best objective")
         print(f"  {dataset}: {best} {study.best_objective:.4f} (trial {study.best_trial_id}, "
@@ -134,7 +128,7 @@ def print_summary(result: Any, out: Any = None, reports: dict | None = None) -> 
                 print(f"      {line}", file=out)
         rep = reports.get(study.optuna_study) or reports.get(f"{result.sweep_id}/{study_slug(dataset)}")
         if rep is not None and rep.importances:
-            print(f"    parameter importances (Optuna){_for_first(rep)}:", file=out)
+            print(f"    parameter importances (Optuna){importances_for(rep)}:", file=out)
             for line in format_importances(rep.importances):
                 print(f"      {line}", file=out)
         if rep is not None and rep.files:

@@ -548,7 +548,8 @@ def _summarise(space: SearchSpace, dataset: str, grids: list, tracker: Tracker, 
 
     pareto = pareto_rows(study) if space.multi_objective else []
     if pareto:
-        tracker.log_dict(study_run, pareto, "pareto_front.json")
+        tracker.log_dict(study_run, {"objectives": [list(o) for o in space.objectives], "front": pareto},
+                         "pareto_front.json")
     if not ok:  # the budget ended the study before any trial finished
         tracker.end_run(study_run, "FINISHED")
         return StudyResult(dataset=dataset, best_params={}, best_config={}, best_objective=math.nan,
