@@ -54,7 +54,7 @@ from mcrlab.trials.resources import max_concurrent
 from mcrlab.trials.session import NAMESPACE, start_ray
 from mcrlab.trials.storage import MANIFEST, FolderLock, check_private, private_dir, sign_tree, verify_tree
 from mcrlab.tune import budget
-from mcrlab.tune.space import SearchSpace, compile_space, make_sampler, trial_config
+from mcrlab.tune.space import SearchSpace, compile_space, grid_of, make_sampler, trial_config
 from mcrlab.tune.study import StudyPlan, scaling_of
 
 __all__ = ["run_sweep", "SweepResult", "StudyResult", "study_slug", "STOPPED_ATTR"]
@@ -149,8 +149,10 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
     if num_samples is not None:
         if num_samples < 1:
             raise ConfigError("--num-samples: must be >= 1")
-        if space.sampler.name == "grid" and num_samples > space.num_samples and "num_samples" not in space.raw:
-            raise ConfigError(f"--num-samples: {num_samples} is more than the grid's {space.num_samples} points")
+        grid = grid_of(space.params) if space.sampler.name == "grid" else None
+        size = math.prod(len(v) for v in grid.values()) if grid is not None else None
+        if size is not None and num_samples > size:
+            raise ConfigError(f"--num-samples: {num_samples} is more than the grid's {size} points")
         space = _with_samples(space, num_samples)
     if time_budget_s is not None and not (math.isfinite(time_budget_s) and time_budget_s > 0):
         raise ConfigError("--time-budget: must be a positive duration")

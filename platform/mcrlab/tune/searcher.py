@@ -75,6 +75,10 @@ class ResumableOptunaSearch(OptunaSearch):
         """Whether a completed trial's last ``result`` says it was stopped before its last iteration."""
         if not result:
             return False
+        if isinstance(self.metric, list):
+            # several objectives: no scheduler stops trials (ASHA is refused), and a PRUNED trial would have
+            # no values and drop off the Pareto front; a trial ending early by patience is COMPLETE
+            return False
         if result.get("early_stopped"):
             return True
         max_t = getattr(self, "max_iterations", None)
