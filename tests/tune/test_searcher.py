@@ -55,3 +55,20 @@ def test_study_names_its_objective_and_a_trial_stopped_early_is_pruned():
     assert by_tune_id["flagged"].state == S.PRUNED
     searcher.on_trial_complete("stopped", {"objective": 0.4, "trial_iteration": 1})  # a second call: no-op
     assert len(study.get_trials()) == 3
+
+
+def test_multi_objective_study_names_every_objective_and_a_short_trial_stays_complete():
+    """Two objectives: both directions and names in the study; a trial that ended before max_iterations (a
+    patience stop: no scheduler runs with several objectives) is COMPLETE with both values, on the front."""
+    searcher = ResumableOptunaSearch(space=_space, metric=["objective/0", "objective/1"], mode=["max", "min"],
+                                     metric_name=["val/acc", "val/head/m1"], max_iterations=3,
+                                     sampler=optuna.samplers.RandomSampler(seed=0))
+    study = searcher._ot_study
+    assert study.metric_names == ["val/acc", "val/head/m1"]
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    searcher.suggest("short")
+    searcher.on_trial_result("short", {"objective/0": 0.5, "objective/1": 0.3, "training_iteration": 1})
+    searcher.on_trial_complete("short", {"objective/0": 0.5, "objective/1": 0.3, "trial_iteration": 1})
+    (t,) = study.get_trials()
+    assert t.state == optuna.trial.TrialState.COMPLETE and t.values == [0.5, 0.3]
+    assert [b.number for b in study.best_trials] == [t.number]

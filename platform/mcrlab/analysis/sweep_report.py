@@ -8,6 +8,14 @@ Per study (one per dataset) of a sweep folder (``runs/sweeps/<sweep id>``: ``swe
     <out>/<study slug>/slice.png                  objective against each parameter
     <out>/<study slug>/contour.png                objective over parameter pairs (two or more parameters)
 
+A multi-objective study (several metrics) also gets::
+
+    <out>/<study slug>/pareto_front.png           Optuna's Pareto-front plot (two or three objectives)
+    <out>/<study slug>/pareto_front.csv           the front: Optuna trial, Tune trial, MLflow run id, each objective
+
+and its other plots and importances are those of the first objective (``param_importances.json`` holds
+every objective's).
+
 The plots are ``optuna.visualization.matplotlib``'s (matplotlib only, no plotly). A plot that the study cannot
 support (one finished trial, one parameter for a contour) is skipped and said so in ``skipped``; a report
 is never a reason to fail a sweep. ``log_sweep_report`` puts the files on the sweep's MLflow run under
@@ -26,9 +34,14 @@ from typing import Any
 from mcrlab.config import ConfigError
 
 __all__ = ["SweepInfo", "StudyReport", "find_sweep", "study_report", "sweep_report", "log_sweep_report",
-           "format_importances"]
+           "format_importances", "pareto_rows", "format_pareto", "importances_per_objective",
+           "importances_for"]
 
-PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "slice", "contour")
+# the Optuna user attrs that link a trial to Tune and MLflow: the names trials.conventions writes (analysis
+# and trials are sibling layers; tests/tune/test_sweep_report.py checks they agree)
+TUNE_TRIAL_ATTR = "tune_trial_id"
+MLFLOW_RUN_ATTR = "mlflow_run_id"
+PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "slice", "contour", "pareto_front")
 
 
 @dataclass
@@ -50,6 +63,8 @@ class StudyReport:
     files: list[Path] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # plot -> why
     counts: dict[str, int] = field(default_factory=dict)  # trial state -> number
+    objectives: list[str] = field(default_factory=list)  # the study's metric names (several: multi-objective)
+    pareto: list[dict] = field(default_factory=list)  # multi-objective: the front (see pareto_rows)
 
 
 def find_sweep(target: str, storage: str | Path = "runs") -> SweepInfo:
@@ -82,6 +97,11 @@ def find_sweep(target: str, storage: str | Path = "runs") -> SweepInfo:
                      run_id=meta.get("mlflow_run_id"), studies=studies)
 
 
+def importances_for(rep: StudyReport) -> str:
+    """`` for val/acc`` when a multi-objective study's printed importances are its first objective's."""
+    return f" for {rep.objectives[0]}" if len(rep.objectives) > 1 else ""
+
+
 def format_importances(importances: dict[str, float], width: int = 24) -> list[str]:
     """``["train.lr  0.73  ##############", ...]``, most important first."""
     out = []
@@ -89,6 +109,61 @@ def format_importances(importances: dict[str, float], width: int = 24) -> list[s
         bar = "#" * int(round(20 * value)) if math.isfinite(value) else ""
         out.append(f"{name:<{width}} {value:5.2f}  {bar}")
     return out
+
+
+def pareto_rows(study: Any) -> list[dict]:
+    """The Pareto front of a multi-objective study (Optuna's ``best_trials``: non-dominated COMPLETE trials),
+    by trial number: ``{"number", "trial_id" (Tune), "run_id" (MLflow), "values": {metric: value}, "params"}``."""
+    names = list(study.metric_names or [f"objective {k}" for k in range(len(study.directions))])
+    return [{"number": t.number, "trial_id": str(t.user_attrs.get(TUNE_TRIAL_ATTR, "")),
+             "run_id": str(t.user_attrs.get(MLFLOW_RUN_ATTR, "")),
+             "values": {n: float(v) for n, v in zip(names, t.values, strict=True)}, "params": dict(t.params)}
+            for t in sorted(study.best_trials, key=lambda t: t.number)]
+
+
+def importances_per_objective(study: Any) -> dict[str, dict[str, float]]:
+    """Optuna's parameter importances of each objective of a multi-objective study, keyed by metric name.
+
+    A ``target`` is needed per objective; Optuna's default evaluator (PED-ANOVA) ranks what leads to LOW
+    target values, so a maximised objective is negated (fANOVA would not care; PED-ANOVA does).
+    """
+    import optuna
+
+    names = list(study.metric_names or [f"objective {k}" for k in range(len(study.directions))])
+    out = {}
+    for k, (name, direction) in enumerate(zip(names, study.directions, strict=True)):
+        sign = -1.0 if direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PED-ANOVA's reminder about low target values: handled above
+            imp = optuna.importance.get_param_importances(study, target=lambda t, _k=k, _s=sign: _s * t.values[_k])
+        out[name] = {p: float(v) for p, v in imp.items()}
+    return out
+
+
+def format_pareto(rows: list[dict]) -> list[str]:
+    """The front as a text table: trial, MLflow run id, one column per objective."""
+    if not rows:
+        return ["(no completed trial)"]
+    names = list(rows[0]["values"])
+    widths = [max(len(n), 8) for n in names]
+    head = f"{'trial':>5}  {'tune trial':<12} {'MLflow run':<32}  " + "  ".join(
+        f"{n:>{w}}" for n, w in zip(names, widths, strict=True))
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r['number']:>5}  {r['trial_id'] or '-':<12} {r['run_id'] or '-':<32}  " + "  ".join(
+            f"{r['values'][n]:>{w}.4f}" for n, w in zip(names, widths, strict=True)))
+    return lines
+
+
+def _write_pareto_csv(rows: list[dict], names: list[str], path: Path) -> Path:
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["optuna_trial", "tune_trial", "mlflow_run_id", *names])
+        for r in rows:
+            w.writerow([r["number"], r["trial_id"], r["run_id"], *(repr(r["values"][n]) for n in names)])
+    return path
 
 
 def _save(plot: Any, path: Path) -> Path:
@@ -116,25 +191,43 @@ def study_report(storage: str, study_name: str, out_dir: Path, metric: str | Non
     rep = StudyReport(study=study_name, slug=slug)
     for t in study.get_trials(deepcopy=False):
         rep.counts[t.state.name] = rep.counts.get(t.state.name, 0) + 1
-    target = metric or (study.metric_names or [None])[0] or "objective"
+    multi = len(study.directions) > 1
+    if study.metric_names:
+        rep.objectives = list(study.metric_names)
+    else:
+        rep.objectives = [f"objective {k}" for k in range(len(study.directions))] if multi else ["objective"]
+    target = (None if multi else metric) or rep.objectives[0]
+    # several objectives: Optuna's plots need a target; they show the first objective (the one "best" means)
+    first: Any = (lambda t: t.values[0]) if multi else None
     out_dir.mkdir(parents=True, exist_ok=True)
     complete = rep.counts.get("COMPLETE", 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna's ExperimentalWarning on every matplotlib plot
         try:
-            rep.importances = {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
-            (out_dir / "param_importances.json").write_text(json.dumps(rep.importances, indent=2))
+            every = (importances_per_objective(study) if multi else
+                     {rep.objectives[0]: {k: float(v) for k, v in
+                                          optuna.importance.get_param_importances(study).items()}})
+            rep.importances = every[rep.objectives[0]]
+            (out_dir / "param_importances.json").write_text(json.dumps(every if multi else rep.importances,
+                                                                       indent=2))
             rep.files.append(out_dir / "param_importances.json")
         except Exception as err:  # noqa: BLE001 - importances need >= 2 finished trials with varying params
             rep.skipped["param_importances"] = f"{type(err).__name__}: {err}"
         n_params = len({p for t in study.get_trials(deepcopy=False) for p in t.params})
         makers = {
-            "optimization_history": lambda: ovm.plot_optimization_history(study, target_name=target),
-            "param_importances": lambda: ovm.plot_param_importances(study),
-            "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target_name=target),
-            "slice": lambda: ovm.plot_slice(study, target_name=target),
-            "contour": lambda: ovm.plot_contour(study, target_name=target),
+            "optimization_history": lambda: ovm.plot_optimization_history(study, target=first, target_name=target),
+            "param_importances": lambda: ovm.plot_param_importances(study, target=first, target_name=target),
+            "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target=first, target_name=target),
+            "slice": lambda: ovm.plot_slice(study, target=first, target_name=target),
+            "contour": lambda: ovm.plot_contour(study, target=first, target_name=target),
         }
+        if multi:
+            rep.pareto = pareto_rows(study)
+            rep.files.append(_write_pareto_csv(rep.pareto, rep.objectives, out_dir / "pareto_front.csv"))
+            if len(rep.objectives) in (2, 3):
+                makers["pareto_front"] = lambda: ovm.plot_pareto_front(study, target_names=rep.objectives)
+            else:
+                rep.skipped["pareto_front"] = f"plotted for 2 or 3 objectives, not {len(rep.objectives)}"
         for name, make in makers.items():
             if complete < 1:
                 rep.skipped[name] = "no completed trial"

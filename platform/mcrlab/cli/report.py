@@ -31,15 +31,19 @@ def report_and_log(info: Any, out: str | None = None, *, log: bool = True,
 
 
 def print_reports(reports: dict, out: Any = None) -> None:
-    from mcrlab.analysis.sweep_report import format_importances
+    from mcrlab.analysis.sweep_report import format_importances, format_pareto, importances_for
 
     out = out or sys.stdout
     for name, rep in reports.items():
         counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(rep.counts.items()))
         print(f"  {name}: {counts}", file=out)
         if rep.importances:
-            print("    parameter importances (Optuna):", file=out)
+            print(f"    parameter importances (Optuna){importances_for(rep)}:", file=out)
             for line in format_importances(rep.importances):
+                print(f"      {line}", file=out)
+        if len(rep.objectives) > 1:
+            print(f"    Pareto front ({len(rep.pareto)} trials; table: pareto_front.csv):", file=out)
+            for line in format_pareto(rep.pareto):
                 print(f"      {line}", file=out)
         for plot, why in rep.skipped.items():
             print(f"    {plot}: skipped ({why})", file=out)

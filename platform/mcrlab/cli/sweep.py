@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", default=None, metavar="NAME",
                    help="name of the shared studies with --optuna-storage (default: the space's name); "
                         "each dataset's study is NAME/<dataset>")
+    p.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="wall-clock limit of this command, e.g. 90s, 30m, 2h (plain number: seconds). When it "
+                        "ends, running trials are stopped and recorded (Optuna: PRUNED, MLflow: KILLED, tag "
+                        "mcrlab.stopped_by) and no new trial or study starts; --resume continues, re-running "
+                        "the stopped trials' points (a resume has only the budget its own command gives)")
     p.add_argument("--verbose", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2), metavar="LEVEL",
                    help="also show Ray Tune's tables (LEVEL 1, or 2 for every result), MLflow's and Optuna's "
                         "logs; default: only mcrlab's live display")
@@ -45,15 +50,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def sweep_command(args: argparse.Namespace) -> int:
     from mcrlab.trials.display import quiet_libraries
+    from mcrlab.tune.budget import parse_duration
     from mcrlab.tune.runner import run_sweep
     from mcrlab.tune.space import load_space
 
     space = load_space(args.space)  # ConfigError -> exit 2 before anything starts
+    budget_s = None if args.time_budget is None else parse_duration(args.time_budget)
     quiet_libraries(verbose=args.verbose > 0)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     result = run_sweep(space, num_samples=args.num_samples, address=args.address or os.environ.get("RAY_ADDRESS"),
                        tracking_uri=args.tracking_uri, smoke=args.smoke, resume=args.resume_sweep,
-                       storage_path=args.storage, verbose=args.verbose,
+                       storage_path=args.storage, verbose=args.verbose, time_budget_s=budget_s,
                        optuna_storage=args.optuna_storage, study=args.study)
     reports = _report(result)
     print_summary(result, reports=reports)
@@ -96,15 +103,26 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 
 
 def print_summary(result: Any, out: Any = None, reports: dict | None = None) -> None:
-    from mcrlab.analysis.sweep_report import format_importances
+    from mcrlab.analysis.sweep_report import format_importances, format_pareto, importances_for
+    from mcrlab.tune.budget import format_duration
     from mcrlab.tune.runner import study_slug
 
     out = out or sys.stdout
     reports = reports or {}
-    print(f"\nsweep {result.sweep_id}: done", file=out)
+    budget_ended = getattr(result, "budget_ended", False)
+    status = f"time budget ({format_duration(result.time_budget_s)}) ended the sweep" if budget_ended else "done"
+    print(f"\nsweep {result.sweep_id}: {status}", file=out)
     for dataset, study in result.studies.items():
-        print(f"  {dataset}: best objective {study.best_objective:.4f} (trial {study.best_trial_id}, "
-              f"{study.num_trials} trials, {study.num_errors} errors)", file=out)
+        stopped = f", {study.budget_stopped} stopped by the time budget" if study.budget_stopped else ""
+        if not study.best_trial_id:
+            print(f"  {dataset}: no trial finished before the time budget ended ({study.num_trials} trials"
+                  f"{stopped})", file=out)
+            continue
+        objectives: tuple = tuple(getattr(study, "objectives", ()) or ())
+        best = (f"best {objectives[0][0]} (first of {len(objectives)} objectives)" if len(objectives) > 1
+                else "best objective")
+        print(f"  {dataset}: {best} {study.best_objective:.4f} (trial {study.best_trial_id}, "
+              f"{study.num_trials} trials, {study.num_errors} errors{stopped})", file=out)
         for key, value in sorted(study.best_params.items()):
             print(f"      {key} = {value}", file=out)
         run = best_run(result, dataset)
@@ -113,13 +131,26 @@ def print_summary(result: Any, out: Any = None, reports: dict | None = None) -> 
                   file=out)
             print(f"    retrain:  mcrlab train --from-run {run['run_id']}   (add overrides, e.g. train.epochs=50)",
                   file=out)
+        if len(objectives) > 1:
+            print(f"    Pareto front ({len(study.pareto)} of {study.num_trials} trials, "
+                  f"{', '.join(f'{m} {d}' for m, d in objectives)}):", file=out)
+            for line in format_pareto(study.pareto):
+                print(f"      {line}", file=out)
         rep = reports.get(study.optuna_study) or reports.get(f"{result.sweep_id}/{study_slug(dataset)}")
         if rep is not None and rep.importances:
-            print("    parameter importances (Optuna):", file=out)
+            print(f"    parameter importances (Optuna){importances_for(rep)}:", file=out)
             for line in format_importances(rep.importances):
                 print(f"      {line}", file=out)
         if rep is not None and rep.files:
             print(f"    plots:    {rep.files[0].parent}   (also on the sweep's MLflow run under report/)", file=out)
+    for dataset in getattr(result, "not_started", []):
+        print(f"  {dataset}: not started (the time budget had ended)", file=out)
+    if budget_ended:
+        source = getattr(result, "space_source", "") or "SPACE"
+        run_folder = Path(result.sweep_dir).parent.parent
+        storage = "" if run_folder == Path("runs").resolve() else f" --storage {run_folder}"
+        print(f"  resume:  mcrlab sweep {source} --resume {result.sweep_id}{storage}   (stopped trials run "
+              f"again; add --time-budget for another limit)", file=out)
     if result.tracking_uri.startswith(("http://", "https://")):
         print(f"  MLflow:  open {result.tracking_uri}   (experiment '{result.experiment}')", file=out)
     else:

@@ -104,7 +104,8 @@ def single_process_trial(config: dict, plan: TrialPlan) -> None:
     with (checkpoint.as_directory() if checkpoint else contextlib.nullcontext()) as resume_from:
         try:
             run_seeds(plan.configs(config), metric=plan.metric, score=plan.score, report=report,
-                      checkpoint_dir=tempfile.mkdtemp(prefix="mcrlab-trial-"), resume_from=resume_from)
+                      checkpoint_dir=tempfile.mkdtemp(prefix="mcrlab-trial-"), resume_from=resume_from,
+                      more=plan.more_objectives())
         except NonFiniteLoss as err:
             # tell the driver why before failing: the recorder tags the reason and keeps Tune from
             # retrying (a diverged run diverges again from its checkpoint; retries are for lost workers)
@@ -147,7 +148,7 @@ def _data_parallel_worker(config: dict) -> None:
     with worker_resume() as resume_from:
         run_seeds([RunConfig.from_dict(r) for r in config["runs"]], metric=plan.metric, score=plan.score,
                   report=worker_report(), checkpoint_dir=local_checkpoint_dir(), resume_from=resume_from,
-                  should_stop=should_stop)
+                  should_stop=should_stop, more=plan.more_objectives())
 
 
 # --------------------------------------------------------------------------------------------------

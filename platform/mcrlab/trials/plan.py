@@ -67,6 +67,11 @@ class TrialPlan:
         vals = [float(v) for v in values]
         return sum(vals) / len(vals)
 
+    def more_objectives(self) -> list[tuple[str, Any]]:
+        """The objectives after the first of a multi-objective plan: ``(metric, score(values) -> float)``
+        each; reported as ``objective/1``, ... (``seeds.run_seeds``). Default: none."""
+        return []
+
     def identity(self, trial_id: str, point: dict[str, Any]) -> RunIdentity:
         """The trial's MLflow run: name, tags, key tags, parent, params and artifacts."""
         raise NotImplementedError

@@ -62,7 +62,6 @@ def preflight(space: Any, layouts: dict | None = None) -> dict[str, str]:
     from mcrlab.tune.space import trial_config
 
     fingerprints = {}
-    split = space.metric.split("/", 1)[0]
     probes_searched = any(p.path == "train.probe_epochs" for p in space.params)
     for i, dataset in enumerate(space.datasets):
         where = f"{space.source}: datasets[{i}] ({cut(dataset)})"
@@ -81,14 +80,16 @@ def preflight(space: Any, layouts: dict | None = None) -> dict[str, str]:
             raise ConfigError(f"{where}: {err}") from None
         if layouts is not None:
             layouts[dataset] = layout
-        if split == "train":
-            continue  # method-dependent step logs
         known = reported_metrics(list(data.modalities), present_info_types(data),
                                  cfg.train.probe_epochs > 0 or probes_searched)
-        if space.metric not in known:
-            close = difflib.get_close_matches(space.metric, sorted(known), n=1)
+        for k, (metric, _) in enumerate(space.objectives):
+            split = metric.split("/", 1)[0]
+            if split == "train" or metric in known:
+                continue  # train/*: method-dependent step logs
+            close = difflib.get_close_matches(metric, sorted(known), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"{space.source}: metric: '{cut(space.metric)}' is not reported by training on "
+            key = f"metric[{k}]" if space.multi_objective else "metric"
+            raise ConfigError(f"{space.source}: {key}: '{cut(metric)}' is not reported by training on "
                               f"{cut(dataset)}{hint}; on {split}: {cut(', '.join(sorted(n for n in known if n.startswith(split))), 120)}")
     return fingerprints
 
@@ -121,13 +122,15 @@ def check_space(path: str, n: int = 5, smoke: bool = False, out: Any = None,
     layouts: dict = {}  # each sampled point's model is built against its dataset's shapes below
     preflight(space, layouts)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize" if space.mode == "max" else "minimize",
+    study = optuna.create_study(directions=["maximize" if m == "max" else "minimize" for _, m in space.objectives],
                                 sampler=make_sampler(space))
     for point in space.points_to_evaluate:
         study.enqueue_trial(point)
 
     print(f"{space.source}: ok: '{space.name}'{' (smoke)' if smoke else ''}", file=out)
-    print(f"  datasets: {', '.join(space.datasets)}   metric: {space.metric} ({space.mode})   "
+    metrics = ", ".join(f"{m} ({d})" for m, d in space.objectives)
+    print(f"  datasets: {', '.join(space.datasets)}   {'objectives' if space.multi_objective else 'metric'}: "
+          f"{metrics}   "
           f"samples: {space.num_samples} per dataset", file=out)
     obj = space.objective
     print(f"  objective: {obj.aggregate} over {obj.seeds} seed(s) {obj.seed_list()}   sampler: "
@@ -137,6 +140,8 @@ def check_space(path: str, n: int = 5, smoke: bool = False, out: Any = None,
         cond = " when " + ", ".join(f"{k} in {list(v)}" for k, v in p.when.items()) if p.when else ""
         print(f"  {p.name}: {p.describe()}{cond}", file=out)
     rows = []
+    if space.sampler.name == "grid":  # a grid has num_samples points; asking more would repeat one
+        n = min(n, space.num_samples)
     for i in range(n):
         _, point = sample_point(study, space)
         hashes = {}

@@ -27,13 +27,14 @@ __all__ = ["Param", "parse_params", "check_paths", "set_path", "apply_values", "
 KINDS = ("float", "int", "categorical")
 PATH_RE = re.compile(r"^(data|model|method|train)\.([A-Za-z_][A-Za-z0-9_]*)(?:\.(\d+))?$")
 LABEL_RE = re.compile(r"^[A-Za-z0-9_]+$")
-KEYS = {"float": {"type", "low", "high", "log", "step", "when"},
-        "int": {"type", "low", "high", "log", "step", "when"},
+KEYS = {"float": {"type", "low", "high", "log", "step", "when", "grid"},
+        "int": {"type", "low", "high", "log", "step", "when", "grid"},
         "categorical": {"type", "choices", "when"},
         "fixed": {"type", "fixed", "when"}}
 RESERVED = {"data.name": "list datasets under datasets:",
             "train.seed": "use objective.seeds / objective.seed"}
 _MISSING = object()
+MAX_GRID = 10_000  # values of one parameter's grid:
 MAX_INDEX = 63  # list elements (one per modality): an index is checked before any list is padded to it
 
 
@@ -61,6 +62,7 @@ class Param:
     choices: tuple = ()
     value: Any = None  # the fixed value
     when: dict[str, tuple] = field(default_factory=dict)  # keyed by parameter name
+    grid: tuple = ()  # explicit values for the grid sampler (float and int ranges)
 
     @property
     def path(self) -> str:
@@ -81,7 +83,21 @@ class Param:
                                                                       not isinstance(v, int)):
             return False
         assert self.low is not None and self.high is not None  # a float/int range always has both ends
+        if self.kind == "int" and self.step is not None and (v - self.low) % self.step:
+            return False  # off the step lattice: Optuna's IntDistribution would not contain it
         return self.low <= v <= self.high
+
+    def grid_values(self) -> list | None:
+        """The grid sampler's values: ``grid:``, the choices, or every step of a non-log int range; None
+        for a range with no finite grid (float, log int)."""
+        if self.grid:
+            return list(self.grid)
+        if self.kind == "categorical":
+            return list(self.choices)
+        if self.kind == "int" and not self.log:
+            assert isinstance(self.low, int) and isinstance(self.high, int)
+            return list(range(self.low, self.high + 1, int(self.step or 1)))
+        return None
 
     def describe(self) -> str:
         if self.kind == "categorical":
@@ -97,6 +113,8 @@ class Param:
         if self.kind == "fixed":
             return [("fixed value", self.value)]
         assert self.low is not None and self.high is not None  # a float/int range always has both ends
+        if self.grid:
+            return [("grid value", v) for v in self.grid]
         if self.kind == "float":  # as Optuna will suggest them: floats, even when written 1 and 8
             return [("low", float(self.low)), ("high", float(self.high))]
         return [("low", self.low), ("high", self.high)]
@@ -171,6 +189,9 @@ def _entry(name: Any, spec: Any, source: str, earlier: dict[str, Param]) -> Para
             raise ConfigError(f"{where}.when: method.name cannot be conditional")
         return Param(name, "categorical", choices=tuple(choices), when=when)
     integer = kind == "int"
+    grid = _grid_list(spec, where, integer)
+    if grid:  # the range defaults to the grid's ends
+        spec = {"low": min(grid), "high": max(grid), **spec}
     low, high = _number(spec, "low", where, integer), _number(spec, "high", where, integer)
     if low > high:
         raise ConfigError(f"{where}: low ({low}) must be <= high ({high})")
@@ -185,7 +206,30 @@ def _entry(name: Any, spec: Any, source: str, earlier: dict[str, Param]) -> Para
         step = _number(spec, "step", where, integer)
         if step <= 0 or log:
             raise ConfigError(f"{where}.step: must be > 0 and cannot be combined with log: true")
-    return Param(name, kind, low=low, high=high, log=log, step=step, when=when)
+    param = Param(name, kind, low=low, high=high, log=log, step=step, when=when, grid=grid)
+    for v in grid:
+        if not param.contains(v):
+            raise ConfigError(f"{where}.grid: {short(v)} is outside the parameter's {param.describe()}"
+                              f"{f' (step {step})' if step is not None else ''}")
+    return param
+
+
+def _grid_list(spec: dict, where: str, integer: bool) -> tuple:
+    """``grid: [values]`` of a float or int parameter: distinct finite numbers (floats stay floats)."""
+    if "grid" not in spec:
+        return ()
+    raw = spec["grid"]
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_GRID:
+        raise ConfigError(f"{where}.grid: expected a non-empty list of at most {MAX_GRID} values, "
+                          f"got {short(raw)}")
+    out: list = []
+    for v in raw:
+        v = _number({"grid": v}, "grid", where, integer)
+        v = v if integer else float(v)
+        if v in out:
+            raise ConfigError(f"{where}.grid: {short(v)} is listed twice")
+        out.append(v)
+    return tuple(out)
 
 
 def _when(raw: Any, where: str, earlier: dict[str, Param]) -> dict[str, tuple]:

@@ -11,10 +11,22 @@ On disk (run folder, default ./runs, always resolved to an absolute path)::
 
 Studies run one after another, each with as many concurrent trials as the cluster fits
 (``max_concurrent``: Tune does not count nested Train workers, so the cap is computed here).
+
+Multi-objective search (``metric``/``mode`` lists): trials report ``objective/0``, ``objective/1``, ...
+and Optuna's study has one direction per objective; ASHA is refused at load time. A trial's values are those
+of its last report (as for one objective); its best checkpoint is ranked by the first objective, and the
+study's "best" trial (best_config.json, ``train --from-run``) is the one best on the first objective. The
+Pareto front is Optuna's ``best_trials`` (COMPLETE trials only).
+
+Time budget (``time_budget_s``, see ``budget``): when it ends, running trials are stopped, told PRUNED to
+Optuna (user attr ``mcrlab.stopped_by``) and their MLflow runs end KILLED, tagged ``mcrlab.stopped_by``;
+datasets not reached are not started. They count for nothing: ``--resume`` runs the stopped trials' points
+again from the start (then new samples up to num_samples) and the studies not started.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -42,11 +54,14 @@ from mcrlab.trials.recorder import fail_fast_on_outages
 from mcrlab.trials.resources import max_concurrent
 from mcrlab.trials.session import NAMESPACE, start_ray
 from mcrlab.trials.storage import MANIFEST, FolderLock, check_private, private_dir, sign_tree, verify_tree
-from mcrlab.tune.space import SearchSpace, compile_space, make_sampler, trial_config
+from mcrlab.tune import budget
+from mcrlab.tune.space import SearchSpace, compile_space, grid_of, make_sampler, trial_config
 from mcrlab.tune.study import StudyPlan, scaling_of
 
-__all__ = ["run_sweep", "SweepResult", "StudyResult", "study_slug"]
+__all__ = ["run_sweep", "SweepResult", "StudyResult", "study_slug", "STOPPED_ATTR"]
 
+STOPPED_ATTR = "mcrlab.stopped_by"  # Optuna user attr / MLflow tag of a trial the time budget stopped
+REQUEUED_ATTR = "mcrlab.requeued"  # Optuna study user attr: numbers of stopped trials whose points re-ran
 TRIAL_RETRIES = 2  # restarts of a trial whose process was lost, each from its last checkpoint
 
 
@@ -62,6 +77,11 @@ class StudyResult:
     run_id: str  # MLflow study run
     optuna_study: str
     result_grid: Any = field(default=None, repr=False)
+    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of each objective
+    # multi-objective: the Pareto front, one dict per trial (number, trial_id, run_id, values, params)
+    pareto: list[dict] = field(default_factory=list)
+    budget_stopped: int = 0  # trials the time budget stopped (or kept from starting)
+    budget_ended: bool = False  # the time budget ended this study before all its trials had run
 
 
 @dataclass
@@ -73,6 +93,10 @@ class SweepResult:
     run_id: str  # MLflow sweep run
     optuna_storage: str
     studies: dict[str, StudyResult] = field(default_factory=dict)
+    time_budget_s: float | None = None
+    budget_ended: bool = False  # the time budget ended the sweep
+    not_started: list[str] = field(default_factory=list)  # datasets the budget left unstarted
+    space_source: str = ""
 
 
 def study_slug(dataset: str) -> str:
@@ -115,8 +139,10 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
               tracking_uri: str | None = None, smoke: bool = False, resume: bool | str = False,
               storage_path: str | Path | None = None, callbacks: list | None = None,
               progress: bool = True, verbose: int = 0, optuna_storage: str | None = None,
-              study: str | None = None) -> SweepResult:
+              study: str | None = None, time_budget_s: float | None = None) -> SweepResult:
     """Run (or, with ``resume``, continue) a sweep; returns the best configuration per dataset.
+
+    ``time_budget_s``: wall-clock seconds for this command, from its start (a resume gets its own budget).
 
     ``resume=True`` continues the newest sweep of this space under the run folder, a string names the
     sweep id. ``storage_path`` is the run folder (default ./runs). Extra Tune ``callbacks`` are for tests.
@@ -129,7 +155,13 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
     if num_samples is not None:
         if num_samples < 1:
             raise ConfigError("--num-samples: must be >= 1")
+        grid = grid_of(space.params) if space.sampler.name == "grid" else None
+        size = math.prod(len(v) for v in grid.values()) if grid is not None else None
+        if size is not None and num_samples > size:
+            raise ConfigError(f"--num-samples: {num_samples} is more than the grid's {size} points")
         space = _with_samples(space, num_samples)
+    if time_budget_s is not None and not (math.isfinite(time_budget_s) and time_budget_s > 0):
+        raise ConfigError("--time-budget: must be a positive duration")
     from mcrlab.tune.check import preflight
 
     run_folder = Path(storage_path or DEFAULT_RUN_FOLDER).expanduser().resolve()
@@ -185,9 +217,11 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
                             driver_seed=driver_seed(space.sampler.seed, sweep_id))
             sweep_dir = private_dir(sweeps / sweep_id)
             lock = FolderLock(sweep_dir, "sweep").acquire()
+        budget.set_deadline(sweep_id, time_budget_s)  # from here: the lock is ours, Ray starts next
         return _run_locked(space, meta, sweep_id=sweep_id, sweep_dir=sweep_dir, uri=uri, run_folder=run_folder,
                            address=address, smoke=smoke, resume=resume, callbacks=callbacks, progress=progress,
-                           fingerprints=fingerprints, verbose=verbose, shared=shared, prefix=prefix)
+                           fingerprints=fingerprints, verbose=verbose, shared=shared, prefix=prefix,
+                           time_budget_s=time_budget_s)
     finally:
         if lock is not None:
             lock.release()
@@ -208,7 +242,7 @@ def _shared_study(space: SearchSpace, optuna_storage: str | None, study: str | N
 def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Path, uri: str, run_folder: Path,
                 address: str | None, smoke: bool, resume: bool | str, callbacks: list | None,
                 progress: bool, fingerprints: dict[str, str], verbose: int = 0, shared: str | None = None,
-                prefix: str | None = None) -> SweepResult:
+                prefix: str | None = None, time_budget_s: float | None = None) -> SweepResult:
     """``run_sweep`` once the sweep folder is chosen, checked and locked."""
     import ray
 
@@ -226,14 +260,17 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
 
     describe_experiment(tracker.client, exp_id, space.description or (
         f"Sweep of search space '{space.name}' ({space.source}): {space.sampler.name} sampler, {space.num_samples} "
-        f"trials per dataset on {', '.join(space.datasets)}; objective {space.metric} ({space.mode})."))
+        f"trials per dataset on {', '.join(space.datasets)}; "
+        f"objective{'s' if space.multi_objective else ''} {', '.join(f'{m} ({d})' for m, d in space.objectives)}."))
     sweep_tags = lineage_tags("sweep", sweep_id=sweep_id, space=space.name,
                               optuna_study=f"{prefix}/*" if shared else None)
     # a shared study: this driver's own sampler seed, or two drivers would propose the same points
     seed = meta.get("driver_seed", driver_seed(space.sampler.seed, sweep_id)) if shared else None
     sweep_run = tracker.start_run(exp_id, sweep_id, tags=sweep_tags,
                                   key_tags=(f"{TAG_PREFIX}kind", f"{TAG_PREFIX}sweep_id"),
-                                  params={"space": space.name, "metric": space.metric, "mode": space.mode,
+                                  params={"space": space.name,
+                                          "metric": list(space.metrics) if space.multi_objective else space.metric,
+                                          "mode": list(space.modes) if space.multi_objective else space.mode,
                                           "sampler": space.sampler.name, "num_samples": space.num_samples,
                                           "datasets": list(space.datasets), "backend": backend.name,
                                           "workers": space.scaling.workers, "smoke": smoke,
@@ -242,6 +279,8 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
                                           "scheduler": space.scheduler.name,
                                           **({"optuna_storage": shared, "optuna_study": prefix,
                                               "driver_seed": seed} if shared else {})})
+    # a tag, not a param: a resume may give another budget (MLflow params cannot change)
+    tracker.set_tags(sweep_run, {f"{TAG_PREFIX}time_budget_s": "" if time_budget_s is None else f"{time_budget_s:g}"})
     meta["mlflow_run_id"] = sweep_run
     _write_meta(sweep_dir, meta)
     if not resume:
@@ -249,10 +288,16 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
 
     optuna_storage = shared or f"sqlite:///{sweep_dir / 'optuna.db'}"
     result = SweepResult(sweep_id=sweep_id, sweep_dir=sweep_dir, tracking_uri=uri, experiment=experiment,
-                         run_id=sweep_run, optuna_storage=optuna_storage)
+                         run_id=sweep_run, optuna_storage=optuna_storage, time_budget_s=time_budget_s,
+                         space_source=space.source)
     failed = False
     try:
         for dataset in space.datasets:
+            if budget.expired(sweep_id):  # no study starts after the budget; --resume runs it
+                result.not_started.append(dataset)
+                meta["studies"].setdefault(dataset, {})["done"] = False
+                _write_meta(sweep_dir, meta)
+                continue
             study = _run_study(space, dataset, backend=backend, sweep_id=sweep_id, sweep_dir=sweep_dir,
                                tracker=tracker, exp_id=exp_id, sweep_run=sweep_run, uri=uri,
                                run_folder=run_folder, optuna_storage=optuna_storage, concurrency=concurrency,
@@ -260,7 +305,7 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
                                fingerprint=fingerprints[dataset], verbose=verbose, prefix=prefix,
                                driver_seed=seed)
             result.studies[dataset] = study
-            meta["studies"][dataset] = {"done": True, "best_trial": study.best_trial_id,
+            meta["studies"][dataset] = {"done": not study.budget_ended, "best_trial": study.best_trial_id,
                                         "best_objective": study.best_objective, "optuna_study": study.optuna_study}
             _write_meta(sweep_dir, meta)
     except BaseException:
@@ -269,12 +314,16 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
     finally:
         if failed:
             tracker.end_run(sweep_run, "KILLED")
+    result.budget_ended = bool(result.not_started) or any(st.budget_ended for st in result.studies.values())
     for dataset, study in result.studies.items():
-        tracker.log_metrics(sweep_run, {f"best_objective/{study_slug(dataset)}": study.best_objective})
+        if math.isfinite(study.best_objective):
+            tracker.log_metrics(sweep_run, {f"best_objective/{study_slug(dataset)}": study.best_objective})
     tracker.log_dict(sweep_run, {d: {"params": s.best_params, "objective": s.best_objective,
-                                     "trial_id": s.best_trial_id} for d, s in result.studies.items()},
-                     "best_per_dataset.json")
+                                     "trial_id": s.best_trial_id} for d, s in result.studies.items()
+                                 if s.best_trial_id}, "best_per_dataset.json")
     _log_optuna_db(tracker, sweep_run, optuna_storage)
+    if result.budget_ended:
+        tracker.set_tags(sweep_run, {STOPPED_ATTR: "time_budget"})
     tracker.end_run(sweep_run, "FINISHED")
     return result
 
@@ -320,8 +369,9 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
 
     from mcrlab.trials.display import LiveDisplay
     from mcrlab.trials.recorder import TrialRecorder
+    from mcrlab.trials.seeds import objective_key
     from mcrlab.trials.signer import StateSigner
-    from mcrlab.tune.searcher import ResumableOptunaSearch
+    from mcrlab.tune.searcher import BudgetStopper, ResumableOptunaSearch
     from mcrlab.tune.shared import SWEEP_ATTR, has_trials
 
     slug = study_slug(dataset)
@@ -364,10 +414,16 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
             sampler_space = dataclasses.replace(space, sampler=dataclasses.replace(space.sampler, seed=driver_seed))
             if has_trials(optuna_storage, study_name):
                 points = None
-        searcher = ResumableOptunaSearch(space=compile_space(space), metric="objective", mode=space.mode,
+        if space.multi_objective:  # one direction per objective; Optuna gets no intermediate values
+            metric: Any = [objective_key(k) for k in range(len(space.objectives))]
+            mode: Any = [m for _, m in space.objectives]
+            names: Any = [m for m, _ in space.objectives]
+        else:
+            metric, mode, names = "objective", space.mode, space.metric
+        searcher = ResumableOptunaSearch(space=compile_space(space), metric=metric, mode=mode,
                                          points_to_evaluate=points or None, sampler=make_sampler(sampler_space),
                                          study_name=study_name, storage=optuna.storages.RDBStorage(optuna_storage),
-                                         metric_name=space.metric, max_iterations=max_t,
+                                         metric_name=names, max_iterations=max_t,
                                          trial_attrs={SWEEP_ATTR: sweep_id})
         recorder = TrialRecorder(plan, uri=uri, run_folder=str(run_folder), experiment_id=exp_id,
                                  optuna=(optuna_storage, study_name))
@@ -382,6 +438,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                                         max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=name, storage_path=str(ray_dir), callbacks=cbs, verbose=verbose,
+                stop=BudgetStopper(sweep_id),  # --time-budget (the deadline is this command's, see budget)
                 # a trial whose process dies (lost worker, OOM kill, node loss) restarts from its last
                 # checkpoint; a NaN/inf trial is not retried (the recorder sees its flag first)
                 failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
@@ -389,29 +446,47 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                 # killed between a checkpoint's deletion and the next save resumes its running trials from
                 # a checkpoint that is gone ("does not exist on storage anymore", ray#27790) - tested by
                 # tests/reliability/test_driver_kill.py. Checkpoints are small (one model + optimizer).
+                # Several objectives: the best checkpoint is the first objective's (documented rule).
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=space.metric,
                                                         checkpoint_score_order=space.mode),
             ),
         )
 
-    restored = resume and tune.Tuner.can_restore(str(exp_path))
-    if restored:
-        # Tune's restore unpickles this folder's state: it must be ours, private and signed by our key
-        check_private(sweep_dir, ray_dir)
-        verify_tree(ray_dir, manifest, under=exp_path)
-        tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
-    else:
-        tuner = new_tuner(slug, space.num_samples, [dict(p) for p in space.points_to_evaluate])
-    grids = []
-    try:
+    # a resume restores the study's first experiment and any top-ups (each continues its unfinished trials)
+    experiments = [exp_path, *sorted(p for p in ray_dir.glob(f"{slug}-topup-*")
+                                     if re.fullmatch(rf"{re.escape(slug)}-topup-\d+", p.name))] if resume else []
+    grids: list = []
+    stopped: set[str] = set()  # Tune trial ids the time budget stopped, in this command
+
+    def fit(tuner: Any) -> None:
         grids.append(tuner.fit())
-        missing = space.num_samples - len(grids[0])
-        if restored and missing > 0:
-            # a driver killed right after it started leaves a Tune snapshot with fewer trials than its
-            # searcher had already handed out; the restored searcher then believes it is done. Top the
-            # study up with a new experiment on the same Optuna study (its history is kept).
-            grids.append(new_tuner(f"{slug}-topup-{int(time.time())}", missing, None).fit())
+        if budget.fired(sweep_id):
+            stopped.update(_record_budget_stops(tracker, sweep_id, dataset, study_name, optuna_storage))
+
+    restored = False
+    try:
+        for path in experiments:
+            if budget.expired(sweep_id) or not tune.Tuner.can_restore(str(path)):
+                continue
+            # Tune's restore unpickles this folder's state: it must be ours, private and signed by our key
+            check_private(sweep_dir, ray_dir)
+            verify_tree(ray_dir, manifest, under=path)
+            fit(tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True))
+            restored = True
+        if not restored and not budget.expired(sweep_id):
+            fit(new_tuner(slug, space.num_samples, [dict(p) for p in space.points_to_evaluate]))
+        elif restored and not budget.expired(sweep_id):
+            # Trials that count: finished or errored (a budget-stopped one does not). Missing ones: a driver
+            # killed right after it started leaves a Tune snapshot with fewer trials than its searcher had
+            # handed out (the restored searcher believes it is done), and a budget-stopped trial is run again.
+            # Top the study up with a new experiment on the same Optuna study (its history is kept): first
+            # the stopped trials' points, then new samples.
+            counted, rerun = _progress(grids, study_name, optuna_storage)
+            missing = space.num_samples - counted
+            if missing > 0:
+                points = rerun[:missing]
+                _mark_requeued(study_name, optuna_storage, [n for n, _ in points])
+                fit(new_tuner(f"{slug}-topup-{int(time.time())}", missing, [p for _, p in points]))
     finally:
         try:  # the last word: what Tune wrote after the callback's last step
             sign_tree(ray_dir, manifest)
@@ -423,7 +498,78 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
     if restored:
         _close_lost_trials(tracker, sweep_id, dataset, grids)
         _fail_lost_optuna_trials(study_name, optuna_storage, sweep_id if prefix else None)
-    return _summarise(space, dataset, grids, tracker, study_run, study_name, optuna_storage)
+    ended = budget.fired(sweep_id)
+    return _summarise(space, dataset, grids, tracker, study_run, study_name, optuna_storage,
+                      stopped=_stopped_ids(study_name, optuna_storage) if (ended or restored) else stopped,
+                      budget_ended=ended)
+
+
+def _stopped_ids(study_name: str, optuna_storage: str) -> set[str]:
+    """Tune trial ids of every trial the time budget stopped in this study (any command: Optuna keeps them)."""
+    import optuna
+
+    from mcrlab.trials.conventions import TUNE_TRIAL_ATTR
+
+    study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+    return {str(t.user_attrs.get(TUNE_TRIAL_ATTR)) for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get(STOPPED_ATTR)}
+
+
+def _record_budget_stops(tracker: Tracker, sweep_id: str, dataset: str, study_name: str,
+                         optuna_storage: str) -> set[str]:
+    """After an experiment the time budget ended: its trials still RUNNING in Optuna got no result (Tune stops
+    them without a completion hook). Each is marked (user attr ``mcrlab.stopped_by``) and told PRUNED (a
+    single objective keeps its last reported value, as Optuna does for pruned trials); its MLflow run, if it
+    started, is tagged and ends KILLED. Returns their Tune trial ids."""
+    import optuna
+
+    from mcrlab.trials.conventions import TUNE_TRIAL_ATTR
+
+    study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+    ids = {}
+    from mcrlab.tune.shared import SWEEP_ATTR
+
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get(SWEEP_ATTR, sweep_id) != sweep_id:  # a shared study: another driver's trial
+            continue
+        optuna.trial.Trial(study, t._trial_id).set_user_attr(STOPPED_ATTR, "time_budget")
+        with contextlib.suppress(RuntimeError):  # a grid sampler's study.stop() outside optimize
+            study.tell(t.number, state=optuna.trial.TrialState.PRUNED)
+        ids[str(t.user_attrs.get(TUNE_TRIAL_ATTR))] = t.number
+    running = find_runs(tracker.uri, kind="trial", tags={"sweep_id": sweep_id, "study": dataset},
+                        filter_string="attributes.status = 'RUNNING'")
+    for run in running:
+        if run["tags"].get(f"{TAG_PREFIX}trial_id") in ids:
+            tracker.set_tags(run["run_id"], {STOPPED_ATTR: "time_budget", f"{TAG_PREFIX}early_stopped": "true"})
+            tracker.end_run(run["run_id"], "KILLED")
+    return set(ids)
+
+
+def _progress(grids: list, study_name: str, optuna_storage: str) -> tuple[int, list[tuple[int, dict]]]:
+    """(trials that count: finished or errored, not stopped by the budget; the (number, point) of each
+    budget-stopped Optuna trial whose point has not been queued again yet)."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+    stopped = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(STOPPED_ATTR)]
+    from mcrlab.trials.conventions import TUNE_TRIAL_ATTR
+
+    stopped_ids = {str(t.user_attrs.get(TUNE_TRIAL_ATTR)) for t in stopped}
+    counted = 0
+    for r in (r for grid in grids for r in grid):
+        tid = (r.metrics or {}).get("trial_id")
+        if r.error is not None or (tid is not None and str(tid) not in stopped_ids):
+            counted += 1  # a trial that never reported and has no error never ran (the budget kept it back)
+    done = set(study.user_attrs.get(REQUEUED_ATTR, []))
+    return counted, [(t.number, dict(t.params)) for t in stopped if t.number not in done]
+
+
+def _mark_requeued(study_name: str, optuna_storage: str, numbers: list[int]) -> None:
+    import optuna
+
+    if numbers:
+        study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+        study.set_user_attr(REQUEUED_ATTR, sorted({*study.user_attrs.get(REQUEUED_ATTR, []), *numbers}))
 
 
 def _fail_lost_optuna_trials(study_name: str, optuna_storage: str, only_sweep: str | None = None) -> None:
@@ -457,33 +603,64 @@ def _close_lost_trials(tracker: Tracker, sweep_id: str, dataset: str, grids: lis
 
 
 def _summarise(space: SearchSpace, dataset: str, grids: list, tracker: Tracker, study_run: str,
-               study_name: str, optuna_storage: str) -> StudyResult:
-    """The study's best trial over its ResultGrid(s): one, or two after a resume that topped it up."""
+               study_name: str, optuna_storage: str, stopped: set[str] | None = None,
+               budget_ended: bool = False) -> StudyResult:
+    """The study's best trial over its ResultGrid(s): one, or more after a resume that topped it up.
+
+    Trials the time budget stopped (``stopped``, Tune ids) are partial: never the best. Several objectives:
+    the best is the best on the first objective, and the Pareto front comes from Optuna.
+    """
     import optuna
 
+    stopped = stopped or set()
     results = [r for grid in grids for r in grid]
     errors = sum(1 for r in results if r.error is not None)
     ok = [r for r in results if r.error is None and isinstance((r.metrics or {}).get("objective"), (int, float))
-          and math.isfinite(r.metrics["objective"])]
-    if not ok:
+          and math.isfinite(r.metrics["objective"]) and str(r.metrics.get("trial_id")) not in stopped]
+    n_stopped = sum(1 for r in results if r.error is None and str((r.metrics or {}).get("trial_id")) in stopped
+                    or (r.error is None and not (r.metrics or {}).get("trial_id")))
+    study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+    if not ok and not budget_ended:
         tracker.end_run(study_run, "FAILED")
         raise RuntimeError(f"study {dataset}: no trial finished ({errors} errors); see the trial logs")
+    tracker.log_metrics(study_run, {"trials": len(results), "errors": errors, "budget_stopped": n_stopped})
+    if budget_ended:
+        tracker.set_tags(study_run, {STOPPED_ATTR: "time_budget"})
+    from mcrlab.analysis.sweep_report import pareto_rows
+
+    pareto = pareto_rows(study) if space.multi_objective else []
+    if pareto:
+        tracker.log_dict(study_run, {"objectives": [list(o) for o in space.objectives], "front": pareto},
+                         "pareto_front.json")
+    if not ok:  # the budget ended the study before any trial finished
+        tracker.end_run(study_run, "FINISHED")
+        return StudyResult(dataset=dataset, best_params={}, best_config={}, best_objective=math.nan,
+                           best_trial_id="", num_trials=len(results), num_errors=errors, run_id=study_run,
+                           optuna_study=study_name, result_grid=grids[0] if grids else None,
+                           objectives=space.objectives, budget_stopped=n_stopped, budget_ended=True)
     pick = max if space.mode == "max" else min
     best = pick(ok, key=lambda r: r.metrics["objective"])  # = ResultGrid.get_best_result(scope="last")
     params = {k: v for k, v in best.config.items()}
     cfg = trial_config(space, dataset, params, space.objective.seed)
     objective = float(best.metrics["objective"])
-    tracker.log_metrics(study_run, {"best_objective": objective, "trials": len(results), "errors": errors})
+    tracker.log_metrics(study_run, {"best_objective": objective})
     tracker.set_tags(study_run, {f"{TAG_PREFIX}best_trial_id": best.metrics.get("trial_id", "")})
     tracker.log_dict(study_run, {"params": params, "objective": objective, "config": cfg.to_dict()},
                      "best_config.json")
     try:  # fANOVA needs >= 2 finished trials with varying params; a smoke sweep may not have them
-        study = optuna.load_study(study_name=study_name, storage=optuna_storage)
-        importances = {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+        if space.multi_objective:  # one importance table per objective (as the report computes them)
+            from mcrlab.analysis.sweep_report import importances_per_objective
+
+            importances: dict = importances_per_objective(study)
+        else:
+            importances = {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
         tracker.log_dict(study_run, importances, "param_importances.json")
     except Exception as err:  # noqa: BLE001 - importances are a report, never a reason to fail the sweep
         tracker.log_dict(study_run, {"unavailable": f"{type(err).__name__}: {err}"}, "param_importances.json")
     tracker.end_run(study_run, "FINISHED")
     return StudyResult(dataset=dataset, best_params=params, best_config=cfg.to_dict(), best_objective=objective,
                        best_trial_id=str(best.metrics.get("trial_id", "")), num_trials=len(results),
-                       num_errors=errors, run_id=study_run, optuna_study=study_name, result_grid=grids[0])
+                       num_errors=errors, run_id=study_run, optuna_study=study_name,
+                       result_grid=grids[0] if grids else None, objectives=space.objectives, pareto=pareto,
+                       budget_stopped=n_stopped, budget_ended=budget_ended)
+

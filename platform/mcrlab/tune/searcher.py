@@ -5,7 +5,8 @@
   its first result, which ends the sweep with a TuneError. Here the study keeps the value it already has
   and the re-run's results are ignored.
 - The objective is named (``study.set_metric_names``): Optuna's plots and dashboard show ``val/acc``, not
-  "Objective 0".
+  "Objective 0"; a multi-objective study (``metric``/``mode`` lists: ``objective/0``, ``objective/1``, ...)
+  names each of its objectives.
 - A trial stopped early (ASHA: Tune's scheduler, or the in-trial rung board's ``early_stopped`` flag) is
   told PRUNED, not COMPLETE: its value is Optuna's (the last reported one), and samplers and importances
   treat it as the partial result it is.
@@ -13,7 +14,10 @@
   links it to the trial's MLflow run (``mlflow_run_id`` attr, ``mcrlab.optuna_trial`` tag), and the
   ``trial_attrs`` given (the sweep id: which driver ran it, in a study shared by several, tune/shared.py).
 
-A module of its own: it imports Ray, and the searcher is pickled by reference into the Tune experiment state.
+Also ``BudgetStopper``, the Tune stopper of ``--time-budget`` (see ``budget``).
+
+A module of its own: it imports Ray, and the searcher and stopper are pickled by reference into the Tune
+experiment state.
 """
 
 from __future__ import annotations
@@ -24,19 +28,22 @@ from typing import Any
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.stopper import Stopper
 
 from mcrlab.trials.conventions import MLFLOW_RUN_ATTR, TUNE_TRIAL_ATTR
+from mcrlab.tune import budget
 
-__all__ = ["ResumableOptunaSearch", "TUNE_TRIAL_ATTR", "MLFLOW_RUN_ATTR"]
+__all__ = ["ResumableOptunaSearch", "BudgetStopper", "TUNE_TRIAL_ATTR", "MLFLOW_RUN_ATTR"]
 
 logger = logging.getLogger(__name__)
 
 
 class ResumableOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` plus ``metric_name`` (the objective's name in the study) and ``max_iterations``
-    (reports of a trial run to its end; a trial completed with fewer was stopped early)."""
+    """``OptunaSearch`` plus ``metric_name`` (the objective's name in the study, or a list of names for a
+    multi-objective study) and ``max_iterations`` (reports of a trial run to its end; a trial completed
+    with fewer was stopped early)."""
 
-    def __init__(self, *args: Any, metric_name: str | None = None, max_iterations: int | None = None,
+    def __init__(self, *args: Any, metric_name: str | list[str] | None = None, max_iterations: int | None = None,
                  trial_attrs: dict[str, Any] | None = None, **kwargs: Any):
         self.metric_name = metric_name
         self.max_iterations = max_iterations
@@ -45,10 +52,12 @@ class ResumableOptunaSearch(OptunaSearch):
 
     def _setup_study(self, mode: Any) -> None:
         super()._setup_study(mode)
-        if getattr(self, "metric_name", None) and isinstance(mode, str):
+        names = getattr(self, "metric_name", None)
+        names = [names] if isinstance(names, str) else names
+        if names and len(names) == len(self._ot_study.directions):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self._ot_study.set_metric_names([self.metric_name])
+                self._ot_study.set_metric_names(list(names))
 
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)
@@ -70,6 +79,10 @@ class ResumableOptunaSearch(OptunaSearch):
         """Whether a completed trial's last ``result`` says it was stopped before its last iteration."""
         if not result:
             return False
+        if isinstance(self.metric, list):
+            # several objectives: no scheduler stops trials (ASHA is refused), and a PRUNED trial would have
+            # no values and drop off the Pareto front; a trial ending early by patience is COMPLETE
+            return False
         if result.get("early_stopped"):
             return True
         max_t = getattr(self, "max_iterations", None)
@@ -86,3 +99,24 @@ class ResumableOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
             return
         super().on_trial_complete(trial_id, result=result, error=error)
+
+
+class BudgetStopper(Stopper):
+    """Stops the whole experiment once the sweep's deadline has passed; never one trial on its own.
+
+    Pickled with the Tune experiment holding only the sweep id, so a restored experiment obeys the budget
+    of the command that restores it (``budget.set_deadline``), not the one it was started with (Tune's own
+    ``TimeoutStopper`` keeps the budget it had left, which a budget-ended sweep has spent).
+    """
+
+    def __init__(self, sweep_id: str):
+        self.sweep_id = sweep_id
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        if budget.expired(self.sweep_id):
+            budget.mark_fired(self.sweep_id)
+            return True
+        return False

@@ -47,9 +47,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Objective", "SamplerSpec", "Scaling", "SchedulerSpec", "Smoke", "SearchSpace", "Param",
            "load_space", "parse_space", "compile_space", "DefineByRun", "sample_point", "trial_config",
-           "make_sampler", "SAMPLERS", "TOP_LEVEL_KEYS"]
+           "make_sampler", "grid_of", "SAMPLERS", "TOP_LEVEL_KEYS"]
 
-SAMPLERS = ("tpe", "random", "cmaes", "gp")
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "nsga2", "grid")
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "random", "gp", "nsga2", "grid")  # Optuna's CMA-ES is single-objective
+MAX_OBJECTIVES = 4
 METRIC_SPLITS = ("train", "val", "test")
 MAX_SAMPLES = 100_000  # trials per dataset
 TOP_LEVEL_KEYS = ("name", "description", "datasets", "base", "metric", "mode", "objective", "sampler",
@@ -93,26 +95,29 @@ class Objective:
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    name: str = opt("tpe", "Optuna sampler: tpe, random, cmaes or gp", choices=SAMPLERS)
+    name: str = opt("tpe", "Optuna sampler: tpe, random, cmaes, gp, nsga2 or grid", choices=SAMPLERS)
     seed: int | None = opt(0, "sampler seed (null = unseeded)", ge=0, le=SEED_MAX)
     n_startup_trials: int | None = opt(None, "random trials before the model is used (tpe, cmaes, gp)")
     multivariate: bool = opt(False, "tpe: multivariate TPE")
     group: bool = opt(False, "tpe: decompose conditional spaces into groups (needs multivariate)")
     sigma0: float | None = opt(None, "cmaes: initial step size")
+    population_size: int | None = opt(None, "nsga2: individuals per generation (Optuna's default: 50)")
 
     def __post_init__(self) -> None:
         if self.seed is not None and not 0 <= self.seed <= SEED_MAX:
             raise ConfigError(f"seed: must be null or in [0, {SEED_MAX}] (a 32-bit seed), got {self.seed}")
         if self.n_startup_trials is not None and not 0 <= self.n_startup_trials <= 1_000_000:
             raise ConfigError("n_startup_trials: must be in [0, 1000000]")
-        if self.n_startup_trials is not None and self.name == "random":
-            raise ConfigError("n_startup_trials: not an option of the random sampler")
+        if self.n_startup_trials is not None and self.name in ("random", "nsga2", "grid"):
+            raise ConfigError(f"n_startup_trials: not an option of the {self.name} sampler")
         if (self.multivariate or self.group) and self.name != "tpe":
             raise ConfigError(f"{'group' if self.group else 'multivariate'}: only for the tpe sampler")
         if self.group and not self.multivariate:
             raise ConfigError("group: needs multivariate: true")
         if self.sigma0 is not None and (self.name != "cmaes" or self.sigma0 <= 0):
             raise ConfigError("sigma0: only for the cmaes sampler, and > 0")
+        if self.population_size is not None and (self.name != "nsga2" or not 2 <= self.population_size <= 100_000):
+            raise ConfigError("population_size: only for the nsga2 sampler, and in [2, 100000]")
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,9 @@ class SearchSpace:
     params: tuple[Param, ...]
     points_to_evaluate: tuple[dict, ...] = ()
     description: str = ""
+    # a multi-objective search: every metric and its mode, in order (metric/mode are the first); () = one
+    metrics: tuple[str, ...] = ()
+    modes: tuple[str, ...] = ()
     overrides: dict = field(default_factory=dict)  # pinned after sampling (set by smoked())
     dataset_overrides: dict = field(default_factory=dict)  # dataset -> {dotted key: value}, under the sampled params
     raw: dict = field(default_factory=dict, compare=False, repr=False)  # the file as loaded
@@ -171,6 +179,17 @@ class SearchSpace:
         raise KeyError(name)
 
     @property
+    def objectives(self) -> tuple[tuple[str, str], ...]:
+        """(metric, mode) of every objective; the first is ``(metric, mode)``."""
+        if self.metrics:
+            return tuple(zip(self.metrics, self.modes, strict=True))
+        return ((self.metric, self.mode),)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
     def searched(self) -> tuple[Param, ...]:
         return tuple(p for p in self.params if p.kind != "fixed")
 
@@ -180,6 +199,9 @@ class SearchSpace:
     def smoked(self) -> SearchSpace:
         """The --smoke variant: fewer trials, pinned overrides (e.g. 2 epochs), maybe fewer datasets."""
         n = self.smoke.num_samples
+        grid = grid_of(self.params) if self.sampler.name == "grid" else None
+        if grid is not None:  # a smoke run of a grid visits part of it, never a point twice
+            n = min(n, math.prod(len(v) for v in grid.values()))
         return replace(self, num_samples=n, points_to_evaluate=self.points_to_evaluate[:n],
                        datasets=tuple(self.smoke.datasets) or self.datasets,
                        overrides={**self.overrides, **self.smoke.overrides})
@@ -209,13 +231,8 @@ def parse_space(raw: Any, source: str = "<space>", default_name: str = "space") 
     name = check_name(_string(raw, "name", source, default_name), f"{source}: name")  # it names the sweep folder
     _filterable(name, f"{source}: name")
     description = _string(raw, "description", source, "")
-    metric = _string(raw, "metric", source, "val/acc")
-    if metric.count("/") < 1 or metric.split("/", 1)[0] not in METRIC_SPLITS or not metric.split("/", 1)[1]:
-        raise ConfigError(f"{source}: metric: '{metric}' must look like split/name with split one of "
-                          f"{', '.join(METRIC_SPLITS)} (e.g. val/acc)")
-    mode = _string(raw, "mode", source, "max")
-    if mode not in ("max", "min"):
-        raise ConfigError(f"{source}: mode: '{mode}' is not one of max, min")
+    metrics, modes = _objectives(raw, source)
+    metric, mode = metrics[0], modes[0]
     num_samples = raw.get("num_samples", 10)
     if (isinstance(num_samples, bool) or not isinstance(num_samples, int)
             or not 1 <= num_samples <= MAX_SAMPLES):
@@ -224,6 +241,9 @@ def parse_space(raw: Any, source: str = "<space>", default_name: str = "space") 
 
     objective = build_dataclass(Objective, raw.get("objective"), source, "objective")
     sampler = _sampler(raw.get("sampler"), source)
+    if len(metrics) > 1 and sampler.name not in MULTI_OBJECTIVE_SAMPLERS:
+        raise ConfigError(f"{source}: sampler.name: {sampler.name} optimises one objective; with several "
+                          f"metrics use one of {', '.join(MULTI_OBJECTIVE_SAMPLERS)} (nsga2: NSGA-II)")
     scaling = build_dataclass(Scaling, raw.get("scaling"), source, "scaling")
     scheduler = _scheduler(raw.get("scheduler"), source)
     base = _base(raw.get("base"), source)
@@ -231,13 +251,26 @@ def parse_space(raw: Any, source: str = "<space>", default_name: str = "space") 
 
     params = parse_params(raw.get("params"), source)
     check_paths(params, base, source)
+    if len(metrics) > 1 and scheduler.name == "asha":
+        raise ConfigError(f"{source}: scheduler: asha ranks trials by one metric and cannot stop trials of a "
+                          f"multi-objective search ({len(metrics)} metrics); remove it (scheduler: none)")
+    grid = _grid(params, sampler, source)
+    if grid is not None and "num_samples" not in raw:
+        num_samples = grid
+    if grid is not None and num_samples > grid:
+        raise ConfigError(f"{source}: num_samples: {num_samples} is more than the grid's {grid} points "
+                          f"(a grid visits each point once; leave num_samples out to run the whole grid)")
     space = SearchSpace(name=name, source=source, datasets=datasets, base=base, metric=metric, mode=mode,
                         objective=objective, sampler=sampler, num_samples=num_samples, scaling=scaling,
                         scheduler=scheduler, smoke=Smoke(), params=params, description=description,
+                        metrics=metrics if len(metrics) > 1 else (), modes=modes if len(metrics) > 1 else (),
                         raw=copy.deepcopy(raw))
     space = replace(space, dataset_overrides=_dataset_overrides(raw.get("dataset_overrides"), space, source))
     smoke = _smoke(raw.get("smoke"), space, source)
     points = _points(raw.get("points_to_evaluate"), space, source)
+    if points and grid is not None:
+        raise ConfigError(f"{source}: points_to_evaluate: not used with the grid sampler (it visits every "
+                          f"point of the grid already)")
     if len(points) > num_samples:
         raise ConfigError(f"{source}: points_to_evaluate: {len(points)} points but num_samples is "
                           f"{num_samples}; the extra points would never run")
@@ -264,6 +297,89 @@ def _dataset_overrides(raw: Any, space: SearchSpace, source: str) -> dict[str, d
         out[dataset] = dict(values)
         trial_config(replace(space, dataset_overrides=out), dataset, {}, space.objective.seed)  # validates
     return out
+
+
+def _metric_name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected a metric name like val/acc, got {short(value)}")
+    if value.count("/") < 1 or value.split("/", 1)[0] not in METRIC_SPLITS or not value.split("/", 1)[1]:
+        raise ConfigError(f"{where}: '{cut(value)}' must look like split/name with split one of "
+                          f"{', '.join(METRIC_SPLITS)} (e.g. val/acc)")
+    return value
+
+
+def _objectives(raw: dict, source: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``metric:`` and ``mode:``: one name and one direction, or lists of them (a multi-objective search).
+
+    ``metric: [val/acc, val/head/audio]`` with ``mode: [max, max]`` (or one ``mode: max`` for all).
+    """
+    metric = raw.get("metric", "val/acc")
+    mode = raw.get("mode", "max")
+    if isinstance(metric, list):
+        if not 1 <= len(metric) <= MAX_OBJECTIVES:
+            raise ConfigError(f"{source}: metric: a list of 1 to {MAX_OBJECTIVES} metric names, got "
+                              f"{len(metric)}")
+        metrics = tuple(_metric_name(m, f"{source}: metric[{i}]") for i, m in enumerate(metric))
+        for i, m in enumerate(metrics):
+            if metrics.index(m) != i:
+                raise ConfigError(f"{source}: metric[{i}]: '{m}' is listed twice")
+    else:
+        metrics = (_metric_name(metric, f"{source}: metric"),)
+    if isinstance(mode, list):
+        if not isinstance(metric, list) or len(mode) != len(metrics):
+            raise ConfigError(f"{source}: mode: {len(mode)} directions for {len(metrics)} metric(s); give one "
+                              f"per metric, in the same order (or one mode for all)")
+        modes = tuple(mode)
+        label = [f"mode[{i}]" for i in range(len(mode))]
+    else:
+        modes = (mode,) * len(metrics)
+        label = ["mode"] * len(metrics)
+    for where, m in zip(label, modes, strict=True):
+        if not isinstance(m, str) or m not in ("max", "min"):
+            raise ConfigError(f"{source}: {where}: {short(m)} is not one of max, min")
+    return metrics, modes
+
+
+def grid_of(params: Sequence[Param]) -> dict[str, list] | None:
+    """The grid sampler's values per searched parameter, or None when one parameter has no finite grid.
+
+    An explicit ``grid:`` list wins; a categorical's choices; an int range without log, every step.
+    """
+    out: dict[str, list] = {}
+    for p in params:
+        if p.kind == "fixed":
+            continue
+        values = p.grid_values()
+        if values is None:
+            return None
+        out[p.name] = values
+    return out
+
+
+def _grid(params: tuple[Param, ...], sampler: SamplerSpec, source: str) -> int | None:
+    """For the grid sampler: the number of grid points (every parameter must have a grid), else None."""
+    if sampler.name != "grid":
+        for p in params:
+            if p.grid:
+                raise ConfigError(f"{source}: params.{p.name}.grid: grid values are used only by the grid "
+                                  f"sampler (sampler: grid); remove them or switch sampler")
+        return None
+    size = 1
+    for p in params:
+        if p.when:
+            raise ConfigError(f"{source}: params.{p.name}.when: the grid sampler needs a space without "
+                              f"conditions (each grid point sets every parameter)")
+        if p.kind == "fixed":
+            continue
+        values = p.grid_values()
+        if values is None:
+            why = "a log int range" if p.kind == "int" else "a continuous float range"
+            raise ConfigError(f"{source}: params.{p.name}: {why} has no grid; give its values as "
+                              f"grid: [..] (or use another sampler)")
+        size *= len(values)
+        if size > MAX_SAMPLES:
+            raise ConfigError(f"{source}: params: the grid has more than {MAX_SAMPLES} points")
+    return size
 
 
 def _string(raw: dict, key: str, source: str, default: str) -> str:
@@ -477,6 +593,15 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     startup = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
     if s.name == "random":
         return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.name == "grid":
+        grid = grid_of(space.params)
+        assert grid is not None  # parse_space refused a grid sampler over a space without a grid
+        from mcrlab.tune.grid import QuietGridSampler
+
+        return QuietGridSampler(grid, seed=s.seed)
+    if s.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=s.seed, **({} if s.population_size is None else
+                                                              {"population_size": s.population_size}))
     if s.name == "tpe":
         with warnings.catch_warnings():  # multivariate/group are "experimental" since optuna 2; documented
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -488,3 +613,4 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
         return optuna.samplers.CmaEsSampler(seed=s.seed, sigma0=s.sigma0, warn_independent_sampling=False,
                                             **startup)
     return optuna.samplers.GPSampler(seed=s.seed, warn_independent_sampling=False, **startup)
+

@@ -7,6 +7,7 @@ dataset fingerprint; params are the resolved config (without the seed) and the o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,11 @@ class StudyPlan(TrialPlan):
 
     def score(self, values: Sequence[float]) -> float:
         return self.space.objective.score(values, self.space.mode)
+
+    def more_objectives(self) -> list[tuple[str, Any]]:
+        # each objective is aggregated over the seeds in its own direction (lcb: pessimistic per mode)
+        return [(metric, functools.partial(self.space.objective.score, mode=mode))
+                for metric, mode in self.space.objectives[1:]]
 
     def identity(self, trial_id: str, point: dict[str, Any]) -> RunIdentity:
         cfgs = self.configs(point)
