@@ -379,3 +379,18 @@ def test_the_run_header_travels_with_the_csv(tmp_path):
     assert (tmp_path / "R2.md").read_text() == text  # deterministic
     (tmp_path / "RESULTS_provenance.json").write_text("{not json")
     assert main(["reproduce", "--from-csv", str(path)]) == 2
+
+
+def test_the_committed_results_page_is_its_csvs_rerender(tmp_path):
+    """docs/RESULTS.md is exactly what `mcrlab reproduce --from-csv docs/RESULTS_cells.csv` renders: every
+    number on the page comes from the committed per-seed table (and the run's header beside it)."""
+    import os
+
+    out = tmp_path / "RESULTS.md"
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # the page names its files relative to the repository root
+    try:
+        assert main(["reproduce", "--from-csv", "docs/RESULTS_cells.csv", "--out", str(out)]) == 0
+    finally:
+        os.chdir(cwd)
+    assert out.read_text() == (ROOT / "docs" / "RESULTS.md").read_text()

@@ -254,7 +254,7 @@ def _provenance_path(cells_path: Path) -> Path:
 
 def write_provenance(cells_path: Path, provenance: dict) -> Path:
     path = _provenance_path(Path(cells_path))
-    path.write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(provenance, indent=2) + "\n")  # key order kept: the page lists meta in it
     return path
 
 
@@ -546,7 +546,8 @@ def cmd_from_csv(args: argparse.Namespace) -> int:
         text = render_results(rep, title=TITLE, command=provenance["command"], full_command="mcrlab reproduce",
                               machine=provenance["machine"], label=provenance["label"],
                               meta={**provenance["meta"], "rendered by": f"`mcrlab reproduce --from-csv {src}` "
-                                    f"(from the per-seed table and {PROVENANCE_SUFFIX} beside it)"}, cells=cells)
+                                    f"(from the per-seed table and {_provenance_path(Path(args.from_csv)).name} "
+                                    "beside it)"}, cells=cells)
     else:
         text = render_results(rep, title=TITLE, command=f"mcrlab reproduce --from-csv {src}",
                               full_command="mcrlab reproduce", machine={},
