@@ -124,16 +124,18 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
         if num_samples < 1:
             raise ConfigError("--num-samples: must be >= 1")
         space = _with_samples(space, num_samples)
-    from mcrlab.tune.check import preflight
+    from mcrlab.tune.check import check_init_runs, preflight
 
     run_folder = Path(storage_path or DEFAULT_RUN_FOLDER).expanduser().resolve()
     uri = resolve_tracking_uri(tracking_uri, run_folder)
     check_tracking_uri(uri)  # its form; nothing created or contacted yet
     # every dataset loads and reports the metric: a typo fails now, not after every trial has trained
-    fingerprints = preflight(space)
+    layouts: dict = {}
+    fingerprints = preflight(space, layouts)
     check_storage(run_folder)  # an unusable run folder fails here, before the store or Ray are touched
     sweeps = run_folder / "sweeps"
     check_tracking(uri)  # before anything starts: an unreachable server fails in seconds
+    check_init_runs(space, layouts, uri)  # model.init=<run id>: the run exists, is finished, its model fits
     fail_fast_on_outages(uri)
 
     # private from here on: Tune's files (which restore unpickles) are created 0600 in 0700 folders,
