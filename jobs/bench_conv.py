@@ -54,7 +54,7 @@ def write_shards(dest: str | Path, *, n_train: int, n_val: int = 32, n_test: int
 
 def conv_config(data: str | Path, *, method: str = "joint", num_perms: int = 32, fusion: str = "late",
                 latent: int = 128, batch_size: int = 32, epochs: int = 1, device: str = "cpu",
-                amp: str = "auto", seed: int = 0) -> Any:
+                amp: str = "auto", seed: int = 0, channels_last: bool = False) -> Any:
     """The RunConfig of the conv workload: ResNet-18 per modality by name, everything else public keys."""
     from mcrlab.config import RunConfig
 
@@ -64,7 +64,7 @@ def conv_config(data: str | Path, *, method: str = "joint", num_perms: int = 32,
     return RunConfig.from_dict({
         "data": {"name": str(data)},
         "model": {"encoders": ["resnet18", "resnet18"], "latent": latent, "fusion": fusion,
-                  "fusion_hidden": latent},
+                  "fusion_hidden": latent, "channels_last": channels_last},
         "method": meth,
         "train": {"epochs": epochs, "batch_size": batch_size, "device": device, "amp": amp, "probe_epochs": 0,
                   "eval_perms": 1, "seed": seed, "optimizer": "adam", "lr": 1e-3}}, "<bench_conv>")
@@ -259,8 +259,8 @@ class StepRunner:
 
 
 def step_ratios(data_shapes: tuple[tuple[int, ...], ...], *, device: str, fusion: str, batch: int, steps: int,
-                warmup: int, s_list: tuple[int, ...] = (8, 32), latent: int = 128, capture: bool = False
-                ) -> dict[str, dict[str, float]]:
+                warmup: int, s_list: tuple[int, ...] = (8, 32), latent: int = 128, capture: bool = False,
+                channels_last: bool = False) -> dict[str, dict[str, float]]:
     """Per variant (joint, mcr_S{s}): step wall/process ms and the per-round ratios to joint (median,
     p25, p75), variants interleaved round-robin so load changes hit all alike."""
     import torch
@@ -270,12 +270,14 @@ def step_ratios(data_shapes: tuple[tuple[int, ...], ...], *, device: str, fusion
     xs = [torch.randn(batch, *s, generator=g).to(dev) for s in data_shapes]
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(dev)
     shapes = [tuple(s) for s in data_shapes]
-    runs = {"joint": StepRunner(conv_config("<memory>", method="joint", fusion=fusion, latent=latent,
-                                            batch_size=batch, device=device), shapes, xs, y, capture=capture)}
+    def make(method: str, s: int = 32) -> StepRunner:
+        cfg = conv_config("<memory>", method=method, num_perms=s, fusion=fusion, latent=latent, batch_size=batch,
+                          device=device, channels_last=channels_last)
+        return StepRunner(cfg, shapes, xs, y, capture=capture)
+
+    runs = {"joint": make("joint")}
     for s in s_list:
-        runs[f"mcr_S{s}"] = StepRunner(conv_config("<memory>", method="mcr", num_perms=s, fusion=fusion,
-                                                   latent=latent, batch_size=batch, device=device),
-                                       shapes, xs, y, capture=capture)
+        runs[f"mcr_S{s}"] = make("mcr", s)
     cuda = dev.type == "cuda"
     times: dict[str, list[tuple[float, float]]] = {n: [] for n in runs}
     for i in range(warmup + steps):
