@@ -16,10 +16,11 @@ import mcrlab.engine.fit as engine
 from mcrlab.cli import main
 from mcrlab.config import ConfigError, RunConfig
 from mcrlab.data import load_dataset
-from mcrlab.engine.init_run import fetch_run_state, selected_weights
+from mcrlab.engine.init_run import selected_weights
 from mcrlab.engine.pretrain import apply_init, init_lineage
 from mcrlab.models import build_model
 from mcrlab.tracking import Tracker
+from mcrlab.trials.init_source import fetch_run_state
 
 TINY = ["data.n_train=96", "model.hidden=8", "model.latent=4", "model.depth=1", "train.epochs=2",
         "train.batch_size=32", "train.probe_epochs=0", "train.eval_perms=1", "train.device=cpu"]

@@ -138,8 +138,8 @@ def check_cells(spec: AblationSpec, *, missing_ok: bool = False, tracking_uri: s
     ``tracking_uri``: also check an arm's ``model.init=<MLflow run id>`` against that store (and cache
     the run's weights for the cells)."""
     from mcrlab.config import DataConfig, build_dataclass
-    from mcrlab.engine.init_run import check_run_init
     from mcrlab.engine.preflight import check_model_fits, dataset_layout
+    from mcrlab.trials.init_source import check_run_init
 
     layouts: dict[str, Any] = {}
     seen = set()

@@ -108,7 +108,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         dataset = load_dataset(cfg.data)
     except ConfigError as err:
         raise ConfigError(f"{args.config or '<override>'}: {err}") from None
-    from mcrlab.engine.init_run import check_run_init, is_run_id
+    from mcrlab.engine.init_run import is_run_id
+    from mcrlab.trials.init_source import check_run_init
 
     if is_run_id(cfg.model.init):  # the source run exists, is finished, has a model that fits: before training
         from mcrlab.tracking import check_tracking, resolve_tracking_uri

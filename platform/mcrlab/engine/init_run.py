@@ -8,7 +8,8 @@ config exactly (same parameter names and shapes: same encoder, same widths); eac
 loaded when its shapes match (another number of classes leaves that head as built). The fusion head and
 the method's own modules are never taken.
 
-The run is checked on the driver before anything starts (``check_run_init``): an unknown run id, a run
+The run is checked on the driver before anything starts (``trials.init_source.check_run_init``: this
+layer does not talk to MLflow): an unknown run id, a run
 that is not FINISHED, a run without a model artifact, or an encoder that does not fit is one ConfigError
 naming ``model.init`` and the reason. The encoder and head tensors are then cached as one file per run id
 (``$MCRLAB_CACHE_DIR/pretrain/run-<id>.pt``, written atomically), which ``fit`` reads - on a cluster that
@@ -21,17 +22,16 @@ cell and tracked train run with ``init=run`` and ``init_run_id``.
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mcrlab.config import RUN_ID_RE, ConfigError, RunConfig
+from mcrlab.config import RUN_ID_RE, ConfigError
 
-__all__ = ["ARTIFACTS", "is_run_id", "cache_path", "fetch_run_state", "check_fits", "load_run_init",
-           "check_run_init", "selected_weights"]
+__all__ = ["ARTIFACTS", "is_run_id", "cache_path", "parse_checkpoint", "write_cache", "read_cache", "check_fits",
+           "load_run_init", "selected_weights"]
 
 # where a finished run keeps its model, in the order looked for
 ARTIFACTS = ("best_checkpoint/state.pt", "model/state.pt")
@@ -76,36 +76,15 @@ def _source_encoders(params: dict[str, str]) -> str:
     return f"model.encoders={enc}" if enc not in (None, "[]") else f"model.encoder={params.get('model.encoder', '?')}"
 
 
-def fetch_run_state(run_id: str, uri: str, cache_dir: str | Path | None = None) -> dict[str, Any]:
-    """``{"state": encoder and head tensors (CPU), "source": what the run was trained with}`` of MLflow
-    run ``run_id`` at ``uri``: from the cache, else downloaded, checked and cached (atomically).
-
-    ConfigError (naming ``model.init``) for a store that does not exist, an unknown run, a run that is not
-    FINISHED, no model artifact, or an artifact that is not a mcrlab checkpoint.
-    """
-    path = cache_path(run_id, cache_dir)
-    cached = _read_cache(path, run_id)
-    if cached is not None:
-        return cached
-    from mcrlab.tracking import download_run_file
-
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():  # none is created
-        raise ConfigError(f"model.init: no MLflow run '{run_id}': there is no MLflow store at {uri}")
-    with tempfile.TemporaryDirectory(prefix="mcrlab-init-") as tmp:
-        run, artifact, local = download_run_file(uri, run_id, ARTIFACTS, tmp)
-        if run is None:
-            raise ConfigError(f"model.init: no MLflow run '{run_id}' in {uri}")
-        if run["status"] != "FINISHED":
-            raise ConfigError(f"model.init: MLflow run '{run_id}' is {run['status']}, not FINISHED "
-                              "(initialise from a finished run)")
-        if local is None:
-            raise ConfigError(f"model.init: MLflow run '{run_id}' has no model checkpoint artifact "
-                              f"(looked for {' and '.join(ARTIFACTS)})")
-        try:
-            blob = torch.load(local, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ConfigError(f"model.init: MLflow run '{run_id}': its {artifact} does not load "
-                              f"({type(err).__name__})") from None
+def parse_checkpoint(run_id: str, artifact: str, local: str | Path, params: dict[str, str]) -> dict[str, Any]:
+    """The cache record of a downloaded checkpoint file: ``{"format", "run_id", "state" (encoder and head
+    tensors, CPU), "artifact", "source" (what the run was trained with)}``; ConfigError naming
+    ``model.init`` when it does not load or holds no model."""
+    try:
+        blob = torch.load(local, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ConfigError(f"model.init: MLflow run '{run_id}': its {artifact} does not load "
+                          f"({type(err).__name__})") from None
     weights = selected_weights(blob)
     if weights is None:
         raise ConfigError(f"model.init: MLflow run '{run_id}': its {artifact} is not a mcrlab checkpoint "
@@ -113,16 +92,26 @@ def fetch_run_state(run_id: str, uri: str, cache_dir: str | Path | None = None) 
     state = {k: v.detach().cpu().clone() for k, v in weights.items() if k.startswith(("encoders.", "heads."))}
     if not any(k.startswith("encoders.") for k in state):
         raise ConfigError(f"model.init: MLflow run '{run_id}': its {artifact} holds no encoders")
-    out = {"format": FORMAT, "run_id": run_id, "state": state, "artifact": artifact,
-           "source": _source_encoders(run["params"])}
+    return {"format": FORMAT, "run_id": run_id, "state": state, "artifact": artifact,
+            "source": _source_encoders(params)}
+
+
+def write_cache(record: dict[str, Any], cache_dir: str | Path | None = None) -> Path:
+    """Write a record of ``parse_checkpoint`` to its cache file, atomically; returns the path."""
+    path = cache_path(record["run_id"], cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_file = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
-        torch.save(out, tmp_file)
+        torch.save(record, tmp_file)
         os.replace(tmp_file, path)  # atomic: other trials see the old file or the whole new one
     finally:
         tmp_file.unlink(missing_ok=True)
-    return out
+    return path
+
+
+def read_cache(run_id: str, cache_dir: str | Path | None = None) -> dict[str, Any] | None:
+    """The cached record of run ``run_id``, or None (missing, torn, another format)."""
+    return _read_cache(cache_path(run_id, cache_dir), run_id)
 
 
 def _modalities(keys: Any, prefix: str) -> set[int]:
@@ -164,12 +153,14 @@ def check_fits(model: Any, fetched: dict[str, Any]) -> list[int]:
     return heads
 
 
-def load_run_init(model: Any, run_id: str, *, uri: str | None = None,
-                  cache_dir: str | Path | None = None) -> dict[str, str]:
-    """Load run ``run_id``'s encoders (and the heads that fit) into ``model``; return lineage tags."""
-    from mcrlab.tracking import resolve_tracking_uri
-
-    fetched = fetch_run_state(run_id, uri or resolve_tracking_uri(None), cache_dir)
+def load_run_init(model: Any, run_id: str, *, cache_dir: str | Path | None = None) -> dict[str, str]:
+    """Load run ``run_id``'s encoders (and the heads that fit) into ``model`` from the cache the driver
+    filled (``trials.init_source.fetch_run_state``); return lineage tags."""
+    fetched = read_cache(run_id, cache_dir)
+    if fetched is None:
+        raise ConfigError(f"model.init: the weights of MLflow run '{run_id}' are not in {cache_path(run_id, cache_dir)}; "
+                          "mcrlab train/sweep/ablate fetch them before training starts (on a cluster, set "
+                          "MCRLAB_CACHE_DIR to storage the workers share)")
     heads = check_fits(model, fetched)
     state = {k: v for k, v in fetched["state"].items()
              if k.startswith("encoders.") or int(k.split(".")[1]) in heads}
@@ -178,19 +169,3 @@ def load_run_init(model: Any, run_id: str, *, uri: str | None = None,
     assert not result.unexpected_keys, result.unexpected_keys  # check_fits compared names and shapes
     return {"init": "run", "init/run_id": run_id, "init/artifact": fetched["artifact"],
             "init/heads": ",".join(map(str, heads))}
-
-
-def check_run_init(cfg: RunConfig, layout: tuple[list[tuple[int, ...]], int], uri: str,
-                   cache_dir: str | Path | None = None) -> None:
-    """Driver-side check of ``model.init=<run id>`` before anything starts: fetch (and cache) the run's
-    weights and check them against ``cfg``'s model built for ``layout`` (shapes, classes). Does nothing
-    for the other init modes."""
-    if not is_run_id(cfg.model.init):
-        return
-    from mcrlab.models import build_model
-
-    fetched = fetch_run_state(cfg.model.init, uri, cache_dir)
-    shapes, num_classes = layout
-    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
-        model = build_model(shapes, num_classes, cfg.model)
-    check_fits(model, fetched)

@@ -57,7 +57,7 @@ class StepContext:
 class StepResult:
     loss: torch.Tensor  # scalar
     out: ForwardOutput
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, Any] = field(default_factory=dict)  # floats or detached 0-d tensors (fit reads them per epoch)
     backward_done: bool = False  # True when training_step already called backward itself
 
 

@@ -8,6 +8,7 @@ unimodal:   L = CE(h_m(z_m), y) for one modality m; evaluation uses that head al
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +18,8 @@ from mcrlab.methods.base import HeadsParams, Method, StepContext
 from mcrlab.models.net import ForwardOutput, MultimodalNet
 
 
-def heads_loss(heads: list[torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """sum_m CE(h_m(z_m), y) and the per-modality values for logging."""
+def heads_loss(heads: list[torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """sum_m CE(h_m(z_m), y) and the per-modality values for logging (detached 0-d tensors: no host sync)."""
     losses = [F.cross_entropy(h, y) for h in heads]
     return torch.stack(losses).sum(), {f"loss/head/{m}": v.detach() for m, v in enumerate(losses)}
 

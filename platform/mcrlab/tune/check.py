@@ -96,7 +96,7 @@ def preflight(space: Any, layouts: dict | None = None) -> dict[str, str]:
 def check_init_runs(space: Any, layouts: dict, uri: str) -> None:
     """The base configuration's ``model.init=<MLflow run id>`` against the store at ``uri``, per dataset
     (``layouts`` from ``preflight``): ConfigError naming the space, the dataset and ``model.init``."""
-    from mcrlab.engine.init_run import check_run_init
+    from mcrlab.trials.init_source import check_run_init
     from mcrlab.tune.space import trial_config
 
     for i, dataset in enumerate(space.datasets):
