@@ -218,11 +218,18 @@ class StepRunner:
         if self.capture:
             self._capture(gen)
 
-    def _eager(self) -> None:
+    def _autocast(self) -> Any:
         import torch
 
+        # autocast's weight-cast cache must be off in a captured region (PyTorch's CUDA-graph notes): the
+        # cached casts would be tensors of the capture's private pool that replays do not refresh
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp,
+                              cache_enabled=not self.capture)
+
+    def _eager(self) -> None:
+
         self.opt.zero_grad(set_to_none=True)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp):
+        with self._autocast():
             res = self.method.training_step(self.model, self.xs, self.y, self.ctx)
         if not res.backward_done:
             res.loss.backward()
@@ -243,7 +250,7 @@ class StepRunner:
             graph.register_generator_state(gen)
         self.opt.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph):
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp):
+            with self._autocast():
                 res = self.method.training_step(self.model, self.xs, self.y, self.ctx)
             if not res.backward_done:
                 res.loss.backward()
