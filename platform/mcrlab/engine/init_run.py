@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from mcrlab.config import RUN_ID_RE, ConfigError
+from mcrlab.engine.cache import default_cache_dir
 
 __all__ = ["ARTIFACTS", "is_run_id", "cache_path", "parse_checkpoint", "write_cache", "read_cache", "check_fits",
            "load_run_init", "selected_weights"]
@@ -44,8 +45,6 @@ def is_run_id(value: str) -> bool:
 
 
 def cache_path(run_id: str, cache_dir: str | Path | None = None) -> Path:
-    from mcrlab.engine.pretrain import default_cache_dir
-
     return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / f"run-{run_id}.pt"
 
 

@@ -25,19 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from mcrlab.config import RunConfig
+from mcrlab.engine.cache import CACHE_ENV, default_cache_dir
 from mcrlab.models.net import MultimodalNet, build_model
 
 __all__ = ["FORMAT", "CACHE_ENV", "default_cache_dir", "pretrain_key", "pretrain_unimodal", "load_or_pretrain",
            "apply_init", "init_lineage"]
 
 FORMAT = 1  # bump when the pre-training procedure changes: old cache files then stop matching
-CACHE_ENV = "MCRLAB_CACHE_DIR"
-
-
-def default_cache_dir() -> Path:
-    """``$MCRLAB_CACHE_DIR/pretrain``, else ``~/.cache/mcrlab/pretrain`` (shared storage on a cluster)."""
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mcrlab"
-    return Path(root) / "pretrain"
 
 
 def _shapes(dataset: Any) -> list:
