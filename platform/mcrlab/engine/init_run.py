@@ -8,12 +8,12 @@ config exactly (same parameter names and shapes: same encoder, same widths); eac
 loaded when its shapes match (another number of classes leaves that head as built). The fusion head and
 the method's own modules are never taken.
 
-The run is checked on the driver before anything starts (``trials.init_source.check_run_init``: this
-layer does not talk to MLflow): an unknown run id, a run
-that is not FINISHED, a run without a model artifact, or an encoder that does not fit is one ConfigError
-naming ``model.init`` and the reason. The encoder and head tensors are then cached as one file per run id
-(``$MCRLAB_CACHE_DIR/pretrain/run-<id>.pt``, written atomically), which ``fit`` reads - on a cluster that
-folder is shared storage; a worker that finds no cache file downloads from ``$MLFLOW_TRACKING_URI``.
+The run is checked on the driver before anything starts (``trials.init_source.check_run_init``; the
+engine layer does not talk to MLflow): an unknown run id, a run that is not FINISHED, a run without a model
+artifact, or an encoder that does not fit is one ConfigError naming ``model.init`` and the reason. The
+encoder and head tensors are then cached as one file per run id (``$MCRLAB_CACHE_DIR/pretrain/run-<id>.pt``,
+written atomically), which ``fit`` reads. On a multi-node cluster that folder must be shared storage: a
+worker that finds no cache file fails at once with a ConfigError that says so.
 
 Lineage: the run's ``model.init`` param holds the source run id, and ``init_lineage`` tags every trial,
 cell and tracked train run with ``init=run`` and ``init_run_id``.
