@@ -194,3 +194,12 @@ def test_sweeps_and_ablations_refuse_a_bad_source_before_ray(command, mlflow_uri
     assert path.name in errors[0]
     if not ray_before:
         assert not ("ray" in sys.modules and sys.modules["ray"].is_initialized())
+
+
+def test_fit_without_the_cached_weights_says_where_they_should_be(tmp_path):
+    """A worker that cannot see the driver's cache fails at once, naming model.init and the folder."""
+    cfg = RunConfig.from_dict({}).replace([*TINY, "model.init=" + "ef" * 16])
+    data = load_dataset(cfg.data)
+    model = build_model(data.shapes, data.num_classes, cfg.model)
+    with pytest.raises(ConfigError, match=r"model.init: the weights of MLflow run 'efef.*' are not in .*MCRLAB_CACHE_DIR"):
+        apply_init(model, cfg, data, cache_dir=tmp_path / "empty")
