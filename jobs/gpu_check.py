@@ -1,5 +1,6 @@
 # On a GPU machine, from the project root (needs only torch, numpy, pyarrow, pyyaml: no Ray, MLflow or Optuna):
 #   PYTHONPATH=platform OMP_NUM_THREADS=1 python3 jobs/gpu_check.py --out "$OUT"          (~3-5 min on one H200)
+#   (one command, nothing to carry; OUT is the folder whose files come back: OUT/gpu_check.json, < 1 MB)
 # On CPU, tiny (what tests/test_gpu_check.py runs):
 #   PYTHONPATH=platform OMP_NUM_THREADS=1 python jobs/gpu_check.py --smoke --device cpu --out /tmp/gpu_check
 """The prepared GPU check (issues 13 and 15): two ResNet-18 encoders, bf16 autocast, a data-parallel trial.
