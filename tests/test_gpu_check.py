@@ -30,7 +30,7 @@ def _run(out: Path, *extra: str) -> dict:
 
 
 def test_header_commands_match_the_script():
-    head = SCRIPT.read_text().splitlines()[:4]
+    head = SCRIPT.read_text().splitlines()[:5]
     assert any("python3 jobs/gpu_check.py --out" in line for line in head)
     assert any("--smoke --device cpu" in line for line in head)
 
