@@ -14,8 +14,19 @@ Figures (``figures`` in the JSON; the CPU ones always, ``*_cuda_*`` only when CU
   mcr_game_only_over_joint_step_{late,mlp}_s{8,32}[_cputime]   the same with the game term only (lambda_C = 0;
                                                   target <= 1.20)
   mcr_over_joint_step_cuda_{late,mlp}_s{8,32}     the same on CUDA, MLP model (bench_step.bench)
-  mcr_over_joint_step_cuda_resnet_{late,mlp}_s{8,32}   two ResNet-18-like conv encoders (spectrogram
-                                                  1x128x128, frame 3x112x112), bf16 autocast, B=256
+  mcr_over_joint_step_cpu_resnet_{late,mlp}_s{8,32}[_cputime]   the conv workload (jobs/bench_conv.py):
+                                                  model.encoders=[resnet18, resnet18] from the config, a
+                                                  3x32x32 frame + a 32x32 spectrogram, B=32, interleaved
+  joint_step_ms_cpu_resnet_{late,mlp}             its joint step in ms (the scale of the ratios above)
+  mcr_over_joint_step_cuda_resnet[_captured]_{late,mlp}_s{8,32}   the same on CUDA at paper scale (frame
+                                                  3x112x112, spectrogram 128x128), bf16 autocast, B=256,
+                                                  eager and with the whole step captured as a CUDA graph
+  platform_over_bare_throughput_conv[_no_eval][_cputime]   samples/s of ``fit`` on the conv workload (a
+                                                  generated shard folder, loaded by fit) / samples/s of a
+                                                  bare PyTorch loop on the same model, data and batches;
+                                                  _no_eval: fit's evaluation time taken out (target >= 0.9)
+  fit_eval_share_conv                             fraction of fit's process time spent evaluating (conv)
+  platform_over_bare_throughput_conv_cuda[_no_eval]    the same on CUDA at paper scale (B=256, bf16)
   platform_over_bare_throughput                   samples/s of ``fit`` (dataset generation, per-epoch
                                                   validation, final test metrics: everything) / samples/s
                                                   of a bare PyTorch loop on the same model, data and batch
@@ -58,7 +69,11 @@ STABLE_FIGURES = (
       for t in ("", "_cputime")),
     "platform_over_bare_throughput", "platform_over_bare_throughput_no_eval",
     "platform_over_bare_throughput_cputime", "platform_over_bare_throughput_no_eval_cputime", "fit_eval_share",
-    "sweep_overhead_s_per_trial_single", "sweep_overhead_s_per_trial_dp", "dp_startup_s", "dp_scaling_2w_over_1w")
+    "sweep_overhead_s_per_trial_single", "sweep_overhead_s_per_trial_dp", "dp_startup_s", "dp_scaling_2w_over_1w",
+    *(f"platform_over_bare_throughput_conv{e}{t}" for e in ("", "_no_eval") for t in ("", "_cputime")),
+    "fit_eval_share_conv",
+    *(f"mcr_over_joint_step_cpu_resnet_{f}_s{s}{t}" for f in FUSIONS for s in S_LIST for t in ("", "_cputime")),
+    *(f"joint_step_ms_cpu_resnet_{f}" for f in FUSIONS))
 
 
 def _load(name: str):
@@ -97,105 +112,63 @@ def step_ratios(smoke: bool, device: str) -> tuple[dict, dict]:
     return figures, raw
 
 
-def _basic_block(cin: int, cout: int, stride: int):
-    import torch.nn as nn
+def conv_part(smoke: bool) -> tuple[dict, dict]:
+    """The conv workload on CPU (jobs/bench_conv.py): two ResNet-18 encoders named in the config
+    (``model.encoders=[resnet18, resnet18]``) on a generated frame + spectrogram shard folder.
 
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.b1 = nn.BatchNorm2d(cout)
-            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.b2 = nn.BatchNorm2d(cout)
-            self.down = None if stride == 1 and cin == cout else nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            idt = x if self.down is None else self.down(x)
-            return (self.b2(self.c2(self.b1(self.c1(x)).relu())) + idt).relu()
-
-    return Block()
-
-
-def resnet18_encoder(in_ch: int, out_dim: int, width: int = 64):
-    """A ResNet-18-shaped encoder (plain torch: torchvision is not a dependency): (B, in_ch, H, W) -> (B, out)."""
-    import torch.nn as nn
-
-    class Enc(nn.Module):
-        def __init__(self):
-            super().__init__()
-            w = width
-            layers = [nn.Conv2d(in_ch, w, 7, 2, 3, bias=False), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
-            cin = w
-            for cout, stride in ((w, 1), (2 * w, 2), (4 * w, 2), (8 * w, 2)):
-                layers += [_basic_block(cin, cout, stride), _basic_block(cout, cout, 1)]
-                cin = cout
-            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, out_dim)]
-            self.net = nn.Sequential(*layers)
-            self.out_dim = out_dim
-
-        def forward(self, x):
-            return self.net(x)
-
-    return Enc()
-
-
-def conv_step_ratios(device: str, smoke: bool) -> dict:
-    """MCR/joint step time with two ResNet-18-like encoders (audio spectrogram + video frame), bf16 on CUDA."""
-    import torch
-    import torch.nn as nn
-
-    from mcrlab.config import ModelConfig
-    from mcrlab.methods import REGISTRY, StepContext
-    from mcrlab.methods.mcr import MCRParams
-    from mcrlab.models.net import MultimodalNet
-
-    dev = torch.device(device)
-    batch, steps, warmup, width, shapes = 256, 20, 3, 64, ((1, 128, 128), (3, 112, 112))
+    - throughput: ``fit`` against a bare PyTorch loop on the same model, data and batches, interleaved;
+    - step time: MCR (S = 8, 32) over joint, late and MLP fusion, variants interleaved.
+    """
+    conv = _load("bench_conv")
     if smoke:
-        batch, steps, warmup, width, shapes = 8, 2, 1, 8, ((1, 32, 32), (3, 32, 32))
-    latent, classes = 8 * width, 10
-    g = torch.Generator().manual_seed(0)
-    xs = [torch.randn(batch, *s, generator=g).to(dev) for s in shapes]
-    y = torch.randint(0, classes, (batch,), generator=g).to(dev)
-    amp = dev.type == "cuda"
-    figures = {}
+        shapes, batch, n_train, epochs, repeats, latent, steps, warmup = conv.SMOKE_SHAPES, 8, 32, 1, 1, 16, 2, 1
+    else:
+        shapes, batch, n_train, epochs, repeats, latent, steps, warmup = conv.CPU_SHAPES, 32, 256, 2, 5, 128, 10, 2
+    figures: dict = {}
+    raw: dict = {"shapes": [list(s) for s in shapes], "batch": batch, "latent": latent}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = conv.write_shards(Path(tmp) / "conv", n_train=n_train, shapes=shapes)
+        cfg = conv.conv_config(folder, method="joint", batch_size=batch, epochs=epochs, latent=latent)
+        samples = epochs * (n_train // batch) * batch
+        f, raw["throughput"] = conv.throughput(cfg, repeats, samples)
+        figures.update(f)
     for fusion in FUSIONS:
-        runs = {}
-        for name, params in [("joint", None)] + [(f"mcr_S{s}", {"num_perms": s}) for s in S_LIST]:
-            torch.manual_seed(0)
-            model = MultimodalNet([latent, latent], classes, ModelConfig(fusion=fusion, latent=latent,
-                                                                         fusion_hidden=latent))
-            model.encoders = nn.ModuleList(resnet18_encoder(s[0], latent, width) for s in shapes)
-            model.to(dev)
-            method = REGISTRY["joint"](REGISTRY["joint"].Params(), model, classes) if params is None else \
-                REGISTRY["mcr"](MCRParams(**params), model, classes)
-            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-            ctx = StepContext(epoch=0, step=0, global_step=0, epochs=1, steps_per_epoch=1,
-                              generator=torch.Generator().manual_seed(0), device=dev, optimizer=opt)
-            runs[name] = (model, method, opt, ctx)
-        times: dict[str, list[float]] = {n: [] for n in runs}
-        for i in range(warmup + steps):
-            for name, (model, method, opt, ctx) in runs.items():  # round-robin, as bench_step
-                if amp:
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                opt.zero_grad(set_to_none=True)
-                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
-                    res = method.training_step(model, xs, y, ctx)
-                if not res.backward_done:
-                    res.loss.backward()
-                opt.step()
-                if amp:
-                    torch.cuda.synchronize()
-                if i >= warmup:
-                    times[name].append(time.perf_counter() - t0)
-        base = statistics.median(times["joint"])
-        tag = "cuda_resnet" if dev.type == "cuda" else "cpu_resnet"
+        res = conv.step_ratios(shapes, device="cpu", fusion=fusion, batch=batch, steps=steps, warmup=warmup,
+                               s_list=tuple(S_LIST), latent=latent)
+        raw[f"step_{fusion}"] = res
+        _load("bench_step").print_table(f"cpu resnet18 x2 fusion={fusion} B={batch}", res)
         for s in S_LIST:
-            figures[f"mcr_over_joint_step_{tag}_{fusion}_s{s}"] = statistics.median(times[f"mcr_S{s}"]) / base
-        figures[f"joint_step_ms_{tag}_{fusion}"] = base * 1e3
-    return figures
+            figures[f"mcr_over_joint_step_cpu_resnet_{fusion}_s{s}"] = res[f"mcr_S{s}"]["ratio_wall"]
+            figures[f"mcr_over_joint_step_cpu_resnet_{fusion}_s{s}_cputime"] = res[f"mcr_S{s}"]["ratio_cpu"]
+        figures[f"joint_step_ms_cpu_resnet_{fusion}"] = res["joint"]["wall_ms"]
+    return figures, raw
+
+
+def conv_cuda_part(smoke: bool, capture: bool) -> tuple[dict, dict]:
+    """The conv workload on CUDA at paper scale (frame 3x112x112, spectrogram 128x128, B = 256, bf16
+    autocast): MCR/joint step ratios eager or CUDA-graph captured, and fit vs bare throughput (eager)."""
+    conv = _load("bench_conv")
+    shapes, batch, steps, warmup, latent, n_train = conv.PAPER_SHAPES, 256, 20, 3, 128, 2048
+    if smoke:
+        shapes, batch, steps, warmup, latent, n_train = conv.SMOKE_SHAPES, 8, 2, 1, 16, 32
+    tag = "cuda_resnet_captured" if capture else "cuda_resnet"
+    figures: dict = {}
+    raw: dict = {}
+    for fusion in FUSIONS:
+        res = conv.step_ratios(shapes, device="cuda", fusion=fusion, batch=batch, steps=steps, warmup=warmup,
+                               s_list=tuple(S_LIST), latent=latent, capture=capture)
+        raw[f"step_{fusion}"] = res
+        for s in S_LIST:
+            figures[f"mcr_over_joint_step_{tag}_{fusion}_s{s}"] = res[f"mcr_S{s}"]["ratio_wall"]
+        figures[f"joint_step_ms_{tag}_{fusion}"] = res["joint"]["wall_ms"]
+    if not capture:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = conv.write_shards(Path(tmp) / "conv", n_train=n_train, shapes=shapes)
+            cfg = conv.conv_config(folder, method="joint", batch_size=batch, epochs=2, latent=latent, device="cuda")
+            f, raw["throughput"] = conv.throughput(cfg, 1 if smoke else 3, 2 * (n_train // batch) * batch)
+        figures.update({k.replace("_conv", "_conv_cuda"): v for k, v in f.items()
+                        if not k.endswith("_cputime")})
+    return figures, raw
 
 
 # --------------------------------------------------------------------------------------------------
@@ -404,7 +377,15 @@ def machine() -> dict:
             "load_average": list(os.getloadavg())}
 
 
-_PART_PREFIXES = {"step": ("mcr_over", "mcr_game_only_over"), "throughput": ("platform", "fit_"), "ray": ("sweep", "dp_")}
+def part_of(figure: str) -> str:
+    """The part (``--skip`` name) that produces a stable figure."""
+    if "_conv" in figure or "_resnet" in figure:
+        return "conv"
+    if figure.startswith(("mcr_over", "mcr_game_only_over")):
+        return "step"
+    if figure.startswith(("platform", "fit_")):
+        return "throughput"
+    return "ray"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -412,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                                  epilog="figures: see the module docstring", )
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, every figure (< ~60 s on 2 cores)")
     ap.add_argument("--json", metavar="PATH", help="write {figures, raw, machine, ...} as JSON")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: step, throughput, ray, gpu")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: step, throughput, conv, ray, gpu")
     args = ap.parse_args(argv)
     import torch
 
@@ -421,13 +402,16 @@ def main(argv: list[str] | None = None) -> int:
     out = {"command": " ".join(["python", "jobs/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "smoke": args.smoke, "machine_start": machine(),
            "figures": {}, "raw": {}, "seconds": {}}
-    parts = [("step", lambda: step_ratios(args.smoke, "cpu")),
-             ("throughput", lambda: throughput(args.smoke)),
-             ("ray", lambda: ray_figures(args.smoke))]
+    # (--skip name, key of its raw record, what it runs)
+    parts = [("step", "step", lambda: step_ratios(args.smoke, "cpu")),
+             ("throughput", "throughput", lambda: throughput(args.smoke)),
+             ("conv", "conv", lambda: conv_part(args.smoke)),
+             ("ray", "ray", lambda: ray_figures(args.smoke))]
     if torch.cuda.is_available():
-        parts += [("gpu", lambda: step_ratios(args.smoke, "cuda")),
-                  ("gpu", lambda: (conv_step_ratios("cuda", args.smoke), {}))]
-    for name, run in parts:
+        parts += [("gpu", "gpu", lambda: step_ratios(args.smoke, "cuda")),
+                  ("gpu", "gpu_conv", lambda: conv_cuda_part(args.smoke, capture=False)),
+                  ("gpu", "gpu_conv_captured", lambda: conv_cuda_part(args.smoke, capture=True))]
+    for name, key, run in parts:
         if name in skip:
             continue
         t0 = time.perf_counter()
@@ -440,13 +424,12 @@ def main(argv: list[str] | None = None) -> int:
             figures, raw = {}, {"error": repr(err)}
         out["seconds"][name] = out["seconds"].get(name, 0.0) + time.perf_counter() - t0
         out["figures"].update(figures)
-        out["raw"][name] = raw
+        out["raw"][key] = raw
         for k, v in figures.items():
             print(f"{k:<48} {v:10.4f}", flush=True)
     out["machine_end"] = machine()
     bad = [k for k, v in out["figures"].items() if not math.isfinite(v)]
-    skipped = tuple(pre for part in skip for pre in _PART_PREFIXES.get(part, ()))
-    bad += [k for k in STABLE_FIGURES if k not in out["figures"] and not k.startswith(skipped or ("\0",))]
+    bad += [k for k in STABLE_FIGURES if k not in out["figures"] and part_of(k) not in skip]
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1, default=str))

@@ -29,23 +29,31 @@ def test_script_starts_with_its_commands():
     assert any("ray job submit" in line for line in head)
 
 
-def test_resnet_encoder_shapes_and_gradients():
-    enc = _bench().resnet18_encoder(3, 12, width=4)
-    x = torch.randn(2, 3, 24, 20, requires_grad=True)
-    z = enc(x)
-    assert z.shape == (2, 12) and enc.out_dim == 12
-    z.sum().backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all()
-    # ResNet-18 shape: stem + 4 stages of 2 basic blocks, each with 2 convs (+ 3 downsampling 1x1)
-    convs = [m for m in enc.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert len(convs) == 1 + 4 * 2 * 2 + 3
+def test_conv_workload_runs_through_the_public_config_and_fit():
+    """The conv figures come from model.encoders=[resnet18, resnet18] trained by fit (no hand-built nets)."""
+    from mcrlab.models.resnet import ResNet18Encoder
 
-
-def test_conv_model_step_ratios_on_cpu_are_finite():
-    figs = _bench().conv_step_ratios("cpu", smoke=True)
-    names = {f"mcr_over_joint_step_cpu_resnet_{f}_s{s}" for f in ("late", "mlp") for s in (8, 32)}
-    assert names <= set(figs)
-    assert all(math.isfinite(v) and v > 0 for v in figs.values())
+    b = _bench()
+    for script in ("benchmark.py", "bench_conv.py"):  # no encoder is assembled by hand any more
+        text = (ROOT / "jobs" / script).read_text()
+        assert "nn.Conv2d" not in text and "model.encoders =" not in text, script
+    figures, raw = b.conv_part(smoke=True)
+    conv_names = [n for n in b.STABLE_FIGURES if b.part_of(n) == "conv"]
+    assert len(conv_names) == 4 + 1 + 2 * 2 * 2 + 2
+    assert set(conv_names) <= set(figures)
+    assert all(math.isfinite(figures[n]) and figures[n] > 0 for n in conv_names)
+    assert 0 < figures["fit_eval_share_conv"] < 1
+    assert figures["platform_over_bare_throughput_conv_no_eval"] > figures["platform_over_bare_throughput_conv"]
+    cfg = raw["throughput"]["config"]
+    assert cfg["model"]["encoders"] == ["resnet18", "resnet18"] and cfg["method"]["name"] == "joint"
+    assert len(raw["throughput"]["fit_wall_cpu_evalwall_evalcpu_s"]) == len(raw["throughput"]["bare_wall_cpu_s"])
+    conv = b._load("bench_conv")
+    run = conv.StepRunner(conv.conv_config("<memory>", method="mcr", num_perms=8, latent=8), list(conv.SMOKE_SHAPES),
+                          [torch.randn(4, *s) for s in conv.SMOKE_SHAPES], torch.randint(0, 6, (4,)))
+    assert all(isinstance(e, ResNet18Encoder) for e in run.model.encoders)
+    before = [p.detach().clone() for p in run.model.parameters()]
+    run.step()  # one real training step: the weights move
+    assert any(not torch.equal(a, p) for a, p in zip(before, run.model.parameters()))
 
 
 def test_bare_loop_and_fit_train_the_same_amount_and_time_the_eval():

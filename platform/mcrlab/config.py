@@ -18,6 +18,7 @@ import importlib
 import json
 import math
 import os
+import re
 import stat
 import types
 import typing
@@ -164,6 +165,10 @@ class DataConfig:
                 raise ConfigError("name: a path may not hold a NUL character")
 
 
+INIT_MODES = ("scratch", "unimodal", "unimodal_frozen")  # model.init besides an MLflow run id
+RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")  # an MLflow run id (uuid4 hex)
+
+
 @dataclass
 class ModelConfig:
     hidden: int = opt(64, "encoder width: mlp hidden units; cnn/conv1d channels of the first block (doubling "
@@ -189,11 +194,15 @@ class ModelConfig:
     channels_last: bool = opt(False, "channels_last memory format for the 2-D conv encoders (cnn, resnet18) "
                                      "on CUDA")
     init: str = opt("scratch", "encoder initialisation: scratch, unimodal (each encoder + head pre-trained alone, "
-                               "cached by dataset and settings) or unimodal_frozen (the same, encoders then frozen)",
-                    choices=("scratch", "unimodal", "unimodal_frozen"))
+                               "cached by dataset and settings), unimodal_frozen (the same, encoders then frozen), "
+                               "or the id of a finished MLflow run (32 hex digits): its checkpoint's encoders, and "
+                               "heads where their shapes match")
     init_epochs: int = opt(0, "epochs of each unimodal pre-training (0 = train.epochs)", ge=0)
 
     def __post_init__(self) -> None:
+        if self.init not in INIT_MODES and not RUN_ID_RE.match(self.init):
+            raise ConfigError(f"init: {short(self.init)} is not one of {', '.join(INIT_MODES)} nor an MLflow run id "
+                              "(32 hex digits)")
         check_encoder_name = _registry("mcrlab.models.registry:check_encoder_name")
         check_builtin_args = _registry("mcrlab.models.registry:check_builtin_args")
 

@@ -373,3 +373,35 @@ def find_runs(uri: str, experiment: str | None = None, *, kind: str | None = Non
     return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
              "experiment_id": r.info.experiment_id, "params": dict(r.data.params),
              "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)} for r in runs]
+
+
+def download_run_file(uri: str, run_id: str, candidates: tuple[str, ...], dst: str | Path
+                      ) -> tuple[dict[str, Any] | None, str | None, str | None]:
+    """``(run, artifact, local path)``: run ``run_id`` at ``uri`` as ``{status, params}`` and the first of
+    ``candidates`` (artifact paths such as ``best_checkpoint/state.pt``) it holds, downloaded into ``dst``.
+    ``(None, None, None)`` when there is no such run (or no store at a local SQLite path: nothing is
+    created); ``(run, None, None)`` when it holds none of ``candidates``."""
+    from mlflow.exceptions import MlflowException
+
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return None, None, None
+    client = open_client(uri)
+    try:
+        found = client.get_run(run_id)
+    except MlflowException:
+        return None, None, None
+    run = {"status": found.info.status, "params": dict(found.data.params)}
+    for artifact in candidates:
+        folder = artifact.rsplit("/", 1)[0] if "/" in artifact else None
+        if any(f.path == artifact for f in client.list_artifacts(run_id, folder)):
+            # no progress bar: a validation step's output is its one line (or nothing)
+            old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+            try:
+                return run, artifact, client.download_artifacts(run_id, artifact, str(dst))
+            finally:
+                if old is None:
+                    os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+                else:
+                    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
+    return run, None, None

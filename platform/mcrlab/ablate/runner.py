@@ -132,11 +132,14 @@ def _fingerprints(spec: AblationSpec, cells: list[Cell]) -> dict[str, str]:
     return out
 
 
-def check_cells(spec: AblationSpec, *, missing_ok: bool = False) -> None:
+def check_cells(spec: AblationSpec, *, missing_ok: bool = False, tracking_uri: str | None = None) -> None:
     """Build each arm's model against each dataset's shapes before anything starts (ConfigError naming
-    the spec and the key); ``missing_ok``: a shard folder not on this machine is skipped (dry runs)."""
+    the spec and the key); ``missing_ok``: a shard folder not on this machine is skipped (dry runs).
+    ``tracking_uri``: also check an arm's ``model.init=<MLflow run id>`` against that store (and cache
+    the run's weights for the cells)."""
     from mcrlab.config import DataConfig, build_dataclass
     from mcrlab.engine.preflight import check_model_fits, dataset_layout
+    from mcrlab.trials.init_source import check_run_init
 
     layouts: dict[str, Any] = {}
     seen = set()
@@ -149,7 +152,10 @@ def check_cells(spec: AblationSpec, *, missing_ok: bool = False) -> None:
                 layouts[cell.dataset] = dataset_layout(build_dataclass(DataConfig, cell.config["data"],
                                                                        spec.path, "data"), missing_ok=missing_ok)
             if layouts[cell.dataset] is not None:
-                check_model_fits(RunConfig.from_dict(cell.config, spec.path), layouts[cell.dataset])
+                cfg = RunConfig.from_dict(cell.config, spec.path)
+                check_model_fits(cfg, layouts[cell.dataset])
+                if tracking_uri is not None:
+                    check_run_init(cfg, layouts[cell.dataset], tracking_uri)
         except ConfigError as err:
             msg = str(err)
             raise ConfigError(msg if msg.startswith(str(spec.path)) else
@@ -165,7 +171,7 @@ def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_
 
     # load the datasets before the store is touched: a bad data.name fails here, nothing started or written
     fingerprints = _fingerprints(spec, spec.cells)
-    check_cells(spec)
+    check_cells(spec, tracking_uri=uri)
     # one driver per ablation: a second one (e.g. two --resume at once) stops here, before MLflow or Ray
     with FolderLock(private_dir(Path(storage_path).resolve() / "ablations" / spec.ablation_id), "ablation"):
         return _run_ablation(spec, uri, fingerprints, resume=resume, storage_path=storage_path, verbose=verbose,

@@ -108,6 +108,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         dataset = load_dataset(cfg.data)
     except ConfigError as err:
         raise ConfigError(f"{args.config or '<override>'}: {err}") from None
+    from mcrlab.engine.init_run import is_run_id
+    from mcrlab.trials.init_source import check_run_init
+
+    if is_run_id(cfg.model.init):  # the source run exists, is finished, has a model that fits: before training
+        from mcrlab.tracking import check_tracking, resolve_tracking_uri
+
+        init_uri = resolve_tracking_uri(args.tracking_uri)
+        check_tracking(init_uri)
+        check_run_init(cfg, ([tuple(s) for s in dataset.shapes], dataset.num_classes), init_uri)
     report: Callable[[dict, str | None], None] | None = None if args.quiet else _EpochPrinter(cfg.train.epochs)
     tracking = None
     if args.track:
@@ -120,15 +129,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         report = tracking.reporter(report)
         print(f"mcrlab train: tracking run {tracking.run_id} in {uri} (experiment '{args.experiment}')",
               file=sys.stderr)
-    try:
-        metrics = fit(cfg, report, checkpoint_dir=args.checkpoint_dir,
-                      resume_from=args.checkpoint_dir if args.resume else None, dataset=dataset)
-    except BaseException as err:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mcrlab-train-") as tmp:
+        model_file = str(Path(tmp) / "state.pt") if tracking is not None else None
+        try:
+            metrics = fit(cfg, report, checkpoint_dir=args.checkpoint_dir,
+                          resume_from=args.checkpoint_dir if args.resume else None, dataset=dataset,
+                          model_out=model_file)
+        except BaseException as err:
+            if tracking is not None:
+                tracking.finish(None, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            raise
         if tracking is not None:
-            tracking.finish(None, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
-    if tracking is not None:
-        tracking.finish(metrics)
+            tracking.finish(metrics, model_file=model_file)
     final = {k: v for k, v in metrics.items() if k.startswith("test/") or k == "val/best_acc"}
     width = max(map(len, final), default=0)
     for k in sorted(final):
@@ -160,7 +174,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
                    help="start from the config of this MLflow run (its config.yaml/config.json artifact, e.g. a "
                         "sweep's best trial); overrides apply on top")
     p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI for --from-run/--track (default: $MLFLOW_TRACKING_URI, else "
+                   help="MLflow tracking URI for --from-run/--track/model.init=RUN_ID (default: $MLFLOW_TRACKING_URI, else "
                         "sqlite:///<./runs>/mlflow.db)")
     p.add_argument("--track", action="store_true",
                    help="record the run in MLflow (params, per-epoch metrics, config.json, dataset input)")

@@ -3,13 +3,15 @@
 The run (experiment ``--experiment``, default ``train``) gets the resolved config as params and as the
 ``config.json`` artifact (so ``mcrlab train --from-run`` and ablation ``base_run`` can start from it), the
 lineage and MLflow source tags (``kind=train``, config hash, dataset fingerprint, ``base_run_id`` when it
-came ``--from-run``), the dataset as its input, one metric step per epoch and the final metrics; it ends
-FINISHED, FAILED (an exception) or KILLED (Ctrl-C).
+came ``--from-run``, ``init``/``init_run_id``/``init_key`` of ``model.init``), the dataset as its input, one
+metric step per epoch, the final metrics and the selected model (``model/state.pt``, so another run can start
+from it with ``model.init=<run id>``); it ends FINISHED, FAILED (an exception) or KILLED (Ctrl-C).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mcrlab.config import RunConfig
@@ -24,8 +26,11 @@ class TrainTracking:
 
         self.tracker = Tracker(uri)
         exp_id = self.tracker.experiment(experiment)
+        from mcrlab.engine.pretrain import init_lineage
+
         tags = lineage_tags("train", config_hash=cfg.hash(), dataset_fingerprint=dataset.fingerprint(),
-                            base_run_id=from_run, dataset=cfg.data.name, seed=cfg.train.seed)
+                            base_run_id=from_run, dataset=cfg.data.name, seed=cfg.train.seed,
+                            **init_lineage(cfg, dataset.fingerprint()))
         self.run_id = self.tracker.start_run(exp_id, f"{cfg.method.name}-{cfg.data.name}-s{cfg.train.seed}",
                                              tags=tags, params=cfg.flat())
         self.experiment_id = exp_id
@@ -42,8 +47,12 @@ class TrainTracking:
 
         return report
 
-    def finish(self, metrics: dict | None, status: str = "FINISHED") -> None:
+    def finish(self, metrics: dict | None, status: str = "FINISHED", model_file: str | None = None) -> None:
+        """Final metrics, the selected model (``model_file``, written by ``fit(model_out=...)``) as the
+        ``model/state.pt`` artifact (what ``model.init=<run id>`` reads), then the run's end status."""
         if metrics:
             self.tracker.log_metrics(self.run_id, {k: v for k, v in metrics.items()
                                                    if k.startswith("test/") or k == "val/best_acc"})
+        if model_file is not None and Path(model_file).is_file():
+            self.tracker.log_artifact(self.run_id, model_file, "model")
         self.tracker.end_run(self.run_id, status)

@@ -309,16 +309,16 @@ def check_resumable(saved: dict | None, cfg: RunConfig, where: Path) -> None:
                               "(or start a new run in another folder)")
 
 
-def _save(path: Path, state: dict) -> None:
+def _save(path: Path, state: dict, name: str = CHECKPOINT_FILE) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    tmp = path / (CHECKPOINT_FILE + ".tmp")
+    tmp = path / (name + ".tmp")
     torch.save(state, tmp)
-    os.replace(tmp, path / CHECKPOINT_FILE)  # atomic: a kill mid-write never leaves a torn checkpoint
+    os.replace(tmp, path / name)  # atomic: a kill mid-write never leaves a torn checkpoint
 
 
 def fit(cfg: RunConfig, report: ReportFn | None = None, *, checkpoint_dir: str | None = None,
         resume_from: str | None = None, dataset: MultimodalDataset | None = None,
-        train_batches: TrainBatches | None = None) -> dict[str, float]:
+        train_batches: TrainBatches | None = None, model_out: str | Path | None = None) -> dict[str, float]:
     """Train one run; return the final metrics (also carried by the last ``report`` call).
 
     report(metrics, checkpoint_dir) is called once per epoch; the last call adds the test/* metrics.
@@ -327,6 +327,8 @@ def fit(cfg: RunConfig, report: ReportFn | None = None, *, checkpoint_dir: str |
     and, on CPU, ends exactly as an uninterrupted run would.
     train_batches: this rank's training batches (e.g. ``ray_train``'s Ray Data shard); default: from
     ``dataset``'s train split, in memory or streamed (``data.loader``).
+    model_out: a file to write the selected model to at the end (rank 0): ``{"model": the best validation
+    epoch's state dict, "config": cfg}`` - what ``mcrlab train --track`` logs for ``model.init=<run id>``.
     """
     t = cfg.train
     _seed_everything(t.seed)
@@ -436,6 +438,9 @@ def fit(cfg: RunConfig, report: ReportFn | None = None, *, checkpoint_dir: str |
                 method.load_state_dict(best_state["method"])
             metrics.update(_final_metrics(model, method, data, cfg, device,
                                           eval_gen.manual_seed(t.seed + 10_000)))
+            if model_out is not None and rank == 0:  # the weights the test metrics were computed on
+                _save(Path(model_out).parent, {"model": model.state_dict(), "config": cfg.to_dict()},
+                      Path(model_out).name)
             model.load_state_dict(current["model"])
             method.load_state_dict(current["method"])
             metrics["val/best_acc"] = best_val

@@ -1,4 +1,5 @@
-"""Pre-trained unimodal initialisation (``model.init=unimodal|unimodal_frozen``), the paper's protocol.
+"""Pre-trained unimodal initialisation (``model.init=unimodal|unimodal_frozen``), the paper's protocol
+(``model.init=<MLflow run id>`` is ``engine/init_run.py``).
 
 Each modality's encoder and unimodal head are first trained alone (cross-entropy of h_m(f_m(x_m)), a
 plain mini-batch loop like ``fit``'s), then loaded into the multimodal model; ``unimodal_frozen`` also
@@ -24,19 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from mcrlab.config import RunConfig
+from mcrlab.engine.cache import CACHE_ENV, default_cache_dir
 from mcrlab.models.net import MultimodalNet, build_model
 
 __all__ = ["FORMAT", "CACHE_ENV", "default_cache_dir", "pretrain_key", "pretrain_unimodal", "load_or_pretrain",
            "apply_init", "init_lineage"]
 
 FORMAT = 1  # bump when the pre-training procedure changes: old cache files then stop matching
-CACHE_ENV = "MCRLAB_CACHE_DIR"
-
-
-def default_cache_dir() -> Path:
-    """``$MCRLAB_CACHE_DIR/pretrain``, else ``~/.cache/mcrlab/pretrain`` (shared storage on a cluster)."""
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mcrlab"
-    return Path(root) / "pretrain"
 
 
 def _shapes(dataset: Any) -> list:
@@ -64,6 +59,10 @@ def init_lineage(cfg: RunConfig, fingerprint: str) -> dict[str, str]:
     cache key, so runs that share one pre-training are found by one tag (computed on the driver)."""
     if cfg.model.init == "scratch":
         return {}
+    from mcrlab.engine.init_run import is_run_id
+
+    if is_run_id(cfg.model.init):  # model.init=<MLflow run id>: the source run is the lineage
+        return {"init": "run", "init_run_id": cfg.model.init}
     return {"init": cfg.model.init, "init_key": pretrain_key(fingerprint, cfg)}
 
 
@@ -165,10 +164,15 @@ def apply_init(model: MultimodalNet, cfg: RunConfig, dataset: Any, device: torch
     """Initialise ``model`` as ``model.init`` says (the one call ``fit`` makes after ``build_model``).
 
     scratch: nothing. unimodal: load the pre-trained encoders and heads. unimodal_frozen: the same, then
-    freeze the encoders. Returns the lineage tags ({} for scratch).
+    freeze the encoders. An MLflow run id: that run's encoders, and its heads where they fit
+    (``engine.init_run``; cached per run id in ``cache_dir``). Returns the lineage tags ({} for scratch).
     """
     if cfg.model.init == "scratch":
         return {}
+    from mcrlab.engine.init_run import is_run_id, load_run_init
+
+    if is_run_id(cfg.model.init):
+        return load_run_init(model, cfg.model.init, cache_dir=cache_dir)
     state, lineage = load_or_pretrain(model, cfg, dataset, device, cache_dir)
     result = model.load_state_dict(state, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # _read checked the names and shapes

@@ -58,7 +58,7 @@ class StepContext:
 class StepResult:
     loss: torch.Tensor  # scalar
     out: ForwardOutput
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, Any] = field(default_factory=dict)  # floats or detached 0-d tensors (fit reads them per epoch)
     backward_done: bool = False  # True when training_step already called backward itself
 
 
@@ -115,7 +115,8 @@ class Method:
     def loss(self, out: ForwardOutput, y: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict]:
         """Default: fused CE only (joint training)."""
         loss = F.cross_entropy(out.fused, y)
-        return loss, {"loss/fused": loss.item()}
+        # a detached 0-d tensor, not .item(): no host sync inside the step (fit reads logs once per epoch)
+        return loss, {"loss/fused": loss.detach()}
 
     def after_backward(self, model: MultimodalNet, ctx: StepContext) -> dict[str, float]:
         return {}

@@ -8,6 +8,7 @@ unimodal:   L = CE(h_m(z_m), y) for one modality m; evaluation uses that head al
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +18,10 @@ from mcrlab.methods.base import HeadsParams, Method, StepContext
 from mcrlab.models.net import ForwardOutput, MultimodalNet
 
 
-def heads_loss(heads: list[torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """sum_m CE(h_m(z_m), y) and the per-modality values for logging."""
+def heads_loss(heads: list[torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """sum_m CE(h_m(z_m), y) and the per-modality values for logging (detached 0-d tensors: no host sync)."""
     losses = [F.cross_entropy(h, y) for h in heads]
-    return torch.stack(losses).sum(), {f"loss/head/{m}": v.item() for m, v in enumerate(losses)}
+    return torch.stack(losses).sum(), {f"loss/head/{m}": v.detach() for m, v in enumerate(losses)}
 
 
 class Joint(Method):
@@ -34,7 +35,7 @@ class MultiLoss(Method):
     def loss(self, out: ForwardOutput, y: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict]:
         fused = F.cross_entropy(out.fused, y)
         uni, logs = heads_loss(out.heads, y)
-        return fused + self.params.w_uni * uni, {"loss/fused": fused.item(), **logs}
+        return fused + self.params.w_uni * uni, {"loss/fused": fused.detach(), **logs}
 
 
 @dataclass
@@ -56,7 +57,7 @@ class Unimodal(Method):
 
     def loss(self, out: ForwardOutput, y: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict]:
         loss = F.cross_entropy(out.heads[self.params.modality], y)
-        return loss, {"loss/head": loss.item()}
+        return loss, {"loss/head": loss.detach()}
 
     def predict(self, out: ForwardOutput) -> torch.Tensor:
         return out.heads[self.params.modality]

@@ -94,6 +94,20 @@ def preflight(space: Any, layouts: dict | None = None) -> dict[str, str]:
     return fingerprints
 
 
+def check_init_runs(space: Any, layouts: dict, uri: str) -> None:
+    """The base configuration's ``model.init=<MLflow run id>`` against the store at ``uri``, per dataset
+    (``layouts`` from ``preflight``): ConfigError naming the space, the dataset and ``model.init``."""
+    from mcrlab.trials.init_source import check_run_init
+    from mcrlab.tune.space import trial_config
+
+    for i, dataset in enumerate(space.datasets):
+        cfg = trial_config(space, dataset, {}, space.objective.seed)
+        try:
+            check_run_init(cfg, layouts[dataset], uri)
+        except ConfigError as err:
+            raise ConfigError(f"{space.source}: datasets[{i}] ({cut(dataset)}): {err}") from None
+
+
 def check_space(path: str, n: int = 5, smoke: bool = False, out: Any = None,
                 tracking_uri: str | None = None, check_uri: bool = True) -> list[dict]:
     """Load, compile and sample ``n`` points; print them; return ``[{"params", "hashes"}]``.

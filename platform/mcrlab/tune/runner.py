@@ -162,17 +162,19 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
         space = _with_samples(space, num_samples)
     if time_budget_s is not None and not (math.isfinite(time_budget_s) and time_budget_s > 0):
         raise ConfigError("--time-budget: must be a positive duration")
-    from mcrlab.tune.check import preflight
+    from mcrlab.tune.check import check_init_runs, preflight
 
     run_folder = Path(storage_path or DEFAULT_RUN_FOLDER).expanduser().resolve()
     uri = resolve_tracking_uri(tracking_uri, run_folder)
     check_tracking_uri(uri)  # its form; nothing created or contacted yet
     shared, prefix = _shared_study(space, optuna_storage, study)  # reachable, or one line and nothing started
     # every dataset loads and reports the metric: a typo fails now, not after every trial has trained
-    fingerprints = preflight(space)
+    layouts: dict = {}
+    fingerprints = preflight(space, layouts)
     check_storage(run_folder)  # an unusable run folder fails here, before the store or Ray are touched
     sweeps = run_folder / "sweeps"
     check_tracking(uri)  # before anything starts: an unreachable server fails in seconds
+    check_init_runs(space, layouts, uri)  # model.init=<run id>: the run exists, is finished, its model fits
     fail_fast_on_outages(uri)
 
     # private from here on: Tune's files (which restore unpickles) are created 0600 in 0700 folders,
@@ -362,7 +364,6 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                exp_id: str, sweep_run: str, uri: str, run_folder: Path, optuna_storage: str,
                concurrency: int, resume: bool, callbacks: list, progress: bool, fingerprint: str,
                verbose: int = 0, prefix: str | None = None, driver_seed: int | None = None) -> StudyResult:
-    import optuna
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -372,7 +373,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
     from mcrlab.trials.seeds import objective_key
     from mcrlab.trials.signer import StateSigner
     from mcrlab.tune.searcher import BudgetStopper, ResumableOptunaSearch
-    from mcrlab.tune.shared import SWEEP_ATTR, has_trials
+    from mcrlab.tune.shared import SWEEP_ATTR, has_trials, open_storage
 
     slug = study_slug(dataset)
     ray_dir = sweep_dir / "ray"
@@ -422,7 +423,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
             metric, mode, names = "objective", space.mode, space.metric
         searcher = ResumableOptunaSearch(space=compile_space(space), metric=metric, mode=mode,
                                          points_to_evaluate=points or None, sampler=make_sampler(sampler_space),
-                                         study_name=study_name, storage=optuna.storages.RDBStorage(optuna_storage),
+                                         study_name=study_name, storage=open_storage(optuna_storage),
                                          metric_name=names, max_iterations=max_t,
                                          trial_attrs={SWEEP_ATTR: sweep_id})
         recorder = TrialRecorder(plan, uri=uri, run_folder=str(run_folder), experiment_id=exp_id,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import zlib
 from pathlib import Path
 
@@ -140,13 +141,31 @@ def driver_seed(seed: int | None, sweep_id: str) -> int:
     return zlib.crc32(token.encode()) & 0x7FFFFFFF
 
 
+def open_storage(url: str, attempts: int = 5):
+    """``optuna.storages.RDBStorage(url)``, tolerant of a race on a fresh database: two drivers starting at
+    once both create Optuna's schema, and the slower one's ``INSERT INTO alembic_version`` fails with an
+    IntegrityError (or SQLite reports the table locked). The schema is then there: opening again succeeds."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def has_trials(storage: str, study_name: str) -> bool:
     """Whether ``study_name`` exists in ``storage`` with at least one trial (any state)."""
     import optuna
 
-    if study_name not in optuna.study.get_all_study_names(storage=storage):
+    rdb = open_storage(storage)
+    if study_name not in optuna.study.get_all_study_names(storage=rdb):
         return False
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    study = optuna.load_study(study_name=study_name, storage=rdb)
     return len(study.get_trials(deepcopy=False)) > 0
 
 
