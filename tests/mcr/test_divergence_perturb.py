@@ -123,12 +123,13 @@ def test_noise_and_zero_perturbations():
 
 
 @pytest.mark.parametrize("kind", ["jsd", "kl", "mse"])
-def test_fused_mean_divergences_equal_the_plain_formula(kind):
+@pytest.mark.parametrize("batch", [5, 1])  # a batch of one: every reduction keeps its axes (no squeeze)
+def test_fused_mean_divergences_equal_the_plain_formula(kind, batch):
     g = torch.Generator().manual_seed(1)
-    p = (torch.randn(2, 5, 4, generator=g, dtype=torch.float64) * 4).requires_grad_()
-    q = (torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64) * 4).requires_grad_()
-    rest = (torch.randn(2, 5, 4, generator=g, dtype=torch.float64) * 4).requires_grad_()
-    perms = draw_permutations(3, 5, g)
+    p = (torch.randn(2, batch, 4, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    q = (torch.randn(2, 3, batch, 4, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    rest = (torch.randn(2, batch, 4, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    perms = draw_permutations(3, batch, g)
     w = torch.randn(2, dtype=torch.float64, generator=g)
     cases = [(lambda p, q: mean_divergence(p, q, kind), lambda p, q: divergence(p.unsqueeze(1), q, kind)),
              (lambda p, c: permuted_mean_divergence(p, rest, c, perms, kind),

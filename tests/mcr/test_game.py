@@ -206,3 +206,42 @@ def test_split_head_with_another_tail_equals_reference(k, pert_kind):
     params = list(model.parameters())
     for a, b in zip(_grads(fast, params), _grads(slow, params), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("div", ["kl", "mse"])
+@pytest.mark.parametrize("k", [-1.0, 0.3])  # 0.3: not exact in float32, so the coefficients keep float64
+def test_generic_head_rerun_honours_the_divergence_and_precision(div, k):
+    """The whole-head re-run with a divergence other than the default and a k with no exact float32 value:
+    value and gradients are the reference's to 1e-12 (a JSD, or float32 coefficients, would be off)."""
+    model = tiny_net("late", (4, 3, 2))
+    xs, _ = random_batch((4, 3, 2))
+    out = model(xs)
+    pert = draw_perturbation("permute", 3, out.z, torch.Generator().manual_seed(4))
+    kw = dict(lambda_m=0.3, k=k, divergence=div, path="general")
+    fast, _ = game_term(out, model.fusion, pert, **kw)
+    slow = game_term_reference(out, model.fusion, pert, **kw)
+    jsd, _ = game_term(out, model.fusion, pert, **{**kw, "divergence": "jsd"})
+    assert (fast - jsd).abs().item() > 1e-3  # the choice matters at this point
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
+    params = list(model.parameters())
+    for a, b in zip(_grads(fast, params), _grads(slow, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("pert_kind", ["permute", "noise"])
+def test_split_head_with_a_bias_free_last_layer_equals_reference(pert_kind):
+    """An MLP head whose last Linear has no bias (a plug-in head may): the fused ReLU -> Linear node runs
+    without a bias and still gives the reference's value and gradients."""
+    model = tiny_net("mlp", (4, 3, 2))
+    last = [m for m in model.fusion.modules() if isinstance(m, torch.nn.Linear)][-1]
+    last.bias = None
+    xs, _ = random_batch((4, 3, 2))
+    out = model(xs)
+    pert = draw_perturbation(pert_kind, 3, out.z, torch.Generator().manual_seed(4))
+    kw = dict(lambda_m=0.3, k=-1.0)
+    fast, _ = game_term(out, model.fusion, pert, **kw)
+    slow = game_term_reference(out, model.fusion, pert, **kw)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
+    params = list(model.parameters())
+    for a, b in zip(_grads(fast, params), _grads(slow, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
