@@ -7,6 +7,7 @@ On disk (run folder, default ./runs, always resolved to an absolute path)::
     runs/sweeps/<sweep id>/optuna.db        the Optuna studies (optuna-dashboard sqlite:///...)
     runs/sweeps/<sweep id>/ray/<study>/     Tune experiment (Tuner.restore) + data-parallel Train runs
     runs/sweeps/<sweep id>/rungs-<study>.json   in-trial ASHA state (data-parallel backend)
+    runs/sweeps/<sweep id>/finished-<study>.json   finished trials and their final results (trials.finished)
 
 Studies run one after another, each with as many concurrent trials as the cluster fits
 (``max_concurrent``: Tune does not count nested Train workers, so the cap is computed here).
@@ -36,6 +37,7 @@ from mcrlab.tracking import (
     lineage_tags,
     resolve_tracking_uri,
 )
+from mcrlab.trials import diskfull
 from mcrlab.trials.backends import RungBoard, pick_backend
 from mcrlab.trials.recorder import fail_fast_on_outages
 from mcrlab.trials.resources import max_concurrent
@@ -93,6 +95,14 @@ def check_storage(run_folder: Path, flag: str = "--storage") -> None:
     except OSError as err:
         raise ConfigError(f"{flag}: cannot use {run_folder} as a folder to write to: "
                           f"{err.strerror or type(err).__name__}") from None
+
+
+def _storage_full(space: SearchSpace, sweep_id: str, run_folder: Path, where: str) -> diskfull.StorageFull:
+    """The one line a sweep stopped by a full disk ends with: what was full, and the command that resumes."""
+    return diskfull.StorageFull(
+        f"sweep {sweep_id} stopped: a disk is full ({where}). Finished trials are kept and unfinished ones "
+        f"continue from their last checkpoint: free space, then run  mcrlab sweep {space.source} --resume "
+        f"{sweep_id} --storage {run_folder}")
 
 
 def _new_sweep_id(space: SearchSpace) -> str:
@@ -161,10 +171,18 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
                     "tracking_uri": uri, "studies": {}}
             sweep_dir = private_dir(sweeps / sweep_id)
             lock = FolderLock(sweep_dir, "sweep").acquire()
-        return _run_locked(space, meta, sweep_id=sweep_id, sweep_dir=sweep_dir, uri=uri, run_folder=run_folder,
-                           address=address, smoke=smoke, resume=resume, callbacks=callbacks, progress=progress,
-                           fingerprints=fingerprints, verbose=verbose)
+        diskfull.arm()
+        try:
+            return _run_locked(space, meta, sweep_id=sweep_id, sweep_dir=sweep_dir, uri=uri,
+                               run_folder=run_folder, address=address, smoke=smoke, resume=resume,
+                               callbacks=callbacks, progress=progress, fingerprints=fingerprints, verbose=verbose)
+        except Exception as err:
+            full = diskfull.triggered() or (str(err) if diskfull.is_disk_full(err) else None)
+            if full is None:
+                raise
+            raise _storage_full(space, sweep_id, run_folder, full) from err
     finally:
+        diskfull.disarm()
         if lock is not None:
             lock.release()
         os.umask(old_umask)
@@ -224,9 +242,12 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
         raise
     finally:
         if failed:
-            tracker.end_run(sweep_run, "KILLED")
+            try:
+                tracker.end_run(sweep_run, "KILLED")
+            except Exception as err:  # noqa: BLE001 - never hide why the sweep failed (a full store, say)
+                print(f"mcrlab: cannot mark sweep run {sweep_run} KILLED ({type(err).__name__})", file=sys.stderr)
     for dataset, study in result.studies.items():
-        tracker.log_metrics(sweep_run, {f"best_objective/{study_slug(dataset)}": study.best_objective})
+        tracker.log_summary(sweep_run, {f"best_objective/{study_slug(dataset)}": study.best_objective})
     tracker.log_dict(sweep_run, {d: {"params": s.best_params, "objective": s.best_objective,
                                      "trial_id": s.best_trial_id} for d, s in result.studies.items()},
                      "best_per_dataset.json")
@@ -271,7 +292,8 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                                           "max_concurrent": concurrency})
     study_name = f"{sweep_id}/{slug}"
     plan = StudyPlan(space=space, dataset=dataset, sweep_id=sweep_id, storage_path=str(ray_dir / "train"),
-                     study_run_id=study_run, fingerprint=fingerprint)
+                     study_run_id=study_run, fingerprint=fingerprint,
+                     finished_path=str(sweep_dir / f"finished-{slug}.json"))
     max_t = plan.max_iterations({})
 
     board, board_actor = None, None
@@ -332,14 +354,19 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
     else:
         tuner = new_tuner(slug, space.num_samples, [dict(p) for p in space.points_to_evaluate])
     grids = []
+    diskfull.reserve(sweep_dir)  # freed on the first full-disk error: room for the last state and records
     try:
         grids.append(tuner.fit())
+        if diskfull.triggered():
+            raise diskfull.StorageFull(diskfull.triggered())  # run_sweep words the line (and how to resume)
         missing = space.num_samples - len(grids[0])
         if restored and missing > 0:
             # a driver killed right after it started leaves a Tune snapshot with fewer trials than its
             # searcher had already handed out; the restored searcher then believes it is done. Top the
             # study up with a new experiment on the same Optuna study (its history is kept).
             grids.append(new_tuner(f"{slug}-topup-{int(time.time())}", missing, None).fit())
+            if diskfull.triggered():
+                raise diskfull.StorageFull(diskfull.triggered())
     finally:
         try:  # the last word: what Tune wrote after the callback's last step
             sign_tree(ray_dir, manifest)
@@ -397,7 +424,8 @@ def _summarise(space: SearchSpace, dataset: str, grids: list, tracker: Tracker, 
     params = {k: v for k, v in best.config.items()}
     cfg = trial_config(space, dataset, params, space.objective.seed)
     objective = float(best.metrics["objective"])
-    tracker.log_metrics(study_run, {"best_objective": objective, "trials": len(results), "errors": errors})
+    # once per value: a resumed sweep summarises its finished studies again
+    tracker.log_summary(study_run, {"best_objective": objective, "trials": len(results), "errors": errors})
     tracker.set_tags(study_run, {f"{TAG_PREFIX}best_trial_id": best.metrics.get("trial_id", "")})
     tracker.log_dict(study_run, {"params": params, "objective": objective, "config": cfg.to_dict()},
                      "best_config.json")
