@@ -176,3 +176,12 @@ def test_inverse_permutations():
     flat = inverse_permutations(perms, flat=True)  # row indices into the flattened (S * B) axis
     assert torch.equal(flat, inv + 9 * torch.arange(6).unsqueeze(1))
     assert torch.equal(torch.gather(perms, 1, inv), torch.arange(9).expand(6, 9))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_noise_is_drawn_in_the_latents_precision(dtype):
+    """float64 latents get float64 noise (a float32 draw would be another, coarser sample)."""
+    zs = [torch.randn(5, 3, dtype=dtype), torch.randn(5, 2, dtype=dtype)]
+    pert = draw_perturbation("noise", 4, zs, torch.Generator().manual_seed(0))
+    assert [n.dtype for n in pert.noise] == [dtype, dtype]
+    assert [tuple(n.shape) for n in pert.noise] == [(4, 5, 3), (4, 5, 2)]

@@ -245,3 +245,18 @@ def test_split_head_with_a_bias_free_last_layer_equals_reference(pert_kind):
     params = list(model.parameters())
     for a, b in zip(_grads(fast, params), _grads(slow, params), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_forcing_the_fast_path_without_late_fusion_is_refused_with_its_reason():
+    model = tiny_net("mlp", (4, 3))
+    xs, _ = random_batch((4, 3))
+    out = model(xs)
+    pert = draw_perturbation("permute", 2, out.z, torch.Generator().manual_seed(0))
+    from mcrlab.mcr import unique_from_perturbation
+
+    whole = r"^the fast path needs late fusion \(per-modality contributions\)$"
+    for call in (lambda: game_term(out, model.fusion, pert, lambda_m=1.0, k=-1.0, path="fast"),
+                 lambda: game_term_reference(out, model.fusion, pert, lambda_m=1.0, k=-1.0, path="fast"),
+                 lambda: unique_from_perturbation(out, model.fusion, pert, path="fast")):
+        with pytest.raises(ValueError, match=whole):
+            call()
