@@ -162,12 +162,22 @@ def test_ablation_driver_killed_mid_cell_then_resumed(ray_local, tmp_path):
     assert len(find_runs(uri, "abl-kill", kind="arm")) == len(spec.arms)
 
 
-def _checkpoints(exp: Path, trial_id: str) -> list[str]:
-    """The checkpoints ``trial_id`` has persisted to storage (Tune copies each one there as it is reported;
-    a trial that trains again adds new ones)."""
+def _checkpoints(exp: Path, trial_id: str) -> dict[str, int]:
+    """The checkpoints ``trial_id`` has persisted to storage: name -> modification time (ns) of its files.
+    A trial trained again writes them anew (Tune restarts the numbering of a trial restored without its
+    checkpoint history, so the names alone would not tell)."""
     folders = [d for d in exp.iterdir() if d.is_dir() and f"_{trial_id}_" in d.name]
     assert len(folders) == 1, (trial_id, [d.name for d in exp.iterdir()])
-    return sorted(d.name for d in folders[0].glob("checkpoint_*"))
+    return {d.name: max(f.stat().st_mtime_ns for f in d.iterdir()) for d in folders[0].glob("checkpoint_*")}
+
+
+def _epochs_logged(exp: Path, trial_id: str) -> list[int]:
+    """The ``epoch`` column of the trial's progress.csv, as Tune synced it to storage."""
+    import csv
+
+    folder = next(d for d in exp.iterdir() if d.is_dir() and f"_{trial_id}_" in d.name)
+    with open(folder / "progress.csv", newline="") as f:
+        return [int(float(row["epoch"])) for row in csv.DictReader(f) if row.get("epoch")]
 
 
 def test_trial_finished_after_the_last_tune_snapshot_is_not_trained_again(ray_local, tmp_path):
@@ -205,9 +215,15 @@ def test_trial_finished_after_the_last_tune_snapshot_is_not_trained_again(ray_lo
     result = run_sweep(load_space(space_file), storage_path=runs, resume=True, progress=False)
     study = result.studies["synthetic:competition"]
     assert study.num_trials == TRIALS and study.num_errors == 0
-    for tid in finished:  # not trained again: no new checkpoint (it only reported its recorded result)
+    for tid in finished:  # not trained again: no checkpoint rewritten, epoch 1 logged once
         assert _checkpoints(exp, tid) == ckpts_before[tid], tid
+        assert _epochs_logged(exp, tid).count(1) == 1, (tid, _epochs_logged(exp, tid))
     trials = find_runs(uri, kind="trial")
+    # a trial the killed driver had handed out after the (only) snapshot is never resumed; the study is
+    # topped up instead and its run is closed KILLED, tagged stale (see test_sweep_driver_killed_then_resumed)
+    stale = [r for r in trials if r["tags"].get("mcrlab.stale") == "true"]
+    assert all(r["status"] == "KILLED" and r["tags"]["mcrlab.trial_id"] not in finished for r in stale)
+    trials = [r for r in trials if r not in stale]
     assert len(trials) == TRIALS and all(r["status"] == "FINISHED" for r in trials)
     for r in trials:
         steps = [m.step for m in client.get_metric_history(r["run_id"], "objective")]
