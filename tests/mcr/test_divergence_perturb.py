@@ -116,9 +116,10 @@ def test_noise_and_zero_perturbations():
     torch.testing.assert_close(pert.contribution(z @ w.T, 0, z, w), zn @ w.T, rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="unknown perturbation 'shuffle'"):
         draw_perturbation("shuffle", 2, [z], g)
-    with pytest.raises(ValueError, match="needs z and the fusion weight"):
+    whole = r"^noise perturbation of a contribution needs z and the fusion weight$"
+    with pytest.raises(ValueError, match=whole):
         pert.contribution(z @ w.T, 0, None, w)
-    with pytest.raises(ValueError, match="needs z and the fusion weight"):
+    with pytest.raises(ValueError, match=whole):
         pert.contribution(z @ w.T, 0, z, None)
 
 

@@ -260,3 +260,28 @@ def test_forcing_the_fast_path_without_late_fusion_is_refused_with_its_reason():
                  lambda: unique_from_perturbation(out, model.fusion, pert, path="fast")):
         with pytest.raises(ValueError, match=whole):
             call()
+
+
+@pytest.mark.parametrize("pert_kind", ["permute", "noise"])
+@pytest.mark.parametrize("path", ["fast", "general"])
+def test_fusion_bias_enters_p_and_q_alike(pert_kind, path):
+    """A trained late-fusion head has a bias (it starts at 0, where +b and -b cannot be told apart): with a
+    nonzero bias each path equals the literal reference of that path (value and gradients; the re-run path
+    keeps the head's weights out of the game, so gradients are compared path by path), and both paths give
+    the same value."""
+    model = tiny_net("late", (4, 3, 2))
+    with torch.no_grad():
+        model.fusion.bias.copy_(torch.tensor([1.5, -2.0, 0.7], dtype=torch.float64))
+    xs, _ = random_batch((4, 3, 2))
+    out = model(xs)
+    pert = draw_perturbation(pert_kind, 3, out.z, torch.Generator().manual_seed(4))
+    kw = dict(lambda_m=0.3, k=-1.0)
+    got, _ = game_term(out, model.fusion, pert, **kw, path=path)
+    slow = game_term_reference(out, model.fusion, pert, **kw, path=path)
+    other = game_term_reference(out, model.fusion, pert, **kw, path="general" if path == "fast" else "fast")
+    assert got.abs().item() > 1e-4  # M = 3: the greedy game has a value
+    torch.testing.assert_close(got, slow, rtol=0, atol=1e-10)
+    torch.testing.assert_close(got, other, rtol=0, atol=1e-10)
+    params = list(model.parameters())
+    for a, b in zip(_grads(got, params), _grads(slow, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)

@@ -66,9 +66,10 @@ def _fill(disk: Path) -> Path:
     return ballast
 
 
-def _checkpoints(exp: Path, trial_id: str) -> list[str]:
+def _checkpoints(exp: Path, trial_id: str) -> dict[str, int]:
+    """name -> modification time (ns) of each persisted checkpoint: a trial trained again rewrites them."""
     folder = next(d for d in exp.iterdir() if d.is_dir() and f"_{trial_id}_" in d.name)
-    return sorted(d.name for d in folder.glob("checkpoint_*"))
+    return {d.name: max(f.stat().st_mtime_ns for f in d.iterdir()) for d in folder.glob("checkpoint_*")}
 
 
 def _duplicate_points(db: Path) -> list:
@@ -135,5 +136,5 @@ def test_full_disk_stops_the_sweep_with_one_line_and_resume_runs_only_what_is_mi
             steps = [m.step for m in client.get_metric_history(r["run_id"], "objective")]
             assert steps == list(range(1, EPOCHS + 1)), (r["tags"]["mcrlab.trial_id"], steps)
         assert _duplicate_points(runs / "mlflow.db") == []  # trial, study and sweep runs alike
-        for tid in finished:  # trained once, before the disk filled: no checkpoint added by the resume
+        for tid in finished:  # trained once, before the disk filled: no checkpoint rewritten by the resume
             assert _checkpoints(exp, tid) == ckpts[tid], tid

@@ -53,9 +53,28 @@ def test_an_unreadable_record_is_empty_so_the_trial_simply_runs(tmp_path):
     (OSError(errno.EACCES, "Permission denied"), False),
     ("ConnectionError: MLflow is down", False),
     (None, False),
+    (RuntimeError("An exception is raised during the commit."), False),
 ])
 def test_is_disk_full(err, full):
     assert diskfull.is_disk_full(err) is full
+
+
+def test_is_disk_full_follows_the_exception_chain():
+    """Optuna's StorageInternalError says nothing of the disk; the SQLite error it wraps does."""
+    try:
+        try:
+            raise RuntimeError("(sqlite3.OperationalError) database or disk is full")
+        except RuntimeError as inner:
+            raise ValueError("An exception is raised during the commit.") from inner
+    except ValueError as outer:
+        assert diskfull.is_disk_full(outer)
+    try:
+        try:
+            raise KeyError("x")
+        except KeyError:
+            raise ValueError("An exception is raised during the commit.") from None
+    except ValueError as outer:
+        assert not diskfull.is_disk_full(outer)
 
 
 def test_reserve_is_really_allocated_and_freed_by_the_first_trigger(tmp_path):

@@ -9,7 +9,8 @@ What happens now:
 - Before the study, the driver sets aside a **reserve** file (``RESERVE_BYTES``, allocated for real with
   ``posix_fallocate``) in the sweep folder.
 - The first ENOSPC anyone reports - a trial's error (``is_disk_full`` on its error text), a tracking write
-  ("database or disk is full"), the state signer - calls ``trigger``: the reserve is deleted, which gives
+  ("database or disk is full"), the state signer, or an error out of Tune itself (the Optuna study's SQLite
+  file, for one) - calls ``trigger``: the reserve is deleted, which gives
   Tune, the signer, the recorder and the finished-trial record room for their last writes, and Tune is asked
   to stop the way Ctrl+C stops it (its SIGUSR1 handler: the loop ends, the experiment state is saved one last
   time with the running trials still unfinished, so a resume continues them from their checkpoints).
@@ -46,12 +47,17 @@ _lock = threading.Lock()
 
 def is_disk_full(err: BaseException | str | None) -> bool:
     """Whether an exception (or its text) is a full disk or quota: ENOSPC/EDQUOT, SQLite's 'disk is full'."""
-    if err is None:
-        return False
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(err).lower()
-    return any(marker in text for marker in _MARKERS)
+    seen = 0
+    while err is not None and seen < 10:  # the chain too: Optuna wraps SQLAlchemy wraps sqlite3's "disk is full"
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(err).lower()
+        if any(marker in text for marker in _MARKERS):
+            return True
+        if not isinstance(err, BaseException):
+            return False
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
 
 
 def reserve(folder: str | os.PathLike, size: int = RESERVE_BYTES) -> Path | None:

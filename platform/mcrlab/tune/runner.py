@@ -356,7 +356,12 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
     grids = []
     diskfull.reserve(sweep_dir)  # freed on the first full-disk error: room for the last state and records
     try:
-        grids.append(tuner.fit())
+        try:
+            grids.append(tuner.fit())
+        except Exception as err:
+            if diskfull.is_disk_full(err):  # e.g. Optuna's study file: room for the signatures below
+                diskfull.trigger("the sweep's Tune experiment or Optuna study", err)
+            raise
         if diskfull.triggered():
             raise diskfull.StorageFull(diskfull.triggered())  # run_sweep words the line (and how to resume)
         missing = space.num_samples - len(grids[0])
