@@ -117,3 +117,18 @@ def test_new_sqlite_store_is_created_atomically(tmp_path):
     exp = client.create_experiment("e")
     again = open_client(f"sqlite:///{db}")  # an existing store is opened as it is
     assert again.get_experiment(exp).name == "e"
+
+
+def test_log_summary_writes_each_value_once(mlflow_uri, tmp_path):
+    """End-of-study values logged again by a resumed sweep add no duplicate (key, step) point; a value
+    that changed (a study topped up with a better trial) gets the next step."""
+    tracker = Tracker(mlflow_uri, tmp_path)
+    exp = tracker.experiment("summary")
+    run = tracker.start_run(exp, "study", tags={"mcrlab.kind": "study"})
+    tracker.log_summary(run, {"best_objective": 0.5, "trials": 2, "note": "not a number"})
+    tracker.log_summary(run, {"best_objective": 0.5, "trials": 2})  # the resume's summary: nothing new
+    tracker.log_summary(run, {"best_objective": 0.75, "trials": 2})
+    hist = tracker.client.get_metric_history(run, "best_objective")
+    assert [(m.step, m.value) for m in sorted(hist, key=lambda m: m.step)] == [(0, 0.5), (1, 0.75)]
+    assert [m.step for m in tracker.client.get_metric_history(run, "trials")] == [0]
+    assert "note" not in tracker.client.get_run(run).data.metrics
