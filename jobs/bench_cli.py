@@ -6,6 +6,9 @@ processes, printed as JSON (``{"mcrlab --help": seconds, ...}``) with the load a
 The target is under 1 s for each; ``tests/test_architecture.py`` checks what keeps it there (no torch, Ray,
 MLflow, Optuna or pandas imported to build the parser), this script measures the time itself.
 ``train --help`` lists every method's keys, so it imports the method registry (torch) and is reported apart.
+
+Also measured: ``unreachable tracking server``, the time ``mcrlab sweep`` takes to refuse a tracking URI on a
+closed port (exit 2 before Ray or MLflow start; the tests assert the behaviour, this is its speed).
 """
 
 from __future__ import annotations
@@ -34,6 +37,24 @@ def time_help(command: str, runs: int) -> float:
     return statistics.median(times)
 
 
+def time_unreachable(runs: int) -> float:
+    """Median time of ``mcrlab sweep SPACE --tracking-uri http://127.0.0.1:9`` to exit 2 (nothing listens)."""
+    import tempfile
+
+    exe = Path(sys.executable).parent / "mcrlab"
+    space = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
+    times = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            done = subprocess.run([str(exe), "sweep", str(space), "--tracking-uri", "http://127.0.0.1:9",
+                                   "--storage", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times.append(time.perf_counter() - t0)
+        if done.returncode != 2:
+            raise SystemExit(f"bench_cli: expected exit 2 for an unreachable tracking server, got {done.returncode}")
+    return statistics.median(times)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="one run per command")
@@ -41,6 +62,7 @@ def main() -> int:
     a = ap.parse_args()
     runs = 1 if a.smoke else 5
     out = {f"mcrlab {c + ' ' if c else ''}--help": round(time_help(c, runs), 3) for c in COMMANDS}
+    out["unreachable tracking server"] = round(time_unreachable(runs), 3)
     out["load_average"] = [round(x, 2) for x in os.getloadavg()]
     out["runs_per_command"] = runs
     text = json.dumps(out, indent=2)

@@ -1,5 +1,6 @@
 # python jobs/mutation.py                       (mutmut over mcr/ and methods/mcr.py; resumable; ~1 h on 2 cores)
 # python jobs/mutation.py --report-only         (score and survivors of the last run, no testing)
+# python jobs/mutation.py '*x__core_forward__*'  (only the mutants whose names match these globs)
 """Mutation testing of the MCR maths (``mcrlab/mcr/``) and its plug-in (``mcrlab/methods/mcr.py``) with mutmut.
 
 mutmut 3 imports the mutated code only from ``./``, ``src/`` or ``source/``, and this repository keeps the
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-only", action="store_true", help="summarise the last run without testing")
     ap.add_argument("--retest-survivors", action="store_true",
                     help="re-run only the mutants that survived the last run (after adding tests)")
+    ap.add_argument("only", nargs="*", metavar="GLOB",
+                    help="test only the mutants whose names match (fnmatch, e.g. 'mcrlab.mcr.game.x_*')")
     args = ap.parse_args(argv)
     if shutil.which("mutmut", path=str(Path(sys.executable).parent)) is None:
         print("mutation: mutmut is not installed in this environment (pip install -e '.[dev]')", file=sys.stderr)
@@ -87,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         last = args.work / "mutation-summary.json"
         if args.retest_survivors and last.is_file():
             names = json.loads(last.read_text())["survived"]
+        names += args.only
         prepare(args.work)
         run = mutmut(args.work, "run", "--max-children", str(args.max_children), *names)
         if run.returncode != 0:

@@ -98,6 +98,7 @@ def test_cli_start_up_benchmark_smoke_prints_every_command(tmp_path):
     figures = json.loads(out.read_text())
     assert {"mcrlab --help", "mcrlab sweep --help", "mcrlab train --help"} <= set(figures)
     assert all(v > 0 for k, v in figures.items() if k.endswith("--help"))
+    assert figures["unreachable tracking server"] > 0  # the former timed test's figure (exit 2 checked by it)
 
 
 def test_data_generation_benchmark_smoke_prints_every_preset():

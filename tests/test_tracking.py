@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -35,11 +35,27 @@ def test_explicit_uri_beats_env_and_relative_sqlite_is_made_absolute(tmp_path, m
     assert resolve_tracking_uri("sqlite:///rel/m.db") == f"sqlite:///{tmp_path.resolve() / 'rel' / 'm.db'}"
 
 
-def test_unreachable_server_fails_fast_with_a_clear_message():
-    start = time.monotonic()
-    with pytest.raises(ConfigError, match="unreachable"):
-        check_tracking("http://127.0.0.1:9", timeout=2.0)  # port 9 (discard): nothing listens
-    assert time.monotonic() - start < 5.0
+def test_unreachable_server_fails_with_a_clear_message():
+    """The call returns (a ConfigError naming the option and the address), it does not retry for minutes.
+    How long it takes is a benchmark figure (jobs/bench_cli.py: ``unreachable tracking server``); here the
+    thread join only keeps a hang from stalling the suite (a generous bound, not a speed check)."""
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            check_tracking("http://127.0.0.1:9", timeout=2.0)  # port 9 (discard): nothing listens
+            outcome.append(None)
+        except BaseException as err:  # noqa: BLE001 - handed to the test thread
+            outcome.append(err)
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(timeout=300)
+    assert outcome, "check_tracking never returned for a closed port"
+    err = outcome[0]
+    assert isinstance(err, ConfigError), err
+    assert "unreachable" in str(err) and "http://127.0.0.1:9" in str(err) and "--tracking-uri" in str(err)
+    assert len(str(err).splitlines()) == 1
 
 
 def test_file_store_is_refused():
@@ -101,3 +117,18 @@ def test_new_sqlite_store_is_created_atomically(tmp_path):
     exp = client.create_experiment("e")
     again = open_client(f"sqlite:///{db}")  # an existing store is opened as it is
     assert again.get_experiment(exp).name == "e"
+
+
+def test_log_summary_writes_each_value_once(mlflow_uri, tmp_path):
+    """End-of-study values logged again by a resumed sweep add no duplicate (key, step) point; a value
+    that changed (a study topped up with a better trial) gets the next step."""
+    tracker = Tracker(mlflow_uri, tmp_path)
+    exp = tracker.experiment("summary")
+    run = tracker.start_run(exp, "study", tags={"mcrlab.kind": "study"})
+    tracker.log_summary(run, {"best_objective": 0.5, "trials": 2, "note": "not a number"})
+    tracker.log_summary(run, {"best_objective": 0.5, "trials": 2})  # the resume's summary: nothing new
+    tracker.log_summary(run, {"best_objective": 0.75, "trials": 2})
+    hist = tracker.client.get_metric_history(run, "best_objective")
+    assert [(m.step, m.value) for m in sorted(hist, key=lambda m: m.step)] == [(0, 0.5), (1, 0.75)]
+    assert [m.step for m in tracker.client.get_metric_history(run, "trials")] == [0]
+    assert "note" not in tracker.client.get_run(run).data.metrics

@@ -300,6 +300,16 @@ class Tracker:
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i:i + 500])
 
+    def log_summary(self, run_id: str, metrics: dict[str, Any]) -> None:
+        """Log end-of-run values without duplicate points: a key whose latest value is already this one is
+        skipped (a resumed sweep summarises its finished studies again); a changed value gets the next step."""
+        latest = self.client.get_run(run_id).data.metrics
+        for key, value in _finite_metrics(metrics).items():
+            if key in latest and latest[key] == value:
+                continue
+            step = self.last_step(run_id, key) + 1 if key in latest else 0
+            self.log_metrics(run_id, {key: value}, step=step)
+
     def last_step(self, run_id: str, key: str) -> int:
         """Largest logged step of metric ``key`` (-1 when none): skip re-logging after a resume."""
         hist = self.client.get_metric_history(run_id, key)

@@ -185,3 +185,19 @@ def test_club_separates_dependent_from_independent_pairs():
             opt.step()
         values[name] = club([za, zb], y)[0].item()
     assert values["dep"] > 3.0 and abs(values["ind"]) < 0.5  # true I: ~4.6 and 0 nats
+
+
+def test_club_network_is_nonlinear_and_codes_every_class_even_when_a_batch_lacks_some():
+    """q(z_b | z_a, y) is an MLP (a ReLU between its layers: mu is not affine in z_a), and y is one-hot coded
+    over all num_classes classes whatever the batch holds (a batch without the top class keeps the width)."""
+    torch.manual_seed(0)
+    net = CLUBNet(3, 2, num_classes=4, hidden=16).double()
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(8, 3, generator=g, dtype=torch.float64), torch.randn(8, 3, generator=g, dtype=torch.float64)
+    y = torch.zeros(8, dtype=torch.long)  # only class 0 in this batch
+    mu_a, _ = net(a, y)
+    mu_b, _ = net(b, y)
+    mu_mid, _ = net((a + b) / 2, y)
+    assert (mu_mid - (mu_a + mu_b) / 2).abs().max().item() > 1e-3  # an affine map would give 0
+    want = net.body[0](torch.cat([a, torch.nn.functional.one_hot(y, 4).double()], dim=-1)).relu()
+    torch.testing.assert_close(mu_a, net.mu(want), rtol=0, atol=1e-12)

@@ -116,19 +116,21 @@ def test_noise_and_zero_perturbations():
     torch.testing.assert_close(pert.contribution(z @ w.T, 0, z, w), zn @ w.T, rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="unknown perturbation 'shuffle'"):
         draw_perturbation("shuffle", 2, [z], g)
-    with pytest.raises(ValueError, match="needs z and the fusion weight"):
+    whole = r"^noise perturbation of a contribution needs z and the fusion weight$"
+    with pytest.raises(ValueError, match=whole):
         pert.contribution(z @ w.T, 0, None, w)
-    with pytest.raises(ValueError, match="needs z and the fusion weight"):
+    with pytest.raises(ValueError, match=whole):
         pert.contribution(z @ w.T, 0, z, None)
 
 
 @pytest.mark.parametrize("kind", ["jsd", "kl", "mse"])
-def test_fused_mean_divergences_equal_the_plain_formula(kind):
+@pytest.mark.parametrize("batch", [5, 1])  # a batch of one: every reduction keeps its axes (no squeeze)
+def test_fused_mean_divergences_equal_the_plain_formula(kind, batch):
     g = torch.Generator().manual_seed(1)
-    p = (torch.randn(2, 5, 4, generator=g, dtype=torch.float64) * 4).requires_grad_()
-    q = (torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64) * 4).requires_grad_()
-    rest = (torch.randn(2, 5, 4, generator=g, dtype=torch.float64) * 4).requires_grad_()
-    perms = draw_permutations(3, 5, g)
+    p = (torch.randn(2, batch, 4, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    q = (torch.randn(2, 3, batch, 4, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    rest = (torch.randn(2, batch, 4, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    perms = draw_permutations(3, batch, g)
     w = torch.randn(2, dtype=torch.float64, generator=g)
     cases = [(lambda p, q: mean_divergence(p, q, kind), lambda p, q: divergence(p.unsqueeze(1), q, kind)),
              (lambda p, c: permuted_mean_divergence(p, rest, c, perms, kind),
@@ -175,3 +177,12 @@ def test_inverse_permutations():
     flat = inverse_permutations(perms, flat=True)  # row indices into the flattened (S * B) axis
     assert torch.equal(flat, inv + 9 * torch.arange(6).unsqueeze(1))
     assert torch.equal(torch.gather(perms, 1, inv), torch.arange(9).expand(6, 9))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_noise_is_drawn_in_the_latents_precision(dtype):
+    """float64 latents get float64 noise (a float32 draw would be another, coarser sample)."""
+    zs = [torch.randn(5, 3, dtype=dtype), torch.randn(5, 2, dtype=dtype)]
+    pert = draw_perturbation("noise", 4, zs, torch.Generator().manual_seed(0))
+    assert [n.dtype for n in pert.noise] == [dtype, dtype]
+    assert [tuple(n.shape) for n in pert.noise] == [(4, 5, 3), (4, 5, 2)]

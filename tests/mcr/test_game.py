@@ -206,3 +206,82 @@ def test_split_head_with_another_tail_equals_reference(k, pert_kind):
     params = list(model.parameters())
     for a, b in zip(_grads(fast, params), _grads(slow, params), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("div", ["kl", "mse"])
+@pytest.mark.parametrize("k", [-1.0, 0.3])  # 0.3: not exact in float32, so the coefficients keep float64
+def test_generic_head_rerun_honours_the_divergence_and_precision(div, k):
+    """The whole-head re-run with a divergence other than the default and a k with no exact float32 value:
+    value and gradients are the reference's to 1e-12 (a JSD, or float32 coefficients, would be off)."""
+    model = tiny_net("late", (4, 3, 2))
+    xs, _ = random_batch((4, 3, 2))
+    out = model(xs)
+    pert = draw_perturbation("permute", 3, out.z, torch.Generator().manual_seed(4))
+    kw = dict(lambda_m=0.3, k=k, divergence=div, path="general")
+    fast, _ = game_term(out, model.fusion, pert, **kw)
+    slow = game_term_reference(out, model.fusion, pert, **kw)
+    jsd, _ = game_term(out, model.fusion, pert, **{**kw, "divergence": "jsd"})
+    assert (fast - jsd).abs().item() > 1e-3  # the choice matters at this point
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
+    params = list(model.parameters())
+    for a, b in zip(_grads(fast, params), _grads(slow, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("pert_kind", ["permute", "noise"])
+def test_split_head_with_a_bias_free_last_layer_equals_reference(pert_kind):
+    """An MLP head whose last Linear has no bias (a plug-in head may): the fused ReLU -> Linear node runs
+    without a bias and still gives the reference's value and gradients."""
+    model = tiny_net("mlp", (4, 3, 2))
+    last = [m for m in model.fusion.modules() if isinstance(m, torch.nn.Linear)][-1]
+    last.bias = None
+    xs, _ = random_batch((4, 3, 2))
+    out = model(xs)
+    pert = draw_perturbation(pert_kind, 3, out.z, torch.Generator().manual_seed(4))
+    kw = dict(lambda_m=0.3, k=-1.0)
+    fast, _ = game_term(out, model.fusion, pert, **kw)
+    slow = game_term_reference(out, model.fusion, pert, **kw)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
+    params = list(model.parameters())
+    for a, b in zip(_grads(fast, params), _grads(slow, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_forcing_the_fast_path_without_late_fusion_is_refused_with_its_reason():
+    model = tiny_net("mlp", (4, 3))
+    xs, _ = random_batch((4, 3))
+    out = model(xs)
+    pert = draw_perturbation("permute", 2, out.z, torch.Generator().manual_seed(0))
+    from mcrlab.mcr import unique_from_perturbation
+
+    whole = r"^the fast path needs late fusion \(per-modality contributions\)$"
+    for call in (lambda: game_term(out, model.fusion, pert, lambda_m=1.0, k=-1.0, path="fast"),
+                 lambda: game_term_reference(out, model.fusion, pert, lambda_m=1.0, k=-1.0, path="fast"),
+                 lambda: unique_from_perturbation(out, model.fusion, pert, path="fast")):
+        with pytest.raises(ValueError, match=whole):
+            call()
+
+
+@pytest.mark.parametrize("pert_kind", ["permute", "noise"])
+@pytest.mark.parametrize("path", ["fast", "general"])
+def test_fusion_bias_enters_p_and_q_alike(pert_kind, path):
+    """A trained late-fusion head has a bias (it starts at 0, where +b and -b cannot be told apart): with a
+    nonzero bias each path equals the literal reference of that path (value and gradients; the re-run path
+    keeps the head's weights out of the game, so gradients are compared path by path), and both paths give
+    the same value."""
+    model = tiny_net("late", (4, 3, 2))
+    with torch.no_grad():
+        model.fusion.bias.copy_(torch.tensor([1.5, -2.0, 0.7], dtype=torch.float64))
+    xs, _ = random_batch((4, 3, 2))
+    out = model(xs)
+    pert = draw_perturbation(pert_kind, 3, out.z, torch.Generator().manual_seed(4))
+    kw = dict(lambda_m=0.3, k=-1.0)
+    got, _ = game_term(out, model.fusion, pert, **kw, path=path)
+    slow = game_term_reference(out, model.fusion, pert, **kw, path=path)
+    other = game_term_reference(out, model.fusion, pert, **kw, path="general" if path == "fast" else "fast")
+    assert got.abs().item() > 1e-4  # M = 3: the greedy game has a value
+    torch.testing.assert_close(got, slow, rtol=0, atol=1e-10)
+    torch.testing.assert_close(got, other, rtol=0, atol=1e-10)
+    params = list(model.parameters())
+    for a, b in zip(_grads(got, params), _grads(slow, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)

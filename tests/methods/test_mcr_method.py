@@ -311,7 +311,7 @@ def test_adaptive_multipliers_band_edges():
 
 def test_params_window_extras_and_inactive_logs():
     assert MCRParams(start_epoch=2, end_epoch=2).end_epoch == 2  # a one-epoch window is valid
-    with pytest.raises(ConfigError, match="end_epoch: must be -1 or >= start_epoch"):
+    with pytest.raises(ConfigError, match=r"^end_epoch: must be -1 or >= start_epoch$"):  # the whole line
         MCRParams(start_epoch=3, end_epoch=2)
     # one step per epoch: the warm-up reaches (epoch - start + 1) / warmup at the end of each epoch
     p = MCRParams(warmup_epochs=2)

@@ -5,11 +5,17 @@ ablation after two cells finished; these add the other moments: a sweep killed r
 (before any trial reported) and in the middle of its first trial, an ablation in the middle of its first
 cell. After the resume: every trial/cell is finished exactly once, nothing that finished before the kill
 ran again, and MLflow holds no duplicate and no orphaned (still RUNNING) run.
+
+``test_trial_finished_after_the_last_tune_snapshot_is_not_trained_again`` makes Tune's experiment snapshot lag
+for certain (``TUNE_GLOBAL_CHECKPOINT_S``: one save at the start) and kills the driver right after a trial
+finished: Tune restores that trial as unfinished, and only the driver's finished-trial record
+(``mcrlab.trials.finished``) keeps it from training again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -154,3 +160,150 @@ def test_ablation_driver_killed_mid_cell_then_resumed(ray_local, tmp_path):
                              for r in leftovers)  # the interrupted attempt: closed and hidden from compare
     assert len(find_runs(uri, "abl-kill", kind="ablation")) == 1
     assert len(find_runs(uri, "abl-kill", kind="arm")) == len(spec.arms)
+
+
+def _checkpoints(exp: Path, trial_id: str) -> dict[str, int]:
+    """The checkpoints ``trial_id`` has persisted to storage: name -> modification time (ns) of its files.
+    A trial trained again writes them anew (Tune restarts the numbering of a trial restored without its
+    checkpoint history, so the names alone would not tell)."""
+    folders = [d for d in exp.iterdir() if d.is_dir() and f"_{trial_id}_" in d.name]
+    assert len(folders) == 1, (trial_id, [d.name for d in exp.iterdir()])
+    return {d.name: max(f.stat().st_mtime_ns for f in d.iterdir()) for d in folders[0].glob("checkpoint_*")}
+
+
+def _epochs_logged(exp: Path, trial_id: str) -> list[int]:
+    """The ``epoch`` column of the trial's progress.csv, as Tune synced it to storage."""
+    import csv
+
+    folder = next(d for d in exp.iterdir() if d.is_dir() and f"_{trial_id}_" in d.name)
+    with open(folder / "progress.csv", newline="") as f:
+        return [int(float(row["epoch"])) for row in csv.DictReader(f) if row.get("epoch")]
+
+
+def test_trial_finished_after_the_last_tune_snapshot_is_not_trained_again(ray_local, tmp_path):
+    space = {**SPACE, "name": "lagging", "base": {**BASE, "train": {**BASE["train"], "epochs": 4}}}
+    space_file = tmp_path / "lagging.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    runs = tmp_path / "runs"
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    # one experiment snapshot at the start and none after (unless forced): every trial that finishes before
+    # the kill is RUNNING or PENDING, without its last checkpoint, in the state the resume restores
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1", "TUNE_GLOBAL_CHECKPOINT_S": "3600"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-c", SWEEP_DRIVER, ray_local.get_runtime_context().gcs_address,
+                             str(space_file), str(runs)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def a_trial_finished() -> bool:
+        return any(runs.glob("sweeps/*/sweep.json")) and any(
+            r["status"] == "FINISHED" for r in find_runs(uri, kind="trial"))
+
+    _kill_when(proc, a_trial_finished)
+    finished = {r["tags"]["mcrlab.trial_id"]: r for r in find_runs(uri, kind="trial") if r["status"] == "FINISHED"}
+    assert 0 < len(finished) < TRIALS, "the kill was meant to land between the first and the last trial"
+    sweep_dir = next(runs.glob("sweeps/*/sweep.json")).parent
+    exp = sweep_dir / "ray" / "synthetic-competition"
+    state = json.loads(next(exp.glob("experiment_state-*.json")).read_text())
+    assert state, "Tune saved no experiment state"
+    record = json.loads((sweep_dir / "finished-synthetic-competition.json").read_text())
+    assert set(finished) <= set(record), "a trial MLflow shows FINISHED is missing from the driver's record"
+    ckpts_before = {tid: _checkpoints(exp, tid) for tid in finished}
+    assert all(len(c) == 4 for c in ckpts_before.values()), ckpts_before  # one per epoch
+    client = MlflowClient(uri)
+    end_times = {tid: client.get_run(r["run_id"]).info.end_time for tid, r in finished.items()}
+
+    result = run_sweep(load_space(space_file), storage_path=runs, resume=True, progress=False)
+    study = result.studies["synthetic:competition"]
+    assert study.num_trials == TRIALS and study.num_errors == 0
+    for tid in finished:  # not trained again: no checkpoint rewritten, epoch 1 logged once
+        assert _checkpoints(exp, tid) == ckpts_before[tid], tid
+        assert _epochs_logged(exp, tid).count(1) == 1, (tid, _epochs_logged(exp, tid))
+    trials = find_runs(uri, kind="trial")
+    # a trial the killed driver had handed out after the (only) snapshot is never resumed; the study is
+    # topped up instead and its run is closed KILLED, tagged stale (see test_sweep_driver_killed_then_resumed)
+    stale = [r for r in trials if r["tags"].get("mcrlab.stale") == "true"]
+    assert all(r["status"] == "KILLED" and r["tags"]["mcrlab.trial_id"] not in finished for r in stale)
+    trials = [r for r in trials if r not in stale]
+    assert len(trials) == TRIALS and all(r["status"] == "FINISHED" for r in trials)
+    for r in trials:
+        steps = [m.step for m in client.get_metric_history(r["run_id"], "objective")]
+        assert steps == [1, 2, 3, 4], (r["run_id"], steps)
+        if r["tags"]["mcrlab.trial_id"] in finished:  # left as it was: not reopened, not closed again
+            assert client.get_run(r["run_id"]).info.end_time == end_times[r["tags"]["mcrlab.trial_id"]]
+    ostudy = optuna.load_study(study_name=study.optuna_study, storage=result.optuna_storage)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in ostudy.trials) == TRIALS
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """Live descendants of ``root`` (pid -> command line), read from /proc."""
+    table: dict[int, tuple[int, str]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = Path(f"/proc/{name}/stat").read_text()
+                cmd = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:100]
+            except OSError:
+                continue
+            table[int(name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd)
+    found: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, cmd) in table.items():
+            if ppid == parent and pid not in found:
+                found[pid] = cmd
+                todo.append(pid)
+    return {pid: cmd for pid, cmd in found.items() if _alive(pid)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_local_ray_of_a_killed_sweep_driver_dies_with_it(tmp_path):
+    """`mcrlab sweep` with no cluster starts its own Ray. SIGKILL of the driver (its pid only, as `kill -9`
+    does) used to leave the raylet's agents (DashboardAgent, RuntimeEnvAgent) alive for about a minute
+    (measured: 63 and 64 s); now every process of that Ray is gone within the poll."""
+    space = {**SPACE, "name": "orphans", "base": {**BASE, "data": {"n_train": 8192},
+                                                  "train": {**BASE["train"], "epochs": 50}}}
+    space_file = tmp_path / "orphans.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    runs = tmp_path / "runs"
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled", "HOME": str(tmp_path)}
+    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        env.pop(var, None)
+    proc = subprocess.Popen([sys.executable, "-m", "mcrlab.cli.app", "sweep", str(space_file), "--storage", str(runs)],
+                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ray_procs: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(Exception):  # the store may not exist yet
+                if any(runs.glob("sweeps/*/sweep.json")) and any(
+                        r["metrics"].get("epoch", 0) >= 1 for r in find_runs(uri, kind="trial")):
+                    ray_procs = _descendants(proc.pid)
+                    break
+            time.sleep(0.3)
+        assert proc.poll() is None, "the driver ended before it could be killed"
+        assert any("raylet" in c for c in ray_procs.values()), ray_procs  # its own local Ray is up
+        assert any("ray::" in c for c in ray_procs.values()), ray_procs  # with raylet-started processes
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only, not its process group
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(pid) for pid in ray_procs):
+            time.sleep(0.25)
+        left = {pid: cmd for pid, cmd in ray_procs.items() if _alive(pid)}
+        assert not left, f"outlived the driver by 20 s: {left}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in ray_procs:  # never leave this test's own Ray behind, whatever happened
+            if _alive(pid):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)

@@ -192,10 +192,11 @@ def test_bad_space_and_unreachable_tracking_exit_2(tmp_path, capsys, monkeypatch
     assert "train.lr" in capsys.readouterr().err
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(_space()))
-    start = time.monotonic()
+    # how long this takes is a benchmark figure (jobs/bench_cli.py), not asserted here
     code = main(["sweep", str(good), "--tracking-uri", "http://127.0.0.1:9", "--storage", str(tmp_path / "r")])
-    assert code == 2 and time.monotonic() - start < 10
-    assert "unreachable" in capsys.readouterr().err
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unreachable" in err and "http://127.0.0.1:9" in err
     assert not (tmp_path / "r" / "sweeps").exists()  # nothing started
     assert main(["sweep", str(good), "--resume", "--storage", str(tmp_path / "none")]) == 2
     assert "no sweep" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """``mcrlab``: the command line. Each sub-command lives next to what it drives and registers itself here.
 
 User mistakes (ConfigError) print one line naming the file and key and exit with code 2; nothing runs.
+A full disk that stops a sweep (StorageFull) prints one line with the resume command and exits with code 1.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mcrlab.config import ConfigError, RunConfig, field_docs, load_config, read_yaml
+from mcrlab.trials.diskfull import StorageFull
 
 EPILOG = """\
 examples:
@@ -237,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"mcrlab: error: {err}", file=sys.stderr)
         return 2
+    except StorageFull as err:  # a full disk stopped a sweep: one line that says how to resume
+        print(f"mcrlab: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mcrlab: interrupted", file=sys.stderr)
         return 130

@@ -10,7 +10,8 @@
   workers ask a ``RungBoard`` actor (ASHA's rule) after each epoch and end the run cleanly - a Tune
   scheduler killing the nested trainer leaked its placement group and hung the sweep on Ray 2.60.
 
-Both run ``seeds.run_seeds``: one ``fit`` per training seed of the plan, with ``objective`` in every
+A trial in the driver's finished-trial record (``trials.finished``) reports its recorded result and trains
+nothing: Tune's snapshot may restore it as unfinished after a driver kill. Both run ``seeds.run_seeds``: one ``fit`` per training seed of the plan, with ``objective`` in every
 report. Sweeps and ablations differ only in their ``TrialPlan`` (``plan.py``). Data-parallel Train runs
 are named by ``plan.train_run_name`` (resume keys): a restarted trial finds its Train run, and its latest
 checkpoint, again.
@@ -86,11 +87,28 @@ def pick_backend(s: Scaling) -> Backend:
 # the trial functions (run in Tune's trial actors)
 
 
+def _replay_if_finished(plan: TrialPlan) -> bool:
+    """A trial the driver recorded as finished (``trials.finished``) but Tune restored as unfinished (its
+    experiment snapshot predates the trial's end): report the recorded final result again, train nothing."""
+    from ray import tune
+
+    from mcrlab.trials.finished import finished_result
+
+    done = finished_result(plan.finished_path, tune.get_context().get_trial_id())
+    if done is None:
+        return False
+    tune.report(done)
+    return True
+
+
 def single_process_trial(config: dict, plan: TrialPlan) -> None:
     """Tune function trainable: ``config`` is the trial's point (Optuna's sample, or a cell index)."""
     import contextlib
 
     from ray import tune
+
+    if _replay_if_finished(plan):
+        return
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         if checkpoint_dir is not None:
@@ -120,6 +138,8 @@ def data_parallel_trial(config: dict, plan: TrialPlan, workers: int, cpus: float
 
     from mcrlab.trials.data_parallel import make_trainer
 
+    if _replay_if_finished(plan):
+        return
     trial_id = tune.get_context().get_trial_id()
     loop_config = {"runs": [c.to_dict() for c in plan.configs(config)], "plan": plan, "trial_id": trial_id}
     trainer = make_trainer(_data_parallel_worker, loop_config, name=plan.train_run_name(trial_id, config),

@@ -57,6 +57,7 @@ class TrialPlan:
     storage_path: str = ""  # absolute folder for data-parallel Train runs (their checkpoints)
     group_id: str = ""  # sweep or ablation id: with the trial id it names Train runs (resume keys)
     board: str | None = None  # name of the in-trial ASHA actor, if any (data-parallel backend)
+    finished_path: str = ""  # the study's finished-trial record (trials.finished), if any: never re-trained
 
     def configs(self, point: dict[str, Any]) -> list[RunConfig]:
         """One validated RunConfig per training seed of the trial at ``point``."""

@@ -4,7 +4,10 @@
 lineage tags, parent, params, artifacts - a sweep trial under its study run, an ablation cell under its
 arm run), logs per-epoch metrics (step = ``trial_iteration``) and the trial's best checkpoint. Runs are
 found again by their key tags, so a restarted trial or a resumed driver reopens them instead of writing
-duplicates, and epochs already logged are skipped. While MLflow is unreachable, writes are queued in
+duplicates, and epochs already logged are skipped; a run already FINISHED is left as it is (a trial Tune
+restored as unfinished replays its recorded result, see ``trials.finished``). Each finished trial is written
+to the plan's finished-trial record before anything else, so a driver killed a moment later never trains it
+again. While MLflow is unreachable, writes are queued in
 order and replayed. Both callbacks are pickled with the Tuner (Tuner.restore), so they hold only plain
 data and build their MLflow client lazily.
 """
@@ -17,10 +20,12 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from mcrlab.tracking import TAG_PREFIX, Tracker
 from mcrlab.trials.backends import NONFINITE
+from mcrlab.trials.diskfull import is_disk_full, trigger, triggered
 from mcrlab.trials.display import LiveDisplay
 from mcrlab.trials.errors import last_error_line
 from mcrlab.trials.plan import TrialPlan
@@ -66,6 +71,7 @@ class TrialRecorder(Callback):
         self.last_step: dict[str, int] = {}
         self.best: dict[str, tuple[float, str]] = {}  # trial id -> (metric value, checkpoint path)
         self.reasons: dict[str, str] = {}  # trial id -> why it failed, as the trial reported it
+        self.closed: set[str] = set()  # trials whose MLflow run was FINISHED when this driver found it
         self.pending: list[tuple[str, tuple]] = []  # hooks whose writes failed (store unreachable), in order
         self._last_try = 0.0
 
@@ -79,7 +85,8 @@ class TrialRecorder(Callback):
 
     def __setstate__(self, state: dict) -> None:
         # recorders pickled by an older version (Tuner.restore of an older sweep) lack the newer fields
-        self.__dict__.update({"reasons": {}, "pending": [], "_last_try": 0.0, "optuna": None, **state})
+        self.__dict__.update({"reasons": {}, "pending": [], "_last_try": 0.0, "optuna": None, "closed": set(),
+                              **state})
         self._study = None
         self._datasets = {}
 
@@ -107,14 +114,40 @@ class TrialRecorder(Callback):
         self._guarded("_on_checkpoint", iteration, trials, trial, checkpoint)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # first, and outside the MLflow queue: Tune's own snapshot of this may come seconds later
+        if self.plan.finished_path:
+            from mcrlab.trials.finished import record_finished
+
+            try:
+                record_finished(self.plan.finished_path, trial.trial_id, trial.last_result or {})
+            except OSError as err:
+                if is_disk_full(err):
+                    trigger(self.plan.finished_path, err)
+                _warn(f"cannot record trial {trial.trial_id} as finished in {self.plan.finished_path} "
+                      f"({err.strerror or err}); a resume after a driver kill may train it again")
         self._guarded("_on_trial_complete", iteration, trials, trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._check_disk(trial)
         self._guarded("_on_trial_error", iteration, trials, trial)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._check_disk(trial)  # a trial about to be retried: pointless on a full disk
+
+    def _check_disk(self, trial: Any) -> None:
+        """A trial that failed on a full disk (its error file says so) stops the sweep (``trials.diskfull``)."""
+        error_file = str(getattr(trial, "error_file", "") or "")
+        with contextlib.suppress(OSError):
+            text = Path(error_file).read_text(encoding="utf-8", errors="replace") if error_file else ""
+            if is_disk_full(text):
+                trigger(f"trial {trial.trial_id}", last_error_line(error_file) or "No space left on device")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Last chance to catch up: retry the backlog for up to ``FINAL_WAIT_S``, then say what is lost."""
-        deadline = time.monotonic() + FINAL_WAIT_S
+        # a full disk stops the sweep: one more try (the reserve was freed), no waiting for space to come
+        deadline = time.monotonic() + (0.0 if triggered() else FINAL_WAIT_S)
+        if self.pending and triggered():
+            self._flush(force=True)
         while self.pending and time.monotonic() < deadline:
             self._flush(force=True)
             if self.pending:
@@ -154,6 +187,8 @@ class TrialRecorder(Callback):
 
     def _down(self, err: Exception) -> None:
         self._last_try = time.monotonic()
+        if is_disk_full(err):
+            trigger(f"tracking store {self.uri}", err)
         if not self.pending:
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
             _warn(f"MLflow at {self.uri} is unreachable ({type(err).__name__}: {first}); training goes on, "
@@ -182,6 +217,8 @@ class TrialRecorder(Callback):
 
     def _on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._open(trial)
+        if trial.trial_id in self.closed:
+            return  # finished and fully recorded by an earlier driver; the trial only replayed its result
         last = trial.last_result or {}
         max_t = None
         with contextlib.suppress(Exception):  # the config may not even build; the tag is informational
@@ -225,8 +262,12 @@ class TrialRecorder(Callback):
         ident = self.plan.identity(tid, dict(trial.config))
         key = {k: ident.tags[k] for k in ident.key_tags}
         existed = self.tracker.find_run(self.experiment_id, key)
-        run_id = self.tracker.start_run(self.experiment_id, ident.name, tags=ident.tags,
-                                        parent_run_id=ident.parent_run_id, key_tags=ident.key_tags)
+        if existed is not None and self.tracker.client.get_run(existed).info.status == "FINISHED":
+            self.closed.add(tid)  # never reopened: its results, artifacts and end time stay as they were
+            run_id = existed
+        else:
+            run_id = self.tracker.start_run(self.experiment_id, ident.name, tags=ident.tags,
+                                            parent_run_id=ident.parent_run_id, key_tags=ident.key_tags)
         if existed is None:
             self.tracker.log_params(run_id, ident.params)
             for name, obj in ident.artifacts.items():

@@ -14,6 +14,10 @@ checked only between calls of ``ray._private.services.get_node``. On a loaded 2-
 call keeps asking for up to ``wait_s``; the start is also retried. The wrapper is applied only on the Ray
 versions it was verified on (``PATCHED_RAY``); ``tests/trials/test_session.py`` fails when a Ray bump removes
 the hard-coded wait (the workaround is then unnecessary) or changes ``get_node`` (it would be broken).
+
+A local Ray dies with its driver: Ray's kernel fate-sharing ends the head's own processes, and a watchdog
+(``mcrlab.trials.reaper``, started after a local ``ray.init``) ends what the raylet started (agents, workers,
+trial actors), which otherwise outlived a SIGKILLed driver by a minute or two.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from mcrlab.trials.reaper import OWNER_VAR
 
 __all__ = ["NAMESPACE", "PATCHED_RAY", "start_ray", "patient_start_applies", "protect_token_files",
            "ray_init_private", "TOKEN_FILE"]
@@ -135,17 +141,43 @@ def start_ray(address: str | None = None, *, verbose: bool = False, tries: int =
     kwargs = {"namespace": NAMESPACE, "log_to_driver": verbose, "configure_logging": False, **init_kwargs}
     if address is not None:
         return _announce(ray_init_private(address=address, **kwargs))
+    token = _mark_local_ray()
     for attempt in range(tries):
         try:
             with _patient_raylet_wait(wait_s):
                 context = ray_init_private(**kwargs)
+            _start_reaper(token)
             return _announce(context)
         except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception for the start-up timeout
             if attempt == tries - 1 or STARTUP_TIMEOUT_TEXT not in str(err):
                 raise
             print(f"mcrlab: Ray start-up timed out ({attempt + 1}/{tries}); retrying", file=sys.stderr)
             ray.shutdown()
+        finally:
+            if attempt == tries - 1 or ray.is_initialized():
+                os.environ.pop(OWNER_VAR, None)  # the Ray processes have it; later subprocesses need not
     return None
+
+
+def _mark_local_ray() -> str:
+    """Put a token no other process has into the environment a local Ray inherits (``reaper.OWNER_VAR``)."""
+    import secrets
+
+    token = f"{os.getpid()}-{secrets.token_hex(8)}"
+    os.environ[OWNER_VAR] = token
+    return token
+
+
+def _start_reaper(token: str) -> None:
+    """Start the watchdog that ends this local Ray's processes when the driver dies (``trials.reaper``)."""
+    import subprocess
+
+    if not sys.platform.startswith("linux") or os.environ.get("MCRLAB_NO_REAPER") == "1":
+        return
+    env = {k: v for k, v in os.environ.items() if k != OWNER_VAR}  # it must not find itself
+    subprocess.Popen([sys.executable, "-I", str(Path(__file__).with_name("reaper.py")), str(os.getpid()), token],
+                     env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True, close_fds=True)
 
 
 def _announce(context: Any) -> str | None:

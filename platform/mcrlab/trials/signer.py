@@ -39,7 +39,11 @@ class StateSigner(Callback):
         self._last = time.monotonic()
         try:
             return sign_tree(self.tree, self.manifest, self._cache)
-        except OSError as err:  # e.g. a full disk: training goes on; the runner signs again after fit
+        except OSError as err:  # a full disk stops the sweep (trials.diskfull); the runner signs after fit
+            from mcrlab.trials.diskfull import is_disk_full, trigger
+
+            if is_disk_full(err):
+                trigger(self.manifest, err)
             if not self._warned:
                 print(f"mcrlab: cannot update {self.manifest} ({err.strerror or err}); a resume of this "
                       "sweep may be refused", file=sys.stderr, flush=True)

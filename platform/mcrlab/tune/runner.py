@@ -8,6 +8,7 @@ On disk (run folder, default ./runs, always resolved to an absolute path)::
                                             studies are shared (--optuna-storage, see tune/shared.py)
     runs/sweeps/<sweep id>/ray/<study>/     Tune experiment (Tuner.restore) + data-parallel Train runs
     runs/sweeps/<sweep id>/rungs-<study>.json   in-trial ASHA state (data-parallel backend)
+    runs/sweeps/<sweep id>/finished-<study>.json   finished trials and their final results (trials.finished)
 
 Studies run one after another, each with as many concurrent trials as the cluster fits
 (``max_concurrent``: Tune does not count nested Train workers, so the cap is computed here).
@@ -49,6 +50,7 @@ from mcrlab.tracking import (
     lineage_tags,
     resolve_tracking_uri,
 )
+from mcrlab.trials import diskfull
 from mcrlab.trials.backends import RungBoard, pick_backend
 from mcrlab.trials.recorder import fail_fast_on_outages
 from mcrlab.trials.resources import max_concurrent
@@ -118,6 +120,14 @@ def check_storage(run_folder: Path, flag: str = "--storage") -> None:
     except OSError as err:
         raise ConfigError(f"{flag}: cannot use {run_folder} as a folder to write to: "
                           f"{err.strerror or type(err).__name__}") from None
+
+
+def _storage_full(space: SearchSpace, sweep_id: str, run_folder: Path, where: str) -> diskfull.StorageFull:
+    """The one line a sweep stopped by a full disk ends with: what was full, and the command that resumes."""
+    return diskfull.StorageFull(
+        f"sweep {sweep_id} stopped: a disk is full ({where}). Finished trials are kept and unfinished ones "
+        f"continue from their last checkpoint: free space, then run  mcrlab sweep {space.source} --resume "
+        f"{sweep_id} --storage {run_folder}")
 
 
 def _new_sweep_id(space: SearchSpace, shared: bool = False) -> str:
@@ -220,11 +230,19 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
             sweep_dir = private_dir(sweeps / sweep_id)
             lock = FolderLock(sweep_dir, "sweep").acquire()
         budget.set_deadline(sweep_id, time_budget_s)  # from here: the lock is ours, Ray starts next
-        return _run_locked(space, meta, sweep_id=sweep_id, sweep_dir=sweep_dir, uri=uri, run_folder=run_folder,
-                           address=address, smoke=smoke, resume=resume, callbacks=callbacks, progress=progress,
-                           fingerprints=fingerprints, verbose=verbose, shared=shared, prefix=prefix,
-                           time_budget_s=time_budget_s)
+        diskfull.arm()
+        try:
+            return _run_locked(space, meta, sweep_id=sweep_id, sweep_dir=sweep_dir, uri=uri,
+                               run_folder=run_folder, address=address, smoke=smoke, resume=resume,
+                               callbacks=callbacks, progress=progress, fingerprints=fingerprints, verbose=verbose,
+                               shared=shared, prefix=prefix, time_budget_s=time_budget_s)
+        except Exception as err:
+            full = diskfull.triggered() or (str(err) if diskfull.is_disk_full(err) else None)
+            if full is None:
+                raise
+            raise _storage_full(space, sweep_id, run_folder, full) from err
     finally:
+        diskfull.disarm()
         if lock is not None:
             lock.release()
         os.umask(old_umask)
@@ -315,11 +333,13 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
         raise
     finally:
         if failed:
-            tracker.end_run(sweep_run, "KILLED")
+            try:
+                tracker.end_run(sweep_run, "KILLED")
+            except Exception as err:  # noqa: BLE001 - never hide why the sweep failed (a full store, say)
+                print(f"mcrlab: cannot mark sweep run {sweep_run} KILLED ({type(err).__name__})", file=sys.stderr)
     result.budget_ended = bool(result.not_started) or any(st.budget_ended for st in result.studies.values())
-    for dataset, study in result.studies.items():
-        if math.isfinite(study.best_objective):
-            tracker.log_metrics(sweep_run, {f"best_objective/{study_slug(dataset)}": study.best_objective})
+    for dataset, study in result.studies.items():  # once per value: a resumed sweep summarises again
+        tracker.log_summary(sweep_run, {f"best_objective/{study_slug(dataset)}": study.best_objective})
     tracker.log_dict(sweep_run, {d: {"params": s.best_params, "objective": s.best_objective,
                                      "trial_id": s.best_trial_id} for d, s in result.studies.items()
                                  if s.best_trial_id}, "best_per_dataset.json")
@@ -387,7 +407,8 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                                   params={"dataset": dataset, "num_samples": space.num_samples,
                                           "max_concurrent": concurrency})
     plan = StudyPlan(space=space, dataset=dataset, sweep_id=sweep_id, storage_path=str(ray_dir / "train"),
-                     study_run_id=study_run, fingerprint=fingerprint)
+                     study_run_id=study_run, fingerprint=fingerprint,
+                     finished_path=str(sweep_dir / f"finished-{slug}.json"))
     max_t = plan.max_iterations({})
 
     board, board_actor = None, None
@@ -460,11 +481,19 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
     stopped: set[str] = set()  # Tune trial ids the time budget stopped, in this command
 
     def fit(tuner: Any) -> None:
-        grids.append(tuner.fit())
+        try:
+            grids.append(tuner.fit())
+        except Exception as err:
+            if diskfull.is_disk_full(err):  # e.g. Optuna's study file: room for the signatures below
+                diskfull.trigger("the sweep's Tune experiment or Optuna study", err)
+            raise
         if budget.fired(sweep_id):
             stopped.update(_record_budget_stops(tracker, sweep_id, dataset, study_name, optuna_storage))
+        if diskfull.triggered():
+            raise diskfull.StorageFull(diskfull.triggered())  # run_sweep words the line (and how to resume)
 
     restored = False
+    diskfull.reserve(sweep_dir)  # freed on the first full-disk error: room for the last state and records
     try:
         for path in experiments:
             if budget.expired(sweep_id) or not tune.Tuner.can_restore(str(path)):
@@ -624,7 +653,7 @@ def _summarise(space: SearchSpace, dataset: str, grids: list, tracker: Tracker, 
     if not ok and not budget_ended:
         tracker.end_run(study_run, "FAILED")
         raise RuntimeError(f"study {dataset}: no trial finished ({errors} errors); see the trial logs")
-    tracker.log_metrics(study_run, {"trials": len(results), "errors": errors, "budget_stopped": n_stopped})
+    tracker.log_summary(study_run, {"trials": len(results), "errors": errors, "budget_stopped": n_stopped})
     if budget_ended:
         tracker.set_tags(study_run, {STOPPED_ATTR: "time_budget"})
     from mcrlab.analysis.sweep_report import pareto_rows
@@ -644,7 +673,7 @@ def _summarise(space: SearchSpace, dataset: str, grids: list, tracker: Tracker, 
     params = {k: v for k, v in best.config.items()}
     cfg = trial_config(space, dataset, params, space.objective.seed)
     objective = float(best.metrics["objective"])
-    tracker.log_metrics(study_run, {"best_objective": objective})
+    tracker.log_summary(study_run, {"best_objective": objective})  # once per value (a resume summarises again)
     tracker.set_tags(study_run, {f"{TAG_PREFIX}best_trial_id": best.metrics.get("trial_id", "")})
     tracker.log_dict(study_run, {"params": params, "objective": objective, "config": cfg.to_dict()},
                      "best_config.json")

@@ -38,6 +38,7 @@ class StudyPlan(TrialPlan):
     board: str | None = None  # name of the RungBoard actor (in-trial early stopping), if any
     study_run_id: str | None = None  # MLflow parent of the trial runs
     fingerprint: str = "unknown"
+    finished_path: str = ""  # trials.finished record of this study: a trial found there is never re-trained
 
     @property
     def metric(self) -> str:  # type: ignore[override]
