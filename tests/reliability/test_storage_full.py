@@ -138,3 +138,60 @@ def test_full_disk_stops_the_sweep_with_one_line_and_resume_runs_only_what_is_mi
         assert _duplicate_points(runs / "mlflow.db") == []  # trial, study and sweep runs alike
         for tid in finished:  # trained once, before the disk filled: no checkpoint rewritten by the resume
             assert _checkpoints(exp, tid) == ckpts[tid], tid
+
+
+SPEC = {"name": "fulldisk-abl", "experiment": "fulldisk", "base": BASE, "arms": {"mcr": {"method.name": "mcr"}},
+        "datasets": ["synthetic:competition"], "seeds": [0, 1], "resources": {"max_concurrent": 1}}
+
+
+def test_full_disk_stops_an_ablation_with_one_line_and_resume_runs_only_missing_cells(ray_local, tmp_path):
+    from mcrlab.ablate.runner import run_ablation
+    from mcrlab.ablate.spec import load_spec
+
+    with small_disk(tmp_path / "disk") as disk:
+        spec_file = tmp_path / "fulldisk_abl.yaml"
+        spec_file.write_text(yaml.safe_dump(SPEC))
+        runs = disk / "runs"
+        runs.mkdir()
+        uri = f"sqlite:///{runs / 'mlflow.db'}"
+        env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "OMP_NUM_THREADS": "1",
+               "RAY_AUTH_MODE": "disabled", "MLFLOW_TRACKING_URI": uri}
+        proc = subprocess.Popen([sys.executable, "-m", "mcrlab.cli.app", "ablate", str(spec_file)],
+                                env=env, cwd=runs, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        ballast = None
+        try:
+            deadline = time.monotonic() + 400
+            while time.monotonic() < deadline and proc.poll() is None:
+                with contextlib.suppress(Exception):
+                    if any(r["status"] == "FINISHED" for r in find_runs(uri, kind="cell")):
+                        ballast = _fill(disk)
+                        break
+                time.sleep(0.25)
+            assert ballast is not None, "no cell finished before the deadline (or the ablation ended first)"
+            finished = {r["run_id"] for r in find_runs(uri, kind="cell") if r["status"] == "FINISHED"}
+            assert len(finished) < 4, "the disk filled only after the last cell"
+            _, err = proc.communicate(timeout=400)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert proc.returncode == 1, err[-3000:]
+        assert lines[-1].startswith("mcrlab: error: ablation fulldisk-abl stopped: a disk is full"), lines[-5:]
+        assert "--resume" in lines[-1] and sum(ln.startswith("mcrlab: error:") for ln in lines) == 1
+        assert not list((runs / "runs").glob("ablations/*/.reserve"))
+
+        ballast.unlink()
+        cwd = os.getcwd()
+        os.chdir(runs)  # the ablation's default storage folder is ./runs relative to where it ran
+        try:
+            outcome = run_ablation(load_spec(spec_file), uri, resume=True, storage_path="runs")
+        finally:
+            os.chdir(cwd)
+        assert not outcome.failed and len(outcome.ran) + len(outcome.skipped) == 4
+        assert len(outcome.skipped) >= len(finished)  # a cell finished before the fill is not run again
+        cells = [r for r in find_runs(uri, kind="cell") if r["status"] == "FINISHED"
+                 and r["tags"].get("mcrlab.stale") != "true"]
+        assert len(cells) == 4 and finished <= {r["run_id"] for r in cells}
+        assert _duplicate_points(runs / "mlflow.db") == []

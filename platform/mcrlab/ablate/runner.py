@@ -172,10 +172,25 @@ def run_ablation(spec: AblationSpec, uri: str, *, resume: bool = False, storage_
     # load the datasets before the store is touched: a bad data.name fails here, nothing started or written
     fingerprints = _fingerprints(spec, spec.cells)
     check_cells(spec, tracking_uri=uri)
+    from mcrlab.trials import diskfull
+
     # one driver per ablation: a second one (e.g. two --resume at once) stops here, before MLflow or Ray
-    with FolderLock(private_dir(Path(storage_path).resolve() / "ablations" / spec.ablation_id), "ablation"):
-        return _run_ablation(spec, uri, fingerprints, resume=resume, storage_path=storage_path, verbose=verbose,
-                             callbacks=callbacks)
+    folder = private_dir(Path(storage_path).resolve() / "ablations" / spec.ablation_id)
+    with FolderLock(folder, "ablation"):
+        diskfull.arm()  # a full disk stops the cells with one line; finished cells are kept (MLflow)
+        diskfull.reserve(folder)
+        try:
+            return _run_ablation(spec, uri, fingerprints, resume=resume, storage_path=storage_path,
+                                 verbose=verbose, callbacks=callbacks)
+        except Exception as err:
+            full = diskfull.triggered() or (str(err) if diskfull.is_disk_full(err) else None)
+            if full is None:
+                raise
+            raise diskfull.StorageFull(
+                f"ablation {spec.ablation_id} stopped: a disk is full ({full}). Finished cells are kept; the "
+                f"others run again: free space, then run  mcrlab ablate {spec.path} --resume") from err
+        finally:
+            diskfull.disarm()
 
 
 def _run_ablation(spec: AblationSpec, uri: str, fingerprints: dict[str, str], *, resume: bool,
@@ -283,7 +298,16 @@ def _run_cells(plan: CellPlan, todo: list[int], tracker: Tracker, exp_id: str, s
                                   # is not retried (the recorder sees its flag first)
                                   failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
-    grid = tuner.fit()
+    from mcrlab.trials import diskfull
+
+    try:
+        grid = tuner.fit()
+    except Exception as err:
+        if diskfull.is_disk_full(err):  # Tune's own state: room for the last writes (run_ablation words it)
+            diskfull.trigger("the ablation's Tune experiment", err)
+        raise
+    if diskfull.triggered():
+        raise diskfull.StorageFull(diskfull.triggered())
     out: dict[int, str] = {}
     for result in grid:
         index = int(result.config["cell"])
