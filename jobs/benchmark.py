@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import json
 import math
@@ -76,8 +77,9 @@ STABLE_FIGURES = (
     *(f"joint_step_ms_cpu_resnet_{f}" for f in FUSIONS))
 
 
+@functools.cache
 def _load(name: str):
-    """A sibling job script as a module (jobs/ is not a package)."""
+    """A sibling job script as a module (jobs/ is not a package), loaded once."""
     spec = importlib.util.spec_from_file_location(f"_mcrlab_jobs_{name}", HERE / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -216,31 +218,9 @@ def bare_loop(cfg) -> tuple[float, float]:
 
 
 def platform_fit(cfg) -> tuple[float, float, float, float]:
-    """fit(cfg) loading its own data: (wall, process time, wall in evaluation, process time in evaluation)."""
-    import mcrlab.engine.fit as train
-
-    spent = [0.0, 0.0]
-    originals = {name: getattr(train, name) for name in ("evaluate", "_final_metrics")}
-
-    def timed(fn):
-        def wrapper(*a, **kw):
-            t0, c0 = time.perf_counter(), time.process_time()
-            try:
-                return fn(*a, **kw)
-            finally:
-                spent[0] += time.perf_counter() - t0
-                spent[1] += time.process_time() - c0
-        return wrapper
-
-    try:  # fit looks these up as module globals at call time: wrapping them times fit's evaluation
-        for name, fn in originals.items():
-            setattr(train, name, timed(fn))
-        t0, c0 = time.perf_counter(), time.process_time()
-        train.fit(cfg)
-        return time.perf_counter() - t0, time.process_time() - c0, spent[0], spent[1]
-    finally:
-        for name, fn in originals.items():
-            setattr(train, name, fn)
+    """fit(cfg) loading its own data: (wall, process time, wall in evaluation, process time in evaluation);
+    one timing harness for both workloads (jobs/bench_conv.py's)."""
+    return _load("bench_conv").platform_fit(cfg)
 
 
 def throughput(smoke: bool) -> tuple[dict, dict]:
