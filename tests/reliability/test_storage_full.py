@@ -78,6 +78,30 @@ def _duplicate_points(db: Path) -> list:
                            "having count(*) > 1").fetchall()
 
 
+def _fill_once_one_finished(argv: list[str], env: dict, cwd: Path, disk: Path, finished) -> tuple:
+    """Run the CLI with ``argv``; fill ``disk`` as soon as ``finished()`` (what has finished, read from the
+    store) is non-empty. Returns (ballast file, what had finished then, stderr lines, exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "mcrlab.cli.app", *argv], env=env, cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    ballast, done = None, None
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(Exception):  # the store may not exist yet, or be mid-migration
+                if finished():
+                    ballast = _fill(disk)
+                    break
+            time.sleep(0.25)
+        assert ballast is not None, "nothing finished before the deadline (or the command ended first)"
+        done = finished()
+        _, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    return ballast, done, [ln for ln in err.splitlines() if ln.strip()], proc.returncode, err
+
+
 def test_full_disk_stops_the_sweep_with_one_line_and_resume_runs_only_what_is_missing(ray_local, tmp_path):
     with small_disk(tmp_path / "disk") as disk:
         space_file = tmp_path / "fulldisk.yaml"
@@ -87,30 +111,16 @@ def test_full_disk_stops_the_sweep_with_one_line_and_resume_runs_only_what_is_mi
         env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "OMP_NUM_THREADS": "1",
                "RAY_AUTH_MODE": "disabled"}
         env.pop("MLFLOW_TRACKING_URI", None)
-        proc = subprocess.Popen([sys.executable, "-m", "mcrlab.cli.app", "sweep", str(space_file),
-                                 "--storage", str(runs)], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-        ballast = None
-        try:
-            deadline = time.monotonic() + 400
-            while time.monotonic() < deadline and proc.poll() is None:
-                with contextlib.suppress(Exception):  # the store may not exist yet, or be mid-migration
-                    if any(runs.glob("sweeps/*/sweep.json")) and any(
-                            r["status"] == "FINISHED" for r in find_runs(uri, kind="trial")):
-                        ballast = _fill(disk)
-                        break
-                time.sleep(0.25)
-            assert ballast is not None, "no trial finished before the deadline (or the sweep ended first)"
-            finished = {r["tags"]["mcrlab.trial_id"]: r for r in find_runs(uri, kind="trial")
-                        if r["status"] == "FINISHED"}
-            assert len(finished) < TRIALS, "the disk filled only after the last trial"
-            _, err = proc.communicate(timeout=400)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, 9)
-                proc.wait()
-        lines = [ln for ln in err.splitlines() if ln.strip()]
-        assert proc.returncode == 1, err[-3000:]
+
+        def finished_trials() -> dict:
+            if not any(runs.glob("sweeps/*/sweep.json")):
+                return {}
+            return {r["tags"]["mcrlab.trial_id"]: r for r in find_runs(uri, kind="trial") if r["status"] == "FINISHED"}
+
+        ballast, finished, lines, rc, err = _fill_once_one_finished(
+            ["sweep", str(space_file), "--storage", str(runs)], env, tmp_path, disk, finished_trials)
+        assert len(finished) < TRIALS, "the disk filled only after the last trial"
+        assert rc == 1, err[-3000:]
         assert lines[-1].startswith("mcrlab: error: sweep ") and "a disk is full" in lines[-1], lines[-5:]
         assert "--resume" in lines[-1] and str(runs) in lines[-1]
         assert sum(ln.startswith("mcrlab: error:") for ln in lines) == 1
@@ -156,28 +166,14 @@ def test_full_disk_stops_an_ablation_with_one_line_and_resume_runs_only_missing_
         uri = f"sqlite:///{runs / 'mlflow.db'}"
         env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "OMP_NUM_THREADS": "1",
                "RAY_AUTH_MODE": "disabled", "MLFLOW_TRACKING_URI": uri}
-        proc = subprocess.Popen([sys.executable, "-m", "mcrlab.cli.app", "ablate", str(spec_file)],
-                                env=env, cwd=runs, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        ballast = None
-        try:
-            deadline = time.monotonic() + 400
-            while time.monotonic() < deadline and proc.poll() is None:
-                with contextlib.suppress(Exception):
-                    if any(r["status"] == "FINISHED" for r in find_runs(uri, kind="cell")):
-                        ballast = _fill(disk)
-                        break
-                time.sleep(0.25)
-            assert ballast is not None, "no cell finished before the deadline (or the ablation ended first)"
-            finished = {r["run_id"] for r in find_runs(uri, kind="cell") if r["status"] == "FINISHED"}
-            assert len(finished) < 4, "the disk filled only after the last cell"
-            _, err = proc.communicate(timeout=400)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, 9)
-                proc.wait()
-        lines = [ln for ln in err.splitlines() if ln.strip()]
-        assert proc.returncode == 1, err[-3000:]
+
+        def finished_cells() -> set:
+            return {r["run_id"] for r in find_runs(uri, kind="cell") if r["status"] == "FINISHED"}
+
+        ballast, finished, lines, rc, err = _fill_once_one_finished(["ablate", str(spec_file)], env, runs, disk,
+                                                                    finished_cells)
+        assert len(finished) < 4, "the disk filled only after the last cell"
+        assert rc == 1, err[-3000:]
         assert lines[-1].startswith("mcrlab: error: ablation fulldisk-abl stopped: a disk is full"), lines[-5:]
         assert "--resume" in lines[-1] and sum(ln.startswith("mcrlab: error:") for ln in lines) == 1
         assert not list((runs / "runs").glob("ablations/*/.reserve"))
