@@ -226,15 +226,18 @@ class StepRunner:
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp,
                               cache_enabled=not self.capture)
 
-    def _eager(self) -> None:
-
-        self.opt.zero_grad(set_to_none=True)
+    def _body(self) -> None:
+        """Forward, backward and optimizer step: what the eager step runs and the graph records."""
         with self._autocast():
             res = self.method.training_step(self.model, self.xs, self.y, self.ctx)
         if not res.backward_done:
             res.loss.backward()
         self.method.after_backward(self.model, self.ctx)
         self.opt.step()
+
+    def _eager(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self._body()
 
     def _capture(self, gen: Any) -> None:
         import torch
@@ -250,12 +253,7 @@ class StepRunner:
             graph.register_generator_state(gen)
         self.opt.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph):
-            with self._autocast():
-                res = self.method.training_step(self.model, self.xs, self.y, self.ctx)
-            if not res.backward_done:
-                res.loss.backward()
-            self.method.after_backward(self.model, self.ctx)
-            self.opt.step()
+            self._body()
         self.graph = graph
 
     def step(self) -> None:

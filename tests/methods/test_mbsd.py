@@ -71,13 +71,19 @@ def test_by_hand_one_sample():
     assert float(kl) == 0.0 and float(rs) == 0.0
 
 
-def test_loss_is_fused_ce_plus_unimodal_ces_plus_the_regulariser(tiny2):
+def _step(tiny2, model: ModelConfig):
+    """One MBSD step in float64 on 16 rows: (net, xs, y, StepResult)."""
     torch.manual_seed(0)
-    net = build_model(tiny2.dims, 3, ModelConfig(hidden=8, latent=4)).double()
+    net = build_model(tiny2.dims, 3, model).double()
     xs = [torch.as_tensor(x[:16]).double() for x in tiny2.splits["train"].x]
     y = torch.as_tensor(tiny2.splits["train"].y[:16])
     res = MBSD(MBSD.Params(), net, 3).training_step(
         net, xs, y, StepContext(0, 0, 0, 1, 1, torch.Generator(), torch.device("cpu")))
+    return net, xs, y, res
+
+
+def test_loss_is_fused_ce_plus_unimodal_ces_plus_the_regulariser(tiny2):
+    net, xs, y, res = _step(tiny2, ModelConfig(hidden=8, latent=4))
     with torch.no_grad():
         out = net(xs)
         b = net.fusion.bias
@@ -88,12 +94,7 @@ def test_loss_is_fused_ce_plus_unimodal_ces_plus_the_regulariser(tiny2):
 
 
 def test_mlp_fusion_uses_the_unimodal_heads(tiny2):
-    torch.manual_seed(0)
-    net = build_model(tiny2.dims, 3, ModelConfig(hidden=8, latent=4, fusion="mlp", fusion_hidden=8)).double()
-    xs = [torch.as_tensor(x[:16]).double() for x in tiny2.splits["train"].x]
-    y = torch.as_tensor(tiny2.splits["train"].y[:16])
-    res = MBSD(MBSD.Params(), net, 3).training_step(
-        net, xs, y, StepContext(0, 0, 0, 1, 1, torch.Generator(), torch.device("cpu")))
+    net, xs, y, res = _step(tiny2, ModelConfig(hidden=8, latent=4, fusion="mlp", fusion_hidden=8))
     with torch.no_grad():
         out = net(xs)
         kl, rs = _reference_pair(out.heads[0], out.heads[1], y, on_probs=False)
