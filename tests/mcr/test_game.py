@@ -20,6 +20,13 @@ def _grads(value: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor
     return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, params, strict=True)]
 
 
+def _assert_same_grads(a: torch.Tensor, b: torch.Tensor, model: MultimodalNet, atol: float) -> None:
+    """d a / d theta == d b / d theta for every parameter of ``model`` (an unused one counts as zero)."""
+    params = list(model.parameters())
+    for ga, gb in zip(_grads(a, params), _grads(b, params), strict=True):
+        torch.testing.assert_close(ga, gb, rtol=0, atol=atol)
+
+
 def _player_params(model: MultimodalNet, m: int) -> list[torch.Tensor]:
     return [p for mod in model.player_modules(m) for p in mod.parameters()]
 
@@ -38,9 +45,7 @@ def test_fast_game_equals_literal_reference(fusion, in_dims, k, ref, pert_kind, 
     fast, d = game_term(out, model.fusion, pert, **kw)
     slow = game_term_reference(out, model.fusion, pert, **kw)
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
-    params = list(model.parameters())
-    for a, b in zip(_grads(fast, params), _grads(slow, params), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    _assert_same_grads(fast, slow, model, atol=1e-10)
     M = len(in_dims)
     assert d.shape == (M,) and not d.requires_grad
     # the value is the definition's: -lambda (1 + k(M-1)) sum_j D_j; collaborative: the spec's -lambda sum_j D_j
@@ -61,9 +66,7 @@ def test_generic_head_rerun_game_equals_reference(k, ref, pert_kind):
     fast, _ = game_term(out, model.fusion, pert, **kw)
     slow = game_term_reference(out, model.fusion, pert, **kw)
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
-    params = list(model.parameters())
-    for a, b in zip(_grads(fast, params), _grads(slow, params), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    _assert_same_grads(fast, slow, model, atol=1e-10)
 
 
 def _d_terms(model: MultimodalNet, out: ForwardOutput, pert, q_live: set[int], p_live: set[int],
@@ -203,9 +206,7 @@ def test_split_head_with_another_tail_equals_reference(k, pert_kind):
     fast, _ = game_term(out, model.fusion, pert, **kw)
     slow = game_term_reference(out, model.fusion, pert, **kw)
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
-    params = list(model.parameters())
-    for a, b in zip(_grads(fast, params), _grads(slow, params), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    _assert_same_grads(fast, slow, model, atol=1e-10)
 
 
 @pytest.mark.parametrize("div", ["kl", "mse"])
@@ -223,9 +224,7 @@ def test_generic_head_rerun_honours_the_divergence_and_precision(div, k):
     jsd, _ = game_term(out, model.fusion, pert, **{**kw, "divergence": "jsd"})
     assert (fast - jsd).abs().item() > 1e-3  # the choice matters at this point
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
-    params = list(model.parameters())
-    for a, b in zip(_grads(fast, params), _grads(slow, params), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    _assert_same_grads(fast, slow, model, atol=1e-12)
 
 
 @pytest.mark.parametrize("pert_kind", ["permute", "noise"])
@@ -242,9 +241,7 @@ def test_split_head_with_a_bias_free_last_layer_equals_reference(pert_kind):
     fast, _ = game_term(out, model.fusion, pert, **kw)
     slow = game_term_reference(out, model.fusion, pert, **kw)
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
-    params = list(model.parameters())
-    for a, b in zip(_grads(fast, params), _grads(slow, params), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    _assert_same_grads(fast, slow, model, atol=1e-10)
 
 
 def test_forcing_the_fast_path_without_late_fusion_is_refused_with_its_reason():
@@ -282,6 +279,4 @@ def test_fusion_bias_enters_p_and_q_alike(pert_kind, path):
     assert got.abs().item() > 1e-4  # M = 3: the greedy game has a value
     torch.testing.assert_close(got, slow, rtol=0, atol=1e-10)
     torch.testing.assert_close(got, other, rtol=0, atol=1e-10)
-    params = list(model.parameters())
-    for a, b in zip(_grads(got, params), _grads(slow, params), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    _assert_same_grads(got, slow, model, atol=1e-10)
