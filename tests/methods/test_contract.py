@@ -98,12 +98,7 @@ def test_method_contract(name, tiny2, tmp_path):
     b = fit(cfg, dataset=tiny2)  # determinism under a seed
     assert b == a
 
-    def crash_after_two(metrics, ckpt):
-        if metrics["epoch"] == 2:
-            raise _Crash
-    with pytest.raises(_Crash):
-        fit(cfg, crash_after_two, checkpoint_dir=str(tmp_path / "c"), dataset=tiny2)
-    c = fit(cfg, checkpoint_dir=str(tmp_path / "c"), resume_from=str(tmp_path / "c"), dataset=tiny2)
+    c = _crash_then_resume(cfg, tiny2, tmp_path / "c", epoch=2)
     assert c == a
 
 
@@ -199,6 +194,16 @@ def test_conv_encoders_with_mlp_fusion_train_or_are_refused(name, tiny_conv):
     assert math.isfinite(out["train/loss"]) and math.isfinite(out["test/acc"])
 
 
+def _crash_then_resume(cfg, dataset, folder, epoch: int) -> dict:
+    """fit interrupted right after ``epoch`` (its checkpoint in ``folder``), then resumed from it: the metrics."""
+    def crash(metrics, ckpt):
+        if metrics["epoch"] == epoch:
+            raise _Crash
+    with pytest.raises(_Crash):
+        fit(cfg, crash, checkpoint_dir=str(folder), dataset=dataset)
+    return fit(cfg, checkpoint_dir=str(folder), resume_from=str(folder), dataset=dataset)
+
+
 @pytest.mark.parametrize("name", ["joint", "mcr", "ogm_ge", "reconboost"])
 def test_conv_encoders_resume_exactly(name, tiny_conv, tmp_path):
     """Interrupted after epoch 1 of 2 and resumed: the same final metrics and weights (BatchNorm buffers
@@ -206,12 +211,7 @@ def test_conv_encoders_resume_exactly(name, tiny_conv, tmp_path):
     cfg = _conv_cfg(name)
     a = fit(cfg, checkpoint_dir=str(tmp_path / "a"), dataset=tiny_conv)
 
-    def crash_after_one(metrics, ckpt):
-        if metrics["epoch"] == 1:
-            raise _Crash
-    with pytest.raises(_Crash):
-        fit(cfg, crash_after_one, checkpoint_dir=str(tmp_path / "c"), dataset=tiny_conv)
-    c = fit(cfg, checkpoint_dir=str(tmp_path / "c"), resume_from=str(tmp_path / "c"), dataset=tiny_conv)
+    c = _crash_then_resume(cfg, tiny_conv, tmp_path / "c", epoch=1)
     assert c == a
     sa, sc = load_checkpoint(tmp_path / "a")["model"], load_checkpoint(tmp_path / "c")["model"]
     assert all(torch.equal(sa[k], sc[k]) for k in sa)
