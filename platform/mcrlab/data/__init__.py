@@ -33,6 +33,11 @@ _PLUGIN = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]
 _BUILTIN_PREFIXES = ("synthetic:", "mfeat:")
 
 
+def _names_avdigits(name: str) -> bool:
+    """``avdigits`` or ``avdigits:<knobs>`` (checked without importing the builder and its mel filters)."""
+    return name.partition(":")[0] == "avdigits"
+
+
 def _entry_point(name: str):
     from importlib.metadata import entry_points
 
@@ -47,7 +52,7 @@ def resolve_plugin(name: str) -> Callable[[DataConfig], MultimodalDataset] | Non
 
     Import failures and non-callables raise ConfigError naming ``data.name``.
     """
-    if name.startswith(_BUILTIN_PREFIXES) or name == "avdigits" or Path(name).exists():
+    if name.startswith(_BUILTIN_PREFIXES) or _names_avdigits(name) or Path(name).exists():
         return None
     if _PLUGIN.match(name):
         module, _, attr = name.partition(":")
@@ -119,12 +124,11 @@ def load_dataset(cfg: DataConfig) -> MultimodalDataset:
         from mcrlab.data.real import load_digits
 
         return load_digits(seed=cfg.seed)
-    from mcrlab.data.avdigits import parse_name
+    if _names_avdigits(name):  # avdigits[:knobs]: built once into the cache, then read as a shard folder
+        from mcrlab.data.avdigits import ensure_built, parse_name
 
-    built = parse_name(name)
-    if built is not None:  # avdigits[:knobs]: built once into the cache, then read as a shard folder
-        from mcrlab.data.avdigits import ensure_built
-
+        built = parse_name(name)
+        assert built is not None
         return _resplit(_load_shard_folder(str(ensure_built(built)), cfg), cfg)
     plugin = resolve_plugin(name)
     if plugin is not None:
@@ -160,9 +164,10 @@ def check_data_name(name: str) -> None:
     """Cheap validation of ``data.name`` without loading (raises ConfigError)."""
     if not name:
         raise ConfigError("data.name: must not be empty")
-    from mcrlab.data.avdigits import parse_name
+    if _names_avdigits(name):  # bad knobs fail here; the build itself runs when the data is loaded
+        from mcrlab.data.avdigits import parse_name
 
-    parse_name(name)  # avdigits[:knobs]: bad knobs fail here; the build itself runs when the data is loaded
+        parse_name(name)
     if name.startswith("synthetic:"):
         from mcrlab.data.synthetic import is_preset_file, load_preset_file
 
