@@ -301,7 +301,10 @@ def parse_spec(raw: Any, source: str = "<spec>", smoke: bool = False,
         if len(set(items)) != len(items):
             twice = next(x for x in items if items.count(x) > 1)
             raise ConfigError(f"{source}: {key}: {short(twice)} is listed twice")
-    ds_over = _dataset_overrides(raw.get("dataset_overrides"), datasets, source)
+    # the shape check sweeps share; the values are checked per cell below
+    from mcrlab.tune.space import parse_dataset_overrides
+    ds_over = parse_dataset_overrides(raw.get("dataset_overrides"), datasets, source,
+                                      {"data.name": "the dataset's name is its key"})
     seed_keys = _list(raw.get("seed_keys", ["train.seed"]), f"{source}: seed_keys", str)
     for k in seed_keys:
         _dotted({k: 0}, f"{source}: seed_keys")
@@ -342,23 +345,6 @@ def parse_spec(raw: Any, source: str = "<spec>", smoke: bool = False,
                         base_run=base_run, arms=arm_list, datasets=datasets, seeds=seeds, seed_keys=seed_keys,
                         metric=metric, resources=resources, cells=cells, tuning=tuning, overrides=overrides,
                         description=str(raw.get("description", "")), smoke=smoke, raw=copy.deepcopy(raw))
-
-
-def _dataset_overrides(raw: Any, datasets: list[str], source: str) -> dict[str, dict]:
-    """``dataset_overrides: {dataset: {section.key: value}}`` (datasets of the spec, dotted keys)."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: dataset_overrides: must be a mapping of dataset -> {{section.key: value}}")
-    out = {}
-    for dataset, values in raw.items():
-        where = f"{source}: dataset_overrides.{cut(dataset)}"
-        if dataset not in datasets:
-            raise ConfigError(f"{where}: not one of datasets: ({', '.join(map(str, datasets))})")
-        out[dataset] = _dotted(values, where)
-        if "data.name" in out[dataset]:
-            raise ConfigError(f"{where}.data.name: the dataset's name is its key")
-    return out
 
 
 def make_cells(configs: dict[tuple[str, str], RunConfig], seeds: list[int], seed_keys: list[str],

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Objective", "SamplerSpec", "Scaling", "SchedulerSpec", "Smoke", "SearchSpace", "Param",
            "load_space", "parse_space", "compile_space", "DefineByRun", "sample_point", "trial_config",
-           "make_sampler", "grid_of", "SAMPLERS", "TOP_LEVEL_KEYS"]
+           "make_sampler", "grid_of", "parse_dataset_overrides", "SAMPLERS", "TOP_LEVEL_KEYS"]
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "nsga2", "grid")
 MULTI_OBJECTIVE_SAMPLERS = ("tpe", "random", "gp", "nsga2", "grid")  # Optuna's CMA-ES is single-objective
@@ -277,9 +277,12 @@ def parse_space(raw: Any, source: str = "<space>", default_name: str = "space") 
     return replace(space, smoke=smoke, points_to_evaluate=points)
 
 
-def _dataset_overrides(raw: Any, space: SearchSpace, source: str) -> dict[str, dict]:
-    """``dataset_overrides: {dataset: {section.key: value}}``: what one dataset needs on top of the base
-    (e.g. conv encoders for an image dataset). Each is validated as that dataset's trial config."""
+def parse_dataset_overrides(raw: Any, datasets: Sequence[str], source: str,
+                            reserved: dict[str, str]) -> dict[str, dict]:
+    """The shape of ``dataset_overrides: {dataset: {section.key: value}}``, shared by search spaces and
+    ablation specs: a mapping, each key one of ``datasets``, each value a mapping of ``section.key`` names,
+    none of them in ``reserved`` (key -> why the caller sets it). Values are checked by the caller, which
+    builds each dataset's config."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -287,14 +290,25 @@ def _dataset_overrides(raw: Any, space: SearchSpace, source: str) -> dict[str, d
     out: dict[str, dict] = {}
     for dataset, values in raw.items():
         where = f"{source}: dataset_overrides.{cut(dataset)}"
-        if dataset not in space.datasets:
-            raise ConfigError(f"{where}: not one of datasets: ({', '.join(space.datasets)})")
-        if not isinstance(values, dict) or not all(isinstance(k, str) and k.count(".") == 1 for k in values):
+        if dataset not in datasets:
+            raise ConfigError(f"{where}: not one of datasets: ({', '.join(map(str, datasets))})")
+        if not isinstance(values, dict):
             raise ConfigError(f"{where}: must be a mapping of section.key: value (e.g. model.encoder: cnn)")
         for key in values:
-            if key in ("data.name", "train.seed"):
-                raise ConfigError(f"{where}.{key}: set by the sweep (datasets: and objective.seed)")
+            if not isinstance(key, str) or key.count(".") != 1 or not all(key.split(".")):
+                raise ConfigError(f"{where}.{cut(key)}: keys must look like section.key (e.g. model.encoder)")
+            if key in reserved:
+                raise ConfigError(f"{where}.{key}: {reserved[key]}")
         out[dataset] = dict(values)
+    return out
+
+
+def _dataset_overrides(raw: Any, space: SearchSpace, source: str) -> dict[str, dict]:
+    """A space's ``dataset_overrides``: what one dataset needs on top of the base (e.g. conv encoders for an
+    image dataset), each validated as that dataset's trial config."""
+    reserved = dict.fromkeys(("data.name", "train.seed"), "set by the sweep (datasets: and objective.seed)")
+    out = parse_dataset_overrides(raw, space.datasets, source, reserved)
+    for dataset in out:
         trial_config(replace(space, dataset_overrides=out), dataset, {}, space.objective.seed)  # validates
     return out
 
