@@ -155,3 +155,22 @@ def test_rich_only_on_a_terminal_and_never_in_a_job_driver(monkeypatch):
     os.close(leader)
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
     assert not use_rich(io.StringIO())  # a pipe or log file
+
+
+def test_quiet_libraries_drops_rays_auth_on_note_and_keeps_its_auth_off_warning(clean_env, caplog):
+    import logging
+
+    from mcrlab.trials.display import RAY_AUTH_LOGGER
+
+    log = logging.getLogger(RAY_AUTH_LOGGER)
+    saved = list(log.filters)
+    try:
+        quiet_libraries()
+        quiet_libraries()  # twice: one filter
+        assert len(log.filters) == len(saved) + 1
+        with caplog.at_level("WARNING", logger=RAY_AUTH_LOGGER):
+            log.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled")
+            log.warning("Token authentication is disabled: anyone with network access can run code")
+        assert [r.getMessage()[:33] for r in caplog.records] == ["Token authentication is disabled:"]
+    finally:
+        log.filters[:] = saved

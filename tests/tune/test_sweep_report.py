@@ -105,3 +105,34 @@ def test_asha_sweep_report_and_links(ray_local, tmp_path, mlflow_uri, capsys, mo
     # compare refuses a sweep (its trials are not seeds of arms) and points at the report
     assert main(["compare", "--run", meta["mlflow_run_id"], "--tracking-uri", mlflow_uri]) == 2
     assert f"use: mcrlab report {meta['sweep_id']}" in capsys.readouterr().err
+
+
+def _study(tmp_path, name, objective):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=6)
+    return storage
+
+
+def test_contour_plots_only_parameters_that_vary(tmp_path, caplog):
+    """A parameter with one value in every trial (a one-choice categorical) has no contour: it is left
+    out of the plot, Optuna warns nothing, and with fewer than two varying parameters the plot is skipped."""
+    from mcrlab.analysis.sweep_report import study_report
+
+    def three(trial):  # two varying, one constant
+        return trial.suggest_float("a", 0, 1) + trial.suggest_float("b", 0, 1) + len(
+            trial.suggest_categorical("c", ["only"]))
+
+    def one(trial):  # one varying, one constant
+        return trial.suggest_float("a", 0, 1) + len(trial.suggest_categorical("c", ["only"]))
+
+    storage = _study(tmp_path, "s/three", three)
+    _study(tmp_path, "s/one", one)
+    with caplog.at_level("WARNING", logger="optuna"):
+        rep = study_report(storage, "s/three", tmp_path / "three")
+    assert (tmp_path / "three" / "contour.png").stat().st_size > 0 and "contour" not in rep.skipped
+    assert not [r for r in caplog.records if "unique value length" in r.getMessage()]
+    rep = study_report(storage, "s/one", tmp_path / "one")
+    assert "vary across completed trials" in rep.skipped["contour"]
+    assert not (tmp_path / "one" / "contour.png").exists()

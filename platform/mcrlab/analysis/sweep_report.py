@@ -213,13 +213,16 @@ def study_report(storage: str, study_name: str, out_dir: Path, metric: str | Non
             rep.files.append(out_dir / "param_importances.json")
         except Exception as err:  # noqa: BLE001 - importances need >= 2 finished trials with varying params
             rep.skipped["param_importances"] = f"{type(err).__name__}: {err}"
-        n_params = len({p for t in study.get_trials(deepcopy=False) for p in t.params})
+        # a contour of a parameter that never changed draws nothing (and Optuna warns once per pair)
+        done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+        varying = sorted(p for p in {p for t in done for p in t.params}
+                         if len({repr(t.params[p]) for t in done if p in t.params}) >= 2)
         makers = {
             "optimization_history": lambda: ovm.plot_optimization_history(study, target=first, target_name=target),
             "param_importances": lambda: ovm.plot_param_importances(study, target=first, target_name=target),
             "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target=first, target_name=target),
             "slice": lambda: ovm.plot_slice(study, target=first, target_name=target),
-            "contour": lambda: ovm.plot_contour(study, target=first, target_name=target),
+            "contour": lambda: ovm.plot_contour(study, params=varying, target=first, target_name=target),
         }
         if multi:
             rep.pareto = pareto_rows(study)
@@ -232,8 +235,8 @@ def study_report(storage: str, study_name: str, out_dir: Path, metric: str | Non
             if complete < 1:
                 rep.skipped[name] = "no completed trial"
                 continue
-            if name == "contour" and n_params < 2:
-                rep.skipped[name] = "needs two or more searched parameters"
+            if name == "contour" and len(varying) < 2:
+                rep.skipped[name] = "needs two or more searched parameters that vary across completed trials"
                 continue
             if name == "param_importances" and not rep.importances:
                 rep.skipped.setdefault(name, "no importances")

@@ -36,6 +36,14 @@ except ImportError:  # pragma: no cover - ray is a dependency; keep the module i
 __all__ = ["LiveDisplay", "quiet_libraries", "format_duration", "eta_seconds", "use_rich"]
 
 NOISY_LOGGERS = ("mlflow", "alembic", "optuna", "ray.tune", "ray.train")
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class _DropAuthEnabledNote(logging.Filter):
+    """Drops Ray's "Token authentication is enabled for this Ray cluster" note, and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
 
 
 def quiet_libraries(verbose: bool = False) -> None:
@@ -48,6 +56,8 @@ def quiet_libraries(verbose: bool = False) -> None:
     - the ``mlflow``/``alembic`` loggers at WARNING: "Creating initial MLflow database tables..." and the
       migration lines of a new SQLite store; ``optuna`` at WARNING: "Trial N finished with value ...";
       ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false``: a progress bar per downloaded artifact (reports).
+    - Ray's note that a local cluster has token authentication on (the safe default; its warning that
+      authentication is OFF is kept).
     Explicit user settings of the environment variables win.
     """
     if verbose:
@@ -58,6 +68,9 @@ def quiet_libraries(verbose: bool = False) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts: 100%|..."
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    auth = logging.getLogger(RAY_AUTH_LOGGER)
+    if not any(isinstance(f, _DropAuthEnabledNote) for f in auth.filters):
+        auth.addFilter(_DropAuthEnabledNote())
     with contextlib.suppress(ImportError):
         import optuna
 
