@@ -118,7 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "comparison report is written and logged to the ablation run.")
     p.add_argument("spec", help="ablation spec YAML")
     p.add_argument("--resume", action="store_true", help="run only the missing or failed cells of this ablation")
-    p.add_argument("--smoke", action="store_true", help="the spec's smoke variant (seconds)")
+    p.add_argument("--smoke", action="store_true", help="the spec's smoke variant (tiny cells: about 30 s)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or runs/mlflow.db)")
     p.add_argument("--base-run", metavar="RUN_ID|best-of:SWEEP_ID[/DATASET]",
                    help="use this MLflow run's config as the base instead of the spec's (a sweep's best trial: "
