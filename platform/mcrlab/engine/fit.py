@@ -316,6 +316,18 @@ def _save(path: Path, state: dict, name: str = CHECKPOINT_FILE) -> None:
     os.replace(tmp, path / name)  # atomic: a kill mid-write never leaves a torn checkpoint
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def compile_options(setting: bool | str) -> dict[str, Any]:
+    """torch.compile's keyword arguments for ``train.compile``: true = "default" (inductor); "reduce-overhead"
+    adds CUDA-graph capture of the compiled step on CUDA (a no-op on CPU); "max-autotune" also tunes kernels."""
+    mode = "default" if setting is True else setting
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"train.compile: {setting!r} is not true, false or one of {', '.join(COMPILE_MODES)}")
+    return {} if mode == "default" else {"mode": mode}
+
+
 def fit(cfg: RunConfig, report: ReportFn | None = None, *, checkpoint_dir: str | None = None,
         resume_from: str | None = None, dataset: MultimodalDataset | None = None,
         train_batches: TrainBatches | None = None, model_out: str | Path | None = None) -> dict[str, float]:
@@ -348,9 +360,14 @@ def fit(cfg: RunConfig, report: ReportFn | None = None, *, checkpoint_dir: str |
     base_mult = player_multipliers(cfg, M)
     mult = list(base_mult)
     opt = _optimizer(cfg, _param_groups(model, method, t.lr, mult))
-    # train.compile: the training forward runs compiled; evaluation and checkpoints use the module itself
-    # torch.compile's stubs return a plain callable; for a module it returns an OptimizedModule wrapping it
-    step_model: MultimodalNet = torch.compile(model) if t.compile else model  # type: ignore[assignment]
+    # train.compile: the method compiles its whole step (MCR: forward and loss) or, by default, the training
+    # forward runs compiled; evaluation and checkpoints use the module itself
+    step_model = model
+    if t.compile is not False:
+        options = compile_options(t.compile)
+        if not method.compile_step(options):
+            # torch.compile's stubs return a plain callable; for a module it returns an OptimizedModule
+            step_model = torch.compile(model, **options)  # type: ignore[assignment]
     all_params = [p for g in opt.param_groups for p in g["params"]]
 
     batches = train_batches if train_batches is not None else _train_batches(data, cfg, device, rank, world)

@@ -7,7 +7,8 @@ Public API:
   calls it at evaluation for every method (under ``torch.no_grad()``). Late fusion takes the fast path
   (permuted logit contributions, O(S*B*C)); other heads are re-run batched over all S perturbations.
 - ``unique_from_perturbation``: the same for an already drawn ``Perturbation``.
-- ``draw_perturbation`` / ``draw_permutations`` / ``Perturbation``: permute | noise | zero draws.
+- ``draw_perturbation`` / ``draw_permutations`` / ``Perturbation``: permute | noise | zero draws;
+  ``draw_perturbation_for``: the same draw from the sizes alone (before the forward: compiled steps).
 - ``divergence(p_logits, q_logits, kind)``: per-sample jsd | kl | mse from logits; ``mean_divergence``
   and ``permuted_mean_divergence``: the same averaged over (S, B) by one fused autograd node (hot path).
 - ``permute_rows``: x[..., pi_s(i), :] for all S permutations, with a gather-based backward.
@@ -27,7 +28,14 @@ from mcrlab.mcr.divergence import (
 )
 from mcrlab.mcr.game import STRATEGY_K, coefficients, game_term, game_term_reference, value_scale
 from mcrlab.mcr.irrelevant import CLUB, IRRELEVANT_BOUNDS, CEBDecoder, CLUBNet, ceb_mse, club_bound
-from mcrlab.mcr.perturb import PERTURBATIONS, Perturbation, draw_permutations, draw_perturbation, permute_rows
+from mcrlab.mcr.perturb import (
+    PERTURBATIONS,
+    Perturbation,
+    draw_permutations,
+    draw_perturbation,
+    draw_perturbation_for,
+    permute_rows,
+)
 from mcrlab.mcr.shared import SHARED_BOUNDS, SharedProjection, contrastive_loss
 from mcrlab.mcr.unique import (
     can_use_fast_path,
@@ -47,6 +55,7 @@ __all__ = [
     "can_use_fast_path",
     "Perturbation",
     "draw_perturbation",
+    "draw_perturbation_for",
     "draw_permutations",
     "PERTURBATIONS",
     "permute_rows",
