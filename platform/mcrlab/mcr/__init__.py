@@ -12,7 +12,9 @@ Public API:
 - ``divergence(p_logits, q_logits, kind)``: per-sample jsd | kl | mse from logits; ``mean_divergence``
   and ``permuted_mean_divergence``: the same averaged over (S, B) by one fused autograd node (hot path).
 - ``permute_rows``: x[..., pi_s(i), :] for all S permutations, with a gather-based backward.
-- ``permuted_relu_linear``: the MLP head's tail re-run over all S permutations as one chunked node.
+- ``permuted_relu_linear``: the MLP head's tail re-run over all S permutations as one chunked node;
+  ``permuted_relu_linear_divergence``: that and ``mean_divergence`` (the MLP game path).
+- ``opaque``: under torch.compile the fused nodes run as opaque custom operators (``mcrlab::*``).
 - ``game_term(out, fusion, pert, lambda_m=, k=, divergence=, reference_grad=) -> (R_game, D)`` and its
   literal twin ``game_term_reference``; ``value_scale`` (R_game / -lambda sum D); ``STRATEGY_K`` maps greedy/independent/collaborative to k.
 - ``contrastive_loss`` + ``SharedProjection``: supcon | infonce lower bound of shared information.
@@ -42,6 +44,7 @@ from mcrlab.mcr.unique import (
     fast_perturbed_logits,
     head_perturbed_logits,
     permuted_relu_linear,
+    permuted_relu_linear_divergence,
     unique_from_perturbation,
     unique_information,
 )
@@ -52,6 +55,7 @@ __all__ = [
     "fast_perturbed_logits",
     "head_perturbed_logits",
     "permuted_relu_linear",
+    "permuted_relu_linear_divergence",
     "can_use_fast_path",
     "Perturbation",
     "draw_perturbation",

@@ -44,7 +44,7 @@ from mcrlab.mcr.perturb import Perturbation, permute_rows
 from mcrlab.mcr.unique import (
     can_use_fast_path,
     fusion_weight,
-    permuted_relu_linear,
+    permuted_relu_linear_divergence,
     relu_linear_tail,
     split_head,
 )
@@ -134,7 +134,7 @@ def _additive_divergences(U: torch.Tensor, Fd: torch.Tensor, zs: list[torch.Tens
         if tail is None:
             return permuted_mean_divergence(P, Fj - U, U, pert.perms, divergence)
         if last is not None:
-            return mean_divergence(tail(P), permuted_relu_linear(Fj - U, U, pert.perms, *last), divergence)
+            return permuted_relu_linear_divergence(tail(P), Fj - U, U, pert.perms, *last, divergence)
         pq = permute_rows(U, pert.perms)  # (M, S, B, K)
     else:
         pq = torch.stack([pert.contribution(U[j], j, zs[j], weights[j]) for j in range(M)])  # (M, S', B, K)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mcrlab.mcr.opaque import value_and_unit_grads, with_gradients
+
 __all__ = ["SHARED_BOUNDS", "SharedProjection", "contrastive_loss"]
 
 SHARED_BOUNDS = ("supcon", "infonce")
@@ -60,7 +62,11 @@ def _nt_xent(e: torch.Tensor, labels: torch.Tensor, M: int, temperature: float, 
         onehot = (labels.unsqueeze(1) == torch.arange(K, device=labels.device)).to(e.dtype)  # (B, K)
     else:
         onehot = None  # instance groups: sample i of every modality
-    return _NTXent.apply(e, onehot, M, temperature ** -0.5)
+    scale = temperature ** -0.5
+    if torch.compiler.is_compiling():  # train.compile: the node stays one opaque operator (mcr/opaque.py)
+        loss, grad = torch.ops.mcrlab.nt_xent(e.detach(), onehot, M, scale)
+        return with_gradients(loss, [e], [grad])
+    return _NTXent.apply(e, onehot, M, scale)
 
 
 def _group_sums(x: torch.Tensor, onehot: torch.Tensor | None, M: int) -> torch.Tensor:
@@ -114,3 +120,16 @@ class _NTXent(torch.autograd.Function):
         u = torch.where(x.norm(dim=1, keepdim=True) > 1e-12, x / norm, 0.0)
         dx = (de - u * (u * de).sum(1, keepdim=True)) * (ctx.scale / norm)
         return dx, None, None, None
+
+
+@torch.library.custom_op("mcrlab::nt_xent", mutates_args=())
+def _nt_xent_op(x: torch.Tensor, onehot: torch.Tensor | None, M: int, scale: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_NTXent`` as one operator: (loss, d loss / d x)."""
+    loss, (dx, *_) = value_and_unit_grads(_NTXent, x, onehot, M, scale)
+    return loss, dx.contiguous()
+
+
+@_nt_xent_op.register_fake
+def _(x, onehot, M, scale):
+    return x.new_empty(()), torch.empty_like(x)
