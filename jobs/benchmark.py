@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         out["figures"].update(figures)
         out["raw"][key] = raw
         for k, v in figures.items():
-            print(f"{k:<48} {v:10.4f}", flush=True)
+            print(f"{k:<56} {v:10.4f}", flush=True)
     out["machine_end"] = machine()
     bad = [k for k, v in out["figures"].items() if not math.isfinite(v)]
     bad += [k for k in STABLE_FIGURES if k not in out["figures"] and part_of(k) not in skip]

@@ -374,6 +374,9 @@ def fit(cfg: RunConfig, report: ReportFn | None = None, *, checkpoint_dir: str |
     val_chunks = _EvalChunks(data.splits["val"], device)
     steps_per_epoch = batches.steps
     cuda = device.type == "cuda"
+    # reduce-overhead on CUDA replays the compiled step as CUDA graphs, whose outputs live in memory that the
+    # next replay overwrites: each step's loss is copied (on the device) to survive until the epoch's read
+    captured = cuda and t.compile == "reduce-overhead"
     order_gen = torch.Generator().manual_seed(t.seed)  # batch order: identical on every rank
     method_gen = torch.Generator(device="cpu").manual_seed(t.seed * 1_000_003 + rank)  # per-rank draws
     eval_gen = torch.Generator(device="cpu")
@@ -407,6 +410,8 @@ def fit(cfg: RunConfig, report: ReportFn | None = None, *, checkpoint_dir: str |
             yb = yb.to(device, non_blocking=cuda)
             ctx.step, ctx.global_step = step, global_step
             opt.zero_grad(set_to_none=True)
+            if captured:  # a new training iteration: the previous step's graph outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
                 res = method.training_step(step_model, xb, yb, ctx)
             # reading a CPU tensor is free; on an accelerator the check waits for the epoch's one read below
@@ -420,7 +425,8 @@ def fit(cfg: RunConfig, report: ReportFn | None = None, *, checkpoint_dir: str |
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(all_params, t.grad_clip)
             opt.step()
-            losses.append(res.loss.detach())
+            # (the last step's logs are read before the next replay, at the end of the epoch)
+            losses.append(res.loss.detach().clone() if captured else res.loss.detach())
             global_step += 1
         loss_sum, step_logs = _read_epoch(losses, step_logs, epoch)
 
