@@ -54,7 +54,12 @@ def test_permuted_mean_divergence_compiled_is_the_opaque_operator_and_exact(kind
         torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
 
 
-def test_relu_linear_divergence_compiled_is_the_opaque_operator_and_exact():
+@pytest.mark.parametrize("chunk", [None, 2 * 6 * 5])  # one chunk of permutations / one permutation per chunk
+def test_relu_linear_divergence_compiled_is_the_opaque_operator_and_exact(chunk, monkeypatch):
+    """The MLP game path (the re-run node in chunks of permutations, then the divergence node), eager and
+    compiled (both nodes as one operator), against the reference loop."""
+    if chunk is not None:
+        monkeypatch.setattr("mcrlab.mcr.unique._CHUNK_ELEMS", chunk)
     p, rest, contrib, perms = _inputs(seed=1, C=5)  # hidden width H = 5
     g = torch.Generator().manual_seed(2)
     weight, bias = torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
