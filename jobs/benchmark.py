@@ -1,5 +1,5 @@
 # OMP_NUM_THREADS=1 python jobs/benchmark.py --json runs/benchmark.json          (CPU: ~10 min; GPU part when CUDA)
-# OMP_NUM_THREADS=1 python jobs/benchmark.py --smoke --json /tmp/bench.json      (< ~60 s: tiny sizes, every figure)
+# OMP_NUM_THREADS=1 python jobs/benchmark.py --smoke --json /tmp/bench.json      (minutes: tiny sizes, every figure)
 # ray job submit --address "$RAY_API_SERVER_ADDRESS" --runtime-env jobs/runtime_env.yaml --entrypoint-num-gpus 1 \
 #     -- python jobs/benchmark.py --json benchmark.json                        (on a cluster's GPU node)
 """The platform's performance figures in one run, as ratios, each under a stable JSON name.
@@ -384,7 +384,7 @@ def part_of(figure: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  epilog="figures: see the module docstring", )
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, every figure (< ~60 s on 2 cores)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, every figure (a few minutes on 2 cores: the step part compiles ten tiny steps)")
     ap.add_argument("--json", metavar="PATH", help="write {figures, raw, machine, ...} as JSON")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: step, throughput, conv, ray, gpu")
     args = ap.parse_args(argv)
