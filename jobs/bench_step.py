@@ -111,6 +111,8 @@ def bench(device: torch.device, fusion: str, batch: int, steps: int, warmup: int
             torch.cuda.synchronize()
         w0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
+        if device.type == "cuda" and name.endswith("_compiled"):  # as fit does under reduce-overhead
+            torch.compiler.cudagraph_mark_step_begin()
         if method is None:
             loss = released_style_step(model, xs, y, S, 0.01, ctx.generator)
         else:
