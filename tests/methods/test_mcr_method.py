@@ -122,13 +122,17 @@ def test_config_keys_reach_the_method():
 
 
 @pytest.mark.slow  # the first torch.compile in a process builds its C++ kernels (~1 min on 2 cores)
-@pytest.mark.parametrize(("fusion", "mode"), [("late", True), ("mlp", "reduce-overhead")])
-def test_compiled_step_gives_the_eager_loss_and_gradients(fusion, mode):
+@pytest.mark.parametrize(("fusion", "mode", "extra"), [
+    ("late", True, {}), ("mlp", "reduce-overhead", {}),
+    ("late", "default", {"lambda_b": 0.1, "irrelevant_bound": "club", "perturbation": "noise", "divergence": "kl",
+                         "shared_bound": "infonce", "strategy": "collaborative"}),
+    ("mlp", True, {"lambda_b": 0.1, "perturbation": "zero", "divergence": "mse", "reference_grad": "full"})])
+def test_compiled_step_gives_the_eager_loss_and_gradients(fusion, mode, extra):
     """train.compile's path for MCR: the whole step (forward, game term, divergence, SupCon, the MLP head's
     re-run) compiled by inductor gives the eager step's loss, logs and every gradient, in float64; with the
     schedule's lambda_M changing between steps without a recompilation. reduce-overhead is accepted on CPU
     (its CUDA graphs need a GPU) and computes the same."""
-    model, method, xs, y = _setup(fusion, num_perms=4, warmup_epochs=2)
+    model, method, xs, y = _setup(fusion, num_perms=4, warmup_epochs=2, **extra)
     model.double()
     method.extra_modules().double()
     xs = [x.double() for x in xs]
