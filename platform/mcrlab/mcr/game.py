@@ -75,12 +75,13 @@ def _detached_head(fusion: nn.Module):
     return lambda zs: functional_call(fusion, params, (zs,))
 
 
-def game_term(out: ForwardOutput, fusion: nn.Module, pert: Perturbation, *, lambda_m: float, k: float,
+def game_term(out: ForwardOutput, fusion: nn.Module, pert: Perturbation, *, lambda_m: float | torch.Tensor, k: float,
               divergence: str = "jsd", reference_grad: str = "same", path: str = "auto"
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """R_game (scalar) and the D_m it used (M,), detached, for logging. One pass over all D_j.
 
-    out: the model's forward output on the batch; pert: this step's perturbation draw.
+    out: the model's forward output on the batch; pert: this step's perturbation draw; lambda_m: a float or a
+    0-d tensor (the compiled step passes a tensor, so that a changing value does not recompile).
     path: "fast" (late fusion contributions), "general" (players = latents, head re-run) or "auto".
     """
     M = len(out.z)

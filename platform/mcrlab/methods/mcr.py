@@ -15,6 +15,9 @@ lambda_M is 0 (lambda_m = 0, an ablation) D_m is still measured, without gradien
 Per-step logs: loss/fused, loss/head/<m>, loss/game (exactly the term added to the loss), loss/shared,
 loss/irrelevant (and loss/club_nll for club), mcr/D/<m> (detached 0-d tensors: the step never waits for the
 device), mcr/lambda_m (effective) and mcr/active (Python floats from the schedule).
+
+train.compile (``compile_step``): the forward and ``_loss_terms`` run as one compiled function, with this
+step's perturbation drawn eagerly first (the same draws as the eager path) and lambda_M passed as a tensor.
 """
 
 from __future__ import annotations
