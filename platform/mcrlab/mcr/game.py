@@ -75,8 +75,8 @@ def _detached_head(fusion: nn.Module):
     return lambda zs: functional_call(fusion, params, (zs,))
 
 
-def game_term(out: ForwardOutput, fusion: nn.Module, pert: Perturbation, *, lambda_m: float | torch.Tensor, k: float,
-              divergence: str = "jsd", reference_grad: str = "same", path: str = "auto"
+def game_term(out: ForwardOutput, fusion: nn.Module, pert: Perturbation, *, lambda_m: float | torch.Tensor,
+              k: float, divergence: str = "jsd", reference_grad: str = "same", path: str = "auto"
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """R_game (scalar) and the D_m it used (M,), detached, for logging. One pass over all D_j.
 
