@@ -8,7 +8,8 @@ pass, then the fusion head re-run once per permutation and modality in a Python 
 device, thread setting and fusion head (late, mlp): median milliseconds and the ratio to joint.
 
 Steps of all methods are interleaved round-robin so that load changes on a shared machine hit them
-alike; wall-clock and (CPU) process-time medians are both recorded. Each ratio is the median over rounds
+alike; wall-clock and (CPU) process-time medians are both recorded. ``--compile true`` (or another
+train.compile setting) adds every variant compiled as ``fit`` compiles it, in the same rounds. Each ratio is the median over rounds
 of (variant step / joint step of the same round), with its spread (the 25th-75th percentile of those
 per-round ratios), so that a burst of load on a shared machine widens the spread instead of moving the
 figure. Targets (issue 15, bench MLPs, CPU, B = 256): MCR <= 1.35x at S = 8 and <= 1.45x at S = 32,
@@ -55,34 +56,54 @@ def released_style_step(model: MultimodalNet, xs: list[torch.Tensor], y: torch.T
     return loss - lambda_m * (ds[0] - ds[1])
 
 
-def _variants(S_list: list[int]) -> dict[str, tuple[str, dict]]:
-    v: dict[str, tuple[str, dict]] = {"joint": ("joint", {}), "multiloss": ("multiloss", {})}
+def _variants(S_list: list[int], compiled: bool = False) -> dict[str, tuple[str, dict]]:
+    v: dict[str, tuple[str, dict]] = {"joint": ("joint", {})}
+    if not compiled:  # (compiling costs time: the compiled set keeps what the figures need)
+        v["multiloss"] = ("multiloss", {})
     for S in S_list:
         v[f"mcr_S{S}"] = ("mcr", {"num_perms": S})
         v[f"mcr_game_only_S{S}"] = ("mcr", {"num_perms": S, "lambda_c": 0.0})
-    v[f"released_style_S{S_list[-1]}"] = ("released", {"num_perms": S_list[-1]})
+    if not compiled:  # the released code's loop is not a train.compile path
+        v[f"released_style_S{S_list[-1]}"] = ("released", {"num_perms": S_list[-1]})
     return v
 
 
 def bench(device: torch.device, fusion: str, batch: int, steps: int, warmup: int, width: dict,
-          S_list: list[int]) -> dict[str, dict[str, float]]:
+          S_list: list[int], compile: bool | str = False, eager: bool = True) -> dict[str, dict[str, float]]:
+    """Interleaved step times of every variant: name -> {wall_ms, cpu_ms, ratio_wall, ratio_cpu, spreads}.
+
+    compile: a ``train.compile`` setting (false = none). When set, every variant also runs compiled as
+    ``fit`` compiles it (MCR: its whole step; joint: the forward), under the name ``<variant>_compiled``,
+    in the same rounds as the eager ones (``eager=False`` leaves those out); a compiled variant's ratio is
+    to the compiled joint step of the same round. The warm-up steps include the compilation.
+    """
+    from mcrlab.engine.fit import compile_options
+
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(batch, d, generator=g).to(device) for d in IN_DIMS]
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(device)
+    settings = ([False] if eager else []) + ([compile] if compile is not False else [])
     runs = {}
-    for name, (method_name, params) in _variants(S_list).items():
-        torch.manual_seed(0)
-        model = MultimodalNet(list(IN_DIMS), NUM_CLASSES, ModelConfig(fusion=fusion, **width)).to(device)
-        method = None
-        if method_name != "released":
-            p = MCRParams(**params) if method_name == "mcr" else REGISTRY[method_name].Params()
-            method = REGISTRY[method_name](p, model, NUM_CLASSES)
-        extra = method.extra_modules() if method is not None else None
-        params_all = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
-        opt = torch.optim.Adam(params_all, lr=1e-3)
-        ctx = StepContext(epoch=0, step=0, global_step=0, epochs=1, steps_per_epoch=1,
-                          generator=torch.Generator().manual_seed(0), device=device, optimizer=opt)
-        runs[name] = (model, method, opt, ctx, params.get("num_perms", 0))
+    for setting in settings:
+        suffix = "" if setting is False else "_compiled"
+        for name, (method_name, params) in _variants(S_list, setting is not False).items():
+            torch.manual_seed(0)
+            model = MultimodalNet(list(IN_DIMS), NUM_CLASSES, ModelConfig(fusion=fusion, **width)).to(device)
+            method = None
+            if method_name != "released":
+                p = MCRParams(**params) if method_name == "mcr" else REGISTRY[method_name].Params()
+                method = REGISTRY[method_name](p, model, NUM_CLASSES)
+            extra = method.extra_modules() if method is not None else None
+            params_all = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
+            opt = torch.optim.Adam(params_all, lr=1e-3)
+            ctx = StepContext(epoch=0, step=0, global_step=0, epochs=1, steps_per_epoch=1,
+                              generator=torch.Generator().manual_seed(0), device=device, optimizer=opt)
+            step_model = model
+            if setting is not False and method is not None:  # what fit does under train.compile
+                options = compile_options(setting)
+                if not method.compile_step(options):
+                    step_model = torch.compile(model, **options)
+            runs[name + suffix] = (step_model, method, opt, ctx, params.get("num_perms", 0))
 
     def step(name: str) -> tuple[float, float]:
         model, method, opt, ctx, S = runs[name]
@@ -90,6 +111,8 @@ def bench(device: torch.device, fusion: str, batch: int, steps: int, warmup: int
             torch.cuda.synchronize()
         w0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
+        if device.type == "cuda" and name.endswith("_compiled"):  # as fit does under reduce-overhead
+            torch.compiler.cudagraph_mark_step_begin()
         if method is None:
             loss = released_style_step(model, xs, y, S, 0.01, ctx.generator)
         else:
@@ -107,8 +130,8 @@ def bench(device: torch.device, fusion: str, batch: int, steps: int, warmup: int
             if i >= warmup:
                 times[name].append(t)
     out = {}
-    base = times["joint"]
     for name, ts in times.items():
+        base = times["joint_compiled" if name.endswith("_compiled") else "joint"]
         w, c = statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)
         rw = [t[0] / b[0] for t, b in zip(ts, base, strict=True)]  # per-round ratios: same load
         rc = [t[1] / b[1] if b[1] > 0 else math.nan for t, b in zip(ts, base, strict=True)]
@@ -127,9 +150,9 @@ def _spread(key: str, xs: list[float]) -> dict[str, float]:
 
 def print_table(label: str, res: dict[str, dict[str, float]]) -> None:
     print(f"\n{label}")
-    print(f"  {'method':<22}{'wall ms':>9}{'x joint':>9}{'[p25, p75]':>15}{'cpu ms':>9}{'x joint':>9}{'[p25, p75]':>15}")
+    print(f"  {'method':<27}{'wall ms':>9}{'x joint':>9}{'[p25, p75]':>15}{'cpu ms':>9}{'x joint':>9}{'[p25, p75]':>15}")
     for name, r in res.items():
-        print(f"  {name:<22}{r['wall_ms']:>9.2f}{r['ratio_wall']:>9.2f}"
+        print(f"  {name:<27}{r['wall_ms']:>9.2f}{r['ratio_wall']:>9.2f}"
               f"   [{r['ratio_wall_p25']:.2f}, {r['ratio_wall_p75']:.2f}]"
               f"{r['cpu_ms']:>9.2f}{r['ratio_cpu']:>9.2f}   [{r['ratio_cpu_p25']:.2f}, {r['ratio_cpu_p75']:.2f}]")
 
@@ -145,7 +168,11 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", default="1,default", help="CPU thread settings, e.g. '1,default' or '2'")
     ap.add_argument("--fusion", default="late,mlp")
+    ap.add_argument("--compile", default="false",
+                    help="also time every variant compiled with this train.compile setting (true, "
+                         "reduce-overhead, ...), interleaved with the eager ones")
     args = ap.parse_args()
+    compile_setting = {"false": False, "true": True}.get(args.compile, args.compile)
     width = {"hidden": 256, "depth": 2, "latent": 128, "fusion_hidden": 256}
     S_list = [8, 32]
     if args.smoke:
@@ -161,7 +188,8 @@ def main() -> int:
             n = default_threads if th == "default" else int(th)
             torch.set_num_threads(n)
             for fusion in args.fusion.split(","):
-                res = bench(torch.device(dev), fusion, args.batch, args.steps, args.warmup, width, S_list)
+                res = bench(torch.device(dev), fusion, args.batch, args.steps, args.warmup, width, S_list,
+                            compile=compile_setting)
                 label = f"{dev} threads={n} fusion={fusion} B={args.batch}" if dev == "cpu" else \
                     f"{dev} ({torch.cuda.get_device_name()}) fusion={fusion} B={args.batch}"
                 print_table(label, res)

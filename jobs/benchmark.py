@@ -1,5 +1,5 @@
 # OMP_NUM_THREADS=1 python jobs/benchmark.py --json runs/benchmark.json          (CPU: ~10 min; GPU part when CUDA)
-# OMP_NUM_THREADS=1 python jobs/benchmark.py --smoke --json /tmp/bench.json      (< ~60 s: tiny sizes, every figure)
+# OMP_NUM_THREADS=1 python jobs/benchmark.py --smoke --json /tmp/bench.json      (minutes: tiny sizes, every figure)
 # ray job submit --address "$RAY_API_SERVER_ADDRESS" --runtime-env jobs/runtime_env.yaml --entrypoint-num-gpus 1 \
 #     -- python jobs/benchmark.py --json benchmark.json                        (on a cluster's GPU node)
 """The platform's performance figures in one run, as ratios, each under a stable JSON name.
@@ -13,7 +13,13 @@ Figures (``figures`` in the JSON; the CPU ones always, ``*_cuda_*`` only when CU
                                                   <= 2.0 at S=32); spread (p25, p75) in raw
   mcr_game_only_over_joint_step_{late,mlp}_s{8,32}[_cputime]   the same with the game term only (lambda_C = 0;
                                                   target <= 1.20)
-  mcr_over_joint_step_cuda_{late,mlp}_s{8,32}     the same on CUDA, MLP model (bench_step.bench)
+  mcr[_game_only]_over_joint_step_{late,mlp}_s{8,32}_compiled[_cputime]   the same with every step compiled as
+                                                  train.compile=true compiles it (MCR: the whole step, forward
+                                                  and loss; joint: the forward), measured in the same
+                                                  interleaved rounds as the eager figures, ratio to the
+                                                  compiled joint step
+  mcr[_game_only]_over_joint_step_cuda_{late,mlp}_s{8,32}[_captured]   the same on CUDA, MLP model, eager and
+                                                  with train.compile=reduce-overhead (CUDA-graph captured)
   mcr_over_joint_step_cpu_resnet_{late,mlp}_s{8,32}[_cputime]   the conv workload (jobs/bench_conv.py):
                                                   model.encoders=[resnet18, resnet18] from the config, a
                                                   3x32x32 frame + a 32x32 spectrogram, B=32, interleaved
@@ -66,8 +72,8 @@ S_LIST = [8, 32]
 FUSIONS = ("late", "mlp")
 # every run reports these (CPU); the *_cuda_* figures come in addition when CUDA is present
 STABLE_FIGURES = (
-    *(f"mcr{g}_over_joint_step_{f}_s{s}{t}" for g in ("", "_game_only") for f in FUSIONS for s in S_LIST
-      for t in ("", "_cputime")),
+    *(f"mcr{g}_over_joint_step_{f}_s{s}{c}{t}" for g in ("", "_game_only") for f in FUSIONS for s in S_LIST
+      for c in ("", "_compiled") for t in ("", "_cputime")),
     "platform_over_bare_throughput", "platform_over_bare_throughput_no_eval",
     "platform_over_bare_throughput_cputime", "platform_over_bare_throughput_no_eval_cputime", "fit_eval_share",
     "sweep_overhead_s_per_trial_single", "sweep_overhead_s_per_trial_dp", "dp_startup_s", "dp_scaling_2w_over_1w",
@@ -91,7 +97,12 @@ def _load(name: str):
 
 
 def step_ratios(smoke: bool, device: str) -> tuple[dict, dict]:
-    """bench_step.bench per fusion head: the MCR/joint ratios (wall and process time) and the raw table."""
+    """bench_step.bench per fusion head: the MCR/joint ratios (wall and process time) and the raw table.
+
+    Eager and compiled steps in the same interleaved rounds: on CPU ``train.compile=true`` (inductor;
+    MCR compiles its whole step, joint its forward), figures ``*_compiled``; on CUDA
+    ``train.compile=reduce-overhead`` (the step captured as CUDA graphs), figures ``*_captured``.
+    """
     import torch
 
     bench_step = _load("bench_step")
@@ -102,15 +113,17 @@ def step_ratios(smoke: bool, device: str) -> tuple[dict, dict]:
         batch, steps, warmup = 32, 3, 1
     figures, raw = {}, {}
     tag = "" if device == "cpu" else "_cuda"
+    setting, compiled_tag = (True, "_compiled") if device == "cpu" else ("reduce-overhead", "_captured")
     for fusion in FUSIONS:
-        res = bench_step.bench(torch.device(device), fusion, batch, steps, warmup, width, S_LIST)
+        res = bench_step.bench(torch.device(device), fusion, batch, steps, warmup, width, S_LIST, compile=setting)
         raw[f"{device}_{fusion}"] = res
-        bench_step.print_table(f"{device} fusion={fusion} B={batch}", res)
+        bench_step.print_table(f"{device} fusion={fusion} B={batch} (compiled: train.compile={setting})", res)
         for s in S_LIST:
             for g, variant in (("", f"mcr_S{s}"), ("_game_only", f"mcr_game_only_S{s}")):
-                figures[f"mcr{g}_over_joint_step{tag}_{fusion}_s{s}"] = res[variant]["ratio_wall"]
-                if device == "cpu":
-                    figures[f"mcr{g}_over_joint_step_{fusion}_s{s}_cputime"] = res[variant]["ratio_cpu"]
+                for suffix, key in (("", variant), (compiled_tag, f"{variant}_compiled")):
+                    figures[f"mcr{g}_over_joint_step{tag}_{fusion}_s{s}{suffix}"] = res[key]["ratio_wall"]
+                    if device == "cpu":
+                        figures[f"mcr{g}_over_joint_step_{fusion}_s{s}{suffix}_cputime"] = res[key]["ratio_cpu"]
     return figures, raw
 
 
@@ -371,7 +384,7 @@ def part_of(figure: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  epilog="figures: see the module docstring", )
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, every figure (< ~60 s on 2 cores)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, every figure (a few minutes on 2 cores: the step part compiles ten tiny steps)")
     ap.add_argument("--json", metavar="PATH", help="write {figures, raw, machine, ...} as JSON")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: step, throughput, conv, ray, gpu")
     args = ap.parse_args(argv)
@@ -406,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         out["figures"].update(figures)
         out["raw"][key] = raw
         for k, v in figures.items():
-            print(f"{k:<48} {v:10.4f}", flush=True)
+            print(f"{k:<56} {v:10.4f}", flush=True)
     out["machine_end"] = machine()
     bad = [k for k, v in out["figures"].items() if not math.isfinite(v)]
     bad += [k for k in STABLE_FIGURES if k not in out["figures"] and part_of(k) not in skip]

@@ -56,6 +56,22 @@ def test_conv_workload_runs_through_the_public_config_and_fit():
     assert any(not torch.equal(a, p) for a, p in zip(before, run.model.parameters()))
 
 
+@pytest.mark.slow  # compiles ten tiny steps (~1-2 min on 2 cores)
+def test_step_part_reports_eager_and_compiled_figures():
+    """The step part: every MCR/joint figure eager and compiled (train.compile=true), from the same rounds."""
+    b = _bench()
+    figures, raw = b.step_ratios(smoke=True, device="cpu")
+    step_names = [n for n in b.STABLE_FIGURES if b.part_of(n) == "step"]
+    assert len(step_names) == 2 * 2 * 2 * 2 * 2  # (all, game only) x fusion x S x (eager, compiled) x (wall, cpu)
+    assert set(figures) == set(step_names)
+    assert all(math.isfinite(v) and v > 0 for v in figures.values())
+    for fusion in b.FUSIONS:
+        res = raw[f"cpu_{fusion}"]
+        assert {"joint", "joint_compiled", "mcr_S8_compiled", "mcr_game_only_S32_compiled"} <= set(res)
+        assert res["joint"]["ratio_cpu"] == 1.0 and res["joint_compiled"]["ratio_cpu"] == 1.0  # own baselines
+        assert figures[f"mcr_over_joint_step_{fusion}_s32_compiled_cputime"] == res["mcr_S32_compiled"]["ratio_cpu"]
+
+
 def test_bare_loop_and_fit_train_the_same_amount_and_time_the_eval():
     b = _bench()
     cfg = b._throughput_config(smoke=True)

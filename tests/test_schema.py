@@ -48,6 +48,13 @@ def test_every_shipped_ablation_spec_validates(path):
     jsonschema.validate(yaml.safe_load(path.read_text()), schema("ablation"))
 
 
+def test_config_schema_accepts_the_compile_flag_and_modes():
+    for value in (False, True, "default", "reduce-overhead", "max-autotune"):
+        cfg = RunConfig.from_dict({"train": {"compile": value}})
+        assert cfg.train.compile == value
+        jsonschema.validate(cfg.to_dict(), schema("config"))
+
+
 def test_config_schema_accepts_a_resolved_config_of_every_method():
     from mcrlab.methods import REGISTRY
 
@@ -62,6 +69,8 @@ def test_config_schema_accepts_a_resolved_config_of_every_method():
     {"model": {"hiden": 3}},                       # a typo: unknown key
     {"method": {"name": "joint", "lambda_m": 1}},  # a key of another method
     {"method": {"name": "nope"}},                  # unknown method
+    {"train": {"compile": "fast"}},                # not a torch.compile mode
+    {"train": {"compile": 1}},                     # a number is neither a flag nor a mode
 ])
 def test_config_schema_rejects_what_the_validator_rejects(bad):
     from mcrlab.config import ConfigError

@@ -246,7 +246,10 @@ class TrainConfig:
                           le=100_000)
     checkpoint_every: int = opt(1, "save a checkpoint every N epochs (when a checkpoint dir is given)", ge=1,
                                   le=100_000)
-    compile: bool = opt(False, "torch.compile the model's training forward (opt-in; first steps compile)")
+    compile: bool | str = opt(False, "torch.compile the training step (opt-in; the first steps compile): false, "
+                              "true (= default), default, reduce-overhead (also captures the step as CUDA graphs "
+                              "on a GPU), max-autotune; MCR compiles its whole step, other methods the forward",
+                              choices=(False, True, "default", "reduce-overhead", "max-autotune"))
 
     def __post_init__(self) -> None:
         if len(self.player_lr) > 64:

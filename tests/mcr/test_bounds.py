@@ -66,23 +66,24 @@ def test_contrastive_gradcheck(bound):
 
 @pytest.mark.parametrize("bound", ["supcon", "infonce"])
 @pytest.mark.parametrize("M", [2, 3])
-def test_fused_contrastive_node_equals_the_autograd_reference(bound, M):
+@pytest.mark.parametrize("tau", [0.3, 0.04])  # the constant shift 1/tau, and the row maxima (1/tau > 20)
+def test_fused_contrastive_node_equals_the_autograd_reference(bound, M, tau):
     """Value and gradients of the one-node bound (hand-written backward) against plain autograd ops,
     with a label that has no positive in one modality set (supcon) and a zero-norm row (clamped norm)."""
     g = torch.Generator().manual_seed(10 + M)
     y = torch.tensor([0, 1, 0, 2, 1, 0, 3])
     embs = [(torch.randn(7, 4, generator=g, dtype=torch.float64) * 2).requires_grad_() for _ in range(M)]
-    got = contrastive_loss(embs, y, 0.3, bound, num_classes=5)
-    want = contrastive_reference(embs, y, 0.3, bound)
+    got = contrastive_loss(embs, y, tau, bound, num_classes=5)
+    want = contrastive_reference(embs, y, tau, bound)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     w = torch.tensor(1.7, dtype=torch.float64)
     for a, b in zip(torch.autograd.grad(got * w, embs), torch.autograd.grad(want * w, embs), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     zero = [torch.zeros(1, 4, dtype=torch.float64, requires_grad=True)]
     embs2 = [torch.cat([zero[0], embs[0][1:]])] + embs[1:]
-    assert torch.autograd.gradcheck(lambda *t: contrastive_loss(list(t), y, 0.3, bound), tuple(embs))
-    a = torch.autograd.grad(contrastive_loss(embs2, y, 0.3, bound), zero)[0]
-    b = torch.autograd.grad(contrastive_reference(embs2, y, 0.3, bound), zero)[0]
+    assert torch.autograd.gradcheck(lambda *t: contrastive_loss(list(t), y, tau, bound), tuple(embs))
+    a = torch.autograd.grad(contrastive_loss(embs2, y, tau, bound), zero)[0]
+    b = torch.autograd.grad(contrastive_reference(embs2, y, tau, bound), zero)[0]
     torch.testing.assert_close(a, b, rtol=1e-12, atol=0)  # 1 / eps-sized: relative
 
 
@@ -107,6 +108,10 @@ def test_contrastive_low_precision_and_small_temperature():
     got = contrastive_loss(embs, y, 0.005, "supcon")
     want = contrastive_reference([e.double() for e in embs], y, 0.005, "supcon")
     assert torch.isfinite(got) and got.item() == pytest.approx(want.item(), rel=1e-5)
+    # the largest temperature-scale of the constant shift (1/tau = 20): anti-aligned pairs give exp(-40)
+    got = contrastive_loss(embs, y, 0.05, "supcon")
+    want = contrastive_reference([e.double() for e in embs], y, 0.05, "supcon")
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
     b16 = contrastive_loss([e.bfloat16() for e in embs], y, 0.5)
     assert b16.dtype == torch.float32
     ref = contrastive_reference([e.bfloat16().double() for e in embs], y, 0.5)

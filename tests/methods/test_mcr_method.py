@@ -11,7 +11,14 @@ from tests.helpers_data import toy_dataset
 from tests.mcr.reference import contrastive_reference, random_batch, tiny_net
 
 from mcrlab.config import ConfigError, ModelConfig, RunConfig, load_config
-from mcrlab.engine.fit import _optimizer, _param_groups, _set_player_lr, adaptive_multipliers, fit
+from mcrlab.engine.fit import (
+    _optimizer,
+    _param_groups,
+    _set_player_lr,
+    adaptive_multipliers,
+    compile_options,
+    fit,
+)
 from mcrlab.mcr import draw_perturbation, game_term_reference
 from mcrlab.methods import REGISTRY, StepContext
 from mcrlab.methods.mcr import MCRParams, regulariser_schedule
@@ -115,31 +122,63 @@ def test_config_keys_reach_the_method():
 
 
 @pytest.mark.slow  # the first torch.compile in a process builds its C++ kernels (~1 min on 2 cores)
-@pytest.mark.parametrize("fusion", ["late", "mlp"])
-def test_compiled_step_gives_the_eager_loss_and_gradients(fusion):
-    """train.compile's path: the same step with the model's forward under torch.compile (CPU)."""
-    model, method, xs, y = _setup(fusion, num_perms=4)
+@pytest.mark.parametrize(("fusion", "mode", "extra"), [
+    ("late", True, {}), ("mlp", "reduce-overhead", {}),
+    ("late", "default", {"lambda_b": 0.1, "irrelevant_bound": "club", "perturbation": "noise", "divergence": "kl",
+                         "shared_bound": "infonce", "strategy": "collaborative"}),
+    ("mlp", True, {"lambda_b": 0.1, "perturbation": "zero", "divergence": "mse", "reference_grad": "full"})])
+def test_compiled_step_gives_the_eager_loss_and_gradients(fusion, mode, extra):
+    """train.compile's path for MCR: the whole step (forward, game term, divergence, SupCon, the MLP head's
+    re-run) compiled by inductor gives the eager step's loss, logs and every gradient, in float64; with the
+    schedule's lambda_M changing between steps without a recompilation. reduce-overhead is accepted on CPU
+    (its CUDA graphs need a GPU) and computes the same."""
+    model, method, xs, y = _setup(fusion, num_perms=4, warmup_epochs=2, **extra)
+    model.double()
+    method.extra_modules().double()
+    xs = [x.double() for x in xs]
     params = list(model.parameters()) + list(method.extra_modules().parameters())
-    eager = method.training_step(model, xs, y, _ctx(seed=5))
-    g_eager = torch.autograd.grad(eager.loss, params)
-    compiled = method.training_step(torch.compile(model), xs, y, _ctx(seed=5))
-    g_comp = torch.autograd.grad(compiled.loss, params)
-    torch.testing.assert_close(compiled.loss, eager.loss, rtol=1e-5, atol=1e-6)
-    for a, b in zip(g_comp, g_eager, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    assert _floats(compiled.logs) == pytest.approx(_floats(eager.logs), rel=1e-5, abs=1e-6)
+    eager = [method.training_step(model, xs, y, _ctx(epoch=0, step=s, seed=5)) for s in (0, 1)]
+    g_eager = [torch.autograd.grad(r.loss, params) for r in eager]
+    assert method.compile_step(compile_options(mode)) is True
+    compiled = [method.training_step(model, xs, y, _ctx(epoch=0, step=0, seed=5))]
+    with torch._dynamo.config.patch(error_on_recompile=True):  # lambda_M is an input, not a constant
+        compiled.append(method.training_step(model, xs, y, _ctx(epoch=0, step=1, seed=5)))
+    assert eager[0].logs["mcr/lambda_m"] != eager[1].logs["mcr/lambda_m"]
+    for c, e, gc in zip(compiled, eager, g_eager, strict=True):
+        assert "CompiledFunction" in type(c.loss.grad_fn).__name__  # the loss itself came out of inductor
+        torch.testing.assert_close(c.loss, e.loss, rtol=1e-12, atol=1e-13)
+        for a, b in zip(torch.autograd.grad(c.loss, params), gc, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        assert _floats(c.logs) == pytest.approx(_floats(e.logs), rel=1e-12, abs=1e-13)
 
 
 @pytest.mark.slow
-def test_fit_with_train_compile_matches_eager():
+@pytest.mark.parametrize(("method", "flag"), [("mcr", "reduce-overhead"), ("joint", "true")])
+def test_fit_with_train_compile_matches_eager(method, flag):
+    """Through fit: MCR compiles its whole step, joint its forward (the default hook); same run as eager."""
     runs = []
-    for flag in ("false", "true"):
+    for setting in ("false", flag):
         cfg = load_config(None, ["train.epochs=1", "train.batch_size=32", "train.probe_epochs=0",
-                                 "method.num_perms=4", f"train.compile={flag}"])
+                                 f"method.name={method}", f"train.compile={setting}"]
+                          + (["method.num_perms=4"] if method == "mcr" else []))
         runs.append(fit(cfg, dataset=toy_dataset()))
     assert runs[1]["train/loss"] == pytest.approx(runs[0]["train/loss"], rel=1e-5)
     assert runs[1]["val/acc"] == pytest.approx(runs[0]["val/acc"], abs=1e-6)
 
+
+@pytest.mark.parametrize(("value", "options"), [(True, {}), ("default", {}), ("reduce-overhead",
+                         {"mode": "reduce-overhead"}), ("max-autotune", {"mode": "max-autotune"})])
+def test_train_compile_accepts_the_modes(value, options):
+    text = {True: "true"}.get(value, value)
+    cfg = load_config(None, [f"train.compile={text}"])
+    assert cfg.train.compile == value and compile_options(cfg.train.compile) == options
+    assert load_config(None, ["train.compile=false"]).train.compile is False
+
+
+@pytest.mark.parametrize("bad", ["fast", "1", "[true]"])
+def test_train_compile_rejects_other_values(bad):
+    with pytest.raises(ConfigError, match="train.compile"):
+        load_config(None, [f"train.compile={bad}"])
 
 
 # ---- tests that kill the mutants (issue 17 item 4): the plug-in's total loss against the reference ----

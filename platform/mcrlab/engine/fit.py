@@ -316,6 +316,18 @@ def _save(path: Path, state: dict, name: str = CHECKPOINT_FILE) -> None:
     os.replace(tmp, path / name)  # atomic: a kill mid-write never leaves a torn checkpoint
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def compile_options(setting: bool | str) -> dict[str, Any]:
+    """torch.compile's keyword arguments for ``train.compile``: true = "default" (inductor); "reduce-overhead"
+    adds CUDA-graph capture of the compiled step on CUDA (a no-op on CPU); "max-autotune" also tunes kernels."""
+    mode = "default" if setting is True else setting
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"train.compile: {setting!r} is not true, false or one of {', '.join(COMPILE_MODES)}")
+    return {} if mode == "default" else {"mode": mode}
+
+
 def fit(cfg: RunConfig, report: ReportFn | None = None, *, checkpoint_dir: str | None = None,
         resume_from: str | None = None, dataset: MultimodalDataset | None = None,
         train_batches: TrainBatches | None = None, model_out: str | Path | None = None) -> dict[str, float]:
@@ -348,15 +360,23 @@ def fit(cfg: RunConfig, report: ReportFn | None = None, *, checkpoint_dir: str |
     base_mult = player_multipliers(cfg, M)
     mult = list(base_mult)
     opt = _optimizer(cfg, _param_groups(model, method, t.lr, mult))
-    # train.compile: the training forward runs compiled; evaluation and checkpoints use the module itself
-    # torch.compile's stubs return a plain callable; for a module it returns an OptimizedModule wrapping it
-    step_model: MultimodalNet = torch.compile(model) if t.compile else model  # type: ignore[assignment]
+    # train.compile: the method compiles its whole step (MCR: forward and loss) or, by default, the training
+    # forward runs compiled; evaluation and checkpoints use the module itself
+    step_model = model
+    if t.compile is not False:
+        options = compile_options(t.compile)
+        if not method.compile_step(options):
+            # torch.compile's stubs return a plain callable; for a module it returns an OptimizedModule
+            step_model = torch.compile(model, **options)  # type: ignore[assignment]
     all_params = [p for g in opt.param_groups for p in g["params"]]
 
     batches = train_batches if train_batches is not None else _train_batches(data, cfg, device, rank, world)
     val_chunks = _EvalChunks(data.splits["val"], device)
     steps_per_epoch = batches.steps
     cuda = device.type == "cuda"
+    # reduce-overhead on CUDA replays the compiled step as CUDA graphs, whose outputs live in memory that the
+    # next replay overwrites: each step's loss is copied (on the device) to survive until the epoch's read
+    captured = cuda and t.compile == "reduce-overhead"
     order_gen = torch.Generator().manual_seed(t.seed)  # batch order: identical on every rank
     method_gen = torch.Generator(device="cpu").manual_seed(t.seed * 1_000_003 + rank)  # per-rank draws
     eval_gen = torch.Generator(device="cpu")
@@ -390,6 +410,8 @@ def fit(cfg: RunConfig, report: ReportFn | None = None, *, checkpoint_dir: str |
             yb = yb.to(device, non_blocking=cuda)
             ctx.step, ctx.global_step = step, global_step
             opt.zero_grad(set_to_none=True)
+            if captured:  # a new training iteration: the previous step's graph outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
                 res = method.training_step(step_model, xb, yb, ctx)
             # reading a CPU tensor is free; on an accelerator the check waits for the epoch's one read below
@@ -403,7 +425,8 @@ def fit(cfg: RunConfig, report: ReportFn | None = None, *, checkpoint_dir: str |
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(all_params, t.grad_clip)
             opt.step()
-            losses.append(res.loss.detach())
+            # (the last step's logs are read before the next replay, at the end of the epoch)
+            losses.append(res.loss.detach().clone() if captured else res.loss.detach())
             global_step += 1
         loss_sum, step_logs = _read_epoch(losses, step_logs, epoch)
 

@@ -16,6 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mcrlab.mcr.opaque import value_and_unit_grads, with_gradients
+
 __all__ = ["DIVERGENCES", "divergence", "mean_divergence", "permuted_mean_divergence"]
 
 DIVERGENCES = ("jsd", "kl", "mse")
@@ -64,7 +66,11 @@ def permuted_mean_divergence(p_logits: torch.Tensor, rest: torch.Tensor, contrib
     This is the late-fusion fast path, q_{s,i} = l_m[pi_s(i)] + (everything else)_i, in one node.
     """
     _check(kind)
-    return _PermutedMeanDivergence.apply(_upcast(p_logits), _upcast(rest), _upcast(contrib), perms, kind)
+    args = (_upcast(p_logits), _upcast(rest), _upcast(contrib))
+    if torch.compiler.is_compiling():  # train.compile: the node stays one opaque operator (mcr/opaque.py)
+        val, *grads = torch.ops.mcrlab.permuted_mean_divergence(*(a.detach() for a in args), perms, kind)
+        return with_gradients(val, list(args), grads)
+    return _PermutedMeanDivergence.apply(*args, perms, kind)
 
 
 def inverse_permutations(perms: torch.Tensor, flat: bool = False) -> torch.Tensor:
@@ -190,3 +196,19 @@ class _PermutedMeanDivergence(torch.autograd.Function):
         d_contrib = torch.gather(dq, 3, inv.expand_as(dq)).sum(2)
         return (dp.squeeze(2).transpose(1, 2), dq.sum(2).transpose(1, 2), d_contrib.transpose(1, 2),
                 None, None)
+
+
+@torch.library.custom_op("mcrlab::permuted_mean_divergence", mutates_args=())
+def _permuted_mean_divergence_op(p_logits: torch.Tensor, rest: torch.Tensor, contrib: torch.Tensor,
+                                 perms: torch.Tensor, kind: str
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_PermutedMeanDivergence`` as one operator: (value (M,), d value[m] / d p, rest, contrib)."""
+    val, (dp, d_rest, d_contrib, _, _) = value_and_unit_grads(_PermutedMeanDivergence, p_logits, rest, contrib,
+                                                              perms, kind)
+    return val, dp.contiguous(), d_rest.contiguous(), d_contrib.contiguous()
+
+
+@_permuted_mean_divergence_op.register_fake
+def _(p_logits, rest, contrib, perms, kind):
+    return (p_logits.new_empty(p_logits.shape[0]), torch.empty_like(p_logits), torch.empty_like(rest),
+            torch.empty_like(contrib))

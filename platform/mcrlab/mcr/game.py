@@ -44,7 +44,7 @@ from mcrlab.mcr.perturb import Perturbation, permute_rows
 from mcrlab.mcr.unique import (
     can_use_fast_path,
     fusion_weight,
-    permuted_relu_linear,
+    permuted_relu_linear_divergence,
     relu_linear_tail,
     split_head,
 )
@@ -75,12 +75,13 @@ def _detached_head(fusion: nn.Module):
     return lambda zs: functional_call(fusion, params, (zs,))
 
 
-def game_term(out: ForwardOutput, fusion: nn.Module, pert: Perturbation, *, lambda_m: float, k: float,
-              divergence: str = "jsd", reference_grad: str = "same", path: str = "auto"
+def game_term(out: ForwardOutput, fusion: nn.Module, pert: Perturbation, *, lambda_m: float | torch.Tensor,
+              k: float, divergence: str = "jsd", reference_grad: str = "same", path: str = "auto"
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """R_game (scalar) and the D_m it used (M,), detached, for logging. One pass over all D_j.
 
-    out: the model's forward output on the batch; pert: this step's perturbation draw.
+    out: the model's forward output on the batch; pert: this step's perturbation draw; lambda_m: a float or a
+    0-d tensor (the compiled step passes a tensor, so that a changing value does not recompile).
     path: "fast" (late fusion contributions), "general" (players = latents, head re-run) or "auto".
     """
     M = len(out.z)
@@ -134,7 +135,7 @@ def _additive_divergences(U: torch.Tensor, Fd: torch.Tensor, zs: list[torch.Tens
         if tail is None:
             return permuted_mean_divergence(P, Fj - U, U, pert.perms, divergence)
         if last is not None:
-            return mean_divergence(tail(P), permuted_relu_linear(Fj - U, U, pert.perms, *last), divergence)
+            return permuted_relu_linear_divergence(tail(P), Fj - U, U, pert.perms, *last, divergence)
         pq = permute_rows(U, pert.perms)  # (M, S, B, K)
     else:
         pq = torch.stack([pert.contribution(U[j], j, zs[j], weights[j]) for j in range(M)])  # (M, S', B, K)

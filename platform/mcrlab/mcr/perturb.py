@@ -22,7 +22,7 @@ import torch
 from mcrlab.mcr.divergence import inverse_permutations
 
 __all__ = ["PERTURBATIONS", "Perturbation", "device_generator", "draw_permutations", "draw_perturbation",
-           "permute_rows"]
+           "draw_perturbation_for", "permute_rows"]
 
 PERTURBATIONS = ("permute", "noise", "zero")
 
@@ -134,15 +134,24 @@ def _batch_std(z: torch.Tensor) -> torch.Tensor:
 def draw_perturbation(kind: str, num_perms: int, zs: list[torch.Tensor],
                       generator: torch.Generator) -> Perturbation:
     """Draw one step's perturbation for latents ``zs`` (M tensors (B, d_m)); nothing drawn for zero."""
+    return draw_perturbation_for(kind, num_perms, zs[0].shape[0], [z.shape[-1] for z in zs], generator,
+                                 device=zs[0].device, float64=zs[0].dtype == torch.float64)
+
+
+def draw_perturbation_for(kind: str, num_perms: int, batch: int, dims: list[int], generator: torch.Generator,
+                          *, device: torch.device, float64: bool = False) -> Perturbation:
+    """The same draw as ``draw_perturbation`` from the latents' sizes alone (batch B, widths d_m), so that it
+    can be made before the forward pass: a compiled step takes the draw as input tensors (random draws
+    from a generator break its graph). Noise is float64 when ``float64``, else float32 (as for bf16
+    latents)."""
     if kind not in PERTURBATIONS:
         raise ValueError(f"unknown perturbation {kind!r}; choose from {PERTURBATIONS}")
-    batch, device = zs[0].shape[0], zs[0].device
     if kind == "permute":
         return Perturbation(kind, perms=draw_permutations(num_perms, batch, generator, device))
     if kind == "noise":
         gen = device_generator(generator, device)
-        noise = [torch.randn(num_perms, batch, z.shape[-1], generator=gen, device=device,
-                             dtype=torch.float64 if z.dtype == torch.float64 else torch.float32)
-                 for z in zs]
+        noise = [torch.randn(num_perms, batch, d, generator=gen, device=device,
+                             dtype=torch.float64 if float64 else torch.float32)
+                 for d in dims]
         return Perturbation(kind, noise=noise)
     return Perturbation(kind)

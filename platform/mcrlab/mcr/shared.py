@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mcrlab.mcr.opaque import value_and_unit_grads, with_gradients
+
 __all__ = ["SHARED_BOUNDS", "SharedProjection", "contrastive_loss"]
 
 SHARED_BOUNDS = ("supcon", "infonce")
@@ -60,7 +62,11 @@ def _nt_xent(e: torch.Tensor, labels: torch.Tensor, M: int, temperature: float, 
         onehot = (labels.unsqueeze(1) == torch.arange(K, device=labels.device)).to(e.dtype)  # (B, K)
     else:
         onehot = None  # instance groups: sample i of every modality
-    return _NTXent.apply(e, onehot, M, temperature ** -0.5)
+    scale = temperature ** -0.5
+    if torch.compiler.is_compiling():  # train.compile: the node stays one opaque operator (mcr/opaque.py)
+        loss, grad = torch.ops.mcrlab.nt_xent(e.detach(), onehot, M, scale)
+        return with_gradients(loss, [e], [grad])
+    return _NTXent.apply(e, onehot, M, scale)
 
 
 def _group_sums(x: torch.Tensor, onehot: torch.Tensor | None, M: int) -> torch.Tensor:
@@ -85,13 +91,9 @@ class _NTXent(torch.autograd.Function):
     def forward(ctx, x, onehot, M, scale):
         norm = x.norm(dim=1, keepdim=True).clamp_min(1e-12)  # F.normalize's eps
         e = x * (scale / norm)
-        P = e @ e.T  # (N, N) similarities / tau, overwritten in place by the softmax over c != a
-        P.diagonal().fill_(float("-inf"))
-        rowmax = P.amax(1, keepdim=True)
-        P.sub_(rowmax).exp_()
-        se = P.sum(1, keepdim=True)
-        lse = (rowmax + se.log()).squeeze(1)  # (N,)
-        P.div_(se)
+        E, shift = _shifted_exp_similarities(e, scale * scale)  # (N, N) exp(s_ac / tau - shift_a), 0 at c = a
+        se = E.sum(1, keepdim=True)
+        lse = (shift + se.log()).squeeze(1)  # (N,)
         sums = _group_sums(e, onehot, M)  # (N, D), the anchor itself included
         n_pos = (_group_sums(e.new_ones(e.shape[0], 1), onehot, M) - 1.0).squeeze(1)  # (N,)
         self_sim = (e * e).sum(1)
@@ -99,18 +101,57 @@ class _NTXent(torch.autograd.Function):
         has = (n_pos > 0).to(e.dtype)  # anchors without positives are left out of the mean (no host sync)
         w = has / has.sum().clamp(min=1.0)
         ctx.M, ctx.scale = M, scale
-        ctx.save_for_backward(x, norm, e, P, sums, w, w / n_pos.clamp(min=1.0), onehot)
+        # the softmax P = E / se is never formed: backward folds 1 / se into the row weights
+        ctx.save_for_backward(x, norm, e, E, se.reciprocal(), sums, w, w / n_pos.clamp(min=1.0), onehot)
         return ((lse - pos) * w).sum()
 
     @staticmethod
     def backward(ctx, grad):
-        x, norm, e, P, sums, w, v, onehot = ctx.saved_tensors
-        wg = (w * grad).unsqueeze(1)  # (N, 1)
-        # (A + A^T) e with A = diag(wg) P, without an N x N temporary: BLAS reads P^T in place
-        de = torch.addmm(wg * (P @ e), P.T, wg * e)
+        x, norm, e, E, inv_se, sums, w, v, onehot = ctx.saved_tensors
+        wg = (w * grad).unsqueeze(1) * inv_se  # (N, 1): A = diag(w grad) P = diag(wg) E
+        # (A + A^T) e without an N x N temporary: BLAS reads E^T in place
+        de = torch.addmm(wg * (E @ e), E.T, wg * e)
         ve = e * (v * grad).unsqueeze(1)
         de -= sums * (v * grad).unsqueeze(1) + _group_sums(ve, onehot, ctx.M) - 2.0 * ve
         # rows whose norm was clamped (|x| <= eps) are a plain scaling: no projection
         u = torch.where(x.norm(dim=1, keepdim=True) > 1e-12, x / norm, 0.0)
         dx = (de - u * (u * de).sum(1, keepdim=True)) * (ctx.scale / norm)
         return dx, None, None, None
+
+
+# Largest 1/tau for the constant shift: exp(-2/tau) >= e^-40 ~ 4e-18 stays a normal float32 with 1e-7
+# relative precision, so no term of a row's sum is lost; below tau = 0.05 the rows' maxima are subtracted.
+_SHIFT_MAX = 20.0
+
+
+def _shifted_exp_similarities(e: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """E = exp(e e^T - shift) with a zero diagonal, and the shift (a float or (N, 1) row maxima).
+
+    Rows of e have squared norm ``bound`` (= 1/tau; less only for a clamped zero row), so every similarity
+    lies in [-bound, bound] and the constant shift ``bound`` keeps exp in [e^(-2 bound), 1]: no overflow,
+    and no max pass. The shift is put inside the matrix product, [e, 1] [e, -bound]^T = e e^T - bound, so E
+    costs the product and one exp pass. For large ``bound`` (tau < 0.05) the row maxima over c != a are
+    subtracted instead (two passes more).
+    """
+    if bound <= _SHIFT_MAX:
+        ones = e.new_ones(e.shape[0], 1)
+        E = torch.cat([e, ones], 1) @ torch.cat([e, ones * -bound], 1).T
+        E.exp_().diagonal().zero_()
+        return E, bound
+    E = e @ e.T
+    E.diagonal().fill_(float("-inf"))
+    rowmax = E.amax(1, keepdim=True)
+    return E.sub_(rowmax).exp_(), rowmax
+
+
+@torch.library.custom_op("mcrlab::nt_xent", mutates_args=())
+def _nt_xent_op(x: torch.Tensor, onehot: torch.Tensor | None, M: int, scale: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_NTXent`` as one operator: (loss, d loss / d x)."""
+    loss, (dx, *_) = value_and_unit_grads(_NTXent, x, onehot, M, scale)
+    return loss, dx.contiguous()
+
+
+@_nt_xent_op.register_fake
+def _(x, onehot, M, scale):
+    return x.new_empty(()), torch.empty_like(x)

@@ -19,13 +19,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mcrlab.mcr.divergence import mean_divergence, permuted_mean_divergence
+from mcrlab.mcr.divergence import _MeanDivergence, _upcast, mean_divergence, permuted_mean_divergence
+from mcrlab.mcr.opaque import NodeContext, value_and_unit_grads, with_gradients
 from mcrlab.mcr.perturb import Perturbation, draw_perturbation
 from mcrlab.models.fusion import MLPFusion
 from mcrlab.models.net import ForwardOutput
 
 __all__ = ["fast_perturbed_logits", "head_perturbed_logits", "split_head", "relu_linear_tail",
-           "permuted_relu_linear", "unique_from_perturbation", "unique_information", "can_use_fast_path",
+           "permuted_relu_linear", "permuted_relu_linear_divergence", "unique_from_perturbation", "unique_information", "can_use_fast_path",
            "fusion_weight"]
 
 
@@ -93,6 +94,40 @@ def permuted_relu_linear(rest: torch.Tensor, contrib: torch.Tensor, perms: torch
     ``tail(rest.unsqueeze(1) + contrib[:, perms])`` with tail = ReLU -> Linear(weight, bias).
     """
     return _PermutedReluLinear.apply(rest, contrib, perms, weight, bias)
+
+
+def permuted_relu_linear_divergence(p_logits: torch.Tensor, rest: torch.Tensor, contrib: torch.Tensor,
+                                    perms: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                                    kind: str) -> torch.Tensor:
+    """``mean_divergence(p_logits, permuted_relu_linear(rest, contrib, perms, weight, bias), kind)``: (M,).
+
+    The MLP head's game path. Under torch.compile, with the tail's weights constant (the game detaches
+    them), the two nodes run as one opaque operator (mcr/opaque.py); otherwise as the two nodes.
+    """
+    if torch.compiler.is_compiling() and not weight.requires_grad and (bias is None or not bias.requires_grad):
+        val, *grads = torch.ops.mcrlab.permuted_relu_linear_divergence(
+            p_logits.detach(), rest.detach(), contrib.detach(), perms, weight, bias, kind)
+        return with_gradients(val, [p_logits, rest, contrib], grads)
+    return mean_divergence(p_logits, permuted_relu_linear(rest, contrib, perms, weight, bias), kind)
+
+
+@torch.library.custom_op("mcrlab::permuted_relu_linear_divergence", mutates_args=())
+def _permuted_relu_linear_divergence_op(p_logits: torch.Tensor, rest: torch.Tensor, contrib: torch.Tensor,
+                                        perms: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                                        kind: str
+                                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(value (M,), d value[m] / d p_logits, rest, contrib) by the two nodes' own forward and backward."""
+    relu_ctx = NodeContext(needs_input_grad=(True, True, False, False, False))
+    q = _PermutedReluLinear.forward(relu_ctx, rest, contrib, perms, weight, bias)
+    val, (dp, dq, _) = value_and_unit_grads(_MeanDivergence, _upcast(p_logits), _upcast(q), kind)
+    d_rest, d_contrib, *_ = _PermutedReluLinear.backward(relu_ctx, dq.to(q.dtype))
+    return val, dp.to(p_logits.dtype).contiguous(), d_rest.contiguous(), d_contrib.contiguous()
+
+
+@_permuted_relu_linear_divergence_op.register_fake
+def _(p_logits, rest, contrib, perms, weight, bias, kind):
+    val = p_logits.new_empty(p_logits.shape[0], dtype=_upcast(p_logits.new_empty(())).dtype)
+    return val, torch.empty_like(p_logits), torch.empty_like(rest), torch.empty_like(contrib)
 
 
 def _hidden(rest: torch.Tensor, contrib: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:

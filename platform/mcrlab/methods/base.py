@@ -106,6 +106,13 @@ class Method:
         """Trainable auxiliary networks (projections, decoders); optimised at the base lr."""
         return None
 
+    def compile_step(self, options: dict[str, Any]) -> bool:
+        """train.compile: called once by ``fit`` before training, with torch.compile's keyword arguments
+        (e.g. ``{"mode": "reduce-overhead"}``). A method whose loss is worth compiling together with the
+        forward compiles its own step here and returns True (MCR); the default returns False, and ``fit``
+        then compiles the model's training forward alone."""
+        return False
+
     def training_step(self, model: MultimodalNet, xs: list[torch.Tensor], y: torch.Tensor,
                       ctx: StepContext) -> StepResult:
         out = model(xs)

@@ -15,6 +15,9 @@ lambda_M is 0 (lambda_m = 0, an ablation) D_m is still measured, without gradien
 Per-step logs: loss/fused, loss/head/<m>, loss/game (exactly the term added to the loss), loss/shared,
 loss/irrelevant (and loss/club_nll for club), mcr/D/<m> (detached 0-d tensors: the step never waits for the
 device), mcr/lambda_m (effective) and mcr/active (Python floats from the schedule).
+
+train.compile (``compile_step``): the forward and ``_loss_terms`` run as one compiled function, with this
+step's perturbation drawn eagerly first (the same draws as the eager path) and lambda_M passed as a tensor.
 """
 
 from __future__ import annotations
@@ -29,15 +32,17 @@ from mcrlab.config import ConfigError, opt
 from mcrlab.mcr import (
     CLUB,
     CEBDecoder,
+    Perturbation,
     SharedProjection,
     ceb_mse,
     contrastive_loss,
     draw_perturbation,
+    draw_perturbation_for,
     game_term,
     unique_from_perturbation,
 )
 from mcrlab.mcr.game import STRATEGY_K
-from mcrlab.methods.base import Method, StepContext
+from mcrlab.methods.base import Method, StepContext, StepResult
 from mcrlab.models.net import ForwardOutput, MultimodalNet
 
 __all__ = ["MCR", "MCRParams", "STRATEGY_K", "regulariser_schedule"]
@@ -102,48 +107,100 @@ class MCR(Method):
         device = next(model.parameters()).device
         self._extra = nn.ModuleDict(extra).to(device) if extra else None
         self.k = STRATEGY_K[params.strategy]
+        self._compiled = None  # the compiled step under train.compile (``compile_step``)
 
     def extra_modules(self) -> nn.Module | None:
         return self._extra
 
+    def compile_step(self, options: dict) -> bool:
+        """train.compile: the whole step (forward, CE losses, game term, divergence, shared and irrelevant
+        bounds) becomes one compiled function, ``_forward_loss``; the perturbation is drawn eagerly before
+        it and passed in as tensors (a generator's draws would break the graph)."""
+        self._compiled = torch.compile(self._forward_loss, **options)
+        return True
+
+    def training_step(self, model: MultimodalNet, xs: list[torch.Tensor], y: torch.Tensor,
+                      ctx: StepContext) -> StepResult:
+        if self._compiled is None:
+            return super().training_step(model, xs, y, ctx)
+        p = self.params
+        active, scale = regulariser_schedule(p, ctx.epoch, ctx.step, ctx.steps_per_epoch)
+        lam = p.lambda_m * scale
+        pert, lam_t = None, None
+        if active:  # the same draws, from the same generator, as the eager path's (which draws after the forward)
+            dtype = next(self.model.parameters()).dtype
+            pert = draw_perturbation_for(p.perturbation, p.num_perms, y.shape[0], list(self.model.latent_dims),
+                                         ctx.generator, device=y.device, float64=dtype == torch.float64)
+            if lam > 0:  # a device tensor, not a Python float: no recompilation while lambda_M warms up
+                lam_t = torch.full((), lam, dtype=torch.float64 if dtype == torch.float64 else torch.float32,
+                                   device=y.device)
+        kind = None if pert is None else pert.kind
+        perms = None if pert is None else pert.perms
+        noise = None if pert is None else pert.noise
+        loss, terms, (z, fused, heads, contribs) = self._compiled(model, xs, y, kind, perms, noise, lam_t)
+        out = ForwardOutput(z=z, fused=fused, heads=heads, contribs=contribs)
+        return StepResult(loss=loss, out=out, logs=_logs(active, lam, terms))
+
+    def _forward_loss(self, model: MultimodalNet, xs: list[torch.Tensor], y: torch.Tensor, kind: str | None,
+                      perms: torch.Tensor | None, noise: list[torch.Tensor] | None, lam: torch.Tensor | None):
+        """The compiled step's body: forward and ``_loss_terms`` from tensors only; -> (loss, terms, the
+        forward output's tensors)."""
+        out = model(xs)
+        pert = None if kind is None else Perturbation(kind, perms=perms, noise=noise)
+        loss, terms = self._loss_terms(out, y, pert, lam)
+        return loss, terms, (out.z, out.fused, out.heads, out.contribs)
+
     def loss(self, out: ForwardOutput, y: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict]:
+        p = self.params
+        active, scale = regulariser_schedule(p, ctx.epoch, ctx.step, ctx.steps_per_epoch)
+        lam = p.lambda_m * scale
+        pert = draw_perturbation(p.perturbation, p.num_perms, out.z, ctx.generator) if active else None
+        loss, terms = self._loss_terms(out, y, pert, lam if lam > 0 else None)
+        return loss, _logs(active, lam, terms)
+
+    def _loss_terms(self, out: ForwardOutput, y: torch.Tensor, pert: Perturbation | None,
+                    lam: float | torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss (scalar) and its terms (0-d tensors) for one batch, given this step's draw: the same
+        maths eager and compiled. pert None: the regulariser is off this step. lam: effective lambda_M, None
+        when it is 0 (an ablation: D_m is still measured, without gradient)."""
         p = self.params
         fused = F.cross_entropy(out.fused, y)
         heads = [F.cross_entropy(h, y) for h in out.heads]
         loss = fused + p.w_uni * torch.stack(heads).sum()
         terms: dict[str, torch.Tensor] = {"loss/fused": fused}
         terms |= {f"loss/head/{m}": h for m, h in enumerate(heads)}
-        active, scale = regulariser_schedule(p, ctx.epoch, ctx.step, ctx.steps_per_epoch)
-        logs = {"mcr/active": float(active), "mcr/lambda_m": p.lambda_m * scale}
-        if active:
-            pert = draw_perturbation(p.perturbation, p.num_perms, out.z, ctx.generator)
-            lam = p.lambda_m * scale
-            if lam > 0:
-                r_game, D = game_term(out, self.model.fusion, pert, lambda_m=lam, k=self.k,
-                                      divergence=p.divergence, reference_grad=p.reference_grad)
-                loss = loss + r_game
-                terms["loss/game"] = r_game
+        if pert is None:
+            return loss, terms
+        if lam is not None:
+            r_game, D = game_term(out, self.model.fusion, pert, lambda_m=lam, k=self.k,
+                                  divergence=p.divergence, reference_grad=p.reference_grad)
+            loss = loss + r_game
+            terms["loss/game"] = r_game
+        else:
+            with torch.no_grad():
+                D = unique_from_perturbation(out, self.model.fusion, pert, divergence=p.divergence)
+            terms["loss/game"] = D.new_zeros(())
+        terms |= {f"mcr/D/{m}": D[m] for m in range(len(out.z))}
+        if p.lambda_c > 0:
+            assert self._extra is not None  # __init__ builds it (with "shared") when lambda_c > 0
+            shared = contrastive_loss(self._extra["shared"](out.z), y, p.temperature, p.shared_bound,
+                                      num_classes=self.num_classes)
+            loss = loss + p.lambda_c * shared
+            terms["loss/shared"] = shared
+        if p.lambda_b > 0:
+            assert self._extra is not None  # __init__ builds it (decoder or club) when lambda_b > 0
+            if p.irrelevant_bound == "ceb_mse":
+                irr = ceb_mse(self._extra["decoder"], out.fused, out.z)
             else:
-                with torch.no_grad():
-                    D = unique_from_perturbation(out, self.model.fusion, pert, divergence=p.divergence)
-                terms["loss/game"] = D.new_zeros(())
-            terms |= {f"mcr/D/{m}": D[m] for m in range(len(out.z))}
-            if p.lambda_c > 0:
-                assert self._extra is not None  # __init__ builds it (with "shared") when lambda_c > 0
-                shared = contrastive_loss(self._extra["shared"](out.z), y, p.temperature, p.shared_bound,
-                                          num_classes=self.num_classes)
-                loss = loss + p.lambda_c * shared
-                terms["loss/shared"] = shared
-            if p.lambda_b > 0:
-                assert self._extra is not None  # __init__ builds it (decoder or club) when lambda_b > 0
-                if p.irrelevant_bound == "ceb_mse":
-                    irr = ceb_mse(self._extra["decoder"], out.fused, out.z)
-                else:
-                    irr, nll = self._extra["club"](out.z, y)
-                    loss = loss + nll  # trains q only: its inputs are detached inside
-                    terms["loss/club_nll"] = nll
-                loss = loss + p.lambda_b * irr
-                terms["loss/irrelevant"] = irr
-        # logged as detached 0-d tensors: no host sync inside the step (the loop reads them once per epoch)
-        logs |= {k: t.detach() for k, t in terms.items()}
-        return loss, logs
+                irr, nll = self._extra["club"](out.z, y)
+                loss = loss + nll  # trains q only: its inputs are detached inside
+                terms["loss/club_nll"] = nll
+            loss = loss + p.lambda_b * irr
+            terms["loss/irrelevant"] = irr
+        return loss, terms
+
+
+def _logs(active: bool, lam: float, terms: dict[str, torch.Tensor]) -> dict:
+    """The step's logs: the schedule's Python floats and the terms as detached 0-d tensors (no host sync
+    inside the step: the loop reads them once per epoch)."""
+    return {"mcr/active": float(active), "mcr/lambda_m": lam, **{k: t.detach() for k, t in terms.items()}}
