@@ -22,7 +22,9 @@ step's perturbation drawn eagerly first (the same draws as the eager path) and l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +109,7 @@ class MCR(Method):
         device = next(model.parameters()).device
         self._extra = nn.ModuleDict(extra).to(device) if extra else None
         self.k = STRATEGY_K[params.strategy]
-        self._compiled = None  # the compiled step under train.compile (``compile_step``)
+        self._compiled: Callable[..., Any] | None = None  # the compiled step under train.compile (``compile_step``)
 
     def extra_modules(self) -> nn.Module | None:
         return self._extra
