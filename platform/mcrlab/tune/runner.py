@@ -69,8 +69,7 @@ from mcrlab.tune.space import SearchSpace, compile_space, grid_of, make_sampler,
 from mcrlab.tune.study import StudyPlan, scaling_of
 
 __all__ = ["run_sweep", "SweepResult", "StudyResult", "StudyFailed", "study_slug", "plan_concurrency",
-           "check_concurrent_studies",
-           "STOPPED_ATTR"]
+           "check_concurrent_studies", "STOPPED_ATTR"]
 
 STOPPED_ATTR = "mcrlab.stopped_by"  # Optuna user attr / MLflow tag of a trial the time budget stopped
 REQUEUED_ATTR = "mcrlab.requeued"  # Optuna study user attr: numbers of stopped trials whose points re-ran
@@ -687,8 +686,6 @@ def _register_trainable(name: str, backend: Any, plan: StudyPlan) -> str:
 
 def _restore(path: Path, name: str, backend: Any, plan: StudyPlan) -> Any:
     """``Tuner.restore`` of one of the study's experiments, continuing its unfinished and errored trials."""
-    import threading
-
     from ray import tune
 
     try:
