@@ -206,8 +206,16 @@ def test_two_studies_run_at_once_and_each_is_recorded_as_alone(ray_local, tmp_pa
     a, b = ([client.get_run(r["run_id"]).info for r in runs[d]["trials"]] for d in DATASETS)
     assert min(r.start_time for r in b) < max(r.end_time for r in a)
     assert min(r.start_time for r in a) < max(r.end_time for r in b)
-    # each study ran its share of the 2 CPUs: one trial at a time
+    # each study ran its share of the 2 CPUs: one trial at a time; the sweep run and summary say 2 at once
     assert all(r["study"]["params"]["max_concurrent"] == "1" for r in runs.values())
+    assert client.get_run(result.run_id).data.tags["mcrlab.concurrent_studies"] == "2"
+    from mcrlab.cli.sweep import print_summary
+
+    out = io.StringIO()
+    print_summary(result, out=out)
+    text = out.getvalue()
+    assert f"sweep {result.sweep_id}: done (2 studies at a time)" in text
+    assert all(f"  {d}: best objective {result.studies[d].best_objective:.4f}" in text for d in DATASETS)
 
 
 class _CtrlCAfterFirstTrial(Callback):

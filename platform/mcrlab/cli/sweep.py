@@ -125,7 +125,8 @@ def print_summary(result: Any, out: Any = None, reports: dict | None = None) -> 
     reports = reports or {}
     budget_ended = getattr(result, "budget_ended", False)
     status = f"time budget ({format_duration(result.time_budget_s)}) ended the sweep" if budget_ended else "done"
-    print(f"\nsweep {result.sweep_id}: {status}", file=out)
+    at_once = getattr(result, "studies_at_once", 1)
+    print(f"\nsweep {result.sweep_id}: {status}{f' ({at_once} studies at a time)' if at_once > 1 else ''}", file=out)
     for dataset, study in result.studies.items():
         stopped = f", {study.budget_stopped} stopped by the time budget" if study.budget_stopped else ""
         if not study.best_trial_id:

@@ -114,6 +114,7 @@ class SweepResult:
     budget_ended: bool = False  # the time budget ended the sweep
     not_started: list[str] = field(default_factory=list)  # datasets the budget left unstarted
     space_source: str = ""
+    studies_at_once: int = 1  # dataset studies run at the same time (scaling.concurrent_studies)
 
 
 def study_slug(dataset: str) -> str:
@@ -331,7 +332,7 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
     optuna_storage = shared or f"sqlite:///{sweep_dir / 'optuna.db'}"
     result = SweepResult(sweep_id=sweep_id, sweep_dir=sweep_dir, tracking_uri=uri, experiment=experiment,
                          run_id=sweep_run, optuna_storage=optuna_storage, time_budget_s=time_budget_s,
-                         space_source=space.source)
+                         space_source=space.source, studies_at_once=at_once)
 
     def not_started(dataset: str) -> None:  # no study starts after the budget; --resume runs it
         with _META_LOCK:
