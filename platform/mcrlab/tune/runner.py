@@ -692,7 +692,7 @@ def _restore(path: Path, name: str, backend: Any, plan: StudyPlan) -> Any:
     try:
         return tune.Tuner.restore(str(path), trainable=name, resume_unfinished=True, resume_errored=True)
     except ValueError as err:  # started by an mcrlab whose trainables had no names of their own
-        if "trainable" not in str(err):
+        if "Invalid `trainable`" not in str(err):
             raise
         if threading.current_thread() is not threading.main_thread():  # Tune would register it in fit
             raise ConfigError(f"--resume: {path.name} was started by an older mcrlab; resume it one study at "
