@@ -108,6 +108,44 @@ def test_a_failed_study_lets_the_running_ones_finish_and_starts_no_other():
     assert sorted(log) == ["end b", "start a", "start b"]  # b finished, c never started
 
 
+def test_no_study_starts_after_the_time_budget():
+    from mcrlab.tune import budget
+    from mcrlab.tune.runner import _run_concurrently
+
+    started, skipped = [], []
+    budget.set_deadline("s-budget", 1e-9)  # already over
+    try:
+        _run_concurrently(("a", "b"), started.append, 2, sweep_id="s-budget", not_started=skipped.append)
+    finally:
+        budget.set_deadline("s-budget", None)
+    assert started == [] and skipped == ["a", "b"]
+
+
+def single_process_trial(config):  # the name trainables had before each study had its own
+    from ray import tune
+
+    tune.report({"objective": 1.0})
+
+
+@pytest.mark.ray
+def test_an_experiment_of_an_older_mcrlab_is_restored_on_the_main_thread_only(ray_local, tmp_path):
+    from ray import tune
+
+    from mcrlab.tune.runner import _restore
+
+    tune.Tuner(single_process_trial, run_config=tune.RunConfig(name="old", storage_path=str(tmp_path),
+                                                               verbose=0)).fit()
+    tune.register_trainable("mcrlab-old", lambda config: None)
+    backend = SimpleNamespace(trainable=lambda plan: single_process_trial)
+    assert _restore(tmp_path / "old", "mcrlab-old", backend, None) is not None
+    got = []
+    thread = threading.Thread(target=lambda: got.append(pytest.raises(ConfigError, _restore, tmp_path / "old",
+                                                                      "mcrlab-old", backend, None)))
+    thread.start()
+    thread.join()
+    assert "--concurrent-studies 1" in str(got[0].value)
+
+
 class _Trial(SimpleNamespace):
     pass
 
