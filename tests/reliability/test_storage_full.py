@@ -102,10 +102,18 @@ def _fill_once_one_finished(argv: list[str], env: dict, cwd: Path, disk: Path, f
     return ballast, done, [ln for ln in err.splitlines() if ln.strip()], proc.returncode, err
 
 
-def test_full_disk_stops_the_sweep_with_one_line_and_resume_runs_only_what_is_missing(ray_local, tmp_path):
+# two studies at once (scaling.concurrent_studies): the full disk is seen in a study's thread, where Tune has
+# no stop handler of its own (SIGUSR1 there would have killed the driver); every study stops and resumes
+CONCURRENT = {**SPACE, "datasets": ["synthetic:competition", "synthetic:balanced"],
+              "scaling": {**SPACE["scaling"], "concurrent_studies": 2}}
+
+
+@pytest.mark.parametrize("space", [SPACE, CONCURRENT], ids=["one-study", "two-studies-at-once"])
+def test_full_disk_stops_the_sweep_with_one_line_and_resume_runs_only_what_is_missing(ray_local, tmp_path, space):
+    datasets = space["datasets"]
     with small_disk(tmp_path / "disk") as disk:
         space_file = tmp_path / "fulldisk.yaml"
-        space_file.write_text(yaml.safe_dump(SPACE))
+        space_file.write_text(yaml.safe_dump(space))
         runs = disk / "runs"
         uri = f"sqlite:///{runs / 'mlflow.db'}"
         env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "OMP_NUM_THREADS": "1",
@@ -119,7 +127,7 @@ def test_full_disk_stops_the_sweep_with_one_line_and_resume_runs_only_what_is_mi
 
         ballast, finished, lines, rc, err = _fill_once_one_finished(
             ["sweep", str(space_file), "--storage", str(runs)], env, tmp_path, disk, finished_trials)
-        assert len(finished) < TRIALS, "the disk filled only after the last trial"
+        assert len(finished) < TRIALS * len(datasets), "the disk filled only after the last trial"
         assert rc == 1, err[-3000:]
         assert lines[-1].startswith("mcrlab: error: sweep ") and "a disk is full" in lines[-1], lines[-5:]
         assert "--resume" in lines[-1] and str(runs) in lines[-1]
@@ -129,25 +137,29 @@ def test_full_disk_stops_the_sweep_with_one_line_and_resume_runs_only_what_is_mi
 
         ballast.unlink()  # space is back
         sweep_dir = next(runs.glob("sweeps/*/sweep.json")).parent
-        exp = sweep_dir / "ray" / "synthetic-competition"
-        ckpts = {tid: _checkpoints(exp, tid) for tid in finished}
+        exps = [sweep_dir / "ray" / d.replace(":", "-") for d in datasets]
+
+        def checkpoints(tid: str) -> dict[str, int]:
+            return next(_checkpoints(exp, tid) for exp in exps if any(f"_{tid}_" in p.name for p in exp.iterdir()))
+
+        ckpts = {tid: checkpoints(tid) for tid in finished}
         assert all(len(c) == EPOCHS for c in ckpts.values()), ckpts
         result = run_sweep(load_space(space_file), storage_path=runs, resume=True, progress=False)
-        study = result.studies["synthetic:competition"]
-        assert study.num_trials == TRIALS and study.num_errors == 0
-
-        ostudy = optuna.load_study(study_name=study.optuna_study, storage=result.optuna_storage)
-        assert len(ostudy.trials) == TRIALS, [t.state for t in ostudy.trials]  # no study re-run, no top-up
-        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ostudy.trials)
+        assert list(result.studies) == datasets
+        for study in result.studies.values():
+            assert study.num_trials == TRIALS and study.num_errors == 0
+            ostudy = optuna.load_study(study_name=study.optuna_study, storage=result.optuna_storage)
+            assert len(ostudy.trials) == TRIALS, [t.state for t in ostudy.trials]  # no study re-run, no top-up
+            assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ostudy.trials)
         trials = find_runs(uri, kind="trial")
-        assert len(trials) == TRIALS and all(r["status"] == "FINISHED" for r in trials)
+        assert len(trials) == TRIALS * len(datasets) and all(r["status"] == "FINISHED" for r in trials)
         client = MlflowClient(uri)
         for r in trials:
             steps = [m.step for m in client.get_metric_history(r["run_id"], "objective")]
             assert steps == list(range(1, EPOCHS + 1)), (r["tags"]["mcrlab.trial_id"], steps)
         assert _duplicate_points(runs / "mlflow.db") == []  # trial, study and sweep runs alike
         for tid in finished:  # trained once, before the disk filled: no checkpoint rewritten by the resume
-            assert _checkpoints(exp, tid) == ckpts[tid], tid
+            assert checkpoints(tid) == ckpts[tid], tid
 
 
 SPEC = {"name": "fulldisk-abl", "experiment": "fulldisk", "base": BASE, "arms": {"mcr": {"method.name": "mcr"}},

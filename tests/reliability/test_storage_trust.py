@@ -291,11 +291,10 @@ def test_a_planted_pickle_is_refused_and_never_runs(finished_sweep, tmp_path, mo
         # control: Ray's own restore of the same folder does run it (so the refusal is what saved us)
         from ray import tune
 
-        def single_process_trial(config):  # Tune checks the trainable's name on restore
-            return None
-
+        name = "mcrlab-synthetic-competition"  # the study's trainable name: Tune checks it on restore
+        tune.register_trainable(name, lambda config: None)
         with contextlib.suppress(Exception):  # tuner.pkl is read by restore, the state file by fit
-            tune.Tuner.restore(str(exp), trainable=single_process_trial).fit()
+            tune.Tuner.restore(str(exp), trainable=name).fit()
         assert marker.exists()
 
 

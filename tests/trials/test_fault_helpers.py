@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -107,27 +108,38 @@ def test_an_unarmed_trigger_only_records(tmp_path):
     diskfull.release_reserves()
 
 
-def test_trigger_stops_tune_only_through_tunes_own_handler():
-    """SIGUSR1 is sent only while Tune's stop handler is installed (otherwise it would end the process)."""
+def _tune_run_event():
+    """The interrupt event Tune creates when a run starts, created as ``fit`` would in a worker thread."""
+    from ray.tune import tune as tune_module
+
     got = []
+    thread = threading.Thread(target=lambda: got.append(tune_module._setup_signal_catching()))
+    thread.start()
+    thread.join()
+    return got[0]
 
-    def signal_interrupt_tune_run(sig, frame):  # the name Tune's handler has
-        got.append(sig)
 
-    old = signal.signal(signal.SIGUSR1, signal_interrupt_tune_run)
+def test_trigger_stops_every_tune_run_from_any_thread():
+    """A full disk seen in one study's thread stops the Tune runs of every study (and those starting later)
+    the way Ctrl+C does: by the event Tune's loop checks; no signal is sent (SIGUSR1 would end the process
+    where Tune's handler is missing: a fit in a worker thread)."""
+    handler = signal.getsignal(signal.SIGUSR1)
+    diskfull.arm()
     try:
-        diskfull.arm()
-        diskfull.trigger("trial t", "No space left on device")
-        time.sleep(0.05)
-        assert got == [signal.SIGUSR1]
-        diskfull.arm()
-        signal.signal(signal.SIGUSR1, lambda *a: got.append("other"))
-        diskfull.trigger("trial t", "No space left on device")
-        time.sleep(0.05)
-        assert got == [signal.SIGUSR1]  # someone else's handler: no signal
+        first, second = _tune_run_event(), _tune_run_event()
+        assert not first.is_set() and not second.is_set()
+        thread = threading.Thread(target=diskfull.trigger, args=("trial t", "No space left on device"))
+        thread.start()
+        thread.join()
+        assert first.is_set() and second.is_set()
+        assert _tune_run_event().is_set()  # a run starting after the stop stops at once
+        assert signal.getsignal(signal.SIGUSR1) is handler
+        diskfull.arm()  # the next sweep starts afresh
+        assert not _tune_run_event().is_set()
     finally:
         diskfull.disarm()
-        signal.signal(signal.SIGUSR1, old)
+    diskfull.trigger("x", "No space left on device")  # unarmed: records only, stops nothing
+    assert not _tune_run_event().is_set()
 
 
 # ---- trials.reaper -----------------------------------------------------------------------------------

@@ -444,6 +444,10 @@ BAD = {
     "unknown_scheduler": (OK + "scheduler: {name: pbt}\nparams:\n" + LAM,
                           "scheduler.name: 'pbt' is not one of"),
     "bad_scaling": (OK + "scaling: {workers: 0}\nparams:\n" + LAM, "scaling.workers: must be >= 1"),
+    "concurrent_studies_word": (OK + "scaling: {concurrent_studies: many}\nparams:\n" + LAM,
+                                "scaling.concurrent_studies: expected an integer >= 1 or auto, got 'many'"),
+    "concurrent_studies_zero": (OK + "scaling: {concurrent_studies: 0}\nparams:\n" + LAM,
+                                "scaling.concurrent_studies: must be >= 1"),
     "point_not_mapping": (OK + "points_to_evaluate: [0.01]\nparams:\n" + LAM,
                           "points_to_evaluate[0]: expected a non-empty mapping"),
     "point_sets_fixed": (OK + "points_to_evaluate: [{method.divergence: kl}]\nparams:\n" + LAM

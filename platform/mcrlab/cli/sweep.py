@@ -42,6 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "ends, running trials are stopped and recorded (Optuna: PRUNED, MLflow: KILLED, tag "
                         "mcrlab.stopped_by) and no new trial or study starts; --resume continues, re-running "
                         "the stopped trials' points (a resume has only the budget its own command gives)")
+    p.add_argument("--concurrent-studies", default=None, metavar="N",
+                   help="dataset studies run at the same time (default: the space's scaling.concurrent_studies, "
+                        "else 1: one after another); auto: as many as the cluster fits, each with its "
+                        "max_concurrent trials. Studies running together share the cluster: each gets at most "
+                        "its share of the trials that fit at once")
     p.add_argument("--verbose", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2), metavar="LEVEL",
                    help="also show Ray Tune's tables (LEVEL 1, or 2 for every result), MLflow's and Optuna's "
                         "logs; default: only mcrlab's live display")
@@ -51,17 +56,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 def sweep_command(args: argparse.Namespace) -> int:
     from mcrlab.trials.display import quiet_libraries
     from mcrlab.tune.budget import parse_duration
-    from mcrlab.tune.runner import run_sweep
+    from mcrlab.tune.runner import StudyFailed, run_sweep
     from mcrlab.tune.space import load_space
 
     space = load_space(args.space)  # ConfigError -> exit 2 before anything starts
     budget_s = None if args.time_budget is None else parse_duration(args.time_budget)
     quiet_libraries(verbose=args.verbose > 0)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    result = run_sweep(space, num_samples=args.num_samples, address=args.address or os.environ.get("RAY_ADDRESS"),
-                       tracking_uri=args.tracking_uri, smoke=args.smoke, resume=args.resume_sweep,
-                       storage_path=args.storage, verbose=args.verbose, time_budget_s=budget_s,
-                       optuna_storage=args.optuna_storage, study=args.study)
+    try:
+        result = run_sweep(space, num_samples=args.num_samples,
+                           address=args.address or os.environ.get("RAY_ADDRESS"), tracking_uri=args.tracking_uri,
+                           smoke=args.smoke, resume=args.resume_sweep, storage_path=args.storage,
+                           verbose=args.verbose, time_budget_s=budget_s, optuna_storage=args.optuna_storage,
+                           study=args.study, concurrent_studies=args.concurrent_studies)
+    except StudyFailed as err:  # concurrent studies: the failed one's traceback, then one line naming it
+        import traceback
+
+        if err.__cause__ is not None:
+            traceback.print_exception(err.__cause__, file=sys.stderr)
+        print(f"mcrlab: error: {err}", file=sys.stderr)
+        return 1
     reports = _report(result)
     print_summary(result, reports=reports)
     return 0
@@ -111,7 +125,8 @@ def print_summary(result: Any, out: Any = None, reports: dict | None = None) -> 
     reports = reports or {}
     budget_ended = getattr(result, "budget_ended", False)
     status = f"time budget ({format_duration(result.time_budget_s)}) ended the sweep" if budget_ended else "done"
-    print(f"\nsweep {result.sweep_id}: {status}", file=out)
+    at_once = getattr(result, "studies_at_once", 1)
+    print(f"\nsweep {result.sweep_id}: {status}{f' ({at_once} studies at a time)' if at_once > 1 else ''}", file=out)
     for dataset, study in result.studies.items():
         stopped = f", {study.budget_stopped} stopped by the time budget" if study.budget_stopped else ""
         if not study.best_trial_id:

@@ -11,9 +11,10 @@ What happens now:
 - The first ENOSPC anyone reports - a trial's error (``is_disk_full`` on its error text), a tracking write
   ("database or disk is full"), the state signer, or an error out of Tune itself (the Optuna study's SQLite
   file, for one) - calls ``trigger``: the reserve is deleted, which gives
-  Tune, the signer, the recorder and the finished-trial record room for their last writes, and Tune is asked
-  to stop the way Ctrl+C stops it (its SIGUSR1 handler: the loop ends, the experiment state is saved one last
-  time with the running trials still unfinished, so a resume continues them from their checkpoints).
+  Tune, the signer, the recorder and the finished-trial record room for their last writes, and every Tune run
+  of the driver is asked to stop the way Ctrl+C stops it (``trials.interrupt``, from whichever thread saw the
+  error: the loop ends, the experiment state is saved one last time with the running trials still
+  unfinished, so a resume continues them from their checkpoints). Concurrent dataset studies all stop.
 - The runner then raises ``StorageFull``: the CLI prints one line (what is full, how to resume) and exits 1.
 
 State is per process (the driver's). Only a driver that ``arm``s it (the sweep runner) is stopped; elsewhere
@@ -25,9 +26,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import signal
 import threading
 from pathlib import Path
+
+from mcrlab.trials import interrupt
 
 __all__ = ["StorageFull", "RESERVE_BYTES", "is_disk_full", "reserve", "release_reserves", "trigger", "triggered",
            "arm", "disarm"]
@@ -88,11 +90,6 @@ def release_reserves() -> None:
             path.unlink()
 
 
-def _tune_stop_handler() -> bool:
-    handler = signal.getsignal(signal.SIGUSR1)
-    return callable(handler) and getattr(handler, "__name__", "") == "signal_interrupt_tune_run"
-
-
 def trigger(where: str, err: BaseException | str) -> None:
     """Record the first full-disk error (``where`` wrote, ``err`` says what), free the reserve, stop Tune."""
     with _lock:
@@ -103,10 +100,7 @@ def trigger(where: str, err: BaseException | str) -> None:
     if not _state["armed"]:
         return
     release_reserves()
-    # Tune installs this handler (for SIGUSR1 and Ctrl+C) only while fit runs on the main thread; without
-    # it SIGUSR1 would end the process, so the stop is then left to the runner after fit
-    if threading.current_thread() is threading.main_thread() and _tune_stop_handler():
-        os.kill(os.getpid(), signal.SIGUSR1)
+    interrupt.stop_runs()  # any thread: Tune's own SIGUSR1 handler exists only while fit runs on the main one
 
 
 def triggered() -> str | None:
@@ -115,7 +109,9 @@ def triggered() -> str | None:
 
 
 def arm() -> None:
-    """Start a sweep's watch afresh: no error recorded, a trigger frees the reserve and stops Tune."""
+    """Start a sweep's watch afresh: no error recorded, a trigger frees the reserve and stops Tune's runs."""
+    interrupt.reset()
+    interrupt.watch()  # before any Tune run of this sweep starts: its stop event is kept
     with _lock:
         _state["message"], _state["armed"] = None, True
 
@@ -124,4 +120,5 @@ def disarm() -> None:
     """End the watch (the sweep is over): reserves deleted, later triggers only record."""
     with _lock:
         _state["armed"] = False
+    interrupt.reset()  # later Tune runs of this process (another command in it) are not asked to stop
     release_reserves()

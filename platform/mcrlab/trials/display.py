@@ -7,6 +7,11 @@ left / the concurrency), with early-stopped (pruned) and errored trials marked. 
 live panel; otherwise (a log file, a pipe, ``ray job submit``) it prints plain lines: one per finished
 trial, and a status line at most every ``every_s`` seconds.
 
+Several displays at once (a sweep's dataset studies running concurrently, ``scaling.concurrent_studies``)
+share one rich panel (rich draws one live display at a time): each study's part - its status line, named by
+its dataset, and its running trials - is stacked in the order the studies started, and leaves the panel when
+its study ends. Plain lines carry the study's name, so concurrent studies' lines can be told apart.
+
 ``quiet_libraries()`` turns off what Ray Tune, MLflow and Optuna print by default (Tune's experiment tables
 and TensorBoard hint, MLflow's "View run" links and table-creation INFO lines, Optuna's per-trial INFO
 logs); ``--verbose`` on the commands skips it.
@@ -23,6 +28,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -136,7 +142,7 @@ class LiveDisplay(Callback):
         self._outcome: dict[str, str] = {}  # trial id -> done | pruned | error
         self._best: tuple[float, str] | None = None  # (objective, label)
         self._last_print = 0.0
-        self._live: Any = None
+        self._live = False  # whether this display has a part in the shared rich panel
         self._ended = False
 
     def __getstate__(self) -> dict:
@@ -236,10 +242,10 @@ class LiveDisplay(Callback):
         self._finish(trials, trial, "error")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._stop_live()
         if not self._ended:  # once, although Tune may call this again while it shuts down
             self._ended = True
             self._out(self.status_line(trials))
+        self._stop_live()
 
     # ---- output --------------------------------------------------------------------------------
     def _finish(self, trials: list, trial: Any, outcome: str) -> None:
@@ -272,15 +278,13 @@ class LiveDisplay(Callback):
         return self.rich if self.rich is not None else use_rich(self.stream)
 
     def _out(self, line: str) -> None:
-        if self._live is not None:
-            self._live.console.print(line, markup=False, highlight=False, soft_wrap=True)
-        else:
+        if not _PANEL.print(line):  # above the rich panel while there is one (another study's, maybe)
             print(line, file=self.stream, flush=True)
 
     def _refresh(self, trials: list) -> None:
         now = time.monotonic()
         if self._rich_on():
-            if self._live is None or now - self._last_print >= 0.5:  # Tune's loop spins fast; rich redraws at 2/s
+            if not self._live or now - self._last_print >= 0.5:  # Tune's loop spins fast; rich redraws at 2/s
                 self._last_print = now
                 self._rich_update(trials)
             return
@@ -290,8 +294,7 @@ class LiveDisplay(Callback):
         self._out(self.status_line(trials))
 
     def _rich_update(self, trials: list) -> None:
-        from rich.console import Console, Group
-        from rich.live import Live
+        from rich.console import Group
         from rich.table import Table
         from rich.text import Text
 
@@ -303,20 +306,69 @@ class LiveDisplay(Callback):
             r = t.last_result or {}
             v = self._value(r)
             table.add_row(self._name(t), str(r.get("trial_iteration", "-")), f"{v:.4f}" if v is not None else "-")
-        view = Group(Text(self.status_line(trials), style="bold"), table)
-        if self._live is None:
-            self._live = Live(view, console=Console(file=self.stream), refresh_per_second=2, transient=True,
-                              redirect_stdout=False, redirect_stderr=False)
-            self._live.start()
-            atexit.register(self._stop_live)
-        else:
-            self._live.update(view)
+        _PANEL.show(id(self), Group(Text(self.status_line(trials), style="bold"), table), self.stream)
+        self._live = True
 
     def _stop_live(self) -> None:
-        if self._live is not None:
-            with contextlib.suppress(Exception):
-                self._live.stop()
-            self._live = None
+        if self._live:
+            _PANEL.drop(id(self))
+            self._live = False
+
+
+class _SharedPanel:
+    """The one rich ``Live`` panel of the process; each display shows its part in it (see the module doc).
+
+    Tune calls a display's hooks from the thread that runs its ``fit``, so concurrent studies update the
+    panel from several threads: one lock orders them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._parts: dict[int, Any] = {}  # display id -> its renderable, in the order they joined
+        self._live: Any = None
+
+    def show(self, key: int, view: Any, stream: Any) -> None:
+        from rich.console import Console, Group
+        from rich.live import Live
+
+        with self._lock:
+            self._parts[key] = view
+            group = Group(*self._parts.values())
+            if self._live is None:
+                self._live = Live(group, console=Console(file=stream), refresh_per_second=2, transient=True,
+                                  redirect_stdout=False, redirect_stderr=False)
+                self._live.start()
+                atexit.register(self.close)
+            else:
+                self._live.update(group)
+
+    def drop(self, key: int) -> None:
+        from rich.console import Group
+
+        with self._lock:
+            self._parts.pop(key, None)
+            if self._parts and self._live is not None:
+                self._live.update(Group(*self._parts.values()))
+            elif not self._parts:
+                self.close()
+
+    def print(self, line: str) -> bool:
+        """Print ``line`` above the panel; False when no panel is shown (the caller prints it plainly)."""
+        with self._lock:
+            if self._live is None:
+                return False
+            self._live.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._live is not None:
+                with contextlib.suppress(Exception):
+                    self._live.stop()
+                self._live = None
+            self._parts.clear()
+
+
+_PANEL = _SharedPanel()
 
 
 def _short(v: Any) -> str:

@@ -28,6 +28,7 @@ import json
 import os
 import secrets
 import stat
+import threading
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,6 +37,7 @@ from mcrlab.config import ConfigError
 __all__ = ["TrustError", "FolderLock", "private_dir", "state_key", "key_path", "check_private",
            "is_signed_kind", "sign_tree", "verify_tree", "MANIFEST", "LOCK_FILE"]
 
+_SIGN_LOCK = threading.Lock()
 MANIFEST = "state-manifest.json"  # in the folder that holds the signed tree (the sweep folder)
 LOCK_FILE = ".lock"
 KEY_BYTES = 32
@@ -217,7 +219,11 @@ def sign_tree(tree: str | Path, manifest: str | Path, cache: dict | None = None)
     storage a moment later; either copy may be on disk when a driver dies). ``cache`` maps a path to its last
     ``(mtime_ns, size, mac)`` so unchanged files are not hashed again. Returns the number of files signed.
     """
-    tree, manifest = Path(tree), Path(manifest)
+    with _SIGN_LOCK:  # concurrent studies of one sweep sign the same manifest from their threads
+        return _sign_tree(Path(tree), Path(manifest), cache)
+
+
+def _sign_tree(tree: Path, manifest: Path, cache: dict | None) -> int:
     key = state_key()
     old = _read_manifest(manifest).get("files", {})
     files: dict[str, list[str]] = {}

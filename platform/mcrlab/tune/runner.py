@@ -11,7 +11,13 @@ On disk (run folder, default ./runs, always resolved to an absolute path)::
     runs/sweeps/<sweep id>/finished-<study>.json   finished trials and their final results (trials.finished)
 
 Studies run one after another, each with as many concurrent trials as the cluster fits
-(``max_concurrent``: Tune does not count nested Train workers, so the cap is computed here).
+(``max_concurrent``: Tune does not count nested Train workers, so the cap is computed here). With
+``scaling.concurrent_studies`` > 1 (or ``auto``) several run at once, each in a thread of this driver with
+everything it has alone (Tune experiment, Optuna study, MLflow study run, resume, top-ups, ASHA, time budget,
+finished-trial record), each capped at its share of the trials that fit (``plan_concurrency``: Ray does not
+officially support concurrent Tune runs on one cluster, which each schedule as if alone). Only the main
+thread starts Ray and catches Ctrl+C; Tune's registry is guarded (``_register_trainable``); a stop (Ctrl+C,
+a full disk) reaches every study through ``trials.interrupt``; sweep.json is written under one lock.
 
 Multi-objective search (``metric``/``mode`` lists): trials report ``objective/0``, ``objective/1``, ...
 and Optuna's study has one direction per objective; ASHA is refused at load time. A trial's values are those
@@ -34,7 +40,9 @@ import math
 import os
 import re
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +58,7 @@ from mcrlab.tracking import (
     lineage_tags,
     resolve_tracking_uri,
 )
-from mcrlab.trials import diskfull
+from mcrlab.trials import diskfull, interrupt
 from mcrlab.trials.backends import RungBoard, pick_backend
 from mcrlab.trials.recorder import fail_fast_on_outages
 from mcrlab.trials.resources import max_concurrent
@@ -60,11 +68,18 @@ from mcrlab.tune import budget
 from mcrlab.tune.space import SearchSpace, compile_space, grid_of, make_sampler, trial_config
 from mcrlab.tune.study import StudyPlan, scaling_of
 
-__all__ = ["run_sweep", "SweepResult", "StudyResult", "study_slug", "STOPPED_ATTR"]
+__all__ = ["run_sweep", "SweepResult", "StudyResult", "StudyFailed", "study_slug", "plan_concurrency",
+           "check_concurrent_studies", "STOPPED_ATTR"]
 
 STOPPED_ATTR = "mcrlab.stopped_by"  # Optuna user attr / MLflow tag of a trial the time budget stopped
 REQUEUED_ATTR = "mcrlab.requeued"  # Optuna study user attr: numbers of stopped trials whose points re-ran
 TRIAL_RETRIES = 2  # restarts of a trial whose process was lost, each from its last checkpoint
+_REGISTRY_LOCK = threading.Lock()  # Ray Tune's trainable registry is not thread-safe (_register_trainable)
+_META_LOCK = threading.Lock()  # sweep.json is rewritten by every study as it ends (concurrent studies)
+
+
+class StudyFailed(RuntimeError):
+    """A study of a sweep whose studies run concurrently failed (the message names it and the others)."""
 
 
 @dataclass
@@ -99,6 +114,7 @@ class SweepResult:
     budget_ended: bool = False  # the time budget ended the sweep
     not_started: list[str] = field(default_factory=list)  # datasets the budget left unstarted
     space_source: str = ""
+    studies_at_once: int = 1  # dataset studies run at the same time (scaling.concurrent_studies)
 
 
 def study_slug(dataset: str) -> str:
@@ -149,7 +165,8 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
               tracking_uri: str | None = None, smoke: bool = False, resume: bool | str = False,
               storage_path: str | Path | None = None, callbacks: list | None = None,
               progress: bool = True, verbose: int = 0, optuna_storage: str | None = None,
-              study: str | None = None, time_budget_s: float | None = None) -> SweepResult:
+              study: str | None = None, time_budget_s: float | None = None,
+              concurrent_studies: int | str | None = None) -> SweepResult:
     """Run (or, with ``resume``, continue) a sweep; returns the best configuration per dataset.
 
     ``time_budget_s``: wall-clock seconds for this command, from its start (a resume gets its own budget).
@@ -159,9 +176,13 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
     ``verbose`` is Ray Tune's own verbosity (0: only the live display). ``optuna_storage`` (an RDB URL)
     holds the studies instead of the sweep's own SQLite file, named ``<study>/<dataset>`` (``study``,
     default the space's name), shared with every other driver using the same URL and name (tune/shared.py).
+    ``concurrent_studies`` (an integer >= 1 or ``auto``) replaces the space's ``scaling.concurrent_studies``.
     """
     if smoke:
         space = space.smoked()
+    if concurrent_studies is not None:
+        space = dataclasses.replace(space, scaling=dataclasses.replace(
+            space.scaling, concurrent_studies=check_concurrent_studies(concurrent_studies)))
     if num_samples is not None:
         if num_samples < 1:
             raise ConfigError("--num-samples: must be >= 1")
@@ -270,8 +291,9 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
 
     start_ray(address)  # under the 077 umask set by run_sweep; the token file is kept 0600
     backend = pick_backend(scaling_of(space))
-    concurrency = max_concurrent(backend.trial_resources(), ray.cluster_resources(),
-                                 space.scaling.max_concurrent)
+    at_once, concurrency = plan_concurrency(space.scaling.concurrent_studies, len(space.datasets),
+                                            backend.trial_resources(), ray.cluster_resources(),
+                                            space.scaling.max_concurrent, space.num_samples)
 
     tracker = Tracker(uri, run_folder)
     experiment = f"sweep/{sweep_id}"
@@ -300,7 +322,8 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
                                           **({"optuna_storage": shared, "optuna_study": prefix,
                                               "driver_seed": seed} if shared else {})})
     # a tag, not a param: a resume may give another budget (MLflow params cannot change)
-    tracker.set_tags(sweep_run, {f"{TAG_PREFIX}time_budget_s": "" if time_budget_s is None else f"{time_budget_s:g}"})
+    tracker.set_tags(sweep_run, {f"{TAG_PREFIX}time_budget_s": "" if time_budget_s is None else f"{time_budget_s:g}",
+                                 f"{TAG_PREFIX}concurrent_studies": str(at_once)})  # studies run at once
     meta["mlflow_run_id"] = sweep_run
     _write_meta(sweep_dir, meta)
     if not resume:
@@ -309,25 +332,42 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
     optuna_storage = shared or f"sqlite:///{sweep_dir / 'optuna.db'}"
     result = SweepResult(sweep_id=sweep_id, sweep_dir=sweep_dir, tracking_uri=uri, experiment=experiment,
                          run_id=sweep_run, optuna_storage=optuna_storage, time_budget_s=time_budget_s,
-                         space_source=space.source)
-    failed = False
-    try:
-        for dataset in space.datasets:
-            if budget.expired(sweep_id):  # no study starts after the budget; --resume runs it
-                result.not_started.append(dataset)
-                meta["studies"].setdefault(dataset, {})["done"] = False
-                _write_meta(sweep_dir, meta)
-                continue
-            study = _run_study(space, dataset, backend=backend, sweep_id=sweep_id, sweep_dir=sweep_dir,
-                               tracker=tracker, exp_id=exp_id, sweep_run=sweep_run, uri=uri,
-                               run_folder=run_folder, optuna_storage=optuna_storage, concurrency=concurrency,
-                               resume=bool(resume), callbacks=callbacks or [], progress=progress,
-                               fingerprint=fingerprints[dataset], verbose=verbose, prefix=prefix,
-                               driver_seed=seed)
+                         space_source=space.source, studies_at_once=at_once)
+
+    def not_started(dataset: str) -> None:  # no study starts after the budget; --resume runs it
+        with _META_LOCK:
+            result.not_started.append(dataset)
+            meta["studies"].setdefault(dataset, {})["done"] = False
+            _write_meta(sweep_dir, meta)
+
+    def run_one(dataset: str) -> StudyResult:
+        study = _run_study(space, dataset, backend=backend, sweep_id=sweep_id, sweep_dir=sweep_dir,
+                           tracker=tracker, exp_id=exp_id, sweep_run=sweep_run, uri=uri,
+                           run_folder=run_folder, optuna_storage=optuna_storage, concurrency=concurrency,
+                           resume=bool(resume), callbacks=callbacks or [], progress=progress,
+                           fingerprint=fingerprints[dataset], verbose=verbose, prefix=prefix,
+                           driver_seed=seed)
+        with _META_LOCK:  # studies ending at the same time must not lose each other's entries
             result.studies[dataset] = study
             meta["studies"][dataset] = {"done": not study.budget_ended, "best_trial": study.best_trial_id,
                                         "best_objective": study.best_objective, "optuna_study": study.optuna_study}
             _write_meta(sweep_dir, meta)
+        return study
+
+    failed = False
+    try:
+        if at_once == 1:
+            for dataset in space.datasets:
+                if budget.expired(sweep_id):
+                    not_started(dataset)
+                    continue
+                run_one(dataset)
+        else:
+            from mcrlab.tune.shared import open_storage
+
+            open_storage(optuna_storage)  # Optuna's schema once, before the studies' threads open the file
+            _run_concurrently(space.datasets, run_one, at_once, sweep_id=sweep_id, not_started=not_started)
+            result.studies = {d: result.studies[d] for d in space.datasets if d in result.studies}  # file order
     except BaseException:
         failed = True
         raise
@@ -348,6 +388,99 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
         tracker.set_tags(sweep_run, {STOPPED_ATTR: "time_budget"})
     tracker.end_run(sweep_run, "FINISHED")
     return result
+
+
+def check_concurrent_studies(value: int | str, flag: str = "--concurrent-studies") -> int | str:
+    """``auto`` or an integer >= 1 (also given as text: the CLI flag); ConfigError naming ``flag`` otherwise."""
+    text = str(value).strip()
+    if text == "auto":
+        return "auto"
+    if isinstance(value, bool) or not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise ConfigError(f"{flag}: expected an integer from 1 to 1000 or auto, got {text[:40]!r}")
+    return int(text)
+
+
+def plan_concurrency(setting: int | str, n_studies: int, trial: dict[str, float], cluster: dict[str, float],
+                     cap: int = 0, num_samples: int | None = None) -> tuple[int, int]:
+    """``(studies at once, trials at once in each study)`` for ``scaling.concurrent_studies`` = ``setting``.
+
+    The cluster fits F trials at once (CPUs and GPUs, ``trial`` = one whole trial's resources). One study
+    at a time runs min(F, ``cap``) trials (``cap`` = max_concurrent, 0: no cap), as before. Several share
+    the cluster: each runs at most F // studies trials, so that together they never ask for more than it has
+    (Tune schedules each experiment as if it were alone). ``auto``: as many studies as fit with each study's
+    own need, min(F, cap, ``num_samples``) trials. Never more studies than datasets, nor than F.
+    """
+    fits = max_concurrent(trial, cluster, 0)  # ConfigError when not even one trial fits
+    own = min(fits, cap) if cap else fits
+    if setting == "auto":
+        wanted = max(1, fits // max(1, min(own, num_samples or own)))
+    else:
+        wanted = int(setting)
+    at_once = max(1, min(wanted, n_studies, fits))
+    return at_once, (own if at_once == 1 else max(1, min(own, fits // at_once)))
+
+
+def _run_concurrently(datasets: tuple[str, ...], run_one: Callable[[str], StudyResult], at_once: int, *,
+                      sweep_id: str, not_started: Callable[[str], None]) -> None:
+    """``run_one(dataset)`` for every dataset in file order, ``at_once`` studies at a time, each in a thread
+    of its own (Ray and the trainables' registry are set up by the caller and ``_run_study``'s lock).
+
+    - a study starts only when a slot is free; none starts after the time budget (``not_started``);
+    - Ctrl+C (caught here, on the main thread: Tune's own handler exists only for a ``fit`` on the main
+      thread) stops every study as Tune's handler would (``trials.interrupt``): the experiments are saved
+      with their running trials unfinished, and ``--resume`` continues them; a second Ctrl+C ends at once.
+      A full disk stops them the same way (``trials.diskfull``);
+    - a study that fails lets the running ones finish (their results are recorded) and starts no other;
+      then ``StudyFailed`` names the failed studies.
+    """
+    import signal
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    pending = list(datasets)
+    running: dict[Any, str] = {}  # future -> dataset
+    failures: list[tuple[str, BaseException]] = []
+    asked = {"interrupted": False}
+
+    def on_sigint(sig: int, frame: Any) -> None:
+        asked["interrupted"] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl+C: KeyboardInterrupt now
+        interrupt.stop_runs()
+
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        old_handler = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="mcrlab-study") as pool:
+            while pending or running:
+                while pending and len(running) < at_once and not failures and not interrupt.stop_requested():
+                    dataset = pending.pop(0)
+                    if budget.expired(sweep_id):
+                        not_started(dataset)
+                        continue
+                    running[pool.submit(run_one, dataset)] = dataset
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    dataset = running.pop(future)
+                    err = future.exception()
+                    if isinstance(err, diskfull.StorageFull) or (err is not None and diskfull.triggered()):
+                        interrupt.stop_runs()  # normally done already, by whoever saw the full disk
+                    if err is not None:
+                        failures.append((dataset, err))
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    if asked["interrupted"]:
+        raise KeyboardInterrupt
+    full = [err for _, err in failures if isinstance(err, diskfull.StorageFull)]
+    if full or diskfull.triggered():
+        raise full[0] if full else diskfull.StorageFull(diskfull.triggered())
+    if failures:
+        dataset, err = failures[0]
+        others = "".join(f"; study {d} failed too ({type(e).__name__}: {e})" for d, e in failures[1:])
+        raise StudyFailed(f"study {dataset} failed ({type(err).__name__}: {err}){others}; the studies that were "
+                          "running finished and are recorded; --resume runs the rest") from err
 
 
 def _log_optuna_db(tracker: Tracker, run_id: str, optuna_storage: str) -> None:
@@ -420,7 +553,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
             space.scheduler.grace_period, space.scheduler.reduction_factor, max_t, space.mode,
             str(sweep_dir / f"rungs-{slug}.json"))
         plan = dataclasses.replace(plan, board=board)
-    trainable = backend.trainable(plan)
+    trainable = _register_trainable(f"mcrlab-{slug}", backend, plan)
 
     def new_tuner(name: str, num_samples: int, points: list[dict] | None) -> Any:
         scheduler = None
@@ -491,6 +624,8 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
             stopped.update(_record_budget_stops(tracker, sweep_id, dataset, study_name, optuna_storage))
         if diskfull.triggered():
             raise diskfull.StorageFull(diskfull.triggered())  # run_sweep words the line (and how to resume)
+        if interrupt.stop_requested():  # Ctrl+C of concurrent studies: saved unfinished, nothing summarised
+            raise KeyboardInterrupt
 
     restored = False
     diskfull.reserve(sweep_dir)  # freed on the first full-disk error: room for the last state and records
@@ -501,7 +636,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
             # Tune's restore unpickles this folder's state: it must be ours, private and signed by our key
             check_private(sweep_dir, ray_dir)
             verify_tree(ray_dir, manifest, under=path)
-            fit(tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True))
+            fit(_restore(path, trainable, backend, plan))
             restored = True
         if not restored and not budget.expired(sweep_id):
             fit(new_tuner(slug, space.num_samples, [dict(p) for p in space.points_to_evaluate]))
@@ -532,6 +667,38 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
     return _summarise(space, dataset, grids, tracker, study_run, study_name, optuna_storage,
                       stopped=_stopped_ids(study_name, optuna_storage) if (ended or restored) else stopped,
                       budget_ended=ended)
+
+
+def _register_trainable(name: str, backend: Any, plan: StudyPlan) -> str:
+    """Register the study's trainable with Tune under ``name`` (its own, the same in every command on the
+    sweep: restore checks it against the experiment's) and return the name, which Tuner and restore get.
+
+    Tune's registry is not thread-safe: studies running in threads that each hand Tuner (or restore) a
+    function, which Tune registers inside ``fit``, fail with "dictionary changed size during iteration"
+    (``flush_values``). Here every registration of a study - ``with_parameters``' object-store put and the
+    trainable itself - happens under one lock, and nothing is registered inside ``fit``.
+    """
+    from ray import tune
+
+    with _REGISTRY_LOCK:
+        tune.register_trainable(name, backend.trainable(plan))
+    return name
+
+
+def _restore(path: Path, name: str, backend: Any, plan: StudyPlan) -> Any:
+    """``Tuner.restore`` of one of the study's experiments, continuing its unfinished and errored trials."""
+    from ray import tune
+
+    try:
+        return tune.Tuner.restore(str(path), trainable=name, resume_unfinished=True, resume_errored=True)
+    except ValueError as err:  # started by an mcrlab whose trainables had no names of their own
+        if "Invalid `trainable`" not in str(err):
+            raise
+        if threading.current_thread() is not threading.main_thread():  # Tune would register it in fit
+            raise ConfigError(f"--resume: {path.name} was started by an older mcrlab; resume it one study at "
+                              "a time (--concurrent-studies 1)") from None
+        return tune.Tuner.restore(str(path), trainable=backend.trainable(plan), resume_unfinished=True,
+                                  resume_errored=True)
 
 
 def _stopped_ids(study_name: str, optuna_storage: str) -> set[str]:

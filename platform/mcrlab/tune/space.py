@@ -127,9 +127,15 @@ class Scaling:
     gpus_per_worker: float = opt(0.0, "GPUs per worker", ge=0.0, le=64.0)
     max_concurrent: int = opt(0, "trials at once (0 = as many as the cluster's resources allow)", ge=0,
                               le=100_000)
+    concurrent_studies: int | str = opt(1, "dataset studies run at once (1 = one after another; auto = as many "
+                                        "as the cluster fits, each with its max_concurrent trials)", ge=1,
+                                        le=1000)
 
     def __post_init__(self) -> None:
         check_gpu_share(self.workers, self.gpus_per_worker)
+        if isinstance(self.concurrent_studies, str) and self.concurrent_studies != "auto":
+            raise ConfigError(f"concurrent_studies: expected an integer >= 1 or auto, got "
+                              f"{short(self.concurrent_studies)}")
 
 
 @dataclass(frozen=True)
