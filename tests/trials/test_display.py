@@ -174,3 +174,32 @@ def test_quiet_libraries_drops_rays_auth_on_note_and_keeps_its_auth_off_warning(
         assert [r.getMessage()[:33] for r in caplog.records] == ["Token authentication is disabled:"]
     finally:
         log.filters[:] = saved
+
+
+def test_best_so_far_is_the_best_final_objective_of_a_trial_that_ran_to_its_end():
+    """The status line's best names the trial the summary will name: an epoch's value the trial later lost
+    and a pruned trial's value are not candidates (a sweep once showed best 0.7955 of a trial whose final
+    objective was 0.7720, above the summary's 0.7860)."""
+    import io
+    from types import SimpleNamespace
+
+    from mcrlab.trials.display import LiveDisplay
+
+    plan = SimpleNamespace(metric="val/acc", mode="max", label=lambda tid, config: tid,
+                           max_iterations=lambda config: 4)
+    display = LiveDisplay("d", plan, stream=io.StringIO(), total=3, rich=False)
+
+    def run(tid, values):
+        t = SimpleNamespace(trial_id=tid, status="RUNNING", config={}, last_result={})
+        display.on_trial_start(0, [t], t)
+        for i, v in enumerate(values, 1):
+            t.last_result = {"objective": v, "trial_iteration": i}
+            display.on_trial_result(0, [t], t, t.last_result)
+        display.on_trial_complete(0, [t], t)
+        return t
+
+    run("peaked", [0.70, 0.80, 0.75, 0.772])  # best epoch 0.80, final 0.772
+    run("steady", [0.70, 0.75, 0.77, 0.786])
+    run("pruned", [0.90, 0.91])  # stopped at iteration 2 of 4
+    assert display._best == (0.786, "steady")
+    assert "best 0.7860 (steady)" in display.status_line([])

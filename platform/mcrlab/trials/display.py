@@ -2,7 +2,7 @@
 
 ``LiveDisplay`` is a driver-side Tune callback. It shows trials (sweeps) or cells (ablations) done/total,
 each named by its plan's label (``arm/dataset/seed`` for an ablation cell), how many are running, the best
-objective so far, elapsed time and an ETA (mean duration of the trials finished in this driver x the number
+final objective so far (of the trials that ran to their end: the one the summary names), elapsed time and an ETA (mean duration of the trials finished in this driver x the number
 left / the concurrency), with early-stopped (pruned) and errored trials marked. On a terminal it is a rich
 live panel; otherwise (a log file, a pipe, ``ray job submit``) it prints plain lines: one per finished
 trial, and a status line at most every ``every_s`` seconds.
@@ -229,7 +229,8 @@ class LiveDisplay(Callback):
     on_trial_restore = on_trial_start
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self._offer(self._value(result), self._name(trial))
+        # "best" is the summary's: finished trials' final objectives only; an epoch's value that a trial
+        # later lost, or a pruned trial's, would name a best trial the summary does not
         self._refresh(trials)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
@@ -256,7 +257,7 @@ class LiveDisplay(Callback):
         r = trial.last_result or {}
         value = self._value(r)
         label = self._name(trial)
-        if outcome != "error":
+        if outcome == "done":
             self._offer(value, label)
         if outcome == "error":
             from mcrlab.trials.errors import last_error_line
