@@ -9,18 +9,15 @@ thread, must stop every study. (A ``Stopper.stop_all`` is no substitute: it ends
 so a resume would never continue them.)
 
 The handler only sets a ``threading.Event`` that Tune creates for each run in
-``ray.tune.tune._setup_signal_catching`` and checks once per controller step. ``watch()`` wraps that function
-so every run's event is also kept here, and ``stop_runs()`` sets them all; a run that starts after a stop
-was asked for stops at once. The wrapped function is private to Ray (2.60, pinned in constraints.txt): if a
-Ray upgrade removes it, ``watch()`` fails loudly instead of leaving runs that cannot be stopped
-(tests/trials/test_fault_helpers.py checks it against the installed Ray).
+``ray.tune.tune._setup_signal_catching`` and checks once per controller step. ``watch()`` has every run's
+event kept here (``mcrlab.trials.session.on_tune_run_start``: the one module that touches Ray's private
+code), and ``stop_runs()`` sets them all; a run that starts after a stop was asked for stops at once.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any
 
 __all__ = ["watch", "stop_runs", "stop_requested", "reset"]
 
@@ -31,25 +28,16 @@ _state = {"stop": False}
 
 def watch() -> None:
     """Keep the interrupt event of every Tune run started from now on in this process (idempotent)."""
-    from ray.tune import tune as tune_module
+    from mcrlab.trials.session import on_tune_run_start
 
-    original = getattr(tune_module, "_setup_signal_catching", None)
-    if original is None:
-        raise RuntimeError("this Ray Tune has no ray.tune.tune._setup_signal_catching: mcrlab cannot stop its "
-                           "runs gracefully (install the Ray version of constraints.txt)")
-    if getattr(original, "_mcrlab_watch", False):
-        return
+    on_tune_run_start(_keep)
 
-    def setup_signal_catching(*args: Any, **kwargs: Any) -> threading.Event:
-        event = original(*args, **kwargs)  # installs Tune's own handlers too, on the main thread
-        with _lock:
-            _events.add(event)
-            if _state["stop"]:
-                event.set()
-        return event
 
-    setup_signal_catching._mcrlab_watch = True  # type: ignore[attr-defined]
-    tune_module._setup_signal_catching = setup_signal_catching
+def _keep(event: threading.Event) -> None:
+    with _lock:
+        _events.add(event)
+        if _state["stop"]:
+            event.set()
 
 
 def stop_runs() -> None:

@@ -7,13 +7,19 @@ Ray's own ``open``) is made 0600 afterwards (``protect_token_files``), whoever c
 starts a local Ray, always in the ``mcrlab`` namespace, and is a no-op when Ray is already initialised in the
 process (tests share one session Ray; ``ray job submit`` drivers join their cluster).
 
-Start-up workaround (Ray 2.60 only, the one place Ray's private modules are touched): a starting raylet gets
+The one place Ray's private code is touched, in two guarded hooks. Start-up workaround (Ray 2.60 only): a starting raylet gets
 a hard-coded 30 s to register with the GCS (``ray._private.node.Node``, ``raylet_start_wait_time_s = 30``),
 checked only between calls of ``ray._private.services.get_node``. On a loaded 2-core machine that is missed
 ("The current node timed out during startup"). While a *local* Ray starts, ``get_node`` is wrapped so that one
 call keeps asking for up to ``wait_s``; the start is also retried. The wrapper is applied only on the Ray
 versions it was verified on (``PATCHED_RAY``); ``tests/trials/test_session.py`` fails when a Ray bump removes
 the hard-coded wait (the workaround is then unnecessary) or changes ``get_node`` (it would be broken).
+
+Tune-run hook (private ``ray.tune.tune._setup_signal_catching``, Ray 2.60): ``on_tune_run_start(hook)``
+hands ``hook`` the interrupt event each Tune run creates and checks once per controller step, the event
+Tune's own Ctrl+C handler sets. ``mcrlab.trials.interrupt`` uses it to stop runs whose ``fit`` is on a worker
+thread, where Tune installs no handler. If a Ray upgrade removes the function, it fails loudly instead of
+leaving runs that cannot be stopped (``tests/trials/test_fault_helpers.py`` checks it against the installed Ray).
 
 A local Ray dies with its driver: Ray's kernel fate-sharing ends the head's own processes, and a watchdog
 (``mcrlab.trials.reaper``, started after a local ``ray.init``) ends what the raylet started (agents, workers,
@@ -79,6 +85,26 @@ def _patient_raylet_wait(wait_s: float) -> Iterator[None]:
         yield
     finally:
         services.get_node = original
+
+
+def on_tune_run_start(hook: Callable[[Any], None]) -> None:
+    """Call ``hook(event)`` with the interrupt ``threading.Event`` of every Tune run started from now on in
+    this process (idempotent: one wrapper, the latest hook)."""
+    from ray.tune import tune as tune_module  # private function of a public module: see the docstring
+
+    current = getattr(tune_module, "_setup_signal_catching", None)
+    if current is None:
+        raise RuntimeError("this Ray Tune has no ray.tune.tune._setup_signal_catching: mcrlab cannot stop its "
+                           "runs gracefully (install the Ray version of constraints.txt)")
+    original = getattr(current, "_mcrlab_original", current)
+
+    def setup_signal_catching(*args: Any, **kwargs: Any) -> Any:
+        event = original(*args, **kwargs)  # installs Tune's own handlers too, on the main thread
+        hook(event)
+        return event
+
+    setup_signal_catching._mcrlab_original = original  # type: ignore[attr-defined]
+    tune_module._setup_signal_catching = setup_signal_catching
 
 
 def protect_token_files(home: str | os.PathLike | None = None) -> list[str]:
