@@ -96,3 +96,35 @@ def test_wheel_installs_into_a_fresh_venv_and_trains(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test/acc" in proc.stdout
     assert not (work / "runs").exists() or (work / "runs").is_dir()  # outputs only where the user runs it
+
+
+def test_rays_private_code_is_touched_only_in_trials_session():
+    """One guarded place for Ray's internals (trials/session.py, with its version checks and tests): no other
+    module imports a private Ray module or reaches a private attribute of a Ray module."""
+    import ast
+    import re
+
+    private_module = re.compile(r"^ray(\.\w+)*\.(_\w+)")  # ray._private..., ray.train._internal...
+
+    def offences(path: Path) -> list[str]:
+        found, ray_names = [], set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.startswith("ray"):
+                        ray_names.add((a.asname or a.name).split(".")[0])
+                        found += [a.name] if private_module.match(a.name) else []
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ray"):
+                found += [node.module] if private_module.match(node.module or "") else []
+                found += [f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+                ray_names |= {a.asname or a.name for a in node.names}
+        for node in ast.walk(ast.parse(path.read_text())):  # e.g. tune_module._setup_signal_catching
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and isinstance(node.value, ast.Name) and node.value.id in ray_names):
+                found.append(f"{node.value.id}.{node.attr}")
+        return found
+
+    offenders = {str(p.relative_to(ROOT)): o for p in (ROOT / "platform" / "mcrlab").rglob("*.py")
+                 if p.name != "session.py" and (o := offences(p))}
+    assert offenders == {}, offenders
+    assert offences(ROOT / "platform" / "mcrlab" / "trials" / "session.py")  # the check sees what it guards
