@@ -140,6 +140,8 @@ def test_trigger_stops_every_tune_run_from_any_thread():
         diskfull.disarm()
     diskfull.trigger("x", "No space left on device")  # unarmed: records only, stops nothing
     assert not _tune_run_event().is_set()
+    diskfull.arm()  # leave no recorded full disk behind for later tests
+    diskfull.disarm()
 
 
 # ---- trials.reaper -----------------------------------------------------------------------------------

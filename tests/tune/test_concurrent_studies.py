@@ -88,7 +88,17 @@ def test_bad_values_exit_2_and_start_nothing(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()  # nothing started
 
 
-def test_a_failed_study_lets_the_running_ones_finish_and_starts_no_other():
+@pytest.fixture
+def armed():
+    """The full-disk watch as a sweep sets it around its studies (no full disk recorded by an earlier test)."""
+    from mcrlab.trials import diskfull
+
+    diskfull.arm()
+    yield
+    diskfull.disarm()
+
+
+def test_a_failed_study_lets_the_running_ones_finish_and_starts_no_other(armed):
     from mcrlab.tune.runner import StudyFailed, _run_concurrently
 
     b_running, log = threading.Event(), []
@@ -108,7 +118,7 @@ def test_a_failed_study_lets_the_running_ones_finish_and_starts_no_other():
     assert sorted(log) == ["end b", "start a", "start b"]  # b finished, c never started
 
 
-def test_no_study_starts_after_the_time_budget():
+def test_no_study_starts_after_the_time_budget(armed):
     from mcrlab.tune import budget
     from mcrlab.tune.runner import _run_concurrently
 
