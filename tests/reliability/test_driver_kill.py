@@ -240,7 +240,12 @@ def test_trial_finished_after_the_last_tune_snapshot_is_not_trained_again(ray_lo
         if r["tags"]["mcrlab.trial_id"] in finished:  # left as it was: not reopened, not closed again
             assert client.get_run(r["run_id"]).info.end_time == end_times[r["tags"]["mcrlab.trial_id"]]
     ostudy = optuna.load_study(study_name=study.optuna_study, storage=result.optuna_storage)
-    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in ostudy.trials) == n
+    complete = [t for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == n
+    # nor was a finished trial's point trained again under another trial id (the restored sampler, left as
+    # it was, suggests the points it handed out after the snapshot again)
+    points = [tuple(sorted(t.params.items())) for t in complete]
+    assert len(set(points)) == n, points
 
 
 def _descendants(root: int) -> dict[int, str]:

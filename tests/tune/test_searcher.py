@@ -42,9 +42,10 @@ def test_a_restored_searcher_counts_its_trials_that_finished_after_the_snapshot(
     assert live.suggest("t1") is not None
     snapshot = tmp_path / "searcher.pkl"
     live.save(str(snapshot))  # Tune's last snapshot: t1 handed out
+    t2 = None
     for tid in ("t1", "t2"):
         if tid == "t2":
-            assert live.suggest("t2") is not None
+            t2 = live.suggest("t2")
         live.on_trial_complete(tid, {"objective": 0.5})
         record_finished(record, tid, {"objective": 0.5}, config={"x": 0.5}, experiment="ds")
     record_finished(record, "other", {"objective": 0.9}, experiment="ds-topup-1")  # another experiment's
@@ -52,7 +53,9 @@ def test_a_restored_searcher_counts_its_trials_that_finished_after_the_snapshot(
     restored = searcher()
     restored.restore(str(snapshot))
     assert restored.finished_unknown() == 1  # t2; t1 is its own, the top-up's trial is not
-    assert restored.suggest("t3") not in (None, ResumableOptunaSearch.FINISHED)
+    t3 = restored.suggest("t3")
+    assert t3 not in (None, ResumableOptunaSearch.FINISHED)
+    assert t3 != t2, "the restored sampler suggested the finished t2's point again"
     assert restored.suggest("t4") == ResumableOptunaSearch.FINISHED  # t1, t2 and t3 fill the 3 slots
     del restored.experiment  # a state pickled by an older version: nothing counted, as before
     assert restored.finished_unknown() == 0

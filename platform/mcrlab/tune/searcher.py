@@ -6,7 +6,8 @@
   and the re-run's results are ignored. A trial handed out and finished after that snapshot is missing from
   it altogether, and the restored searcher (its sampler's random state too) would hand its slot out again,
   with the same point: given the experiment's ``num_samples``, its name and the driver's finished-trial record
-  (``mcrlab.trials.finished``), it counts those trials as handed out and ends the experiment that much sooner.
+  (``mcrlab.trials.finished``), it counts those trials as handed out and ends the experiment that much sooner,
+  and its sampler is reseeded (such a resume is not bit-reproducible; one with nothing missing still is).
 - The objective is named (``study.set_metric_names``): Optuna's plots and dashboard show ``val/acc``, not
   "Objective 0"; a multi-objective study (``metric``/``mode`` lists: ``objective/0``, ``objective/1``, ...)
   names each of its objectives.
@@ -75,6 +76,13 @@ class ResumableOptunaSearch(OptunaSearch):
 
         return sum(1 for tid, t in finished_trials(getattr(self, "finished_path", None)).items()
                    if t.experiment == experiment and tid not in self._ot_trials)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        # the sampler's random state is the snapshot's too: it would suggest the points it handed out after the
+        # snapshot again (a startup trial of TPE, a random sample: exactly); those that finished are done
+        if self.finished_unknown():
+            self._ot_study.sampler.reseed_rng()
 
     def suggest(self, trial_id: str) -> dict | str | None:
         total = getattr(self, "num_samples", None)
