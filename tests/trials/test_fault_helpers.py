@@ -45,6 +45,19 @@ def test_an_unreadable_record_is_empty_so_the_trial_simply_runs(tmp_path):
     assert finished.finished_result(path, "a") == {"objective": 1.0}
 
 
+def test_finished_record_keeps_the_point_and_the_experiment_apart_from_the_replayed_result(tmp_path):
+    path = tmp_path / "finished-x.json"
+    finished.record_finished(path, "a", {"objective": 0.75}, config={"train.lr": 0.01}, experiment="ds")
+    finished.record_finished(path, "b", {"objective": 0.5}, config={"x": float("nan")})  # not JSON: left out
+    finished.record_finished(path, "c", {"objective": 0.25})  # as an older version wrote it
+    trials = finished.finished_trials(path)
+    assert trials["a"] == finished.FinishedTrial({"objective": 0.75}, {"train.lr": 0.01}, "ds")
+    assert trials["b"] == finished.FinishedTrial({"objective": 0.5}, None, None)
+    assert trials["c"] == finished.FinishedTrial({"objective": 0.25}, None, None)
+    assert finished.finished_result(path, "a") == {"objective": 0.75}  # what the trial reports again
+    assert finished.finished_trials("") == {} and finished.finished_ids(path) == {"a", "b", "c"}
+
+
 # ---- trials.diskfull ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("err,full", [
     (OSError(errno.ENOSPC, "No space left on device"), True),

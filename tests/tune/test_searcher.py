@@ -26,6 +26,41 @@ def test_result_for_a_finished_optuna_trial_is_ignored():
     assert len(done) == 1 and done[0].value == 0.7
 
 
+def test_a_restored_searcher_counts_its_trials_that_finished_after_the_snapshot(tmp_path):
+    """A driver killed after its searcher handed out t2 and t2 finished, with Tune's last snapshot taken when
+    only t1 was handed out: the restored searcher has one slot fewer to fill (t2's), not a second t2."""
+    from mcrlab.trials.finished import record_finished
+
+    record = str(tmp_path / "finished-x.json")
+
+    def searcher() -> ResumableOptunaSearch:
+        return ResumableOptunaSearch(space=_space, metric="objective", mode="max", num_samples=3,
+                                     finished_path=record, experiment="ds",
+                                     sampler=optuna.samplers.RandomSampler(seed=0))
+
+    live = searcher()
+    assert live.suggest("t1") is not None
+    snapshot = tmp_path / "searcher.pkl"
+    live.save(str(snapshot))  # Tune's last snapshot: t1 handed out
+    t2 = None
+    for tid in ("t1", "t2"):
+        if tid == "t2":
+            t2 = live.suggest("t2")
+        live.on_trial_complete(tid, {"objective": 0.5})
+        record_finished(record, tid, {"objective": 0.5}, config={"x": 0.5}, experiment="ds")
+    record_finished(record, "other", {"objective": 0.9}, experiment="ds-topup-1")  # another experiment's
+
+    restored = searcher()
+    restored.restore(str(snapshot))
+    assert restored.finished_unknown() == 1  # t2; t1 is its own, the top-up's trial is not
+    t3 = restored.suggest("t3")
+    assert t3 not in (None, ResumableOptunaSearch.FINISHED)
+    assert t3 != t2, "the restored sampler suggested the finished t2's point again"
+    assert restored.suggest("t4") == ResumableOptunaSearch.FINISHED  # t1, t2 and t3 fill the 3 slots
+    del restored.experiment  # a state pickled by an older version: nothing counted, as before
+    assert restored.finished_unknown() == 0
+
+
 def test_plain_optuna_search_raises_there():
     """Guards the premise: if Ray's OptunaSearch stops raising, the subclass can go."""
     searcher = OptunaSearch(space=_space, metric="objective", mode="max",

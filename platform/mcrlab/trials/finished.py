@@ -11,17 +11,29 @@ So the driver's recorder writes each trial's final result here the moment Tune r
 (``mcrlab.trials.backends``) look it up before they train (``finished_result``): a trial found here reports its
 recorded final result again and returns at once, without training. The file is JSON (never unpickled) in the
 sweep's private folder; a record that cannot be read is treated as empty (the trial then runs, as before).
+
+Tune's snapshot may also predate a trial altogether: one the searcher handed out, and that finished, after the
+last save. The restored experiment never hears of it, and its restored searcher would hand that slot out again
+(to the same point: the sampler's random state is restored too). So each entry also keeps the trial's point
+(``config``) and the name of the Tune experiment that ran it (``experiment``): the searcher of that experiment
+counts its finished trials it does not know (``mcrlab.tune.searcher``), and the study's summary counts them
+with the trials Tune returns (``finished_trials``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["record_finished", "finished_result", "finished_ids", "replayable"]
+__all__ = ["record_finished", "finished_result", "finished_ids", "finished_trials", "replayable", "FinishedTrial"]
+
+# an entry's keys besides the result; never reported to Tune again
+_CONFIG, _EXPERIMENT = "mcrlab.config", "mcrlab.experiment"
 
 # Tune fills these in itself; a result reported again must not carry the old values
 _TUNE_KEYS = {"training_iteration", "time_total_s", "time_this_iter_s", "time_since_restore", "timestamp",
@@ -54,16 +66,39 @@ def finished_ids(path: str | os.PathLike | None) -> set[str]:
     return set(_read(path)) if path else set()
 
 
+@dataclass(frozen=True)
+class FinishedTrial:
+    """One entry of the record: the trial's final result (``replayable`` part), its point (None in records of
+    an older version) and the Tune experiment that ran it (None: unknown)."""
+
+    result: dict[str, Any]
+    config: dict[str, Any] | None
+    experiment: str | None
+
+
+def finished_trials(path: str | os.PathLike | None) -> dict[str, FinishedTrial]:
+    """Every trial recorded as finished in ``path``: trial id -> its entry (empty without a readable record)."""
+    out: dict[str, FinishedTrial] = {}
+    for tid, entry in (_read(path) if path else {}).items():
+        if not isinstance(entry, dict) or not entry:
+            continue
+        config, experiment = entry.get(_CONFIG), entry.get(_EXPERIMENT)
+        result = {k: v for k, v in entry.items() if k not in (_CONFIG, _EXPERIMENT)}
+        out[tid] = FinishedTrial(result, config if isinstance(config, dict) else None,
+                                 experiment if isinstance(experiment, str) else None)
+    return out
+
+
 def finished_result(path: str | os.PathLike | None, trial_id: str) -> dict[str, Any] | None:
     """The recorded final result of ``trial_id``, or None when it is not recorded as finished."""
-    if not path:
-        return None
-    found = _read(path).get(trial_id)
-    return dict(found) if isinstance(found, dict) and found else None
+    found = finished_trials(path).get(trial_id)
+    return dict(found.result) if found is not None and found.result else None
 
 
-def record_finished(path: str | os.PathLike, trial_id: str, result: dict[str, Any]) -> None:
-    """Add ``trial_id`` with its final ``result`` (``replayable`` part) to the record at ``path``.
+def record_finished(path: str | os.PathLike, trial_id: str, result: dict[str, Any],
+                    config: dict[str, Any] | None = None, experiment: str | None = None) -> None:
+    """Add ``trial_id`` with its final ``result`` (``replayable`` part), its point ``config`` (kept when it is
+    JSON) and the name of the Tune ``experiment`` that ran it to the record at ``path``.
 
     Read, update, write to a temporary sibling, fsync, rename: a driver killed at any point leaves the old
     record or the new one, never half a file. The driver is the only writer. Raises OSError (a full disk):
@@ -71,7 +106,14 @@ def record_finished(path: str | os.PathLike, trial_id: str, result: dict[str, An
     """
     path = Path(path)
     data = _read(path)
-    data[trial_id] = replayable(result)
+    entry: dict[str, Any] = replayable(result)
+    if config is not None:
+        # a point that is not plain JSON is left out: the trial is counted, never the study's best
+        with contextlib.suppress(TypeError, ValueError):
+            entry[_CONFIG] = json.loads(json.dumps(dict(config), allow_nan=False))
+    if experiment:
+        entry[_EXPERIMENT] = experiment
+    data[trial_id] = entry
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(json.dumps(data, indent=1, sort_keys=True))

@@ -59,8 +59,9 @@ except ImportError:  # pragma: no cover - ray is a dependency; keep the module i
 
 class TrialRecorder(Callback):
     def __init__(self, plan: TrialPlan, *, uri: str, run_folder: str, experiment_id: str,
-                 optuna: tuple[str, str] | None = None):
+                 optuna: tuple[str, str] | None = None, tune_experiment: str | None = None):
         self.plan = plan
+        self.tune_experiment = tune_experiment  # the Tune experiment's name, kept in the finished-trial record
         self.optuna = optuna  # (storage URL, study name) of a sweep's study: trials and runs are cross-linked
         self.uri, self.run_folder = uri, run_folder
         self.experiment_id = experiment_id
@@ -86,7 +87,7 @@ class TrialRecorder(Callback):
     def __setstate__(self, state: dict) -> None:
         # recorders pickled by an older version (Tuner.restore of an older sweep) lack the newer fields
         self.__dict__.update({"reasons": {}, "pending": [], "_last_try": 0.0, "optuna": None, "closed": set(),
-                              **state})
+                              "tune_experiment": None, **state})
         self._study = None
         self._datasets = {}
 
@@ -119,7 +120,8 @@ class TrialRecorder(Callback):
             from mcrlab.trials.finished import record_finished
 
             try:
-                record_finished(self.plan.finished_path, trial.trial_id, trial.last_result or {})
+                record_finished(self.plan.finished_path, trial.trial_id, trial.last_result or {},
+                                config=dict(trial.config), experiment=self.tune_experiment)
             except OSError as err:
                 if is_disk_full(err):
                     trigger(self.plan.finished_path, err)

@@ -579,9 +579,10 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                                          points_to_evaluate=points or None, sampler=make_sampler(sampler_space),
                                          study_name=study_name, storage=open_storage(optuna_storage),
                                          metric_name=names, max_iterations=max_t,
-                                         trial_attrs={SWEEP_ATTR: sweep_id})
+                                         trial_attrs={SWEEP_ATTR: sweep_id}, num_samples=num_samples,
+                                         finished_path=plan.finished_path, experiment=name)
         recorder = TrialRecorder(plan, uri=uri, run_folder=str(run_folder), experiment_id=exp_id,
-                                 optuna=(optuna_storage, study_name))
+                                 optuna=(optuna_storage, study_name), tune_experiment=name)
         display = LiveDisplay(dataset, plan, total=num_samples, concurrency=concurrency)
         cbs = [StateSigner(str(ray_dir), str(manifest)), recorder, *([display] if progress else []), *callbacks]
         return tune.Tuner(
@@ -646,7 +647,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
             # handed out (the restored searcher believes it is done), and a budget-stopped trial is run again.
             # Top the study up with a new experiment on the same Optuna study (its history is kept): first
             # the stopped trials' points, then new samples.
-            counted, rerun = _progress(grids, study_name, optuna_storage)
+            counted, rerun = _progress([*grids, _recorded_only(grids, plan)], study_name, optuna_storage)
             missing = space.num_samples - counted
             if missing > 0:
                 points = rerun[:missing]
@@ -664,6 +665,8 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
         _close_lost_trials(tracker, sweep_id, dataset, grids)
         _fail_lost_optuna_trials(study_name, optuna_storage, sweep_id if prefix else None)
     ended = budget.fired(sweep_id)
+    if restored:  # trials finished after the killed driver's last snapshot count too
+        grids = [*grids, _recorded_only(grids, plan)]
     return _summarise(space, dataset, grids, tracker, study_run, study_name, optuna_storage,
                       stopped=_stopped_ids(study_name, optuna_storage) if (ended or restored) else stopped,
                       budget_ended=ended)
@@ -740,6 +743,33 @@ def _record_budget_stops(tracker: Tracker, sweep_id: str, dataset: str, study_na
             tracker.set_tags(run["run_id"], {STOPPED_ATTR: "time_budget", f"{TAG_PREFIX}early_stopped": "true"})
             tracker.end_run(run["run_id"], "KILLED")
     return set(ids)
+
+
+@dataclass(frozen=True)
+class _RecordedTrial:
+    """A ResultGrid row's look-alike (``metrics``, ``config``, ``error``) for a trial the finished-trial record
+    holds but no restored Tune experiment returns: one a killed driver handed out, and that finished, after
+    its last snapshot (``trials.finished``)."""
+
+    metrics: dict
+    config: dict
+    error: None = None
+
+
+def _recorded_only(grids: list, plan: StudyPlan) -> list[_RecordedTrial]:
+    """The recorded finished trials of the study that ``grids`` lack, as rows to count with theirs."""
+    from mcrlab.trials.finished import finished_trials
+
+    known = {str((r.metrics or {}).get("trial_id")) for grid in grids for r in grid}
+    rows = []
+    for tid, t in finished_trials(plan.finished_path).items():
+        if tid in known:
+            continue
+        metrics = {**t.result, "trial_id": tid}
+        if t.config is None:  # recorded by an older version, without its point: counted, never the best
+            metrics.pop("objective", None)
+        rows.append(_RecordedTrial(metrics, dict(t.config or {})))
+    return rows
 
 
 def _progress(grids: list, study_name: str, optuna_storage: str) -> tuple[int, list[tuple[int, dict]]]:

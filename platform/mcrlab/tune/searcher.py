@@ -3,7 +3,11 @@
 - Resume: a driver killed just after a trial finished can be restored from a Tune experiment snapshot older
   than the Optuna study: Tune re-runs that trial, and plain OptunaSearch raises UpdateFinishedTrialError on
   its first result, which ends the sweep with a TuneError. Here the study keeps the value it already has
-  and the re-run's results are ignored.
+  and the re-run's results are ignored. A trial handed out and finished after that snapshot is missing from
+  it altogether, and the restored searcher (its sampler's random state too) would hand its slot out again,
+  with the same point: given the experiment's ``num_samples``, its name and the driver's finished-trial record
+  (``mcrlab.trials.finished``), it counts those trials as handed out and ends the experiment that much sooner,
+  and its sampler is reseeded (such a resume is not bit-reproducible; one with nothing missing still is).
 - The objective is named (``study.set_metric_names``): Optuna's plots and dashboard show ``val/acc``, not
   "Objective 0"; a multi-objective study (``metric``/``mode`` lists: ``objective/0``, ``objective/1``, ...)
   names each of its objectives.
@@ -44,9 +48,12 @@ class ResumableOptunaSearch(OptunaSearch):
     with fewer was stopped early)."""
 
     def __init__(self, *args: Any, metric_name: str | list[str] | None = None, max_iterations: int | None = None,
-                 trial_attrs: dict[str, Any] | None = None, **kwargs: Any):
+                 trial_attrs: dict[str, Any] | None = None, num_samples: int | None = None,
+                 finished_path: str | None = None, experiment: str | None = None, **kwargs: Any):
         self.metric_name = metric_name
         self.max_iterations = max_iterations
+        # the experiment's trial count, its finished-trial record and its name (see the module docstring)
+        self.num_samples, self.finished_path, self.experiment = num_samples, finished_path, experiment
         self.trial_attrs = dict(trial_attrs or {})  # user attrs of every trial it asks for (its sweep id)
         super().__init__(*args, **kwargs)
 
@@ -59,7 +66,28 @@ class ResumableOptunaSearch(OptunaSearch):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self._ot_study.set_metric_names(list(names))
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def finished_unknown(self) -> int:
+        """Trials of this experiment that the finished-trial record holds and this searcher never handed out:
+        after ``Tuner.restore``, the ones handed out (and finished) after the snapshot it was restored from."""
+        experiment = getattr(self, "experiment", None)  # absent in states pickled before
+        if not experiment:
+            return 0
+        from mcrlab.trials.finished import finished_trials
+
+        return sum(1 for tid, t in finished_trials(getattr(self, "finished_path", None)).items()
+                   if t.experiment == experiment and tid not in self._ot_trials)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        # the sampler's random state is the snapshot's too: it would suggest the points it handed out after the
+        # snapshot again (a startup trial of TPE, a random sample: exactly); those that finished are done
+        if self.finished_unknown():
+            self._ot_study.sampler.reseed_rng()
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        total = getattr(self, "num_samples", None)
+        if total is not None and len(self._ot_trials) + self.finished_unknown() >= total:
+            return self.FINISHED  # every slot is taken: handed out here, or finished after the snapshot
         params = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None:
