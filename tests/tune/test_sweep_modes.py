@@ -175,3 +175,37 @@ def test_time_budget_stops_the_sweep_and_resume_finishes_it(ray_local, tmp_path)
     for dataset in space.datasets:
         runs = find_runs(again.tracking_uri, again.experiment, kind="trial", tags={"study": dataset})
         assert sum(r["status"] == "FINISHED" for r in runs) == 4
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_time_budget_stops_concurrent_studies_and_resume_finishes_them(ray_local, tmp_path):
+    """Two studies at once (scaling.concurrent_studies: 2): the budget ends both while they run; every trial it
+    stopped is PRUNED and marked, none is left RUNNING; a resume without a budget finishes both studies."""
+    raw = _raw(scaling={"workers": 1, "cpus_per_worker": 1, "max_concurrent": 1, "concurrent_studies": 2},
+               base={**BASE, "train": {**BASE["train"], "epochs": 3}}, datasets=["synthetic:competition",
+                                                                               "synthetic:imbalanced"])
+    space = parse_space(raw, "budget.yaml")
+    _EXPIRED.clear()
+    result = run_sweep(space, storage_path=tmp_path / "runs", progress=False, time_budget_s=3600,
+                       callbacks=[EndBudgetWhileTrialRuns()])
+    assert result.budget_ended and result.not_started == [] and set(result.studies) == set(space.datasets)
+    stopped_total = 0
+    for dataset, study in result.studies.items():
+        assert study.budget_ended and study.num_trials < 4, dataset
+        ostudy = optuna.load_study(study_name=study.optuna_study, storage=result.optuna_storage)
+        assert not [t for t in ostudy.trials if t.state == optuna.trial.TrialState.RUNNING], dataset
+        stopped = [t for t in ostudy.trials if t.user_attrs.get("mcrlab.stopped_by") == "time_budget"]
+        assert all(t.state == optuna.trial.TrialState.PRUNED for t in stopped)
+        stopped_total += len(stopped)
+        runs = find_runs(result.tracking_uri, result.experiment, kind="trial", tags={"study": dataset})
+        assert not [r for r in runs if r["status"] == "RUNNING"], dataset
+    assert stopped_total >= 1  # the budget ran out while a trial was running
+
+    again = run_sweep(space, storage_path=tmp_path / "runs", progress=False, resume=result.sweep_id)
+    assert not again.budget_ended
+    for dataset, study in again.studies.items():
+        ostudy = optuna.load_study(study_name=study.optuna_study, storage=again.optuna_storage)
+        assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in ostudy.trials) == 4, dataset
+        runs = find_runs(again.tracking_uri, again.experiment, kind="trial", tags={"study": dataset})
+        assert sum(r["status"] == "FINISHED" for r in runs) == 4, dataset
