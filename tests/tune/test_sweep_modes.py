@@ -136,16 +136,23 @@ class EndBudgetWhileTrialRuns(Callback):
                 budget._DEADLINES[sweep_id] = 0.0
 
 
-@pytest.mark.ray
-@pytest.mark.slow
-def test_time_budget_stops_the_sweep_and_resume_finishes_it(ray_local, tmp_path):
-    raw = _raw(scaling={"workers": 1, "cpus_per_worker": 1, "max_concurrent": 1},
+def _budget_sweep(tmp_path, concurrent_studies: int):
+    """Two studies of 3-epoch trials with a 1 h budget that ends (EndBudgetWhileTrialRuns) once a trial has
+    finished and the next one has reported: (space, result)."""
+    raw = _raw(scaling={"workers": 1, "cpus_per_worker": 1, "max_concurrent": 1,
+                        "concurrent_studies": concurrent_studies},
                base={**BASE, "train": {**BASE["train"], "epochs": 3}}, datasets=["synthetic:competition",
                                                                                "synthetic:imbalanced"])
     space = parse_space(raw, "budget.yaml")
     _EXPIRED.clear()
-    result = run_sweep(space, storage_path=tmp_path / "runs", progress=False, time_budget_s=3600,
-                       callbacks=[EndBudgetWhileTrialRuns()])
+    return space, run_sweep(space, storage_path=tmp_path / "runs", progress=False, time_budget_s=3600,
+                            callbacks=[EndBudgetWhileTrialRuns()])
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_time_budget_stops_the_sweep_and_resume_finishes_it(ray_local, tmp_path):
+    space, result = _budget_sweep(tmp_path, concurrent_studies=1)
     assert result.budget_ended and result.not_started == ["synthetic:imbalanced"]
     study = result.studies["synthetic:competition"]
     assert study.budget_ended and study.budget_stopped == 1 and study.num_trials == 2  # no third trial began
@@ -182,13 +189,7 @@ def test_time_budget_stops_the_sweep_and_resume_finishes_it(ray_local, tmp_path)
 def test_time_budget_stops_concurrent_studies_and_resume_finishes_them(ray_local, tmp_path):
     """Two studies at once (scaling.concurrent_studies: 2): the budget ends both while they run; every trial it
     stopped is PRUNED and marked, none is left RUNNING; a resume without a budget finishes both studies."""
-    raw = _raw(scaling={"workers": 1, "cpus_per_worker": 1, "max_concurrent": 1, "concurrent_studies": 2},
-               base={**BASE, "train": {**BASE["train"], "epochs": 3}}, datasets=["synthetic:competition",
-                                                                               "synthetic:imbalanced"])
-    space = parse_space(raw, "budget.yaml")
-    _EXPIRED.clear()
-    result = run_sweep(space, storage_path=tmp_path / "runs", progress=False, time_budget_s=3600,
-                       callbacks=[EndBudgetWhileTrialRuns()])
+    space, result = _budget_sweep(tmp_path, concurrent_studies=2)
     assert result.budget_ended and result.not_started == [] and set(result.studies) == set(space.datasets)
     stopped_total = 0
     for dataset, study in result.studies.items():

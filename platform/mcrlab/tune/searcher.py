@@ -54,6 +54,7 @@ class ResumableOptunaSearch(OptunaSearch):
         self.max_iterations = max_iterations
         # the experiment's trial count, its finished-trial record and its name (see the module docstring)
         self.num_samples, self.finished_path, self.experiment = num_samples, finished_path, experiment
+        self.finished_elsewhere = 0  # after a restore: finished_unknown(), the slots those trials took
         self.trial_attrs = dict(trial_attrs or {})  # user attrs of every trial it asks for (its sweep id)
         super().__init__(*args, **kwargs)
 
@@ -81,12 +82,15 @@ class ResumableOptunaSearch(OptunaSearch):
         super().restore(checkpoint_path)
         # the sampler's random state is the snapshot's too: it would suggest the points it handed out after the
         # snapshot again (a startup trial of TPE, a random sample: exactly); those that finished are done
-        if self.finished_unknown():
+        # counted once: those trials are never handed out again, and a suggestion need not read the record
+        self.finished_elsewhere = self.finished_unknown()
+        if self.finished_elsewhere:
             self._ot_study.sampler.reseed_rng()
 
     def suggest(self, trial_id: str) -> dict | str | None:
         total = getattr(self, "num_samples", None)
-        if total is not None and len(self._ot_trials) + self.finished_unknown() >= total:
+        elsewhere = getattr(self, "finished_elsewhere", 0)  # set by restore; absent in states pickled before
+        if total is not None and len(self._ot_trials) + elsewhere >= total:
             return self.FINISHED  # every slot is taken: handed out here, or finished after the snapshot
         params = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
