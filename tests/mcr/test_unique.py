@@ -136,6 +136,63 @@ def test_permuted_relu_linear_equals_the_plain_head_rerun(monkeypatch, chunk, S)
                                     args[:3])
 
 
+def _relu_linear_reference(p, rest, contrib, perms, w, b, kind):
+    """The MLP game path literally: per m and s the tail re-run on the permuted hidden contribution."""
+    from tests.mcr.reference import div_reference
+
+    tail = lambda h: torch.relu(h) @ w.T + (0.0 if b is None else b)  # noqa: E731
+    return torch.stack([torch.stack([div_reference(p[m], tail(rest[m] + contrib[m][perms[s]]), kind).mean()
+                                     for s in range(perms.shape[0])]).mean() for m in range(p.shape[0])])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("chunk,S,with_bias", [(1, 3, True), (1 << 17, 5, False), (2 * 7 * 4 * 2, 5, True)])
+def test_relu_linear_divergence_node_equals_the_reference_loop(monkeypatch, kind, chunk, S, with_bias):
+    """The one-node MLP game path (chunks re-run, scored and differentiated in forward; backward scales the
+    stored gradients) against the literal loop: values, gradients of a weighted sum, gradcheck, and the
+    value alone under no_grad. chunk = 1 forces one permutation per chunk, 2*7*4*2 a last partial chunk."""
+    from mcrlab.mcr import unique as unique_mod
+
+    monkeypatch.setattr(unique_mod, "_CHUNK_ELEMS", chunk)
+    g = torch.Generator().manual_seed(5)
+    M, B, H, C = 2, 7, 4, 3
+    p = torch.randn(M, B, C, generator=g, dtype=torch.float64, requires_grad=True)
+    rest, contrib = (torch.randn(M, B, H, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    w = torch.randn(C, H, generator=g, dtype=torch.float64)
+    b = torch.randn(C, generator=g, dtype=torch.float64) if with_bias else None
+    perms = draw_permutations(S, B, g)
+    fused = unique_mod.permuted_relu_linear_divergence(p, rest, contrib, perms, w, b, kind)
+    ref = _relu_linear_reference(p, rest, contrib, perms, w, b, kind)
+    torch.testing.assert_close(fused, ref, rtol=1e-12, atol=1e-14)
+    up = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    for a, c in zip(torch.autograd.grad((fused * up).sum(), [p, rest, contrib]),
+                    torch.autograd.grad((ref * up).sum(), [p, rest, contrib]), strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda a, r, c: unique_mod.permuted_relu_linear_divergence(a, r, c, perms, w, b, kind), (p, rest, contrib))
+    with torch.no_grad():
+        torch.testing.assert_close(unique_mod.permuted_relu_linear_divergence(p, rest, contrib, perms, w, b, kind),
+                                   ref.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_relu_linear_divergence_node_runs_half_precision_inputs_in_float32():
+    """bf16 inputs (autocast's logits) are scored in float32: the value is float32, close to the float64
+    reference on the same bf16 numbers, and each gradient comes back in its input's dtype."""
+    from mcrlab.mcr import unique as unique_mod
+
+    g = torch.Generator().manual_seed(6)
+    p, rest, contrib = (torch.randn(2, 8, k, generator=g).bfloat16().requires_grad_() for k in (3, 5, 5))
+    w, b = torch.randn(3, 5, generator=g).bfloat16(), torch.randn(3, generator=g).bfloat16()
+    perms = draw_permutations(4, 8, g)
+    val = unique_mod.permuted_relu_linear_divergence(p, rest, contrib, perms, w, b, "jsd")
+    assert val.dtype == torch.float32
+    ref = _relu_linear_reference(*(t.detach().double() for t in (p, rest, contrib)), perms, w.double(), b.double(),
+                                 "jsd")
+    torch.testing.assert_close(val.double(), ref, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(val.sum(), [p, rest, contrib])
+    assert all(gr.dtype == torch.bfloat16 and torch.isfinite(gr).all() for gr in grads)
+
+
 @pytest.mark.parametrize("pert_kind", PERTS)
 def test_split_head_with_another_tail_equals_the_loop(pert_kind):
     model = tiny_net("mlp", (4, 3, 2))

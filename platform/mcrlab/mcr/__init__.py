@@ -13,7 +13,8 @@ Public API:
   and ``permuted_mean_divergence``: the same averaged over (S, B) by one fused autograd node (hot path).
 - ``permute_rows``: x[..., pi_s(i), :] for all S permutations, with a gather-based backward.
 - ``permuted_relu_linear``: the MLP head's tail re-run over all S permutations as one chunked node;
-  ``permuted_relu_linear_divergence``: that and ``mean_divergence`` (the MLP game path).
+  ``permuted_relu_linear_divergence``: that and ``mean_divergence`` (the MLP game path), with constant
+  tail weights one node that scores and differentiates each chunk while it is in cache.
 - ``opaque``: under torch.compile the fused nodes run as opaque custom operators (``mcrlab::*``).
 - ``game_term(out, fusion, pert, lambda_m=, k=, divergence=, reference_grad=) -> (R_game, D)`` and its
   literal twin ``game_term_reference``; ``value_scale`` (R_game / -lambda sum D); ``STRATEGY_K`` maps greedy/independent/collaborative to k.

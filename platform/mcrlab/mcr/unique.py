@@ -19,8 +19,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mcrlab.mcr.divergence import _MeanDivergence, _upcast, mean_divergence, permuted_mean_divergence
-from mcrlab.mcr.opaque import NodeContext, value_and_unit_grads, with_gradients
+from mcrlab.mcr.divergence import (
+    _core_backward,
+    _core_forward,
+    _upcast,
+    mean_divergence,
+    permuted_mean_divergence,
+)
+from mcrlab.mcr.opaque import with_gradients
 from mcrlab.mcr.perturb import Perturbation, draw_perturbation
 from mcrlab.models.fusion import MLPFusion
 from mcrlab.models.net import ForwardOutput
@@ -80,7 +86,7 @@ def relu_linear_tail(tail: nn.Module) -> nn.Linear | None:
 
 
 # elements of one (M, S_chunk, B, H) hidden block: small enough to stay in cache between the ops on it
-_CHUNK_ELEMS = 1 << 18
+_CHUNK_ELEMS = 1 << 19
 
 
 def permuted_relu_linear(rest: torch.Tensor, contrib: torch.Tensor, perms: torch.Tensor,
@@ -101,14 +107,98 @@ def permuted_relu_linear_divergence(p_logits: torch.Tensor, rest: torch.Tensor, 
                                     kind: str) -> torch.Tensor:
     """``mean_divergence(p_logits, permuted_relu_linear(rest, contrib, perms, weight, bias), kind)``: (M,).
 
-    The MLP head's game path. Under torch.compile, with the tail's weights constant (the game detaches
-    them), the two nodes run as one opaque operator (mcr/opaque.py); otherwise as the two nodes.
+    p_logits (M, B, C), rest and contrib (M, B, H), perms (S, B), weight (C, H), bias (C,) or None.
+    The MLP head's game path. With the tail's weights constant (the game detaches them) it is one node,
+    ``relu_linear_divergence_and_grads``: each chunk of permutations is re-run, scored and differentiated
+    while its hidden activations are in cache (under torch.compile as one opaque operator, mcr/opaque.py).
+    With weights that need a gradient it is the two nodes.
     """
-    if torch.compiler.is_compiling() and not weight.requires_grad and (bias is None or not bias.requires_grad):
+    if weight.requires_grad or (bias is not None and bias.requires_grad):
+        return mean_divergence(p_logits, permuted_relu_linear(rest, contrib, perms, weight, bias), kind)
+    if torch.compiler.is_compiling():
         val, *grads = torch.ops.mcrlab.permuted_relu_linear_divergence(
             p_logits.detach(), rest.detach(), contrib.detach(), perms, weight, bias, kind)
         return with_gradients(val, [p_logits, rest, contrib], grads)
-    return mean_divergence(p_logits, permuted_relu_linear(rest, contrib, perms, weight, bias), kind)
+    return _ReluLinearDivergence.apply(p_logits, rest, contrib, perms, weight, bias, kind)
+
+
+def relu_linear_divergence_and_grads(p_logits: torch.Tensor, rest: torch.Tensor, contrib: torch.Tensor,
+                                     perms: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                                     kind: str, need_grad: bool = True
+                                     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The value (M,) of ``permuted_relu_linear_divergence`` and, if ``need_grad``, the gradients of
+    value[m] with respect to p_logits[m], rest[m] and contrib[m] (shapes of the inputs; () if not).
+
+    One loop over chunks of permutations. Per chunk: the hidden activations h = relu(rest_i +
+    contrib[pi_s(i)]) (M * s * B, H), the logits made class-major directly, q[m] = W h_m^T + b (C, s * B),
+    the divergence's forward and backward on them (``_core_forward``/``_core_backward``: a row's gradient
+    depends on its own q and p only), then d h = (W^T dq) masked by h > 0, summed into rest's gradient and
+    scattered into contrib's through the permutation. So h is built once and never rebuilt, and q is never
+    transposed. Computed in float32 for half-precision inputs, autocast off (the logits' differences
+    vanish in bf16; the tail is a small share of the step).
+    """
+    M, B, H = contrib.shape
+    S = perms.shape[0]
+    dtype = _upcast(p_logits).dtype
+    with torch.autocast(p_logits.device.type, enabled=False):
+        p, rest, contrib = (t.detach().to(dtype) for t in (p_logits, rest, contrib))
+        w = weight.detach().to(dtype)
+        b = None if bias is None else bias.detach().to(dtype).unsqueeze(1)  # (C, 1)
+        C = w.shape[0]
+        pt = p.transpose(1, 2).unsqueeze(2).contiguous()  # (M, C, 1, B)
+        val = p.new_zeros(M)
+        if need_grad:
+            d_pt, d_rest, d_contrib = torch.zeros_like(pt), torch.zeros_like(rest), torch.zeros_like(contrib)
+        step = min(S, max(1, _CHUNK_ELEMS // (M * B * H)))
+        # buffers reused by every chunk: a fresh multi-MB tensor per op costs its page faults again
+        h_buf, q_buf = rest.new_empty(M * step * B * H), rest.new_empty(M * C * step * B)
+        if need_grad:
+            g_buf, sum_buf = torch.empty_like(h_buf), torch.empty_like(rest)
+        w_m = w.expand(M, C, H)
+        for s0 in range(0, S, step):
+            idx = perms[s0:s0 + step]
+            s = idx.shape[0]
+            h = _hidden(rest, contrib, idx, out=h_buf[:M * s * B * H].view(M * s * B, H)).view(M, s * B, H)
+            # class-major logits (M, C, s * B) straight from the product: W h_m^T (+ b)
+            q = q_buf[:M * C * s * B].view(M, C, s * B)
+            if b is None:
+                torch.bmm(w_m, h.transpose(1, 2), out=q)
+            else:
+                torch.baddbmm(b, w_m, h.transpose(1, 2), out=q)
+            v, saved = _core_forward(kind, pt, q.view(M, C, s, B))
+            val += v * (s / S)  # the chunk's mean over its s * B rows, weighted into the mean over S * B
+            if not need_grad:
+                continue
+            dp, dq = _core_backward(kind, saved, val.new_full((M,), s / S), s, B)
+            d_pt += dp
+            dh = g_buf[:M * s * B * H].view(M, s * B, H)
+            torch.bmm(dq.view(M, C, s * B).transpose(1, 2), w_m, out=dh)
+            torch.ops.aten.threshold_backward.grad_input(dh, h, 0.0, grad_input=dh)  # relu's mask, in place
+            d_rest += torch.sum(dh.view(M, s, B, H), 1, out=sum_buf)
+            # contrib[k] reached row (s, i) with pi_s(i) = k
+            d_contrib.view(M * B, H).index_add_(0, _flat_rows(idx, M, B), dh.view(-1, H))
+    if not need_grad:
+        return val, ()
+    grads = (d_pt.squeeze(2).transpose(1, 2), d_rest, d_contrib)
+    return val, tuple(g.to(x.dtype).contiguous() for g, x in zip(grads, (p_logits, rest, contrib), strict=True))
+
+
+class _ReluLinearDivergence(torch.autograd.Function):
+    """``relu_linear_divergence_and_grads`` as an autograd node: forward computes the gradients of each
+    value[m] as well (when any input needs one), backward scales them by the incoming grad[m]. Exact: value
+    m depends on row m of the inputs only."""
+
+    @staticmethod
+    def forward(ctx, p_logits, rest, contrib, perms, weight, bias, kind):
+        val, grads = relu_linear_divergence_and_grads(p_logits, rest, contrib, perms, weight, bias, kind,
+                                                      need_grad=any(ctx.needs_input_grad[:3]))
+        ctx.save_for_backward(*grads)
+        return val
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad.view(-1, 1, 1)
+        return (*(u * g.to(u.dtype) for u in ctx.saved_tensors), None, None, None, None)
 
 
 @torch.library.custom_op("mcrlab::permuted_relu_linear_divergence", mutates_args=())
@@ -116,12 +206,9 @@ def _permuted_relu_linear_divergence_op(p_logits: torch.Tensor, rest: torch.Tens
                                         perms: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                                         kind: str
                                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(value (M,), d value[m] / d p_logits, rest, contrib) by the two nodes' own forward and backward."""
-    relu_ctx = NodeContext(needs_input_grad=(True, True, False, False, False))
-    q = _PermutedReluLinear.forward(relu_ctx, rest, contrib, perms, weight, bias)
-    val, (dp, dq, _) = value_and_unit_grads(_MeanDivergence, _upcast(p_logits), _upcast(q), kind)
-    d_rest, d_contrib, *_ = _PermutedReluLinear.backward(relu_ctx, dq.to(q.dtype))
-    return val, dp.to(p_logits.dtype).contiguous(), d_rest.contiguous(), d_contrib.contiguous()
+    """(value (M,), d value[m] / d p_logits, rest, contrib): ``relu_linear_divergence_and_grads``."""
+    val, grads = relu_linear_divergence_and_grads(p_logits, rest, contrib, perms, weight, bias, kind)
+    return (val, *grads)
 
 
 @_permuted_relu_linear_divergence_op.register_fake
@@ -130,10 +217,11 @@ def _(p_logits, rest, contrib, perms, weight, bias, kind):
     return val, torch.empty_like(p_logits), torch.empty_like(rest), torch.empty_like(contrib)
 
 
-def _hidden(rest: torch.Tensor, contrib: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
-    """relu(rest_i + contrib[pi_s(i)]) for a chunk of permutations (s, B): -> (M * s * B, H)."""
+def _hidden(rest: torch.Tensor, contrib: torch.Tensor, perms: torch.Tensor,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """relu(rest_i + contrib[pi_s(i)]) for a chunk of permutations (s, B): -> (M * s * B, H) (into ``out``)."""
     M, B, H = contrib.shape
-    h = contrib.reshape(M * B, H).index_select(0, _flat_rows(perms, M, B)).view(M, -1, B, H)
+    h = torch.index_select(contrib.reshape(M * B, H), 0, _flat_rows(perms, M, B), out=out).view(M, -1, B, H)
     return h.add_(rest.unsqueeze(1)).relu_().view(-1, H)
 
 
