@@ -80,8 +80,21 @@ def _first_trial_mid_way(uri: str) -> Callable[[], bool]:
     return ready
 
 
-@pytest.mark.parametrize("moment", ["just-started", "mid-trial"])
-def test_sweep_driver_killed_then_resumed(moment, ray_local, tmp_path):
+def _save_after_the_last_signature(sweep_dir: Path) -> None:
+    """What a driver killed while Tune saved leaves: the experiment state rewritten after its last signature
+    (the same content, other bytes) and a newer searcher state that was never signed."""
+    exp = sweep_dir / "ray" / "synthetic-competition"
+    state = next(exp.glob("experiment_state-*.json"))
+    state.write_text(json.dumps(json.loads(state.read_text()), indent=2))
+    searcher = next(exp.glob("searcher-state-*.pkl"))
+    (exp / "searcher-state-9999-12-31_23-59-59.pkl").write_bytes(searcher.read_bytes())
+
+
+@pytest.mark.parametrize("moment", ["just-started", "mid-trial", "mid-save"])
+def test_sweep_driver_killed_then_resumed(moment, ray_local, tmp_path, capfd):
+    """mid-save: killed mid-trial, with Tune's last save unsigned; the resume rolls it back to the signed
+    snapshot. just-started: the kill may land before Tune's first snapshot was signed; then the resume sets
+    it aside and starts the study afresh, closing the killed driver's runs (stale), and says so."""
     space_file = tmp_path / "killme.yaml"
     space_file.write_text(yaml.safe_dump(SPACE))
     runs = tmp_path / "runs"
@@ -96,31 +109,51 @@ def test_sweep_driver_killed_then_resumed(moment, ray_local, tmp_path):
     before = {r["run_id"]: r for r in find_runs(uri, kind="trial")}
     finished_before = {rid for rid, r in before.items() if r["status"] == "FINISHED"}
     assert not finished_before
-    if moment == "mid-trial":
+    if moment != "just-started":
         assert before, "the kill was meant to land inside a trial"
+    (sweep_dir,) = (runs / "sweeps").iterdir()
+    if moment == "mid-save":
+        _save_after_the_last_signature(sweep_dir)
+    capfd.readouterr()
 
     result = run_sweep(load_space(space_file), storage_path=runs, resume=True, progress=False)
+    err = capfd.readouterr().err
     study = result.studies["synthetic:competition"]
     assert study.num_trials == TRIALS and study.num_errors == 0
+    set_aside = (sweep_dir / "unverified").exists()
+    if moment == "mid-save":
+        assert "experiment_state-" in err and "resuming from its last signed version" in err, err
+        assert "searcher-state-9999-12-31_23-59-59.pkl: written but never signed" in err, err
+        assert (sweep_dir / "unverified" / "synthetic-competition" / "searcher-state-9999-12-31_23-59-59.pkl").is_file()
+    elif set_aside:  # just-started, with the first snapshot unsigned
+        assert "written but never signed" in err, err
+    else:
+        assert "never signed" not in err and "last signed version" not in err, err
 
     everything = find_runs(uri)
     assert not [r for r in everything if r["status"] == "RUNNING"], "orphaned RUNNING runs"
     assert len([r for r in everything if r["tags"].get("mcrlab.kind") == "sweep"]) == 1
     assert len([r for r in everything if r["tags"].get("mcrlab.kind") == "study"]) == 1
     trials = [r for r in everything if r["tags"].get("mcrlab.kind") == "trial"]
-    tids = [r["tags"]["mcrlab.trial_id"] for r in trials]
-    assert len(trials) == TRIALS and len(set(tids)) == TRIALS, tids  # one run per trial, no duplicate
-    assert all(r["status"] == "FINISHED" for r in trials)
+    finished = [r for r in trials if r["status"] == "FINISHED"]
+    tids = [r["tags"]["mcrlab.trial_id"] for r in finished]
+    assert len(finished) == TRIALS and len(set(tids)) == TRIALS, tids  # one run per trial, no duplicate
     client = MlflowClient(uri)
-    for r in trials:
+    for r in finished:
         steps = [m.step for m in client.get_metric_history(r["run_id"], "objective")]
         assert steps == list(range(1, EPOCHS + 1)), (r["run_id"], steps)  # no epoch logged twice
-    # a trial interrupted mid-way continued in its own run
-    for rid in before:
-        assert rid in {t["run_id"] for t in trials}, f"run {rid} of the killed driver was abandoned"
+    others = [r for r in trials if r["status"] != "FINISHED"]
+    if moment == "just-started" and set_aside:  # the killed driver's trials were in no signed snapshot
+        assert {r["run_id"] for r in others} == set(before)
+        assert all(r["status"] == "KILLED" and r["tags"].get("mcrlab.stale") == "true" for r in others)
+    else:
+        assert not others
+        for rid in before:  # a trial interrupted mid-way continued in its own run
+            assert rid in {t["run_id"] for t in finished}, f"run {rid} of the killed driver was abandoned"
     ostudy = optuna.load_study(study_name=study.optuna_study, storage=result.optuna_storage)
     done = [t for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == TRIALS
+    assert not [t for t in ostudy.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
 ABLATION = {"name": "killcell", "experiment": "abl-kill", "base": BASE,  # cells of several seconds, as above

@@ -126,6 +126,109 @@ def test_manifest_refuses_edited_planted_and_unsigned_files(tmp_path):
         verify_tree(tree, manifest)
 
 
+def _snapshot_tree(tmp_path):
+    """A tree as Tune leaves it: experiment-level snapshot files and a trial folder, signed (driver running)."""
+    tree = tmp_path / "sweep" / "ray"
+    (tree / "exp" / "trial_1").mkdir(parents=True)
+    (tree / "exp" / "experiment_state-a.json").write_text('{"v": 1}')
+    (tree / "exp" / "tuner.pkl").write_bytes(b"tuner")
+    (tree / "exp" / "trial_1" / "params.pkl").write_bytes(b"params")
+    manifest = tmp_path / "sweep" / MANIFEST
+    sign_tree(tree, manifest)
+    return tree, manifest
+
+
+def test_signing_keeps_the_signed_bytes_of_each_snapshot_file(tmp_path):
+    tree, manifest = _snapshot_tree(tmp_path)
+    copies = manifest.parent / storage.SIGNED_COPIES
+    assert (copies / "exp" / "experiment_state-a.json").read_text() == '{"v": 1}'
+    assert (copies / "exp" / "tuner.pkl").read_bytes() == b"tuner"
+    assert not (copies / "exp" / "trial_1").exists()  # trial files are written once: no copies
+    assert stat.S_IMODE((copies / "exp" / "tuner.pkl").stat().st_mode) == 0o600
+    (tree / "exp" / "experiment_state-a.json").write_text('{"v": 2}')
+    sign_tree(tree, manifest)
+    assert (copies / "exp" / "experiment_state-a.json").read_text() == '{"v": 2}'
+    assert json.loads(manifest.read_text())["closed"] is False
+    sign_tree(tree, manifest, closed=True)
+    assert json.loads(manifest.read_text())["closed"] is True
+
+
+def test_a_snapshot_saved_after_the_last_signature_is_rolled_back_to_its_signed_version(tmp_path):
+    """The kill window: Tune rewrote its snapshot, the driver died before signing it. The resume puts the
+    signed bytes back (verify passes, the unsigned bytes are gone) and says so in one line per file."""
+    tree, manifest = _snapshot_tree(tmp_path)
+    state = tree / "exp" / "experiment_state-a.json"
+    state.write_text('{"v": 2, "unsigned": true}')
+    with pytest.raises(TrustError, match="does not match its signature"):
+        verify_tree(tree, manifest, under=tree / "exp")
+    lines = storage.recover_tree(tree, manifest, under=tree / "exp")
+    assert len(lines) == 1 and "experiment_state-a.json" in lines[0] and "last signed version" in lines[0]
+    assert state.read_text() == '{"v": 1}'
+    assert verify_tree(tree, manifest, under=tree / "exp") == 3
+    assert storage.recover_tree(tree, manifest, under=tree / "exp") == []  # nothing left to do
+
+
+def test_the_previous_signed_copy_serves_when_the_driver_died_between_manifest_and_copy(tmp_path):
+    """Signing writes the manifest first and the copies after; the manifest keeps the previous signature,
+    so the copy left by a kill in between (the previous version) is still valid."""
+    tree, manifest = _snapshot_tree(tmp_path)
+    state = tree / "exp" / "experiment_state-a.json"
+    copy = manifest.parent / storage.SIGNED_COPIES / "exp" / "experiment_state-a.json"
+    state.write_text('{"v": 2}')
+    sign_tree(tree, manifest)
+    copy.write_text('{"v": 1}')  # as if the kill came before the copy of v2 was written
+    state.write_text('{"v": 3}')  # and Tune saved once more
+    assert len(storage.recover_tree(tree, manifest, under=tree / "exp")) == 1
+    assert state.read_text() == '{"v": 1}'
+    verify_tree(tree, manifest, under=tree / "exp")
+
+
+def test_files_never_signed_are_set_aside_unread(tmp_path):
+    """A snapshot (or trial file) written but never signed: moved out of the tree restore reads."""
+    tree, manifest = _snapshot_tree(tmp_path)
+    newer = tree / "exp" / "experiment_state-b.json"
+    newer.write_text('{"v": "never signed"}')
+    trial_pkl = tree / "exp" / "trial_2" / "params.pkl"
+    trial_pkl.parent.mkdir()
+    trial_pkl.write_bytes(b"never signed")
+    lines = storage.recover_tree(tree, manifest, under=tree / "exp")
+    assert len(lines) == 2 and all("never signed" in ln and "set aside" in ln for ln in lines)
+    aside = manifest.parent / storage.UNVERIFIED / "exp"
+    assert not newer.exists() and (aside / "experiment_state-b.json").read_text() == '{"v": "never signed"}'
+    assert not trial_pkl.exists() and (aside / "trial_2" / "params.pkl").read_bytes() == b"never signed"
+    assert stat.S_IMODE(aside.stat().st_mode) == 0o700
+    verify_tree(tree, manifest, under=tree / "exp")
+
+
+def test_nothing_is_recovered_that_is_not_provably_ours(tmp_path):
+    """Left for verify_tree to refuse: a trial file that does not match its signature; a snapshot whose
+    signed copy was edited too; any change to a tree whose driver ended (closed); a missing manifest."""
+    tree, manifest = _snapshot_tree(tmp_path)
+    params = tree / "exp" / "trial_1" / "params.pkl"
+    params.write_bytes(b"edited")
+    assert storage.recover_tree(tree, manifest, under=tree / "exp") == []
+    assert params.read_bytes() == b"edited"
+    with pytest.raises(TrustError, match="params.pkl does not match"):
+        verify_tree(tree, manifest, under=tree / "exp")
+    params.write_bytes(b"params")
+    tuner = tree / "exp" / "tuner.pkl"
+    tuner.write_bytes(b"evil")
+    (manifest.parent / storage.SIGNED_COPIES / "exp" / "tuner.pkl").write_bytes(b"evil too")
+    assert storage.recover_tree(tree, manifest, under=tree / "exp") == []
+    with pytest.raises(TrustError, match="tuner.pkl does not match"):
+        verify_tree(tree, manifest, under=tree / "exp")
+    tree2, manifest2 = _snapshot_tree(tmp_path / "closed")
+    sign_tree(tree2, manifest2, closed=True)
+    (tree2 / "exp" / "tuner.pkl").write_bytes(b"evil")
+    (tree2 / "exp" / "searcher-state-x.pkl").write_bytes(b"planted")
+    assert storage.recover_tree(tree2, manifest2, under=tree2 / "exp") == []
+    assert (tree2 / "exp" / "tuner.pkl").read_bytes() == b"evil"
+    with pytest.raises(TrustError):
+        verify_tree(tree2, manifest2, under=tree2 / "exp")
+    manifest2.unlink()
+    assert storage.recover_tree(tree2, manifest2, under=tree2 / "exp") == []
+
+
 def test_state_writable_by_others_or_linked_is_refused(tmp_path):
     root = storage.private_dir(tmp_path / "sweep")
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
@@ -283,18 +386,22 @@ def test_a_planted_pickle_is_refused_and_never_runs(finished_sweep, tmp_path, mo
     else:
         path = next(exp.glob(target.replace("{ts}", "*")))
         path.write_bytes(payload)
-    code, err = _run(["sweep", str(finished_sweep["space"]), "--resume", "--storage", str(runs)])
-    line = _one_line(err)
-    assert code == 2 and path.name in line and "refusing" in line, line
-    assert not marker.exists(), "the planted pickle ran"
+    for attempt in range(2):  # a refused resume signs nothing: the planted file stays refused
+        code, err = _run(["sweep", str(finished_sweep["space"]), "--resume", "--storage", str(runs)])
+        line = _one_line(err)
+        assert code == 2 and path.name in line and "refusing" in line, (attempt, line)
+        assert not marker.exists(), "the planted pickle ran"
     if target in ("tuner.pkl", "experiment_state-{ts}.json"):
         # control: Ray's own restore of the same folder does run it (so the refusal is what saved us)
         from ray import tune
 
         name = "mcrlab-synthetic-competition"  # the study's trainable name: Tune checks it on restore
+        from mcrlab.trials.signer import restoring_into
+
         tune.register_trainable(name, lambda config: None)
-        with contextlib.suppress(Exception):  # tuner.pkl is read by restore, the state file by fit
-            tune.Tuner.restore(str(exp), trainable=name).fit()
+        # (restoring_into: the restored signer signs this copy, not the shared finished sweep it came from)
+        with contextlib.suppress(Exception), restoring_into(str(sweep_dir / "ray"), str(sweep_dir / MANIFEST)):
+            tune.Tuner.restore(str(exp), trainable=name).fit()  # tuner.pkl is read by restore, the state by fit
         assert marker.exists()
 
 

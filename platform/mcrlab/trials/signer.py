@@ -4,22 +4,38 @@ Tune saves its experiment state every few seconds (and after trial checkpoints);
 After each controller step this callback re-signs what changed (``storage.sign_tree``; unchanged files
 are not hashed again), and once more at the end of the experiment, so ``--resume`` can verify every file
 it would unpickle. It is pickled with the Tuner, so it holds only paths: the key is read from the user's
-config folder each time, never stored in the sweep folder.
+config folder each time, never stored in the sweep folder. A restore unpickles the signer Tune saved, with
+the paths of the folder as it was then; ``restoring_into`` gives it the folder being resumed instead (a
+sweep folder copied or moved would otherwise be signed at its old place).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from ray.tune import Callback
 
 from mcrlab.trials.storage import sign_tree
 
-__all__ = ["StateSigner"]
+__all__ = ["StateSigner", "restoring_into"]
 
 SIGN_EVERY_S = 0.2  # at most five walks of the tree a second (unchanged files are not hashed again)
+_RESTORING = threading.local()  # per thread: concurrent studies restore in threads of their own
+
+
+@contextlib.contextmanager
+def restoring_into(tree: str, manifest: str) -> Iterator[None]:
+    """Signers unpickled in this thread meanwhile (by ``Tuner.restore``) sign ``tree`` into ``manifest``."""
+    _RESTORING.paths = (tree, manifest)
+    try:
+        yield
+    finally:
+        _RESTORING.paths = None
 
 
 class StateSigner(Callback):
@@ -33,7 +49,8 @@ class StateSigner(Callback):
         return {"tree": self.tree, "manifest": self.manifest}
 
     def __setstate__(self, state: dict) -> None:
-        StateSigner.__init__(self, state["tree"], state["manifest"])
+        paths = getattr(_RESTORING, "paths", None)
+        StateSigner.__init__(self, *(paths or (state["tree"], state["manifest"])))
 
     def sign(self) -> int:
         self._last = time.monotonic()

@@ -11,6 +11,14 @@ whoever can write them runs code in the driver. So, before any restore:
    secret (``state_key``: ``$XDG_CONFIG_HOME/mcrlab/state.key``, else ``~/.config/mcrlab/state.key``, created
    0600), is kept in a manifest next to the state. Every file restore could read must carry a valid HMAC; a
    planted or edited file (or a manifest entry someone wrote without the key) is refused, with one line.
+3. **A driver killed while Tune saves** (``recover_tree``): Tune rewrites its experiment-level snapshot
+   (``experiment_state-*.json``, the searcher's state, ``tuner.pkl``) every few seconds, and the signature
+   follows a moment later; a driver killed in between leaves a file that fails (2). So signing also keeps
+   the signed bytes of each such file under ``<sweep>/.signed/`` (``SIGNED_COPIES``), and before a resume
+   a file that fails is replaced by its signed copy (an older snapshot: the resume's lagging-snapshot rules
+   apply); a file never signed, with no signed copy, is moved to ``<sweep>/unverified/`` and never loaded.
+   Only for a driver that did not end: the last driver's final signing marks the manifest ``closed``, and
+   a file of a closed tree that fails is refused as in (2). Nothing unsigned is ever loaded.
 
 ``FolderLock`` is the one-driver-per-folder rule: an ``fcntl.flock`` on ``<folder>/.lock`` held while the
 driver runs; a second driver on the same folder gets a ``ConfigError`` naming the folder (exit 2).
@@ -35,13 +43,16 @@ from typing import IO, Any
 from mcrlab.config import ConfigError
 
 __all__ = ["TrustError", "FolderLock", "private_dir", "state_key", "key_path", "check_private",
-           "is_signed_kind", "sign_tree", "verify_tree", "MANIFEST", "LOCK_FILE"]
+           "is_signed_kind", "sign_tree", "verify_tree", "recover_tree", "MANIFEST", "LOCK_FILE", "SIGNED_COPIES",
+           "UNVERIFIED"]
 
 _SIGN_LOCK = threading.Lock()
 MANIFEST = "state-manifest.json"  # in the folder that holds the signed tree (the sweep folder)
 LOCK_FILE = ".lock"
 KEY_BYTES = 32
 KEEP_VERSIONS = 2  # Tune writes a staged file and copies it to storage later: both versions are ours
+SIGNED_COPIES = ".signed"  # next to the manifest: the last signed bytes of each experiment-level file
+UNVERIFIED = "unverified"  # next to the manifest: files a resume set aside (never signed), never loaded
 
 
 class TrustError(ConfigError):
@@ -209,31 +220,43 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, ValueError):
         return {"files": {}, "corrupt": True}
     files = data.get("files") if isinstance(data, dict) else None
-    return {"files": files if isinstance(files, dict) else {}}
+    closed = isinstance(data, dict) and data.get("closed") is True
+    return {"files": files if isinstance(files, dict) else {}, "closed": closed}
 
 
-def sign_tree(tree: str | Path, manifest: str | Path, cache: dict | None = None) -> int:
+def sign_tree(tree: str | Path, manifest: str | Path, cache: dict | None = None, *, closed: bool = False) -> int:
     """Sign every file of ``tree`` that restore may read into ``manifest`` (written atomically, 0600).
+
+    ``closed``: the driver's last signing, after Tune's last write (the manifest records it; the next
+    driver's first signing clears it). A resume of a closed tree has nothing to recover (``recover_tree``):
+    whatever fails verification was changed after the driver ended, and is refused.
 
     Each file keeps the MACs of its last ``KEEP_VERSIONS`` versions (Tune stages a file and copies it into
     storage a moment later; either copy may be on disk when a driver dies). ``cache`` maps a path to its last
     ``(mtime_ns, size, mac)`` so unchanged files are not hashed again. Returns the number of files signed.
     """
     with _SIGN_LOCK:  # concurrent studies of one sweep sign the same manifest from their threads
-        return _sign_tree(Path(tree), Path(manifest), cache)
+        return _sign_tree(Path(tree), Path(manifest), cache, closed)
 
 
-def _sign_tree(tree: Path, manifest: Path, cache: dict | None) -> int:
+def _sign_tree(tree: Path, manifest: Path, cache: dict | None, closed: bool) -> int:
     key = state_key()
-    old = _read_manifest(manifest).get("files", {})
+    before = _read_manifest(manifest)
+    old = before.get("files", {})
     files: dict[str, list[str]] = {}
     cache = {} if cache is None else cache
+    copies: list[tuple[Path, bytes]] = []  # written once the manifest holds their signatures (below)
     for rel, p in _signed_files(tree, into_checkpoints=False):
         try:
             st = p.stat()
             hit = cache.get(rel)
             if hit and hit[:2] == (st.st_mtime_ns, st.st_size):
                 mac = hit[2]
+            elif _is_snapshot(rel):  # hash the very bytes kept as the signed copy (Tune may rewrite p meanwhile)
+                data = p.read_bytes()
+                mac = _mac(key, rel, hashlib.sha256(data).hexdigest())
+                copies.append((manifest.parent / SIGNED_COPIES / rel, data))
+                cache[rel] = (st.st_mtime_ns, st.st_size, mac)
             else:
                 mac = _mac(key, rel, _digest(p))
                 cache[rel] = (st.st_mtime_ns, st.st_size, mac)
@@ -241,17 +264,33 @@ def _sign_tree(tree: Path, manifest: Path, cache: dict | None) -> int:
             continue
         previous = [m for m in old.get(rel, []) if isinstance(m, str) and m != mac]
         files[rel] = [mac, *previous][:KEEP_VERSIONS]
-    if files == old and manifest.exists():
-        return len(files)  # nothing changed: no write (the callback calls this five times a second)
-    body = json.dumps({"version": 1, "files": files}, indent=1, sort_keys=True)
-    tmp = manifest.with_name(f".{manifest.name}.{os.getpid()}.tmp")
+    # the callback calls this five times a second: mostly nothing changed, and nothing is written
+    if files != old or closed != before.get("closed") or not manifest.exists():
+        body = {"version": 1, "closed": closed, "files": files}
+        _write_private(manifest, json.dumps(body, indent=1, sort_keys=True).encode())
+    # Copies after the manifest: a driver killed in between leaves the previous copy, whose signature the
+    # manifest keeps (KEEP_VERSIONS), so there is always a valid one.
+    for path, data in copies:
+        _write_private(path, data)
+    return len(files)
+
+
+def _is_snapshot(rel: str) -> bool:
+    """A file directly in an experiment folder (``<experiment>/<file>``): Tune's experiment state, searcher
+    state and ``tuner.pkl``, rewritten at every snapshot (trial folders' files are written once)."""
+    return len(Path(rel).parts) == 2
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file, fsync, rename), mode 0600, folders 0700."""
+    private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(body)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, manifest)
-    return len(files)
+    os.replace(tmp, path)
 
 
 def verify_tree(tree: str | Path, manifest: str | Path, under: str | Path | None = None) -> int:
@@ -283,6 +322,51 @@ def verify_tree(tree: str | Path, manifest: str | Path, under: str | Path | None
                              "left by a driver killed while saving); refusing to load it; start a new sweep")
         n += 1
     return n
+
+
+def recover_tree(tree: str | Path, manifest: str | Path, under: str | Path) -> list[str]:
+    """Before ``verify_tree``: undo what a driver killed while Tune saved left in experiment folder ``under``.
+
+    - An experiment-level file (``_is_snapshot``) whose bytes match no signature is replaced by its signed
+      copy from ``SIGNED_COPIES`` when that copy carries a valid signature: the snapshot before the kill.
+    - A file that is in no manifest entry and has no valid signed copy (written, never signed) is moved to
+      ``UNVERIFIED`` (outside the tree restore reads).
+    - Anything else is left for ``verify_tree`` to refuse: a trial-level file that does not match its
+      signature, a missing or unreadable manifest, and every file of a tree whose driver ended and signed
+      its last state (``closed``): there, a mismatch means the file changed afterwards.
+    Returns one line per file replaced or set aside. The signed copy's bytes are read once, checked and
+    written from memory, so what lands is exactly what was verified.
+    """
+    tree, manifest = Path(tree), Path(manifest)
+    data = _read_manifest(manifest)
+    if not data or data.get("corrupt") or data.get("closed"):  # a closed tree was fully signed: refuse, not recover
+        return []
+    key = state_key(create=False)
+    files = data["files"]
+    scope = Path(under).resolve()
+    lines = []
+    for rel, p in _signed_files(tree):
+        if scope != p.resolve().parent and scope not in p.resolve().parents:
+            continue
+        macs = [m for m in files.get(rel) or [] if isinstance(m, str)]
+        if _signed_by(key, rel, p.read_bytes(), macs):
+            continue
+        copy = manifest.parent / SIGNED_COPIES / rel
+        saved = copy.read_bytes() if _is_snapshot(rel) and copy.is_file() else None
+        if saved is not None and _signed_by(key, rel, saved, macs):
+            _write_private(p, saved)
+            lines.append(f"{p}: was being saved when its driver stopped; resuming from its last signed version")
+        elif rel not in files:
+            dest = manifest.parent / UNVERIFIED / rel
+            private_dir(dest.parent)
+            os.replace(p, dest)
+            lines.append(f"{p}: written but never signed (its driver stopped first); set aside, unread, as {dest}")
+    return lines
+
+
+def _signed_by(key: bytes, rel: str, data: bytes, macs: list[str]) -> bool:
+    digest = hashlib.sha256(data).hexdigest()
+    return any(hmac.compare_digest(m, _mac(key, rel, digest)) for m in macs)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -63,7 +63,16 @@ from mcrlab.trials.backends import RungBoard, pick_backend
 from mcrlab.trials.recorder import fail_fast_on_outages
 from mcrlab.trials.resources import max_concurrent
 from mcrlab.trials.session import NAMESPACE, start_ray
-from mcrlab.trials.storage import MANIFEST, FolderLock, check_private, private_dir, sign_tree, verify_tree
+from mcrlab.trials.storage import (
+    MANIFEST,
+    FolderLock,
+    TrustError,
+    check_private,
+    private_dir,
+    recover_tree,
+    sign_tree,
+    verify_tree,
+)
 from mcrlab.tune import budget
 from mcrlab.tune.space import SearchSpace, compile_space, grid_of, make_sampler, trial_config
 from mcrlab.tune.study import StudyPlan, scaling_of
@@ -524,7 +533,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
     from mcrlab.trials.display import LiveDisplay
     from mcrlab.trials.recorder import TrialRecorder
     from mcrlab.trials.seeds import objective_key
-    from mcrlab.trials.signer import StateSigner
+    from mcrlab.trials.signer import StateSigner, restoring_into
     from mcrlab.tune.searcher import BudgetStopper, ResumableOptunaSearch
     from mcrlab.tune.shared import SWEEP_ATTR, has_trials, open_storage
 
@@ -628,16 +637,26 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
         if interrupt.stop_requested():  # Ctrl+C of concurrent studies: saved unfinished, nothing summarised
             raise KeyboardInterrupt
 
-    restored = False
+    restored = recovered = refused = False
     diskfull.reserve(sweep_dir)  # freed on the first full-disk error: room for the last state and records
     try:
         for path in experiments:
             if budget.expired(sweep_id) or not tune.Tuner.can_restore(str(path)):
                 continue
             # Tune's restore unpickles this folder's state: it must be ours, private and signed by our key
-            check_private(sweep_dir, ray_dir)
-            verify_tree(ray_dir, manifest, under=path)
-            fit(_restore(path, trainable, backend, plan))
+            try:
+                check_private(sweep_dir, ray_dir)
+                for line in recover_tree(ray_dir, manifest, under=path):  # a driver killed while Tune saved
+                    print(f"mcrlab: {line}", file=sys.stderr, flush=True)
+                    recovered = True
+                verify_tree(ray_dir, manifest, under=path)
+            except TrustError:
+                refused = True  # and nothing is signed below: a refused file must stay refused
+                raise
+            if not tune.Tuner.can_restore(str(path)):  # its only snapshot was never signed: set aside
+                continue
+            with restoring_into(str(ray_dir), str(manifest)):  # the signer Tune saved signs this folder
+                fit(_restore(path, trainable, backend, plan))
             restored = True
         if not restored and not budget.expired(sweep_id):
             fit(new_tuner(slug, space.num_samples, [dict(p) for p in space.points_to_evaluate]))
@@ -655,13 +674,14 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                 fit(new_tuner(f"{slug}-topup-{int(time.time())}", missing, [p for _, p in points]))
     finally:
         try:  # the last word: what Tune wrote after the callback's last step
-            sign_tree(ray_dir, manifest)
+            if not refused:
+                sign_tree(ray_dir, manifest, closed=True)
         except OSError as err:  # never hide the study's own outcome (a full disk shows there too)
             print(f"mcrlab: cannot update {manifest} ({err.strerror or err}); a resume of this sweep may be "
                   "refused", file=sys.stderr, flush=True)
         if board_actor is not None:
             ray.kill(board_actor)
-    if restored:
+    if restored or recovered:  # (recovered without restoring: the killed driver's trials are lost too)
         _close_lost_trials(tracker, sweep_id, dataset, grids)
         _fail_lost_optuna_trials(study_name, optuna_storage, sweep_id if prefix else None)
     ended = budget.fired(sweep_id)
