@@ -126,6 +126,17 @@ def test_contrastive_low_precision_and_small_temperature():
     assert b16.dtype == torch.float32
     ref = contrastive_reference([e.bfloat16().double() for e in embs], y, 0.5)
     assert b16.item() == pytest.approx(ref.item(), rel=1e-5)
+    # under bf16 autocast the node's products stay in float32: the same value and gradient as without it
+    g = torch.Generator().manual_seed(4)
+    embs = [torch.randn(6, 8, generator=g, requires_grad=True) for _ in range(2)]
+    y = torch.tensor([0, 1, 0, 2, 1, 1])
+    plain = contrastive_loss(embs, y, 0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = contrastive_loss(embs, y, 0.5)
+    assert cast.dtype == torch.float32
+    torch.testing.assert_close(cast, plain, rtol=1e-6, atol=0)
+    for a, b in zip(torch.autograd.grad(cast, embs), torch.autograd.grad(plain, embs), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_ceb_mse_value_gradients_and_gradcheck():

@@ -50,6 +50,8 @@ def contrastive_loss(embeddings: list[torch.Tensor], labels: torch.Tensor, tempe
     e = torch.cat(embeddings)
     if e.dtype in (torch.float16, torch.bfloat16):  # similarities / tau need more than bf16's precision
         e = e.float()
+    if not torch.is_autocast_enabled(e.device.type):  # (entering the context costs as much as a small op)
+        return _nt_xent(e, labels, len(embeddings), temperature, bound, num_classes)
     with torch.autocast(e.device.type, enabled=False):  # keep the N x N matmul in e's precision
         return _nt_xent(e, labels, len(embeddings), temperature, bound, num_classes)
 
@@ -105,7 +107,7 @@ def nt_xent_value_and_grad(x: torch.Tensor, onehot: torch.Tensor | None, M: int,
     B = N // M
     bound = scale * scale  # = 1/tau, the squared norm of every row of e
     norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)  # (N, 1)
-    r = scale / norm.clamp_min(1e-12)  # F.normalize's eps
+    r = norm.clamp_min(1e-12).reciprocal_().mul_(scale)  # (N, 1) scale / |x|, F.normalize's eps
     # e and wg * e side by side in one buffer: the backward's two products with E become one (N, 2D)
     buf = x.new_empty(N, 2 * D) if grad else None
     e = x * r if buf is None else torch.mul(x, r, out=buf[:, :D])
@@ -157,7 +159,7 @@ def nt_xent_value_and_grad(x: torch.Tensor, onehot: torch.Tensor | None, M: int,
     else:
         de.view(M, B, D).addcmul_(Sm, v.unsqueeze(1), value=-2.0)
     # through e = x / |x| * scale: remove de's component along e, except where |x| was clamped
-    c = torch.linalg.vecdot(e, de).unsqueeze(1).mul_(norm > 1e-12)
+    c = torch.linalg.vecdot(e, de).unsqueeze(1).masked_fill_(norm <= 1e-12, 0.0)
     return loss, torch.addcmul(de, e, c, value=-1.0 / bound).mul_(r)
 
 
