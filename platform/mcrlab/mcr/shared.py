@@ -40,10 +40,11 @@ def contrastive_loss(embeddings: list[torch.Tensor], labels: torch.Tensor, tempe
                      bound: str = "supcon", num_classes: int | None = None) -> torch.Tensor:
     """NT-Xent loss (scalar) over M x (B, D) embeddings (normalised here) and labels (B,).
 
-    Computed as  loss_a = lse_{c != a}(s_ac / tau) - mean_{p in P(a)} s_ap / tau  by one autograd node with a
-    hand-written backward (``_NTXent``); the positives'
-    sum comes from per-class (supcon) or per-sample (infonce) sums of embeddings, so the only N x N work
-    is the similarity matrix and its log-sum-exp. num_classes: labels' range (default: max + 1, a host sync).
+    Computed as  loss_a = lse_{c != a}(s_ac / tau) - mean_{p in P(a)} s_ap / tau  by one autograd node
+    (``_NTXent``) whose forward also computes the gradient (``nt_xent_value_and_grad``; under no_grad the
+    value alone); the positives' sums come from per-class (supcon) or per-sample (infonce) sums of
+    embeddings, so the only N x N work is the similarity matrix, its exp and row sums, and one product with
+    it for the gradient. num_classes: labels' range (default: max + 1, a host sync).
     """
     if bound not in SHARED_BOUNDS:
         raise ValueError(f"unknown shared bound {bound!r}; choose from {SHARED_BOUNDS}")
@@ -99,8 +100,8 @@ def nt_xent_value_and_grad(x: torch.Tensor, onehot: torch.Tensor | None, M: int,
     w_a = [a has positives] / #anchors with positives and pos_a = e_a . (S_a - e_a) / n_a, S_a the sum of
     e over a's group (a included), n_a = |group| - 1 its positives. v_a = w_a / n_a depends on a's group
     only, so  sum_a v_a e_a . S_a = sum_b v_b (sum_m e_mb) . S_b  and  d pos / d e = 2 v (S - e).
-    Gradient: dL/de = (A + A^T) e - 2 v (S - e), A = diag(w / rowsum E) E; with the constant shift E is
-    symmetric, so (A + A^T) e = diag(wg) E e + E (wg e) is one product E [e, wg e]; then through the
+    Gradient: dL/de = (A + A^T) e - 2 v (S - e), A = diag(w / rowsum E) E = diag(wg) E; unshifted, E is
+    symmetric, so (A + A^T) e = wg * (E e) + E (wg e) is one product E [e, wg e]; then through the
     normalisation: dx = (scale / |x|) (de - e (e . de) / scale^2) (no projection where |x| was clamped).
     """
     N, D = x.shape
@@ -136,8 +137,8 @@ def nt_xent_value_and_grad(x: torch.Tensor, onehot: torch.Tensor | None, M: int,
             w = has / has.sum().clamp(min=1.0)
             v = w / n.clamp(min=1.0)
     Sm = S - e3  # (M, B, D): the positives' sum of every anchor
-    pos = (e3 * Sm).sum((0, 2))  # (B,)
-    pos = pos.sum() * v if isinstance(v, float) else torch.dot(pos, v)
+    dots = (e3 * Sm).sum((0, 2))  # (B,): sum over sample b's anchors of e_a . (S_a - e_a)
+    pos = dots.sum() * v if isinstance(v, float) else torch.dot(dots, v)
     lse = se.log()
     if shift is not None:
         lse += shift
