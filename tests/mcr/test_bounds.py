@@ -105,6 +105,9 @@ def test_contrastive_defaults_one_modality_and_validation():
     one = [embs[0]]  # anchors without positives are left out of the mean
     torch.testing.assert_close(contrastive_loss(one, y, 0.5, "supcon"), contrastive_reference(one, y, 0.5),
                                rtol=0, atol=1e-12)
+    x = embs[0].clone().requires_grad_()  # infonce over one modality: no anchor has a positive -> 0, finite
+    loss = contrastive_loss([x], y, 0.5, "infonce")
+    assert loss.item() == 0.0 and torch.equal(torch.autograd.grad(loss, x)[0], torch.zeros_like(x))
     with pytest.raises(ValueError, match="unknown shared bound 'simclr'"):
         contrastive_loss(embs, y, 0.5, "simclr")
 
