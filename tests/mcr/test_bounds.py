@@ -66,10 +66,11 @@ def test_contrastive_gradcheck(bound):
 
 @pytest.mark.parametrize("bound", ["supcon", "infonce"])
 @pytest.mark.parametrize("M", [2, 3])
-@pytest.mark.parametrize("tau", [0.3, 0.04])  # the constant shift 1/tau, and the row maxima (1/tau > 20)
+@pytest.mark.parametrize("tau", [0.5, 0.3, 0.04])  # no shift (symmetric E), and the row maxima (1/tau > 20)
 def test_fused_contrastive_node_equals_the_autograd_reference(bound, M, tau):
-    """Value and gradients of the one-node bound (hand-written backward) against plain autograd ops,
-    with a label that has no positive in one modality set (supcon) and a zero-norm row (clamped norm)."""
+    """Value and gradients of the one-node bound (value and gradient in one forward) against plain autograd
+    ops, with a label that has no positive in one modality set (supcon), a zero-norm row and a row of norm
+    below F.normalize's eps (clamped: no projection in its gradient), and the value alone under no_grad."""
     g = torch.Generator().manual_seed(10 + M)
     y = torch.tensor([0, 1, 0, 2, 1, 0, 3])
     embs = [(torch.randn(7, 4, generator=g, dtype=torch.float64) * 2).requires_grad_() for _ in range(M)]
@@ -85,6 +86,15 @@ def test_fused_contrastive_node_equals_the_autograd_reference(bound, M, tau):
     a = torch.autograd.grad(contrastive_loss(embs2, y, tau, bound), zero)[0]
     b = torch.autograd.grad(contrastive_reference(embs2, y, tau, bound), zero)[0]
     torch.testing.assert_close(a, b, rtol=1e-12, atol=0)  # 1 / eps-sized: relative
+    tiny = (torch.randn(1, 4, generator=g, dtype=torch.float64) * 1e-14).requires_grad_()
+    embs3 = [torch.cat([tiny, embs[0][1:]])] + embs[1:]
+    got, want = contrastive_loss(embs3, y, tau, bound), contrastive_reference(embs3, y, tau, bound)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(got, tiny)[0], torch.autograd.grad(want, tiny)[0],
+                               rtol=1e-12, atol=0)
+    with torch.no_grad():  # evaluation: the value alone, no gradient work
+        torch.testing.assert_close(contrastive_loss(embs, y, tau, bound), contrastive_reference(embs, y, tau, bound),
+                                   rtol=0, atol=1e-12)
 
 
 def test_contrastive_defaults_one_modality_and_validation():
@@ -95,6 +105,9 @@ def test_contrastive_defaults_one_modality_and_validation():
     one = [embs[0]]  # anchors without positives are left out of the mean
     torch.testing.assert_close(contrastive_loss(one, y, 0.5, "supcon"), contrastive_reference(one, y, 0.5),
                                rtol=0, atol=1e-12)
+    x = embs[0].clone().requires_grad_()  # infonce over one modality: no anchor has a positive -> 0, finite
+    loss = contrastive_loss([x], y, 0.5, "infonce")
+    assert loss.item() == 0.0 and torch.equal(torch.autograd.grad(loss, x)[0], torch.zeros_like(x))
     with pytest.raises(ValueError, match="unknown shared bound 'simclr'"):
         contrastive_loss(embs, y, 0.5, "simclr")
 
@@ -116,6 +129,17 @@ def test_contrastive_low_precision_and_small_temperature():
     assert b16.dtype == torch.float32
     ref = contrastive_reference([e.bfloat16().double() for e in embs], y, 0.5)
     assert b16.item() == pytest.approx(ref.item(), rel=1e-5)
+    # under bf16 autocast the node's products stay in float32: the same value and gradient as without it
+    g = torch.Generator().manual_seed(4)
+    embs = [torch.randn(6, 8, generator=g, requires_grad=True) for _ in range(2)]
+    y = torch.tensor([0, 1, 0, 2, 1, 1])
+    plain = contrastive_loss(embs, y, 0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = contrastive_loss(embs, y, 0.5)
+    assert cast.dtype == torch.float32
+    torch.testing.assert_close(cast, plain, rtol=1e-6, atol=0)
+    for a, b in zip(torch.autograd.grad(cast, embs), torch.autograd.grad(plain, embs), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_ceb_mse_value_gradients_and_gradcheck():

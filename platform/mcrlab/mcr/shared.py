@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mcrlab.mcr.opaque import value_and_unit_grads, with_gradients
+from mcrlab.mcr.opaque import with_gradients
 
 __all__ = ["SHARED_BOUNDS", "SharedProjection", "contrastive_loss"]
 
@@ -40,16 +40,19 @@ def contrastive_loss(embeddings: list[torch.Tensor], labels: torch.Tensor, tempe
                      bound: str = "supcon", num_classes: int | None = None) -> torch.Tensor:
     """NT-Xent loss (scalar) over M x (B, D) embeddings (normalised here) and labels (B,).
 
-    Computed as  loss_a = lse_{c != a}(s_ac / tau) - mean_{p in P(a)} s_ap / tau  by one autograd node with a
-    hand-written backward (``_NTXent``); the positives'
-    sum comes from per-class (supcon) or per-sample (infonce) sums of embeddings, so the only N x N work
-    is the similarity matrix and its log-sum-exp. num_classes: labels' range (default: max + 1, a host sync).
+    Computed as  loss_a = lse_{c != a}(s_ac / tau) - mean_{p in P(a)} s_ap / tau  by one autograd node
+    (``_NTXent``) whose forward also computes the gradient (``nt_xent_value_and_grad``; under no_grad the
+    value alone); the positives' sums come from per-class (supcon) or per-sample (infonce) sums of
+    embeddings, so the only N x N work is the similarity matrix, its exp and row sums, and one product with
+    it for the gradient. num_classes: labels' range (default: max + 1, a host sync).
     """
     if bound not in SHARED_BOUNDS:
         raise ValueError(f"unknown shared bound {bound!r}; choose from {SHARED_BOUNDS}")
     e = torch.cat(embeddings)
     if e.dtype in (torch.float16, torch.bfloat16):  # similarities / tau need more than bf16's precision
         e = e.float()
+    if not torch.is_autocast_enabled(e.device.type):  # (entering the context costs as much as a small op)
+        return _nt_xent(e, labels, len(embeddings), temperature, bound, num_classes)
     with torch.autocast(e.device.type, enabled=False):  # keep the N x N matmul in e's precision
         return _nt_xent(e, labels, len(embeddings), temperature, bound, num_classes)
 
@@ -66,90 +69,112 @@ def _nt_xent(e: torch.Tensor, labels: torch.Tensor, M: int, temperature: float, 
     if torch.compiler.is_compiling():  # train.compile: the node stays one opaque operator (mcr/opaque.py)
         loss, grad = torch.ops.mcrlab.nt_xent(e.detach(), onehot, M, scale)
         return with_gradients(loss, [e], [grad])
+    if not (e.requires_grad and torch.is_grad_enabled()):  # evaluation: the value alone
+        return nt_xent_value_and_grad(e, onehot, M, scale, grad=False)[0]
     return _NTXent.apply(e, onehot, M, scale)
 
 
-def _group_sums(x: torch.Tensor, onehot: torch.Tensor | None, M: int) -> torch.Tensor:
-    """For every row a of x (N = M*B, D): the sum of x over a's group (its class, or its sample): (N, D)."""
-    B = x.shape[0] // M
-    if onehot is None:
-        return x.view(M, B, -1).sum(0).repeat(M, 1)
-    per_class = onehot.T @ x.view(M, B, -1).sum(0)  # (K, D)
-    return (onehot @ per_class).repeat(M, 1)
-
-
 class _NTXent(torch.autograd.Function):
-    """The whole bound as one node: raw embeddings (N, D) -> scalar loss, with a hand-written backward.
-
-    e = x / |x| * tau^(-1/2) (so e_a . e_c = s_ac / tau), P = row-softmax of e e^T over c != a,
-    loss = sum_a w_a (lse_a - pos_a), w_a = [a has positives] / #anchors with positives.
-    Backward: dL/de = (A + A^T) e - (v * S + groupsum(v e) - 2 v e), A = w * P (rows), v = w / n_pos,
-    S = group sums of e; then through the normalisation: dx = (c / |x|) (de - u (u . de)), u = x / |x|.
-    """
+    """The whole bound as one node. The loss is a scalar, so its gradient is grad * (the gradient at
+    grad = 1): forward computes both at once (``nt_xent_value_and_grad``) and backward only scales."""
 
     @staticmethod
     def forward(ctx, x, onehot, M, scale):
-        norm = x.norm(dim=1, keepdim=True).clamp_min(1e-12)  # F.normalize's eps
-        e = x * (scale / norm)
-        E, shift = _shifted_exp_similarities(e, scale * scale)  # (N, N) exp(s_ac / tau - shift_a), 0 at c = a
-        se = E.sum(1, keepdim=True)
-        lse = (shift + se.log()).squeeze(1)  # (N,)
-        sums = _group_sums(e, onehot, M)  # (N, D), the anchor itself included
-        n_pos = (_group_sums(e.new_ones(e.shape[0], 1), onehot, M) - 1.0).squeeze(1)  # (N,)
-        self_sim = (e * e).sum(1)
-        pos = ((e * sums).sum(1) - self_sim) / n_pos.clamp(min=1.0)
-        has = (n_pos > 0).to(e.dtype)  # anchors without positives are left out of the mean (no host sync)
-        w = has / has.sum().clamp(min=1.0)
-        ctx.M, ctx.scale = M, scale
-        # the softmax P = E / se is never formed: backward folds 1 / se into the row weights
-        ctx.save_for_backward(x, norm, e, E, se.reciprocal(), sums, w, w / n_pos.clamp(min=1.0), onehot)
-        return ((lse - pos) * w).sum()
+        loss, dx = nt_xent_value_and_grad(x, onehot, M, scale)
+        ctx.save_for_backward(dx)
+        return loss
 
     @staticmethod
     def backward(ctx, grad):
-        x, norm, e, E, inv_se, sums, w, v, onehot = ctx.saved_tensors
-        wg = (w * grad).unsqueeze(1) * inv_se  # (N, 1): A = diag(w grad) P = diag(wg) E
-        # (A + A^T) e without an N x N temporary: BLAS reads E^T in place
-        de = torch.addmm(wg * (E @ e), E.T, wg * e)
-        ve = e * (v * grad).unsqueeze(1)
-        de -= sums * (v * grad).unsqueeze(1) + _group_sums(ve, onehot, ctx.M) - 2.0 * ve
-        # rows whose norm was clamped (|x| <= eps) are a plain scaling: no projection
-        u = torch.where(x.norm(dim=1, keepdim=True) > 1e-12, x / norm, 0.0)
-        dx = (de - u * (u * de).sum(1, keepdim=True)) * (ctx.scale / norm)
-        return dx, None, None, None
+        (dx,) = ctx.saved_tensors
+        return dx * grad, None, None, None
 
 
-# Largest 1/tau for the constant shift: exp(-2/tau) >= e^-40 ~ 4e-18 stays a normal float32 with 1e-7
-# relative precision, so no term of a row's sum is lost; below tau = 0.05 the rows' maxima are subtracted.
-_SHIFT_MAX = 20.0
+def nt_xent_value_and_grad(x: torch.Tensor, onehot: torch.Tensor | None, M: int, scale: float,
+                           grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """NT-Xent of raw embeddings x (N = M*B, D) in modality-major order: (loss, d loss / d x or None).
 
-
-def _shifted_exp_similarities(e: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor | float]:
-    """E = exp(e e^T - shift) with a zero diagonal, and the shift (a float or (N, 1) row maxima).
-
-    Rows of e have squared norm ``bound`` (= 1/tau; less only for a clamped zero row), so every similarity
-    lies in [-bound, bound] and the constant shift ``bound`` keeps exp in [e^(-2 bound), 1]: no overflow,
-    and no max pass. The shift is put inside the matrix product, [e, 1] [e, -bound]^T = e e^T - bound, so E
-    costs the product and one exp pass. For large ``bound`` (tau < 0.05) the row maxima over c != a are
-    subtracted instead (two passes more).
+    onehot: (B, K) labels one-hot (supcon) or None (infonce: the groups are the samples); scale = tau^(-1/2).
+    e = x / |x| * scale (so e_a . e_c = s_ac / tau), E = exp(e e^T) with a zero diagonal (or its rows
+    shifted by their maxima when 1/tau is large), loss = sum_a w_a (log sum_c E_ac - pos_a) with
+    w_a = [a has positives] / #anchors with positives and pos_a = e_a . (S_a - e_a) / n_a, S_a the sum of
+    e over a's group (a included), n_a = |group| - 1 its positives. v_a = w_a / n_a depends on a's group
+    only, so  sum_a v_a e_a . S_a = sum_b v_b (sum_m e_mb) . S_b  and  d pos / d e = 2 v (S - e).
+    Gradient: dL/de = (A + A^T) e - 2 v (S - e), A = diag(w / rowsum E) E = diag(wg) E; unshifted, E is
+    symmetric, so (A + A^T) e = wg * (E e) + E (wg e) is one product E [e, wg e]; then through the
+    normalisation: dx = (scale / |x|) (de - e (e . de) / scale^2) (no projection where |x| was clamped).
     """
-    if bound <= _SHIFT_MAX:
-        ones = e.new_ones(e.shape[0], 1)
-        E = torch.cat([e, ones], 1) @ torch.cat([e, ones * -bound], 1).T
-        E.exp_().diagonal().zero_()
-        return E, bound
+    N, D = x.shape
+    B = N // M
+    bound = scale * scale  # = 1/tau, the squared norm of every row of e
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)  # (N, 1)
+    r = norm.clamp_min(1e-12).reciprocal_().mul_(scale)  # (N, 1) scale / |x|, F.normalize's eps
+    # e and wg * e side by side in one buffer: the backward's two products with E become one (N, 2D)
+    buf = x.new_empty(N, 2 * D) if grad else None
+    e = x * r if buf is None else torch.mul(x, r, out=buf[:, :D])
     E = e @ e.T
-    E.diagonal().fill_(float("-inf"))
-    rowmax = E.amax(1, keepdim=True)
-    return E.sub_(rowmax).exp_(), rowmax
+    symmetric = bound <= _SHIFT_MAX
+    if symmetric:  # every e_a . e_c / tau lies in [-1/tau, 1/tau]: exp neither overflows nor underflows
+        E.exp_().diagonal().zero_()
+        shift = None
+    else:  # the row maxima over c != a are subtracted (E is no longer symmetric)
+        E.diagonal().fill_(float("-inf"))
+        shift = E.amax(1, keepdim=True)
+        E.sub_(shift).exp_()
+    se = E.sum(1, keepdim=True)  # (N, 1)
+    e3 = e.view(M, B, D)
+    if onehot is None:  # groups = samples: n_a = M - 1 for all
+        S = e3.sum(0)  # (B, D)
+        w, v = (1.0 / N, 1.0 / (N * (M - 1))) if M > 1 else (0.0, 0.0)
+    else:
+        counts = onehot.sum(0)  # (K,)
+        S = onehot @ (onehot.T @ e3.sum(0))  # (B, D): each sample's class sum over all modalities
+        n = (onehot @ counts) * M - 1.0  # (B,) positives per anchor of sample b's class
+        if M > 1:  # every anchor has a positive: its own sample in another modality
+            w, v = 1.0 / N, (n * N).reciprocal_()
+        else:
+            has = (n > 0).to(x.dtype)
+            w = has / has.sum().clamp(min=1.0)
+            v = w / n.clamp(min=1.0)
+    Sm = S - e3  # (M, B, D): the positives' sum of every anchor
+    dots = (e3 * Sm).sum((0, 2))  # (B,): sum over sample b's anchors of e_a . (S_a - e_a)
+    pos = dots.sum() * v if isinstance(v, float) else torch.dot(dots, v)
+    lse = se.log()
+    if shift is not None:
+        lse += shift
+    if isinstance(w, float):
+        loss = lse.sum() * w - pos
+    else:
+        loss = torch.dot(lse.view(M, B).sum(0), w) - pos
+    if buf is None:
+        return loss, None
+    wg = (w / se) if isinstance(w, float) else (w.unsqueeze(1) / se.view(M, B, 1)).view(N, 1)
+    if symmetric:
+        torch.mul(e, wg, out=buf[:, D:])
+        R = E @ buf  # (N, 2D) = [E e, E (wg e)]
+        de = torch.addcmul(R[:, D:], R[:, :D], wg)
+    else:
+        de = torch.addmm(wg * (E @ e), E.T, wg * e)
+    if isinstance(v, float):
+        de.view(M, B, D).add_(Sm, alpha=-2.0 * v)
+    else:
+        de.view(M, B, D).addcmul_(Sm, v.unsqueeze(1), value=-2.0)
+    # through e = x / |x| * scale: remove de's component along e, except where |x| was clamped
+    c = torch.linalg.vecdot(e, de).unsqueeze(1).masked_fill_(norm <= 1e-12, 0.0)
+    return loss, torch.addcmul(de, e, c, value=-1.0 / bound).mul_(r)
+
+
+# Largest 1/tau without a shift: exp(+-1/tau) stays a normal float32 (e^20 ~ 5e8 and e^-20 ~ 2e-9, row sums
+# far from overflow) with 1e-7 relative precision, so no term of a row's sum is lost; below tau = 0.05 the
+# rows' maxima are subtracted (two passes more, and two products in the gradient).
+_SHIFT_MAX = 20.0
 
 
 @torch.library.custom_op("mcrlab::nt_xent", mutates_args=())
 def _nt_xent_op(x: torch.Tensor, onehot: torch.Tensor | None, M: int, scale: float
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``_NTXent`` as one operator: (loss, d loss / d x)."""
-    loss, (dx, *_) = value_and_unit_grads(_NTXent, x, onehot, M, scale)
-    return loss, dx.contiguous()
+    """The bound as one operator: (loss, d loss / d x)."""
+    return nt_xent_value_and_grad(x, onehot, M, scale)
 
 
 @_nt_xent_op.register_fake
