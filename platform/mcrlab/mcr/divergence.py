@@ -12,11 +12,12 @@ differences of log-probabilities these sums are made of vanish in bf16.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
 
-from mcrlab.mcr.opaque import value_and_unit_grads, with_gradients
+from mcrlab.mcr.opaque import with_gradients
 
 __all__ = ["DIVERGENCES", "divergence", "mean_divergence", "permuted_mean_divergence"]
 
@@ -86,6 +87,35 @@ def inverse_permutations(perms: torch.Tensor, flat: bool = False) -> torch.Tenso
 def _check(kind: str) -> None:
     if kind not in DIVERGENCES:
         raise ValueError(f"unknown divergence {kind!r}; choose from {DIVERGENCES}")
+
+
+# Working arrays of the fused value-and-gradient path, reused across calls. On a CPU a fresh multi-page
+# array costs a page fault per 4 KiB page on first touch (the allocator hands large blocks back to the OS
+# when they are freed): ~130 us for one (2, 10, 32, 256) float32 array, more than the arithmetic done on it.
+# One set of buffers per thread and slot, replaced when the shape or dtype changes; only used where no
+# buffer escapes the call (values and gradients returned are fresh). Off the CPU the caching allocator
+# already reuses memory, so fresh arrays are used there.
+_WORKSPACE = threading.local()
+_WORKSPACE_MAX_BYTES = 64 * 2**20  # per buffer; a larger problem allocates per call
+
+
+def _workspace(like: torch.Tensor, shape: tuple[int, ...]):
+    """slot -> an uninitialised array of ``shape`` with ``like``'s dtype and device, the same one for
+    every call with that slot, shape, dtype and thread (on a CPU, below the size cap)."""
+    numel = math.prod(shape)
+    if like.device.type != "cpu" or numel * like.element_size() > _WORKSPACE_MAX_BYTES:
+        return lambda slot: like.new_empty(shape)
+    buffers = _WORKSPACE.__dict__.setdefault("buffers", {})
+
+    def get(slot: int) -> torch.Tensor:
+        buf = buffers.get(slot)
+        # (an array made under inference_mode cannot be written outside it, and the other way round)
+        if (buf is None or buf.shape != shape or buf.dtype != like.dtype
+                or buf.is_inference() != torch.is_inference_mode_enabled()):
+            buf = buffers[slot] = like.new_empty(shape)
+        return buf
+
+    return get
 
 
 # The fused kernels work in a class-major layout, p (M, C, 1, B) and q (M, C, S, B): with few classes,
@@ -171,31 +201,80 @@ class _MeanDivergence(torch.autograd.Function):
 
 
 class _PermutedMeanDivergence(torch.autograd.Function):
+    # The node's gradient is linear in its incoming gradient row by row (output m depends on inputs[m] only),
+    # so forward computes the gradients at grad = 1 while its (M, C, S, B) temporaries are still in cache
+    # and saves only those three (M, B, C) arrays; backward scales them by grad[m].
     @staticmethod
     def forward(ctx, p_logits, rest, contrib, perms, kind):
-        S, B = perms.shape
-        M, C = contrib.shape[0], contrib.shape[2]
-        pt = p_logits.transpose(1, 2).unsqueeze(2).contiguous()  # (M, C, 1, B)
-        ct = contrib.transpose(1, 2).contiguous()  # (M, C, B)
-        # q[m, c, s, i] = contrib[m, c, pi_s(i)] + rest[m, c, i] (a gather along the last axis is the
-        # fastest way to apply S permutations in this layout)
-        qt = torch.gather(ct.unsqueeze(2).expand(M, C, S, B), 3, perms.expand(M, C, S, B))
-        qt += rest.transpose(1, 2).unsqueeze(2)
-        val, saved = _core_forward(kind, pt, qt)
-        ctx.kind = kind
-        ctx.save_for_backward(perms, *saved)
+        if not any(ctx.needs_input_grad[:3]):
+            return _permuted_value_and_grads(p_logits, rest, contrib, perms, kind, grads=False)[0]
+        val, *grads = _permuted_value_and_grads(p_logits, rest, contrib, perms, kind)
+        ctx.save_for_backward(*grads)
         return val
 
     @staticmethod
     def backward(ctx, grad):
-        perms, *saved = ctx.saved_tensors
-        S, B = perms.shape
-        dp, dq = _core_backward(ctx.kind, saved, grad, S, B)  # dq: (M, C, S, B)
-        # contrib[k] reaches q[s, i] for pi_s(i) = k: gather through the inverse permutations
-        inv = inverse_permutations(perms)
-        d_contrib = torch.gather(dq, 3, inv.expand_as(dq)).sum(2)
-        return (dp.squeeze(2).transpose(1, 2), dq.sum(2).transpose(1, 2), d_contrib.transpose(1, 2),
-                None, None)
+        g = grad.view(-1, 1, 1)
+        return (*(g * unit for unit in ctx.saved_tensors), None, None)
+
+
+def _permuted_value_and_grads(p_logits: torch.Tensor, rest: torch.Tensor, contrib: torch.Tensor,
+                              perms: torch.Tensor, kind: str, grads: bool = True) -> tuple[torch.Tensor, ...]:
+    """``permuted_mean_divergence``'s value (M,) and, with ``grads``, d value[m] / d (p, rest, contrib),
+    each (M, B, C): p, rest, contrib (M, B, C), perms (S, B). No big array outlives the call."""
+    S, B = perms.shape
+    M, C = contrib.shape[0], contrib.shape[2]
+    pt = p_logits.transpose(1, 2).unsqueeze(2).contiguous()  # (M, C, 1, B)
+    ws = _workspace(contrib, (M, C, S, B))
+    # q[m, c, s, i] = contrib[m, c, pi_s(i)] + rest[m, c, i] (a gather along the last axis is the
+    # fastest way to apply S permutations in this layout)
+    qt = torch.gather(contrib.transpose(1, 2).unsqueeze(2).expand(M, C, S, B), 3, perms.expand(M, C, S, B),
+                      out=ws(0))
+    qt += rest.transpose(1, 2).unsqueeze(2)
+    if not grads:
+        return (_core_forward(kind, pt, qt)[0],)
+    if kind == "jsd":
+        val, dp, dq, scale = _jsd_value_and_grads(pt, qt, ws)
+    else:
+        val, saved = _core_forward(kind, pt, qt)
+        dp, dq = _core_backward(kind, saved, torch.ones_like(val), S, B)
+        scale = 1.0
+    # d rest = sum_s dq; contrib[k] reaches q[s, i] for pi_s(i) = k: d contrib[k] = sum over those (s, i)
+    d_rest = dq.sum(2)
+    d_contrib = torch.zeros_like(d_rest).view(M * C, B).index_add_(1, perms.reshape(S * B),
+                                                                  dq.view(M * C, S * B))
+    if scale != 1.0:
+        d_rest.mul_(scale)
+        d_contrib.mul_(scale)
+    return (val, dp.squeeze(2).transpose(1, 2), d_rest.transpose(1, 2), d_contrib.view(M, C, B).transpose(1, 2))
+
+
+def _jsd_value_and_grads(p: torch.Tensor, q: torch.Tensor, ws) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                        float]:
+    """``_core_forward`` then ``_core_backward`` at grad = 1 for the JSD, every (M, C, S, B) step in place in
+    q and three workspace buffers: p (M, C, 1, B), q (M, C, S, B) (overwritten) -> (value (M,), d/dp
+    (M, C, 1, B), dq, scale) with d/dq = scale * dq (the constant goes on dq's small reductions instead).
+
+    The formulas of ``_core_forward`` with the signs flipped so that no pass adds ln 2:
+    n = e - ln 2 = log(1/2 + exp(-|d|) / 2)  (exactly 0 where d == 0), -a = n + max(d, 0), -b = n - min(d, 0)."""
+    S, B = q.shape[2], q.shape[3]
+    logp = F.log_softmax(p, dim=1)
+    pp = logp.exp()
+    logq = q.sub_(q.amax(1, keepdim=True))
+    qq = torch.exp(logq, out=ws(1))
+    se = qq.sum(1, keepdim=True)
+    qq.mul_(se.reciprocal())
+    d = logq.sub_(se.log_()).sub_(logp)  # d = log q - log p
+    n = torch.abs(d, out=ws(2)).neg_().exp_()
+    n = torch.add(n.new_tensor(0.5), n, alpha=0.5, out=n).log_()  # e - ln 2
+    neg_a_sum = torch.clamp_min(d, 0.0, out=ws(3)).add_(n).sum(2, keepdim=True)  # -sum_s a, (M, C, 1, B)
+    neg_t = torch.sub(n, d.clamp_max_(0.0), out=d).mul_(qq)  # -q b
+    neg_r_q = neg_t.sum(1, keepdim=True)  # -sum_c q b, (M, 1, S, B)
+    k = -0.5 / (S * B)
+    val = ((pp * neg_a_sum).sum((1, 2, 3)) + neg_r_q.sum((1, 2, 3))) * k
+    # dJSD/d(q logits) = 1/2 q (b - sum_c q b) = 1/2 (t - q r_q); the p side: 1/2 p (A - sum_c p A)
+    neg_dq = neg_t.addcmul_(qq, neg_r_q, value=-1.0)
+    return val, _softmax_vjp(pp, neg_a_sum.mul_(k)), neg_dq, k
 
 
 @torch.library.custom_op("mcrlab::permuted_mean_divergence", mutates_args=())
@@ -203,8 +282,7 @@ def _permuted_mean_divergence_op(p_logits: torch.Tensor, rest: torch.Tensor, con
                                  perms: torch.Tensor, kind: str
                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``_PermutedMeanDivergence`` as one operator: (value (M,), d value[m] / d p, rest, contrib)."""
-    val, (dp, d_rest, d_contrib, _, _) = value_and_unit_grads(_PermutedMeanDivergence, p_logits, rest, contrib,
-                                                              perms, kind)
+    val, dp, d_rest, d_contrib = _permuted_value_and_grads(p_logits, rest, contrib, perms, kind)
     return val, dp.contiguous(), d_rest.contiguous(), d_contrib.contiguous()
 
 
