@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from mcrlab.mcr import divergence, draw_permutations
-from mcrlab.mcr.divergence import _permuted_value_and_grads, permuted_mean_divergence
+from mcrlab.mcr.divergence import (
+    _permuted_value_and_grads,
+    _sum_through_permutations,
+    permuted_mean_divergence,
+)
 from tests.mcr.reference import div_reference
 
 KINDS = ["jsd", "kl", "mse"]
@@ -15,8 +19,8 @@ KINDS = ["jsd", "kl", "mse"]
 
 def _inputs(M=2, S=3, B=5, C=4, seed=0, scale=4.0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    p, rest, contrib = ((torch.randn(M, B, C, generator=g, dtype=torch.float64) * scale).to(dtype).requires_grad_()
-                        for _ in range(3))
+    p, rest, contrib = ((torch.randn(M, B, C, generator=g, dtype=torch.float64) * scale).to(dtype)
+                        .requires_grad_() for _ in range(3))
     return p, rest, contrib, draw_permutations(S, B, g)
 
 
@@ -24,9 +28,10 @@ def _loop(p, rest, contrib, perms, kind):
     """mean over s, i of div(p[m, i], rest[m, i] + contrib[m, pi_s(i)]), one sample at a time: (M,)."""
     M, B = p.shape[0], p.shape[1]
     S = perms.shape[0]
-    return torch.stack([sum(div_reference(p[m, i:i + 1], rest[m, i:i + 1] + contrib[m, perms[s, i]].unsqueeze(0),
-                                          kind)[0] for s in range(S) for i in range(B)) / (S * B)
-                        for m in range(M)])
+    def one(m, s, i):
+        return div_reference(p[m, i:i + 1], rest[m, i:i + 1] + contrib[m, perms[s, i]].unsqueeze(0), kind)[0]
+
+    return torch.stack([sum(one(m, s, i) for s in range(S) for i in range(B)) / (S * B) for m in range(M)])
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -38,14 +43,15 @@ def test_value_and_every_gradient_equal_the_loop(kind, shape):
     val = permuted_mean_divergence(p, rest, contrib, perms, kind)
     want = _loop(p, rest, contrib, perms, kind)
     torch.testing.assert_close(val, want, rtol=0, atol=1e-12)
-    for a, b in zip(torch.autograd.grad((val * w).sum(), (p, rest, contrib)),
-                    torch.autograd.grad((want * w).sum(), (p, rest, contrib), retain_graph=True), strict=True):
+    ref_grads = torch.autograd.grad((want * w).sum(), (p, rest, contrib), retain_graph=True)
+    for a, b in zip(torch.autograd.grad((val * w).sum(), (p, rest, contrib)), ref_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     # the operator's unit gradients are the gradients of each row at weight 1
     op_val, *units = _permuted_value_and_grads(p.detach(), rest.detach(), contrib.detach(), perms, kind)
     torch.testing.assert_close(op_val, want.detach(), rtol=0, atol=1e-12)
     for m in range(M):
-        for unit, ref in zip(units, torch.autograd.grad(want[m], (p, rest, contrib), retain_graph=True), strict=True):
+        row = torch.autograd.grad(want[m], (p, rest, contrib), retain_graph=True)
+        for unit, ref in zip(units, row, strict=True):
             torch.testing.assert_close(unit[m], ref[m], rtol=0, atol=1e-12)
 
 
@@ -105,6 +111,19 @@ def test_results_do_not_share_the_reused_working_arrays():
     # a change of shape or dtype between calls
     for S, dtype in ((7, torch.float64), (3, torch.float32), (3, torch.float64)):
         p, rest, contrib, perms = _inputs(S=S, seed=S, dtype=dtype)
+        tol = 1e-6 if dtype == torch.float32 else 1e-12
         torch.testing.assert_close(permuted_mean_divergence(p, rest, contrib, perms).double(),
                                    _loop(*(x.double() for x in (p, rest, contrib)), perms, "jsd"),
-                                   rtol=1e-6 if dtype == torch.float32 else 0, atol=1e-6 if dtype == torch.float32 else 1e-12)
+                                   rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("index_add", [True, False])  # the CPU's way and the GPU's, both run here
+def test_sum_through_permutations_is_the_loop(index_add):
+    g = torch.Generator().manual_seed(4)
+    dq = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
+    perms = draw_permutations(4, 5, g)
+    want = torch.zeros(2, 3, 5, dtype=torch.float64)
+    for s in range(4):
+        for i in range(5):
+            want[:, :, perms[s, i]] += dq[:, :, s, i]
+    torch.testing.assert_close(_sum_through_permutations(dq, perms, index_add), want, rtol=0, atol=1e-14)

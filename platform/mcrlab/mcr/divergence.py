@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -89,30 +90,37 @@ def _check(kind: str) -> None:
         raise ValueError(f"unknown divergence {kind!r}; choose from {DIVERGENCES}")
 
 
-# Working arrays of the fused value-and-gradient path, reused across calls. On a CPU a fresh multi-page
-# array costs a page fault per 4 KiB page on first touch (the allocator hands large blocks back to the OS
-# when they are freed): ~130 us for one (2, 10, 32, 256) float32 array, more than the arithmetic done on it.
-# One set of buffers per thread and slot, replaced when the shape or dtype changes; only used where no
-# buffer escapes the call (values and gradients returned are fresh). Off the CPU the caching allocator
-# already reuses memory, so fresh arrays are used there.
+# Working arrays of the fused kernels, reused across calls. On a CPU a fresh multi-page array costs a page
+# fault per 4 KiB page on first touch (the allocator hands large blocks back to the OS when they are freed):
+# ~130 us for one (2, 10, 32, 256) float32 array, more than the arithmetic done on it. So temporaries that
+# die within a call come from a per-thread set of buffers, one per (slot, shape, dtype); no value, gradient
+# or saved tensor is ever one of them. Off the CPU the caching allocator already reuses memory, and under
+# autograd (an input that requires grad) ``out=`` is not allowed: fresh arrays there.
 _WORKSPACE = threading.local()
 _WORKSPACE_MAX_BYTES = 64 * 2**20  # per buffer; a larger problem allocates per call
+_WORKSPACE_MAX_BUFFERS = 16  # per thread; past it the set starts again (shapes that keep changing)
 
 
-def _workspace(like: torch.Tensor, shape: tuple[int, ...]):
+def _workspace(like: torch.Tensor, shape: tuple[int, ...], *inputs: torch.Tensor
+               ) -> Callable[[int], torch.Tensor]:
     """slot -> an uninitialised array of ``shape`` with ``like``'s dtype and device, the same one for
-    every call with that slot, shape, dtype and thread (on a CPU, below the size cap)."""
-    numel = math.prod(shape)
-    if like.device.type != "cpu" or numel * like.element_size() > _WORKSPACE_MAX_BYTES:
+    every call with that slot, shape, dtype and thread (on a CPU, below the size cap, when neither ``like``
+    nor ``inputs`` is tracked by autograd)."""
+    tracked = torch.is_grad_enabled() and any(x.requires_grad for x in (like, *inputs))
+    if (tracked or like.device.type != "cpu"
+            or math.prod(shape) * like.element_size() > _WORKSPACE_MAX_BYTES):
         return lambda slot: like.new_empty(shape)
     buffers = _WORKSPACE.__dict__.setdefault("buffers", {})
+    inference = torch.is_inference_mode_enabled()
 
     def get(slot: int) -> torch.Tensor:
-        buf = buffers.get(slot)
         # (an array made under inference_mode cannot be written outside it, and the other way round)
-        if (buf is None or buf.shape != shape or buf.dtype != like.dtype
-                or buf.is_inference() != torch.is_inference_mode_enabled()):
-            buf = buffers[slot] = like.new_empty(shape)
+        key = (slot, tuple(shape), like.dtype, inference)
+        buf = buffers.get(key)
+        if buf is None:
+            if len(buffers) >= _WORKSPACE_MAX_BUFFERS:
+                buffers.clear()
+            buf = buffers[key] = like.new_empty(shape)
         return buf
 
     return get
@@ -144,17 +152,21 @@ def _core_forward(kind: str, p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Te
     # each exact for any logits (no b = a + d, which would cancel for large |d|), and exactly 0 where q == p.
     # (log(1 + x) rather than log1p: ~3x faster on CPU; x <= 1, so the absolute error stays one ulp of 1.)
     #   value = 1/2 sum_c (p a + q b);  the p side is summed over S first (p does not depend on s).
+    # The temporaries come from the workspace (slots 10-11: the callers' own buffers use 0-3); with
+    # n = e - ln 2 = log(1/2 + exp(-|d|) / 2) in [-ln 2, 0]  (one pass fewer than ln 2 - log(1 + x)),
+    # a = -(n + max(d, 0)) and b = min(d, 0) - n.
+    ws = _workspace(q, tuple(q.shape), p)
     qmax = q.amax(1, keepdim=True)
     logq = q.sub_(qmax)
     qq = logq.exp()
     se = qq.sum(1, keepdim=True)
-    qq.div_(se)
+    qq.mul_(se.reciprocal())
     logq.sub_(se.log_())
     d = logq.sub_(logp)  # overwrites log q: d = log q - log p
-    base = torch.rsub(d.abs().neg_().exp_().add_(1.0).log_(), _LN2)  # ln 2 - e
-    a = torch.sub(base, d.clamp_min(0.0))
-    b = d.clamp_max_(0.0).add_(base)  # overwrites d
-    a_sum = a.sum(2, keepdim=True)  # (M, C, 1, B)
+    n = torch.abs(d, out=ws(10)).neg_().exp_()
+    n = torch.add(n.new_tensor(0.5), n, alpha=0.5, out=n).log_()  # e - ln 2
+    a_sum = torch.clamp_min(d, 0.0, out=ws(11)).add_(n).sum(2, keepdim=True).neg_()  # sum_s a, (M, C, 1, B)
+    b = torch.sub(d.clamp_max_(0.0), n, out=d)  # overwrites d
     t = qq * b  # q b per class: its class sum is KL(q || m) per row, reused in backward
     r_q = t.sum(1, keepdim=True)  # (M, 1, S, B)
     val = ((pp * a_sum).sum((1, 2, 3)) + r_q.sum((1, 2, 3))) * (0.5 / (S * B))
@@ -225,7 +237,7 @@ def _permuted_value_and_grads(p_logits: torch.Tensor, rest: torch.Tensor, contri
     S, B = perms.shape
     M, C = contrib.shape[0], contrib.shape[2]
     pt = p_logits.transpose(1, 2).unsqueeze(2).contiguous()  # (M, C, 1, B)
-    ws = _workspace(contrib, (M, C, S, B))
+    ws = _workspace(contrib, (M, C, S, B), p_logits, rest)
     # q[m, c, s, i] = contrib[m, c, pi_s(i)] + rest[m, c, i] (a gather along the last axis is the
     # fastest way to apply S permutations in this layout)
     qt = torch.gather(contrib.transpose(1, 2).unsqueeze(2).expand(M, C, S, B), 3, perms.expand(M, C, S, B),
@@ -239,24 +251,35 @@ def _permuted_value_and_grads(p_logits: torch.Tensor, rest: torch.Tensor, contri
         val, saved = _core_forward(kind, pt, qt)
         dp, dq = _core_backward(kind, saved, torch.ones_like(val), S, B)
         scale = 1.0
-    # d rest = sum_s dq; contrib[k] reaches q[s, i] for pi_s(i) = k: d contrib[k] = sum over those (s, i)
     d_rest = dq.sum(2)
-    d_contrib = torch.zeros_like(d_rest).view(M * C, B).index_add_(1, perms.reshape(S * B),
-                                                                  dq.view(M * C, S * B))
+    d_contrib = _sum_through_permutations(dq, perms, index_add=dq.device.type == "cpu")
     if scale != 1.0:
         d_rest.mul_(scale)
         d_contrib.mul_(scale)
-    return (val, dp.squeeze(2).transpose(1, 2), d_rest.transpose(1, 2), d_contrib.view(M, C, B).transpose(1, 2))
+    return (val, dp.squeeze(2).transpose(1, 2), d_rest.transpose(1, 2), d_contrib.transpose(1, 2))
 
 
-def _jsd_value_and_grads(p: torch.Tensor, q: torch.Tensor, ws) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                        float]:
+def _sum_through_permutations(dq: torch.Tensor, perms: torch.Tensor, index_add: bool) -> torch.Tensor:
+    """sum_{(s, i): pi_s(i) = k} dq[..., s, i] for each k: dq (M, C, S, B), perms (S, B) -> (M, C, B), the
+    gradient reaching contrib[k] (which sits at q[s, i] wherever pi_s(i) = k). ``index_add``: one index_add
+    into (M, C, B) (no inverse permutations, no gathered copy; the CPU's choice); else a gather through the
+    inverse permutations and a sum over s (on a GPU, where index_add's atomics would vary the sums' order)."""
+    M, C, S, B = dq.shape
+    if index_add:
+        flat = dq.new_zeros(M * C, B).index_add_(1, perms.reshape(S * B), dq.reshape(M * C, S * B))
+        return flat.view(M, C, B)
+    return torch.gather(dq, 3, inverse_permutations(perms).expand_as(dq)).sum(2)
+
+
+def _jsd_value_and_grads(p: torch.Tensor, q: torch.Tensor, ws: Callable[[int], torch.Tensor]
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """``_core_forward`` then ``_core_backward`` at grad = 1 for the JSD, every (M, C, S, B) step in place in
     q and three workspace buffers: p (M, C, 1, B), q (M, C, S, B) (overwritten) -> (value (M,), d/dp
     (M, C, 1, B), dq, scale) with d/dq = scale * dq (the constant goes on dq's small reductions instead).
 
     The formulas of ``_core_forward`` with the signs flipped so that no pass adds ln 2:
-    n = e - ln 2 = log(1/2 + exp(-|d|) / 2)  (exactly 0 where d == 0), -a = n + max(d, 0), -b = n - min(d, 0)."""
+    n = e - ln 2 = log(1/2 + exp(-|d|) / 2)  (exactly 0 where d == 0),
+    -a = n + max(d, 0),  -b = n - min(d, 0)."""
     S, B = q.shape[2], q.shape[3]
     logp = F.log_softmax(p, dim=1)
     pp = logp.exp()
