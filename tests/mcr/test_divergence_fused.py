@@ -8,6 +8,8 @@ import torch
 
 from mcrlab.mcr import divergence, draw_permutations
 from mcrlab.mcr.divergence import (
+    _core_backward,
+    _core_forward,
     _permuted_value_and_grads,
     _sum_through_permutations,
     permuted_mean_divergence,
@@ -127,3 +129,18 @@ def test_sum_through_permutations_is_the_loop(index_add):
         for i in range(5):
             want[:, :, perms[s, i]] += dq[:, :, s, i]
     torch.testing.assert_close(_sum_through_permutations(dq, perms, index_add), want, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_core_kernels_run_under_autograd_too(kind):
+    # the working arrays are skipped where an input is tracked (``out=`` is refused there): same numbers
+    g = torch.Generator().manual_seed(6)
+    p = torch.randn(2, 4, 1, 5, generator=g, dtype=torch.float64)
+    q = torch.randn(2, 4, 3, 5, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        want, saved = _core_forward(kind, p, q.clone())
+        want_grads = _core_backward(kind, saved, torch.ones(2, dtype=torch.float64), 3, 5)
+    val, saved = _core_forward(kind, p.clone().requires_grad_(), q.clone())
+    torch.testing.assert_close(val.detach(), want, rtol=0, atol=1e-15)
+    for a, b in zip(_core_backward(kind, saved, torch.ones(2, dtype=torch.float64), 3, 5), want_grads, strict=True):
+        torch.testing.assert_close(a.detach(), b, rtol=0, atol=1e-15)

@@ -102,14 +102,14 @@ _WORKSPACE_MAX_BUFFERS = 16  # per thread; past it the set starts again (shapes 
 
 
 def _workspace(like: torch.Tensor, shape: tuple[int, ...], *inputs: torch.Tensor
-               ) -> Callable[[int], torch.Tensor]:
-    """slot -> an uninitialised array of ``shape`` with ``like``'s dtype and device, the same one for
-    every call with that slot, shape, dtype and thread (on a CPU, below the size cap, when neither ``like``
-    nor ``inputs`` is tracked by autograd)."""
+               ) -> Callable[[int], torch.Tensor | None]:
+    """slot -> the ``out=`` array for a temporary of ``shape``: an uninitialised array with ``like``'s dtype
+    and device, the same one for every call with that slot, shape, dtype and thread; or None (the op
+    allocates) off the CPU, above the size cap, or when ``like`` or ``inputs`` is tracked by autograd."""
     tracked = torch.is_grad_enabled() and any(x.requires_grad for x in (like, *inputs))
     if (tracked or like.device.type != "cpu"
             or math.prod(shape) * like.element_size() > _WORKSPACE_MAX_BYTES):
-        return lambda slot: like.new_empty(shape)
+        return lambda slot: None
     buffers = _WORKSPACE.__dict__.setdefault("buffers", {})
     inference = torch.is_inference_mode_enabled()
 
@@ -164,9 +164,9 @@ def _core_forward(kind: str, p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Te
     logq.sub_(se.log_())
     d = logq.sub_(logp)  # overwrites log q: d = log q - log p
     n = torch.abs(d, out=ws(10)).neg_().exp_()
-    n = torch.add(n.new_tensor(0.5), n, alpha=0.5, out=n).log_()  # e - ln 2
+    n = torch.add(n.new_tensor(0.5), n, alpha=0.5, out=ws(10)).log_()  # e - ln 2 (in place)
     a_sum = torch.clamp_min(d, 0.0, out=ws(11)).add_(n).sum(2, keepdim=True).neg_()  # sum_s a, (M, C, 1, B)
-    b = torch.sub(d.clamp_max_(0.0), n, out=d)  # overwrites d
+    b = d.clamp_max_(0.0).sub_(n)  # overwrites d
     t = qq * b  # q b per class: its class sum is KL(q || m) per row, reused in backward
     r_q = t.sum(1, keepdim=True)  # (M, 1, S, B)
     val = ((pp * a_sum).sum((1, 2, 3)) + r_q.sum((1, 2, 3))) * (0.5 / (S * B))
@@ -233,20 +233,29 @@ class _PermutedMeanDivergence(torch.autograd.Function):
 def _permuted_value_and_grads(p_logits: torch.Tensor, rest: torch.Tensor, contrib: torch.Tensor,
                               perms: torch.Tensor, kind: str, grads: bool = True) -> tuple[torch.Tensor, ...]:
     """``permuted_mean_divergence``'s value (M,) and, with ``grads``, d value[m] / d (p, rest, contrib),
-    each (M, B, C): p, rest, contrib (M, B, C), perms (S, B). No big array outlives the call."""
+    each (M, B, C): p, rest, contrib (M, B, C), perms (S, B). No big array outlives the call; the gradients
+    are explicit (no autograd graph is recorded)."""
+    with torch.no_grad():
+        return _permuted_value_and_grads_untracked(p_logits, rest, contrib, perms, kind, grads)
+
+
+def _permuted_value_and_grads_untracked(p_logits: torch.Tensor, rest: torch.Tensor, contrib: torch.Tensor,
+                                        perms: torch.Tensor, kind: str, grads: bool) -> tuple[torch.Tensor, ...]:
     S, B = perms.shape
     M, C = contrib.shape[0], contrib.shape[2]
     pt = p_logits.transpose(1, 2).unsqueeze(2).contiguous()  # (M, C, 1, B)
-    ws = _workspace(contrib, (M, C, S, B), p_logits, rest)
+    ws = _workspace(contrib, (M, C, S, B))
     # q[m, c, s, i] = contrib[m, c, pi_s(i)] + rest[m, c, i] (a gather along the last axis is the
     # fastest way to apply S permutations in this layout)
     qt = torch.gather(contrib.transpose(1, 2).unsqueeze(2).expand(M, C, S, B), 3, perms.expand(M, C, S, B),
                       out=ws(0))
     qt += rest.transpose(1, 2).unsqueeze(2)
-    if not grads:
-        return (_core_forward(kind, pt, qt)[0],)
-    if kind == "jsd":
+    if kind == "jsd":  # (also for the value alone: the gradient's extra passes cost less than fresh arrays)
         val, dp, dq, scale = _jsd_value_and_grads(pt, qt, ws)
+        if not grads:
+            return (val,)
+    elif not grads:
+        return (_core_forward(kind, pt, qt)[0],)
     else:
         val, saved = _core_forward(kind, pt, qt)
         dp, dq = _core_backward(kind, saved, torch.ones_like(val), S, B)
@@ -271,7 +280,7 @@ def _sum_through_permutations(dq: torch.Tensor, perms: torch.Tensor, index_add: 
     return torch.gather(dq, 3, inverse_permutations(perms).expand_as(dq)).sum(2)
 
 
-def _jsd_value_and_grads(p: torch.Tensor, q: torch.Tensor, ws: Callable[[int], torch.Tensor]
+def _jsd_value_and_grads(p: torch.Tensor, q: torch.Tensor, ws: Callable[[int], torch.Tensor | None]
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """``_core_forward`` then ``_core_backward`` at grad = 1 for the JSD, every (M, C, S, B) step in place in
     q and three workspace buffers: p (M, C, 1, B), q (M, C, S, B) (overwritten) -> (value (M,), d/dp
