@@ -142,5 +142,6 @@ def test_core_kernels_run_under_autograd_too(kind):
         want_grads = _core_backward(kind, saved, torch.ones(2, dtype=torch.float64), 3, 5)
     val, saved = _core_forward(kind, p.clone().requires_grad_(), q.clone())
     torch.testing.assert_close(val.detach(), want, rtol=0, atol=1e-15)
-    for a, b in zip(_core_backward(kind, saved, torch.ones(2, dtype=torch.float64), 3, 5), want_grads, strict=True):
+    grads = _core_backward(kind, saved, torch.ones(2, dtype=torch.float64), 3, 5)
+    for a, b in zip(grads, want_grads, strict=True):
         torch.testing.assert_close(a.detach(), b, rtol=0, atol=1e-15)

@@ -240,16 +240,21 @@ def _permuted_value_and_grads(p_logits: torch.Tensor, rest: torch.Tensor, contri
 
 
 def _permuted_value_and_grads_untracked(p_logits: torch.Tensor, rest: torch.Tensor, contrib: torch.Tensor,
-                                        perms: torch.Tensor, kind: str, grads: bool) -> tuple[torch.Tensor, ...]:
+                                        perms: torch.Tensor, kind: str, grads: bool
+                                        ) -> tuple[torch.Tensor, ...]:
     S, B = perms.shape
     M, C = contrib.shape[0], contrib.shape[2]
     pt = p_logits.transpose(1, 2).unsqueeze(2).contiguous()  # (M, C, 1, B)
     ws = _workspace(contrib, (M, C, S, B))
-    # q[m, c, s, i] = contrib[m, c, pi_s(i)] + rest[m, c, i] (a gather along the last axis is the
-    # fastest way to apply S permutations in this layout)
-    qt = torch.gather(contrib.transpose(1, 2).unsqueeze(2).expand(M, C, S, B), 3, perms.expand(M, C, S, B),
-                      out=ws(0))
-    qt += rest.transpose(1, 2).unsqueeze(2)
+    # q[m, c, s, i] = contrib[m, pi_s(i), c] + rest[m, i, c]: whole rows of contrib picked by one
+    # index_select (rows of C contiguous values), then the add of rest writes them class-major (half the
+    # time of a gather along the last axis of the class-major layout, then an add)
+    rows = ws(1)  # (q's softmax reuses this buffer later)
+    rows = torch.index_select(contrib, 1, perms.reshape(S * B),
+                              out=None if rows is None else rows.view(M, S * B, C))
+    qt = ws(0)
+    qt = torch.add(rows.view(M, S, B, C).permute(0, 3, 1, 2), rest.transpose(1, 2).unsqueeze(2),
+                   out=contrib.new_empty(M, C, S, B) if qt is None else qt)
     if kind == "jsd":  # (also for the value alone: the gradient's extra passes cost less than fresh arrays)
         val, dp, dq, scale = _jsd_value_and_grads(pt, qt, ws)
         if not grads:
