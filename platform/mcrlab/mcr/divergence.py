@@ -105,9 +105,11 @@ def _workspace(like: torch.Tensor, shape: tuple[int, ...], *inputs: torch.Tensor
                ) -> Callable[[int], torch.Tensor | None]:
     """slot -> the ``out=`` array for a temporary of ``shape``: an uninitialised array with ``like``'s dtype
     and device, the same one for every call with that slot, shape, dtype and thread; or None (the op
-    allocates) off the CPU, above the size cap, or when ``like`` or ``inputs`` is tracked by autograd."""
+    allocates) off the CPU, above the size cap, while compiling, or when ``like`` or ``inputs`` is tracked
+    by autograd."""
     tracked = torch.is_grad_enabled() and any(x.requires_grad for x in (like, *inputs))
-    if (tracked or like.device.type != "cpu"
+    # (under torch.compile the traced node's arrays are the compiler's to plan: never a shared buffer)
+    if (tracked or torch.compiler.is_compiling() or like.device.type != "cpu"
             or math.prod(shape) * like.element_size() > _WORKSPACE_MAX_BYTES):
         return lambda slot: None
     buffers = _WORKSPACE.__dict__.setdefault("buffers", {})
