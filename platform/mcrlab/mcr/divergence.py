@@ -24,6 +24,10 @@ __all__ = ["DIVERGENCES", "divergence", "mean_divergence", "permuted_mean_diverg
 
 DIVERGENCES = ("jsd", "kl", "mse")
 _LN2 = math.log(2.0)
+# 1/2 as a CPU scalar tensor, so that torch.add(_HALF, x, alpha=0.5) = (1 + x) / 2 is one pass on any device
+# (a CPU 0-d operand is a kernel argument: no host-to-device copy). Only in code that runs eagerly (the
+# opaque operator's body), never in code dynamo may trace.
+_HALF = torch.tensor(0.5, dtype=torch.float64)
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -166,7 +170,7 @@ def _core_forward(kind: str, p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Te
     logq.sub_(se.log_())
     d = logq.sub_(logp)  # overwrites log q: d = log q - log p
     n = torch.abs(d, out=ws(10)).neg_().exp_()
-    n = torch.add(n.new_tensor(0.5), n, alpha=0.5, out=ws(10)).log_()  # e - ln 2 (in place)
+    n = n.mul_(0.5).add_(0.5).log_()  # e - ln 2 (Python scalars only: dynamo may trace this node)
     a_sum = torch.clamp_min(d, 0.0, out=ws(11)).add_(n).sum(2, keepdim=True).neg_()  # sum_s a, (M, C, 1, B)
     b = d.clamp_max_(0.0).sub_(n)  # overwrites d
     t = qq * b  # q b per class: its class sum is KL(q || m) per row, reused in backward
@@ -305,7 +309,7 @@ def _jsd_value_and_grads(p: torch.Tensor, q: torch.Tensor, ws: Callable[[int], t
     qq.mul_(se.reciprocal())
     d = logq.sub_(se.log_()).sub_(logp)  # d = log q - log p
     n = torch.abs(d, out=ws(2)).neg_().exp_()
-    n = torch.add(n.new_tensor(0.5), n, alpha=0.5, out=n).log_()  # e - ln 2
+    n = torch.add(_HALF, n, alpha=0.5, out=n).log_()  # e - ln 2
     neg_a_sum = torch.clamp_min(d, 0.0, out=ws(3)).add_(n).sum(2, keepdim=True)  # -sum_s a, (M, C, 1, B)
     neg_t = torch.sub(n, d.clamp_max_(0.0), out=d).mul_(qq)  # -q b
     neg_r_q = neg_t.sum(1, keepdim=True)  # -sum_c q b, (M, 1, S, B)
