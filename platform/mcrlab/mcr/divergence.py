@@ -158,8 +158,8 @@ def _core_forward(kind: str, p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Te
     # each exact for any logits (no b = a + d, which would cancel for large |d|), and exactly 0 where q == p.
     # (log(1 + x) rather than log1p: ~3x faster on CPU; x <= 1, so the absolute error stays one ulp of 1.)
     #   value = 1/2 sum_c (p a + q b);  the p side is summed over S first (p does not depend on s).
-    # The temporaries come from the workspace (slots 10-11: the callers' own buffers use 0-3); with
-    # n = e - ln 2 = log(1/2 + exp(-|d|) / 2) in [-ln 2, 0]  (one pass fewer than ln 2 - log(1 + x)),
+    # The two temporaries come from the workspace (slots 10-11; the permuted node's own are 0-3): with
+    # n = e - ln 2 = log(1/2 + exp(-|d|) / 2) in [-ln 2, 0]  (exactly 0 where d == 0),
     # a = -(n + max(d, 0)) and b = min(d, 0) - n.
     ws = _workspace(q, tuple(q.shape), p)
     qmax = q.amax(1, keepdim=True)
