@@ -161,3 +161,16 @@ def test_compiled_mean_divergence_leaves_the_working_arrays_alone():
     compiled = torch.compile(lambda a, b: mean_divergence(a, b), backend="eager", fullgraph=True)(p, q)
     assert not module._WORKSPACE.__dict__.get("buffers")
     torch.testing.assert_close(compiled, mean_divergence(p, q), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_without_working_arrays_the_node_is_the_same(kind, monkeypatch):
+    # above the size cap (and off the CPU) every temporary is a fresh array: the same numbers
+    module = sys.modules["mcrlab.mcr.divergence"]
+    p, rest, contrib, perms = _inputs(S=4, B=6, seed=11)
+    reused = _permuted_value_and_grads(p.detach(), rest.detach(), contrib.detach(), perms, kind)
+    monkeypatch.setattr(module, "_WORKSPACE_MAX_BYTES", 0)
+    fresh = _permuted_value_and_grads(p.detach(), rest.detach(), contrib.detach(), perms, kind)
+    for a, b in zip(fresh, reused, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+    torch.testing.assert_close(fresh[0], _loop(p, rest, contrib, perms, kind).detach(), rtol=0, atol=1e-12)
