@@ -69,13 +69,18 @@ def _variants(S_list: list[int], compiled: bool = False) -> dict[str, tuple[str,
 
 
 def bench(device: torch.device, fusion: str, batch: int, steps: int, warmup: int, width: dict,
-          S_list: list[int], compile: bool | str = False, eager: bool = True) -> dict[str, dict[str, float]]:
+          S_list: list[int], compile: bool | str = False, eager: bool = True, block: int = 1
+          ) -> dict[str, dict[str, float]]:
     """Interleaved step times of every variant: name -> {wall_ms, cpu_ms, ratio_wall, ratio_cpu, spreads}.
 
     compile: a ``train.compile`` setting (false = none). When set, every variant also runs compiled as
     ``fit`` compiles it (MCR: its whole step; joint: the forward), under the name ``<variant>_compiled``,
     in the same rounds as the eager ones (``eager=False`` leaves those out); a compiled variant's ratio is
     to the compiled joint step of the same round. The warm-up steps include the compilation.
+    block: steps of one variant in a row per round (1: one step each, round-robin). With block > 1 the first
+    step of each block is not timed and the round's time is the mean of the other block - 1: the steady
+    state of a training loop, which repeats one step with its caches warm (round-robin over a dozen models
+    times every step with the previous model's data in the caches).
     """
     from mcrlab.engine.fit import compile_options
 
@@ -126,7 +131,12 @@ def bench(device: torch.device, fusion: str, batch: int, steps: int, warmup: int
     times: dict[str, list[tuple[float, float]]] = {n: [] for n in runs}
     for i in range(warmup + steps):
         for name in runs:  # round-robin: load changes affect every method alike
-            t = step(name)
+            if block == 1:
+                t = step(name)
+            else:  # the block's first step warms the caches; the rest are timed
+                step(name)
+                ts = [step(name) for _ in range(block - 1)]
+                t = (statistics.fmean(x[0] for x in ts), statistics.fmean(x[1] for x in ts))
             if i >= warmup:
                 times[name].append(t)
     out = {}
@@ -166,6 +176,9 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=60, help="timed steps per method")
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--block", type=int, default=1,
+                    help="steps of one method in a row per round, the first not timed (steady state); "
+                         "1 = one step each, round-robin")
     ap.add_argument("--threads", default="1,default", help="CPU thread settings, e.g. '1,default' or '2'")
     ap.add_argument("--fusion", default="late,mlp")
     ap.add_argument("--compile", default="false",
@@ -189,7 +202,7 @@ def main() -> int:
             torch.set_num_threads(n)
             for fusion in args.fusion.split(","):
                 res = bench(torch.device(dev), fusion, args.batch, args.steps, args.warmup, width, S_list,
-                            compile=compile_setting)
+                            compile=compile_setting, block=args.block)
                 label = f"{dev} threads={n} fusion={fusion} B={args.batch}" if dev == "cpu" else \
                     f"{dev} ({torch.cuda.get_device_name()}) fusion={fusion} B={args.batch}"
                 print_table(label, res)
