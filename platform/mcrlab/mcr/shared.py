@@ -123,6 +123,8 @@ def nt_xent_value_and_grad(x: torch.Tensor, onehot: torch.Tensor | None, M: int,
         E.sub_(shift).exp_()
     se = E.sum(1, keepdim=True)  # (N, 1)
     e3 = e.view(M, B, D)
+    w: float | torch.Tensor  # the anchors' weights and v = w / n: floats where every anchor has positives
+    v: float | torch.Tensor
     if onehot is None:  # groups = samples: n_a = M - 1 for all
         S = e3.sum(0)  # (B, D)
         w, v = (1.0 / N, 1.0 / (N * (M - 1))) if M > 1 else (0.0, 0.0)
@@ -174,7 +176,9 @@ _SHIFT_MAX = 20.0
 def _nt_xent_op(x: torch.Tensor, onehot: torch.Tensor | None, M: int, scale: float
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The bound as one operator: (loss, d loss / d x)."""
-    return nt_xent_value_and_grad(x, onehot, M, scale)
+    loss, dx = nt_xent_value_and_grad(x, onehot, M, scale)
+    assert dx is not None  # grad=True (the default) always returns it
+    return loss, dx
 
 
 @_nt_xent_op.register_fake

@@ -207,8 +207,9 @@ def _permuted_relu_linear_divergence_op(p_logits: torch.Tensor, rest: torch.Tens
                                         kind: str
                                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(value (M,), d value[m] / d p_logits, rest, contrib): ``relu_linear_divergence_and_grads``."""
-    val, grads = relu_linear_divergence_and_grads(p_logits, rest, contrib, perms, weight, bias, kind)
-    return (val, *grads)
+    val, (dp, d_rest, d_contrib) = relu_linear_divergence_and_grads(p_logits, rest, contrib, perms, weight, bias,
+                                                                     kind)
+    return val, dp, d_rest, d_contrib
 
 
 @_permuted_relu_linear_divergence_op.register_fake
