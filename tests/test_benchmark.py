@@ -72,6 +72,24 @@ def test_step_part_reports_eager_and_compiled_figures():
         assert figures[f"mcr_over_joint_step_{fusion}_s32_compiled_cputime"] == res["mcr_S32_compiled"]["ratio_cpu"]
 
 
+def test_step_bench_in_blocks_runs_each_method_block_times_per_round(monkeypatch):
+    """--block K: K steps of one method in a row per round (the first untimed); one step each at K = 1."""
+    b = _bench()
+    bench_step = b._load("bench_step")
+    from mcrlab.methods import REGISTRY
+
+    joint = REGISTRY["joint"]
+    calls: list[int] = []
+    real = joint.training_step
+    monkeypatch.setattr(joint, "training_step", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    width = {"hidden": 4, "depth": 1, "latent": 2, "fusion_hidden": 4}
+    for block, steps, warmup in ((1, 2, 1), (3, 2, 1)):
+        calls.clear()
+        res = bench_step.bench(torch.device("cpu"), "late", 8, steps, warmup, width, [2], block=block)
+        assert len(calls) == (steps + warmup) * block  # the joint variant alone
+        assert res["joint"]["ratio_cpu"] == 1.0 and all(math.isfinite(r["cpu_ms"]) for r in res.values())
+
+
 def test_bare_loop_and_fit_train_the_same_amount_and_time_the_eval():
     b = _bench()
     cfg = b._throughput_config(smoke=True)
