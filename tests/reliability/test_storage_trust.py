@@ -435,6 +435,27 @@ def test_a_planted_extra_file_and_a_group_writable_one_are_refused(finished_swee
     assert code == 2 and "writable by group or others" in _one_line(err)
 
 
+@pytest.mark.ray
+def test_a_file_planted_in_another_studys_folder_is_refused_before_any_study_runs(finished_sweep, tmp_path,
+                                                                                   monkeypatch):
+    """Every study's signer signs the whole Tune tree, so the tree is verified whole, before the first study
+    runs: a pickle planted beside (not inside) the resumed study's folder was signed by that study's signer
+    and loaded by the next resume of the other study."""
+    runs, sweep_dir = _copy(finished_sweep, tmp_path, monkeypatch)
+    other = sweep_dir / "ray" / "synthetic-balanced"
+    other.mkdir(mode=0o700)
+    marker = tmp_path / "pwned"
+    planted = other / "tuner.pkl"
+    planted.write_bytes(pickle.dumps(_Payload(str(marker))))
+    planted.chmod(0o600)
+    for _ in range(2):
+        code, err = _run(["sweep", str(finished_sweep["space"]), "--resume", "--storage", str(runs)])
+        line = _one_line(err)
+        assert code == 2 and "synthetic-balanced/tuner.pkl is not in the manifest" in line, line
+    assert "synthetic-balanced/tuner.pkl" not in json.loads((sweep_dir / MANIFEST).read_text())["files"]
+    assert not marker.exists()
+
+
 def test_resume_names_a_sweep_id_never_a_path(tmp_path):
     space = tmp_path / "s.yaml"
     space.write_text(yaml.safe_dump(SPACE))

@@ -300,6 +300,8 @@ def verify_tree(tree: str | Path, manifest: str | Path, under: str | Path | None
     Returns the number of files verified.
     """
     tree, manifest = Path(tree), Path(manifest)
+    if not _signed_files(tree):  # nothing restore could read (a driver killed before Tune saved anything)
+        return 0
     data = _read_manifest(manifest)
     if not data or data.get("corrupt"):
         state = "is missing" if not data else "is unreadable"

@@ -232,6 +232,7 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
             sweep_dir = sweeps / sweep_id
             check_private(sweep_dir, sweep_dir / "ray")  # before the lock file is created in it
             lock = FolderLock(sweep_dir, "sweep").acquire()
+            recovered = _trust_stored_state(sweep_dir)  # before any study runs (their signers sign the tree)
             meta = json.loads((sweep_dir / "sweep.json").read_text(encoding="utf-8"))
             saved = meta.get("optuna_storage")
             if shared is not None and shared != saved:
@@ -246,6 +247,7 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
 
                 check_optuna_storage(shared, flag=f"--resume: {sweep_id}: optuna_storage")
         else:
+            recovered = frozenset()
             sweep_id = _new_sweep_id(space, shared is not None)
             while (sweeps / sweep_id).exists():
                 time.sleep(1.0)
@@ -265,7 +267,7 @@ def run_sweep(space: SearchSpace, *, num_samples: int | None = None, address: st
             return _run_locked(space, meta, sweep_id=sweep_id, sweep_dir=sweep_dir, uri=uri,
                                run_folder=run_folder, address=address, smoke=smoke, resume=resume,
                                callbacks=callbacks, progress=progress, fingerprints=fingerprints, verbose=verbose,
-                               shared=shared, prefix=prefix, time_budget_s=time_budget_s)
+                               shared=shared, prefix=prefix, time_budget_s=time_budget_s, recovered=recovered)
         except Exception as err:
             full = diskfull.triggered() or (str(err) if diskfull.is_disk_full(err) else None)
             if full is None:
@@ -292,8 +294,10 @@ def _shared_study(space: SearchSpace, optuna_storage: str | None, study: str | N
 def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Path, uri: str, run_folder: Path,
                 address: str | None, smoke: bool, resume: bool | str, callbacks: list | None,
                 progress: bool, fingerprints: dict[str, str], verbose: int = 0, shared: str | None = None,
-                prefix: str | None = None, time_budget_s: float | None = None) -> SweepResult:
-    """``run_sweep`` once the sweep folder is chosen, checked and locked."""
+                prefix: str | None = None, time_budget_s: float | None = None,
+                recovered: frozenset[str] = frozenset()) -> SweepResult:
+    """``run_sweep`` once the sweep folder is chosen, checked and locked. ``recovered``: the experiment
+    folders whose state ``_trust_stored_state`` rolled back or set aside."""
     import ray
 
     from mcrlab.tune.shared import driver_seed
@@ -355,7 +359,7 @@ def _run_locked(space: SearchSpace, meta: dict, *, sweep_id: str, sweep_dir: Pat
                            run_folder=run_folder, optuna_storage=optuna_storage, concurrency=concurrency,
                            resume=bool(resume), callbacks=callbacks or [], progress=progress,
                            fingerprint=fingerprints[dataset], verbose=verbose, prefix=prefix,
-                           driver_seed=seed)
+                           driver_seed=seed, recovered=recovered)
         with _META_LOCK:  # studies ending at the same time must not lose each other's entries
             result.studies[dataset] = study
             meta["studies"][dataset] = {"done": not study.budget_ended, "best_trial": study.best_trial_id,
@@ -525,7 +529,8 @@ def _write_meta(sweep_dir: Path, meta: dict) -> None:
 def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, sweep_dir: Path, tracker: Tracker,
                exp_id: str, sweep_run: str, uri: str, run_folder: Path, optuna_storage: str,
                concurrency: int, resume: bool, callbacks: list, progress: bool, fingerprint: str,
-               verbose: int = 0, prefix: str | None = None, driver_seed: int | None = None) -> StudyResult:
+               verbose: int = 0, prefix: str | None = None, driver_seed: int | None = None,
+               recovered: frozenset[str] = frozenset()) -> StudyResult:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -637,18 +642,16 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
         if interrupt.stop_requested():  # Ctrl+C of concurrent studies: saved unfinished, nothing summarised
             raise KeyboardInterrupt
 
-    restored = recovered = refused = False
+    restored = refused = False
+    set_aside = any(p.name in recovered for p in experiments)  # rolled back or set aside before the studies
     diskfull.reserve(sweep_dir)  # freed on the first full-disk error: room for the last state and records
     try:
         for path in experiments:
             if budget.expired(sweep_id) or not tune.Tuner.can_restore(str(path)):
                 continue
             # Tune's restore unpickles this folder's state: it must be ours, private and signed by our key
-            try:
+            try:  # (checked for the whole tree before any study ran: _trust_stored_state; again just before use)
                 check_private(sweep_dir, ray_dir)
-                for line in recover_tree(ray_dir, manifest, under=path):  # a driver killed while Tune saved
-                    print(f"mcrlab: {line}", file=sys.stderr, flush=True)
-                    recovered = True
                 verify_tree(ray_dir, manifest, under=path)
             except TrustError:
                 refused = True  # and nothing is signed below: a refused file must stay refused
@@ -681,7 +684,7 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
                   "refused", file=sys.stderr, flush=True)
         if board_actor is not None:
             ray.kill(board_actor)
-    if restored or recovered:  # (recovered without restoring: the killed driver's trials are lost too)
+    if restored or set_aside:  # (set aside without restoring: the killed driver's trials are lost too)
         _close_lost_trials(tracker, sweep_id, dataset, grids)
         _fail_lost_optuna_trials(study_name, optuna_storage, sweep_id if prefix else None)
     ended = budget.fired(sweep_id)
@@ -690,6 +693,23 @@ def _run_study(space: SearchSpace, dataset: str, *, backend, sweep_id: str, swee
     return _summarise(space, dataset, grids, tracker, study_run, study_name, optuna_storage,
                       stopped=_stopped_ids(study_name, optuna_storage) if (ended or restored) else stopped,
                       budget_ended=ended)
+
+
+def _trust_stored_state(sweep_dir: Path) -> frozenset[str]:
+    """Before a resume starts anything: undo what a driver killed while Tune saved left in each experiment
+    folder (``storage.recover_tree``, one line each on stderr), then verify every file of the sweep's Tune
+    tree (a TrustError: one line, exit 2). Whole-tree and up front because every study's signer signs the
+    whole tree: a file planted in one study's folder must be refused before another study's signer runs.
+    Returns the names of the experiment folders recovered."""
+    ray_dir, manifest = sweep_dir / "ray", sweep_dir / MANIFEST
+    check_private(sweep_dir, ray_dir)
+    recovered = set()
+    for exp in sorted(p for p in ray_dir.iterdir() if p.is_dir() and p.name != "train") if ray_dir.is_dir() else []:
+        for line in recover_tree(ray_dir, manifest, under=exp):
+            print(f"mcrlab: {line}", file=sys.stderr, flush=True)
+            recovered.add(exp.name)
+    verify_tree(ray_dir, manifest)
+    return frozenset(recovered)
 
 
 def _register_trainable(name: str, backend: Any, plan: StudyPlan) -> str:
