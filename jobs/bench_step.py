@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from mcrlab.config import ModelConfig
+from mcrlab.engine.optim import fused_options
 from mcrlab.mcr import divergence as div
 from mcrlab.mcr import draw_permutations
 from mcrlab.methods import REGISTRY, StepContext
@@ -100,7 +101,7 @@ def bench(device: torch.device, fusion: str, batch: int, steps: int, warmup: int
                 method = REGISTRY[method_name](p, model, NUM_CLASSES)
             extra = method.extra_modules() if method is not None else None
             params_all = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
-            opt = torch.optim.Adam(params_all, lr=1e-3)
+            opt = torch.optim.Adam(params_all, lr=1e-3, **fused_options(params_all))  # as fit builds it
             ctx = StepContext(epoch=0, step=0, global_step=0, epochs=1, steps_per_epoch=1,
                               generator=torch.Generator().manual_seed(0), device=device, optimizer=opt)
             step_model = model

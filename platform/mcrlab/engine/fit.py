@@ -37,6 +37,7 @@ import torch.distributed as dist
 from mcrlab.config import ConfigError, RunConfig
 from mcrlab.data import MultimodalDataset, Split, load_dataset
 from mcrlab.engine.metrics import accuracy, macro_f1
+from mcrlab.engine.optim import build_optimizer
 from mcrlab.engine.pretrain import apply_init, load_or_pretrain
 from mcrlab.engine.probe import linear_probe
 from mcrlab.methods import REGISTRY, Method, StepContext
@@ -166,11 +167,7 @@ def _param_groups(model: MultimodalNet, method: Method, lr: float, mult: list[fl
 
 
 def _optimizer(cfg: RunConfig, groups: list[dict]) -> torch.optim.Optimizer:
-    t = cfg.train
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=t.lr, weight_decay=t.weight_decay)
+    return build_optimizer(cfg, groups)
 
 
 def _set_player_lr(opt: torch.optim.Optimizer, lr: float, mult: list[float]) -> None:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from mcrlab.config import RunConfig
 from mcrlab.engine.cache import CACHE_ENV, default_cache_dir
+from mcrlab.engine.optim import build_optimizer
 from mcrlab.models.net import MultimodalNet, build_model
 
 __all__ = ["FORMAT", "CACHE_ENV", "default_cache_dir", "pretrain_key", "pretrain_unimodal", "load_or_pretrain",
@@ -66,14 +67,6 @@ def init_lineage(cfg: RunConfig, fingerprint: str) -> dict[str, str]:
     return {"init": cfg.model.init, "init_key": pretrain_key(fingerprint, cfg)}
 
 
-def _optimizer(cfg: RunConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    t = cfg.train
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
-
-
 def pretrain_unimodal(cfg: RunConfig, dataset: Any, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Train encoder m + head m alone on modality m, for every m; return their tensors under the
     multimodal model's state-dict names (``encoders.m.*``, ``heads.m.*``), on the CPU.
@@ -97,7 +90,7 @@ def pretrain_unimodal(cfg: RunConfig, dataset: Any, device: torch.device | str =
         for m in range(model.num_modalities):
             enc, head = model.encoders[m], model.heads[m]
             params = [*enc.parameters(), *head.parameters()]
-            opt = _optimizer(cfg, params)
+            opt = build_optimizer(cfg, params)
             order = torch.Generator().manual_seed(t.seed * 1_000_003 + 7 * m + 1)
             enc.train()
             for _ in range(epochs):
