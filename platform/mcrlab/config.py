@@ -228,7 +228,8 @@ class TrainConfig:
     batch_size: int = opt(64, "global batch size", ge=2, le=1 << 20)
     lr: float = opt(1e-3, "base learning rate (fusion head; players scale it)", gt=0.0, le=10.0)
     weight_decay: float = opt(0.0, "weight decay", ge=0.0, le=100.0)
-    optimizer: str = opt("adam", "optimizer", choices=("adam", "adamw", "sgd"))
+    optimizer: str = opt("adam", "optimizer (adam and adamw run torch's fused kernel where the parameters allow)",
+                         choices=("adam", "adamw", "sgd"))
     momentum: float = opt(0.9, "SGD momentum", ge=0.0, le=1.0)
     seed: int = opt(0, "seed of initialisation, batching and permutations", ge=0, le=SEED_MAX)
     device: str = opt("auto", "device: auto (cuda if present), cpu, cuda", choices=("auto", "cpu", "cuda"))
