@@ -70,8 +70,8 @@ def _variants(S_list: list[int], compiled: bool = False) -> dict[str, tuple[str,
 
 
 def bench(device: torch.device, fusion: str, batch: int, steps: int, warmup: int, width: dict,
-          S_list: list[int], compile: bool | str = False, eager: bool = True, block: int = 1
-          ) -> dict[str, dict[str, float]]:
+          S_list: list[int], compile: bool | str = False, eager: bool = True, block: int = 1,
+          adam: str = "fit") -> dict[str, dict[str, float]]:
     """Interleaved step times of every variant: name -> {wall_ms, cpu_ms, ratio_wall, ratio_cpu, spreads}.
 
     compile: a ``train.compile`` setting (false = none). When set, every variant also runs compiled as
@@ -82,6 +82,8 @@ def bench(device: torch.device, fusion: str, batch: int, steps: int, warmup: int
     step of each block is not timed and the round's time is the mean of the other block - 1: the steady
     state of a training loop, which repeats one step with its caches warm (round-robin over a dozen models
     times every step with the previous model's data in the caches).
+    adam: "fit" (the optimizer ``fit`` builds: fused Adam where the parameters allow, engine.optim) or "loop"
+    (torch's default for-each Adam, what fit used before: the figures of the earlier rounds).
     """
     from mcrlab.engine.fit import compile_options
 
@@ -101,7 +103,7 @@ def bench(device: torch.device, fusion: str, batch: int, steps: int, warmup: int
                 method = REGISTRY[method_name](p, model, NUM_CLASSES)
             extra = method.extra_modules() if method is not None else None
             params_all = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
-            opt = torch.optim.Adam(params_all, lr=1e-3, **fused_options(params_all))  # as fit builds it
+            opt = torch.optim.Adam(params_all, lr=1e-3, **(fused_options(params_all) if adam == "fit" else {}))
             ctx = StepContext(epoch=0, step=0, global_step=0, epochs=1, steps_per_epoch=1,
                               generator=torch.Generator().manual_seed(0), device=device, optimizer=opt)
             step_model = model
@@ -180,6 +182,8 @@ def main() -> int:
     ap.add_argument("--block", type=int, default=1,
                     help="steps of one method in a row per round, the first not timed (steady state); "
                          "1 = one step each, round-robin")
+    ap.add_argument("--adam", default="fit", choices=("fit", "loop"),
+                    help="fit: the optimizer fit builds (fused Adam); loop: torch's default Adam (earlier rounds)")
     ap.add_argument("--threads", default="1,default", help="CPU thread settings, e.g. '1,default' or '2'")
     ap.add_argument("--fusion", default="late,mlp")
     ap.add_argument("--compile", default="false",
@@ -203,7 +207,7 @@ def main() -> int:
             torch.set_num_threads(n)
             for fusion in args.fusion.split(","):
                 res = bench(torch.device(dev), fusion, args.batch, args.steps, args.warmup, width, S_list,
-                            compile=compile_setting, block=args.block)
+                            compile=compile_setting, block=args.block, adam=args.adam)
                 label = f"{dev} threads={n} fusion={fusion} B={args.batch}" if dev == "cpu" else \
                     f"{dev} ({torch.cuda.get_device_name()}) fusion={fusion} B={args.batch}"
                 print_table(label, res)
