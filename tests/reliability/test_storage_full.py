@@ -149,10 +149,18 @@ def test_full_disk_stops_the_sweep_with_one_line_and_resume_runs_only_what_is_mi
         for study in result.studies.values():
             assert study.num_trials == TRIALS and study.num_errors == 0
             ostudy = optuna.load_study(study_name=study.optuna_study, storage=result.optuna_storage)
-            assert len(ostudy.trials) == TRIALS, [t.state for t in ostudy.trials]  # no study re-run, no top-up
-            assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ostudy.trials)
-        trials = find_runs(uri, kind="trial")
-        assert len(trials) == TRIALS * len(datasets) and all(r["status"] == "FINISHED" for r in trials)
+            states = [t.state for t in ostudy.trials]
+            # no study re-run: TRIALS complete. A trial the searcher handed out as the disk filled can be missing
+            # from the study's last Tune snapshot (Tune's own save of it hit the full disk first): the resume
+            # then tops the study up, and the lost trial, which never reported, is told FAIL (seen once in CI
+            # with two studies at once). Nothing else may be left over.
+            assert states.count(optuna.trial.TrialState.COMPLETE) == TRIALS, states
+            assert all(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL) for s in states), states
+        runs_all = find_runs(uri, kind="trial")
+        trials = [r for r in runs_all if r["status"] == "FINISHED"]
+        assert len(trials) == TRIALS * len(datasets), [(r["status"], r["tags"]) for r in runs_all]
+        lost = [r for r in runs_all if r["status"] != "FINISHED"]  # such a lost trial's run, if it had one
+        assert all(r["status"] == "KILLED" and r["tags"].get("mcrlab.stale") == "true" for r in lost), lost
         client = MlflowClient(uri)
         for r in trials:
             steps = [m.step for m in client.get_metric_history(r["run_id"], "objective")]
