@@ -35,8 +35,9 @@ from mcrlab.tune.space import load_space
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-EPOCHS, TRIALS = 10, 3  # trials of several seconds: the mid-trial kill point must not be missed on a fast machine
-BASE = {"data": {"n_train": 512}, "model": {"hidden": 8, "latent": 4, "depth": 1}, "method": {"name": "joint"},
+EPOCHS, TRIALS = 10, 3  # trials of several seconds (2048 rows: with 512 a fast step let a whole sweep end
+#                          between two polls once): the mid-trial kill point must not be missed on a fast machine
+BASE = {"data": {"n_train": 2048}, "model": {"hidden": 8, "latent": 4, "depth": 1}, "method": {"name": "joint"},
         "train": {"epochs": EPOCHS, "batch_size": 32, "probe_epochs": 0, "eval_perms": 1, "device": "cpu"}}
 SPACE = {"name": "killme", "datasets": ["synthetic:competition"], "base": BASE, "sampler": {"name": "tpe", "seed": 3},
          "num_samples": TRIALS, "scaling": {"workers": 1, "cpus_per_worker": 1, "max_concurrent": 1},
