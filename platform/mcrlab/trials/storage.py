@@ -300,7 +300,8 @@ def verify_tree(tree: str | Path, manifest: str | Path, under: str | Path | None
     Returns the number of files verified.
     """
     tree, manifest = Path(tree), Path(manifest)
-    if not _signed_files(tree):  # nothing restore could read (a driver killed before Tune saved anything)
+    signed = _signed_files(tree)
+    if not signed:  # nothing restore could read (a driver killed before Tune saved anything)
         return 0
     data = _read_manifest(manifest)
     if not data or data.get("corrupt"):
@@ -312,7 +313,7 @@ def verify_tree(tree: str | Path, manifest: str | Path, under: str | Path | None
     files = data["files"]
     scope = Path(under).resolve() if under is not None else None
     n = 0
-    for rel, p in _signed_files(tree):
+    for rel, p in signed:
         if scope is not None and scope != p.resolve().parent and scope not in p.resolve().parents:
             continue
         macs = files.get(rel)

@@ -701,8 +701,7 @@ def _trust_stored_state(sweep_dir: Path) -> frozenset[str]:
     tree (a TrustError: one line, exit 2). Whole-tree and up front because every study's signer signs the
     whole tree: a file planted in one study's folder must be refused before another study's signer runs.
     Returns the names of the experiment folders recovered."""
-    ray_dir, manifest = sweep_dir / "ray", sweep_dir / MANIFEST
-    check_private(sweep_dir, ray_dir)
+    ray_dir, manifest = sweep_dir / "ray", sweep_dir / MANIFEST  # (check_private: run_sweep, just before)
     recovered = set()
     for exp in sorted(p for p in ray_dir.iterdir() if p.is_dir() and p.name != "train") if ray_dir.is_dir() else []:
         for line in recover_tree(ray_dir, manifest, under=exp):
