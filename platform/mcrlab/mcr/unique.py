@@ -115,11 +115,16 @@ def permuted_relu_linear_divergence(p_logits: torch.Tensor, rest: torch.Tensor, 
     """
     if weight.requires_grad or (bias is not None and bias.requires_grad):
         return mean_divergence(p_logits, permuted_relu_linear(rest, contrib, perms, weight, bias), kind)
+    inputs = [p_logits, rest, contrib]
+    if not (torch.is_grad_enabled() and any(x.requires_grad for x in inputs)):  # measurement: the value alone
+        return relu_linear_divergence_and_grads(p_logits, rest, contrib, perms, weight, bias, kind,
+                                                need_grad=False)[0]
     if torch.compiler.is_compiling():
         val, *grads = torch.ops.mcrlab.permuted_relu_linear_divergence(
             p_logits.detach(), rest.detach(), contrib.detach(), perms, weight, bias, kind)
-        return with_gradients(val, [p_logits, rest, contrib], grads)
-    return _ReluLinearDivergence.apply(p_logits, rest, contrib, perms, weight, bias, kind)
+    else:  # the same value and per-row gradients, put into the graph the same way (exact: see mcr/opaque.py)
+        val, grads = relu_linear_divergence_and_grads(p_logits, rest, contrib, perms, weight, bias, kind)
+    return with_gradients(val, inputs, list(grads))
 
 
 def relu_linear_divergence_and_grads(p_logits: torch.Tensor, rest: torch.Tensor, contrib: torch.Tensor,
@@ -181,24 +186,6 @@ def relu_linear_divergence_and_grads(p_logits: torch.Tensor, rest: torch.Tensor,
         return val, ()
     grads = (d_pt.squeeze(2).transpose(1, 2), d_rest, d_contrib)
     return val, tuple(g.to(x.dtype).contiguous() for g, x in zip(grads, (p_logits, rest, contrib), strict=True))
-
-
-class _ReluLinearDivergence(torch.autograd.Function):
-    """``relu_linear_divergence_and_grads`` as an autograd node: forward computes the gradients of each
-    value[m] as well (when any input needs one), backward scales them by the incoming grad[m]. Exact: value
-    m depends on row m of the inputs only."""
-
-    @staticmethod
-    def forward(ctx, p_logits, rest, contrib, perms, weight, bias, kind):
-        val, grads = relu_linear_divergence_and_grads(p_logits, rest, contrib, perms, weight, bias, kind,
-                                                      need_grad=any(ctx.needs_input_grad[:3]))
-        ctx.save_for_backward(*grads)
-        return val
-
-    @staticmethod
-    def backward(ctx, grad):
-        g = grad.view(-1, 1, 1)
-        return (*(u * g.to(u.dtype) for u in ctx.saved_tensors), None, None, None, None)
 
 
 @torch.library.custom_op("mcrlab::permuted_relu_linear_divergence", mutates_args=())
